@@ -1,0 +1,38 @@
+# Two commands a fresh machine needs:   make demo   (main job)   and   make test   (whole suite).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKSPACE ?= workspace/demo
+
+.PHONY: install demo test lint browser clean
+
+# uv resolves torch and torchvision together from PyPI (a matching pair that runs on CPU);
+# it does not read pip's find-links, so a stray CPU-only torch wheel cannot break torchvision.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	$(BIN)/python -c "import torch, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/marketsearch --workspace $(WORKSPACE) demo
+
+# Chromium for the browser test of the web page (Debian package; skipped with a reason when unavailable).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not installed: the browser test will be skipped"; fi; }
+
+test: install browser
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) workspace .pytest_cache

@@ -1,0 +1,1 @@
+"""Catalogue: raw export parsing and cleaning, image verification, storage, demo data."""

@@ -1,0 +1,1 @@
+"""Image and text towers projecting into one shared embedding space."""

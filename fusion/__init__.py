@@ -1,0 +1,1 @@
+"""Fusion classifier over image and text embeddings."""

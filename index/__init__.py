@@ -1,0 +1,1 @@
+"""Vector (FAISS IVF) and lexical (BM25) indexes, and rank fusion."""

@@ -1,0 +1,1 @@
+"""Learning-to-rank re-ranker and offline ranking evaluation."""

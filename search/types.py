@@ -1,0 +1,67 @@
+"""Plain containers passed between the first stage, the re-ranker and the evaluation.
+
+Missing values are NaN, never zero: a candidate that BM25 did not retrieve has
+``bm25_score = nan`` and ``bm25_rank = nan``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class QueryContext:
+    """What the re-ranker may know about the query."""
+
+    text: str | None
+    has_image: bool
+    embedding: np.ndarray  # float32 (d,), L2-normalised, the vector used for retrieval
+    category_probs: np.ndarray  # float32 (C,), fusion classifier's distribution for the query
+
+
+@dataclass
+class Candidates:
+    """First-stage candidates for one query, one row per listing (arrays of equal length)."""
+
+    listing_ids: list[str]
+    rows: np.ndarray  # int64 (n,), row of each candidate in the ListingTable
+    vector_score: np.ndarray  # float32 (n,), inner product with the listing vector, nan if not retrieved
+    vector_rank: np.ndarray  # float32 (n,), 1-based rank in the vector retriever, nan if not retrieved
+    bm25_score: np.ndarray  # float32 (n,), nan if not retrieved by BM25
+    bm25_rank: np.ndarray  # float32 (n,), 1-based, nan if not retrieved
+    rrf_score: np.ndarray  # float32 (n,), reciprocal rank fusion score (0 contribution for a missing list)
+    text_sim: np.ndarray  # float32 (n,), cosine(query, listing text vector), nan if unknown
+    image_sim: np.ndarray  # float32 (n,), cosine(query, listing image vector), nan if the listing has no photo
+
+    def __len__(self) -> int:
+        return len(self.listing_ids)
+
+
+@dataclass
+class ListingTable:
+    """Columnar, in-memory metadata of every listing, used for filters and ranking features."""
+
+    ids: list[str]
+    titles: list[str]
+    categories: list[str]  # full category path "A / B / C"
+    top_category_index: np.ndarray  # int64 (n,), label index of the top-level category, -1 if unknown
+    price: np.ndarray  # float32 (n,), GBP, nan if unknown
+    category_median_price: np.ndarray  # float32 (n,), median price of the row's top-level category
+    towns: list[str]
+    counties: list[str]
+    photo_count: np.ndarray  # int32 (n,)
+    description_length: np.ndarray  # int32 (n,), characters
+    created_days: np.ndarray  # float32 (n,), days since 1970-01-01 of the first photo, nan if unknown
+    row_of: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.row_of:
+            self.row_of = {listing_id: row for row, listing_id in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, listing_ids: list[str]) -> np.ndarray:
+        return np.fromiter((self.row_of[i] for i in listing_ids), dtype=np.int64, count=len(listing_ids))
