@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/marketsearch --workspace $(WORKSPACE) demo
+	$(BIN)/marketsearch demo --workspace $(WORKSPACE)
 
 # Chromium for the browser test of the web page (Debian package; skipped with a reason when unavailable).
 browser:

@@ -1,0 +1,26 @@
+"""Command-line options shared by every subcommand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from marketsearch.workspace import DEFAULT_ROOT_ENV, Workspace
+
+WorkspaceOption = Annotated[
+    Path,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar=DEFAULT_ROOT_ENV,
+        help="Workspace folder holding the catalogue database, images, models and indexes.",
+        show_default=True,
+    ),
+]
+DEFAULT_WORKSPACE = Path("workspace")
+
+
+def open_workspace(path: Path) -> Workspace:
+    return Workspace.at(path).ensure()

@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/fixtures/<area>.py, one module per package that owns them."""
+
+pytest_plugins = [
+    "tests.fixtures.catalog",
+    "tests.fixtures.models",
+    "tests.fixtures.search",
+]
