@@ -1,0 +1,59 @@
+"""Build the in-memory ListingTable from the catalogue."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import numpy as np
+
+from catalog.labels import LabelEncoder
+from catalog.store import Catalog
+from search.types import ListingTable
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def build_listing_table(catalog: Catalog, labels: LabelEncoder, batch_size: int = 2000) -> ListingTable:
+    ids, titles, categories, towns, counties = [], [], [], [], []
+    top_index, price, photos, desc_len, created = [], [], [], [], []
+    known = set(labels.classes)
+    for batch in catalog.iter_listings(batch_size=batch_size):
+        for listing in batch:
+            ids.append(listing.id)
+            titles.append(listing.title)
+            categories.append(listing.category)
+            towns.append(listing.town or "")
+            counties.append(listing.county or "")
+            top_index.append(labels.encode(listing.top_category) if listing.top_category in known else -1)
+            price.append(np.nan if listing.price is None else listing.price)
+            photos.append(len(listing.image_ids))
+            desc_len.append(len(listing.description or ""))
+            created.append(np.nan if listing.created_at is None else (listing.created_at - _EPOCH).days)
+    top = np.asarray(top_index, dtype=np.int64)
+    prices = np.asarray(price, dtype=np.float32)
+    return ListingTable(
+        ids=ids,
+        titles=titles,
+        categories=categories,
+        top_category_index=top,
+        price=prices,
+        category_median_price=_category_medians(top, prices),
+        towns=towns,
+        counties=counties,
+        photo_count=np.asarray(photos, dtype=np.int32),
+        description_length=np.asarray(desc_len, dtype=np.int32),
+        created_days=np.asarray(created, dtype=np.float32),
+    )
+
+
+def _category_medians(top: np.ndarray, prices: np.ndarray) -> np.ndarray:
+    medians = np.full(len(prices), np.nan, dtype=np.float32)
+    for code in np.unique(top):
+        rows = top == code
+        known = prices[rows][~np.isnan(prices[rows])]
+        if known.size:
+            medians[rows] = np.median(known)
+    return medians
