@@ -1,0 +1,293 @@
+"""`Catalog`: the repository over the catalogue database (SQLite file by default, any SQLAlchemy URL)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.engine import Connection, make_url
+
+from catalog import schema
+from catalog.models import Image, Listing
+
+logger = logging.getLogger(__name__)
+
+_LISTING_COLUMNS = [c.name for c in schema.listings.columns]
+
+
+def to_db_url(url_or_path: str | os.PathLike) -> str:
+    """A SQLAlchemy URL for a URL or a plain file path (which means an SQLite file)."""
+    text = os.fspath(url_or_path)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _listing_row(listing: Listing) -> dict:
+    return {
+        "id": listing.id,
+        "title": listing.title,
+        "description": listing.description,
+        "price": listing.price,
+        "category": listing.category,
+        "category_levels": json.dumps(list(listing.category_levels), ensure_ascii=False),
+        "top_category": listing.top_category,
+        "town": listing.town,
+        "county": listing.county,
+        "location": listing.location,
+        "created_at": listing.created_at,
+        "image_ids": json.dumps(list(listing.image_ids)),
+    }
+
+
+def _listing_from_row(row) -> Listing:
+    return Listing(
+        id=row.id,
+        title=row.title,
+        description=row.description,
+        price=row.price,
+        category=row.category,
+        category_levels=tuple(json.loads(row.category_levels)),
+        top_category=row.top_category,
+        town=row.town,
+        county=row.county,
+        location=row.location,
+        created_at=row.created_at,
+        image_ids=tuple(json.loads(row.image_ids)),
+    )
+
+
+def _image_row(image: Image, extra: dict | None = None) -> dict:
+    row = {
+        "id": image.id,
+        "listing_id": image.listing_id,
+        "path": image.path,
+        "width": image.width,
+        "height": image.height,
+        "created_at": image.created_at,
+        "source_key": None,
+        "source_width": None,
+        "source_height": None,
+    }
+    if extra:
+        row.update(extra)
+    return row
+
+
+def _upsert(conn: Connection, table, rows: list[dict]) -> None:
+    """Insert or replace rows by primary key, with the dialect's native upsert where there is one."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(table)
+        keys = [c.name for c in table.primary_key.columns]
+        updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+        conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates), rows)
+        return
+    key = next(iter(table.primary_key.columns))
+    conn.execute(delete(table).where(key.in_([r[key.name] for r in rows])))
+    conn.execute(table.insert(), rows)
+
+
+class Catalog:
+    """The catalogue's listings and cleaned images in one database.
+
+    `Catalog("workspace/catalog.db")` or `Catalog("sqlite:///...")` or a server URL. Image paths are stored
+    relative to `root` (default: the SQLite file's folder, else the current directory) so a workspace
+    folder can be copied or moved. Every write runs in one transaction.
+    """
+
+    def __init__(self, url_or_path: str | os.PathLike, *, root: str | os.PathLike | None = None):
+        self.url = to_db_url(url_or_path)
+        sqlite_file = _sqlite_file(self.url)
+        if sqlite_file is not None:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root) if root is not None else (sqlite_file.parent if sqlite_file else Path.cwd())
+        self.engine: Engine = create_engine(self.url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        schema.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            _upsert(conn, schema.meta, [{"key": "schema_version", "value": str(schema.SCHEMA_VERSION)}])
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- writes -------------------------------------------------------------------------------------
+    def upsert_listings(self, listings: Iterable[Listing]) -> int:
+        rows = [_listing_row(x) for x in listings]
+        with self.engine.begin() as conn:
+            _upsert(conn, schema.listings, rows)
+        return len(rows)
+
+    def upsert_images(self, images: Iterable[Image]) -> int:
+        rows = [_image_row(x) for x in images]
+        with self.engine.begin() as conn:
+            _upsert(conn, schema.images, rows)
+        return len(rows)
+
+    def write_batch(self, listings: Sequence[Listing], image_rows: Sequence[dict]) -> None:
+        """Upsert listings together with their image rows in one transaction (what ingest uses).
+
+        Image rows of these listings that are no longer in their `image_ids` are removed, so a re-ingest
+        of a changed export leaves no stale photos behind.
+        """
+        listing_rows = [_listing_row(x) for x in listings]
+        keep = {image_id for x in listings for image_id in x.image_ids}
+        with self.engine.begin() as conn:
+            _upsert(conn, schema.listings, listing_rows)
+            ids = [x.id for x in listings]
+            for chunk in _chunks(ids, 500):
+                stale = conn.execute(select(schema.images.c.id).where(schema.images.c.listing_id.in_(chunk))).scalars()
+                stale_ids = [i for i in stale if i not in keep]
+                if stale_ids:
+                    conn.execute(delete(schema.images).where(schema.images.c.id.in_(stale_ids)))
+            _upsert(conn, schema.images, list(image_rows))
+
+    def delete_listing(self, listing_id: str) -> bool:
+        with self.engine.begin() as conn:
+            conn.execute(delete(schema.images).where(schema.images.c.listing_id == listing_id))
+            result = conn.execute(delete(schema.listings).where(schema.listings.c.id == listing_id))
+        return result.rowcount > 0
+
+    # --- reads --------------------------------------------------------------------------------------
+    def get_listing(self, listing_id: str) -> Listing | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schema.listings).where(schema.listings.c.id == listing_id)).first()
+        return _listing_from_row(row) if row is not None else None
+
+    def get_listings(self, ids: Sequence[str]) -> list[Listing]:
+        """Listings in the order of `ids`; unknown ids are skipped."""
+        found: dict[str, Listing] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+                for row in conn.execute(select(schema.listings).where(schema.listings.c.id.in_(chunk))):
+                    found[row.id] = _listing_from_row(row)
+        return [found[i] for i in ids if i in found]
+
+    def iter_listings(self, batch_size: int = 500) -> Iterator[list[Listing]]:
+        """All listings ordered by id, in lists of `batch_size` (keyset pagination, constant memory)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        last: str | None = None
+        while True:
+            query = select(schema.listings).order_by(schema.listings.c.id).limit(batch_size)
+            if last is not None:
+                query = query.where(schema.listings.c.id > last)
+            with self.engine.connect() as conn:
+                batch = [_listing_from_row(r) for r in conn.execute(query)]
+            if not batch:
+                return
+            yield batch
+            last = batch[-1].id
+
+    def listing_ids(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(schema.listings.c.id).order_by(schema.listings.c.id)).scalars())
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(schema.listings)).scalar_one()
+
+    def get_image(self, image_id: str) -> Image | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schema.images).where(schema.images.c.id == image_id)).first()
+        if row is None:
+            return None
+        return Image(row.id, row.listing_id, row.path, row.width, row.height, row.created_at)
+
+    def images_of(self, listing_id: str) -> list[Image]:
+        listing = self.get_listing(listing_id)
+        if listing is None:
+            return []
+        return [img for i in listing.image_ids if (img := self.get_image(i)) is not None]
+
+    def image_path(self, image_id: str) -> Path | None:
+        """The cleaned image file on disk, or None for an unknown image id."""
+        with self.engine.connect() as conn:
+            path = conn.execute(select(schema.images.c.path).where(schema.images.c.id == image_id)).scalar_one_or_none()
+        return (self.root / path) if path is not None else None
+
+    def image_cache_entries(self) -> dict[str, tuple[str, int, int]]:
+        """image id -> (cache key, source width, source height) of its cleaned file, so ingest can skip
+        photos it has already cleaned with the same settings."""
+        im = schema.images
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(im.c.id, im.c.source_key, im.c.source_width, im.c.source_height))
+            return {r.id: (r.source_key, r.source_width, r.source_height) for r in rows if r.source_key}
+
+    def categories(self) -> list[str]:
+        """Top-level categories present, sorted."""
+        with self.engine.connect() as conn:
+            query = select(schema.listings.c.top_category).distinct().order_by(schema.listings.c.top_category)
+            return list(conn.execute(query).scalars())
+
+    def stats(self) -> dict:
+        """Counts for summaries: listings, images, per_category, text_only, free, priced, price range."""
+        ls, im = schema.listings, schema.images
+        with self.engine.connect() as conn:
+            n_listings = conn.execute(select(func.count()).select_from(ls)).scalar_one()
+            n_images = conn.execute(select(func.count()).select_from(im)).scalar_one()
+            per_category = dict(
+                conn.execute(
+                    select(ls.c.top_category, func.count()).group_by(ls.c.top_category).order_by(ls.c.top_category)
+                ).all()
+            )
+            text_only = conn.execute(select(func.count()).select_from(ls).where(ls.c.image_ids == "[]")).scalar_one()
+            free = conn.execute(select(func.count()).select_from(ls).where(ls.c.price == 0)).scalar_one()
+            no_price = conn.execute(select(func.count()).select_from(ls).where(ls.c.price.is_(None))).scalar_one()
+            price_min, price_max = conn.execute(select(func.min(ls.c.price), func.max(ls.c.price))).one()
+            first, last = conn.execute(select(func.min(ls.c.created_at), func.max(ls.c.created_at))).one()
+        return {
+            "listings": n_listings,
+            "images": n_images,
+            "categories": len(per_category),
+            "per_category": per_category,
+            "text_only": text_only,
+            "free": free,
+            "no_price": no_price,
+            "price_min": price_min,
+            "price_max": price_max,
+            "created_first": first.isoformat() if isinstance(first, datetime.date) else first,
+            "created_last": last.isoformat() if isinstance(last, datetime.date) else last,
+        }
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # Rollback journal (not WAL) keeps the database one self-contained file, so a workspace folder can
+    # be copied safely; busy_timeout lets a reader wait for a writer instead of failing.
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
