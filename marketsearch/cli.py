@@ -30,3 +30,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
 
 
 # Each package registers its own commands here (one line each).
+from catalog import cli as catalog_cli  # noqa: E402
+app.command("ingest")(catalog_cli.ingest)
+app.command("demo-data")(catalog_cli.demo_data)
+app.add_typer(catalog_cli.catalog_app, name="catalog")
