@@ -1,0 +1,44 @@
+"""Service settings, read from the environment (prefix ``MARKETSEARCH_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from marketsearch.workspace import default_root
+
+MEGABYTE = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; every field is ``MARKETSEARCH_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MARKETSEARCH_", env_file=".env", extra="ignore")
+
+    workspace: Path = Field(
+        default_factory=default_root,
+        description="Workspace folder with catalog.db, images/, model/, index/ (default $MARKETSEARCH_HOME).",
+    )
+    max_upload_bytes: int = Field(10 * MEGABYTE, gt=0, description="Largest accepted photo upload.")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Largest accepted width*height of an uploaded photo (decompression bombs)."
+    )
+    max_json_bytes: int = Field(64 * 1024, gt=0, description="Largest accepted JSON request body.")
+    default_k: int = Field(20, ge=1, le=100, description="Results per page when a request does not say.")
+    rerank_default: bool = Field(True, description="Use the re-ranker (when trained) unless a request says.")
+    feature_logging: bool = Field(False, description="Log ranking features of served queries under logs/.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API.")
+
+    @field_validator("workspace", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once (tests pass their own Settings to ``create_app``)."""
+    return Settings()

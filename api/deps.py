@@ -1,0 +1,38 @@
+"""Dependencies shared by the routes: settings, the catalogue and the search pipeline."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+
+from api.config import Settings
+from api.state import ServiceState
+from catalog.store import Catalog
+from search.pipeline import Searcher
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def get_app_settings(state: Annotated[ServiceState, Depends(get_state)]) -> Settings:
+    return state.settings
+
+
+def get_catalog(state: Annotated[ServiceState, Depends(get_state)]) -> Catalog:
+    if state.catalog is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.catalog_error or "catalogue not loaded")
+    return state.catalog
+
+
+def get_searcher(state: Annotated[ServiceState, Depends(get_state)]) -> Searcher:
+    if state.searcher is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.searcher_error or "search not loaded")
+    return state.searcher
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+SearcherDep = Annotated[Searcher, Depends(get_searcher)]

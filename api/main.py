@@ -1,0 +1,99 @@
+"""The FastAPI application: ``create_app(settings)`` builds it, the lifespan loads the artefacts once."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from api.config import Settings, get_settings
+from api.limits import BodySizeLimitMiddleware
+from api.routes import api_router
+from api.routes.pages import STATIC_DIR
+from api.state import ServiceState, load_state
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_PATHS = ("/search/image",)
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, headers and the small form fields next to the photo
+
+
+def create_app(settings: Settings | None = None, *, state: ServiceState | None = None) -> FastAPI:
+    """Build the service. ``state`` skips loading (tests hand in prepared artefacts)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = state or await run_in_threadpool(load_state, settings)
+        app.state.service = loaded
+        try:
+            yield
+        finally:
+            if state is None:
+                loaded.close()
+
+    app = FastAPI(
+        title="marketsearch",
+        summary="Multi-modal search over a second-hand marketplace: words, photos, or both.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    if state is not None:
+        app.state.service = state  # also usable without running the lifespan
+    app.include_router(api_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    def body_limit(path: str) -> int:
+        if path in UPLOAD_PATHS:
+            return settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        return settings.max_json_bytes
+
+    app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return app
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, made safe to serialise: the offending input is echoed only when it is short
+    and finite (a NaN price or a 60 kB string would otherwise break or bloat the response)."""
+    errors = []
+    for error in exc.errors():
+        item = {
+            "type": error.get("type"),
+            "loc": [_utf8_safe(part) for part in error.get("loc", ())],
+            "msg": _utf8_safe(error.get("msg")),
+        }
+        value = error.get("input")
+        if isinstance(value, float) and not math.isfinite(value):
+            item["input"] = str(value)
+        elif isinstance(value, str | int | float | bool) and len(str(value)) <= 200:
+            item["input"] = _utf8_safe(value)
+        errors.append(item)
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
+def _utf8_safe(value):
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        status_code=500, content={"detail": f"internal error ({type(exc).__name__}); see the service log"}
+    )

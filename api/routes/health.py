@@ -1,0 +1,62 @@
+"""Readiness and versions: model fingerprint, index manifest, counts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+
+from api.deps import StateDep
+from api.schemas import HealthResponse, ModelInfo, RankerInfo
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("", responses={503: {"model": HealthResponse, "description": "Search is not available."}})
+def health(state: StateDep, response: Response) -> HealthResponse:
+    """200 when search is ready, 503 (same body) when artefacts are missing; ``detail`` names the fix."""
+    listings = state.catalog.count() if state.catalog is not None else None
+    searcher = state.searcher
+    if searcher is None:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return HealthResponse(
+            status="unavailable",
+            detail=state.searcher_error,
+            workspace=str(state.workspace.root),
+            listings=listings,
+        )
+    model = searcher.model
+    ranker = searcher.ranker
+    return HealthResponse(
+        status="ok",
+        workspace=str(state.workspace.root),
+        listings=listings,
+        model=ModelInfo(
+            fingerprint=model.fingerprint,
+            embed_dim=model.embed_dim,
+            num_classes=len(model.labels.classes),
+            details=_json_safe(getattr(model, "provenance", None) or {}),
+        ),
+        index=_json_safe(searcher.vector_index.manifest),
+        bm25_documents=len(searcher.bm25),
+        ranker=RankerInfo(loaded=ranker is not None, details=_json_safe(ranker.meta_) if ranker else {}),
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    """Manifests may hold numpy scalars or paths; keep what JSON can carry, stringify the rest."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    try:
+        return _json_safe(value.item())  # numpy scalar
+    except AttributeError:
+        return str(value)

@@ -1,0 +1,48 @@
+"""Listing details."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, status
+
+from api.deps import CatalogDep
+from api.routes.search import image_url
+from api.schemas import ErrorResponse, ListingPublic, PhotoPublic
+
+router = APIRouter(prefix="/listings", tags=["listings"])
+
+ListingId = Annotated[str, Path(min_length=1, max_length=200, description="Listing id.")]
+
+
+@router.get("/{listing_id}", responses={404: {"model": ErrorResponse, "description": "Unknown listing."}})
+def get_listing(listing_id: ListingId, catalog: CatalogDep) -> ListingPublic:
+    """A listing with its full description and the URLs of its cleaned photos."""
+    listing = catalog.get_listing(listing_id)
+    if listing is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no listing with id {listing_id!r}")
+    photos = []
+    for image_id in listing.image_ids:
+        image = catalog.get_image(image_id)
+        photos.append(
+            PhotoPublic(
+                id=image_id,
+                url=image_url(image_id),
+                width=image.width if image else None,
+                height=image.height if image else None,
+            )
+        )
+    return ListingPublic(
+        id=listing.id,
+        title=listing.title,
+        description=listing.description,
+        price=listing.price,
+        category=listing.category,
+        category_levels=list(listing.category_levels),
+        top_category=listing.top_category,
+        town=listing.town,
+        county=listing.county,
+        location=listing.location,
+        created_at=listing.created_at.isoformat() if listing.created_at else None,
+        photos=photos,
+    )

@@ -1,0 +1,155 @@
+"""Text, photo and photo-plus-words search."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+
+from api.deps import CatalogDep, SearcherDep, SettingsDep
+from api.schemas import (
+    CategoryProbability,
+    ErrorResponse,
+    ImageSearchForm,
+    ListingSummary,
+    SearchFiltersIn,
+    SearchHit,
+    SearchOptions,
+    SearchResponse,
+    TextSearchRequest,
+)
+from api.uploads import decode_image, read_upload
+from catalog.models import Listing
+from catalog.store import Catalog
+from search.filters import SearchFilters
+from search.pipeline import Searcher, SearchResult
+
+router = APIRouter(prefix="/search", tags=["search"])
+
+_ERRORS = {
+    422: {"description": "Invalid parameters (the detail says which and why)."},
+    503: {"model": ErrorResponse, "description": "Search artefacts are not built; the detail names the command."},
+}
+_UPLOAD_ERRORS = {
+    413: {"model": ErrorResponse, "description": "Upload larger than the limit, or an image with too many pixels."},
+    415: {"model": ErrorResponse, "description": "The file is not an image in an accepted format."},
+    **_ERRORS,
+}
+
+
+@router.post("/text", responses=_ERRORS)
+def search_text(
+    body: TextSearchRequest, searcher: SearcherDep, catalog: CatalogDep, settings: SettingsDep
+) -> SearchResponse:
+    """Search by words, with filters and sorting."""
+    start = time.perf_counter()
+    result = _search(searcher, body.query, None, body, body.filters, settings.default_k, settings.rerank_default)
+    return _response(result, "text", catalog, start, {})
+
+
+@router.post("/image", responses=_UPLOAD_ERRORS)
+async def search_image(
+    file: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WEBP, GIF or BMP).")],
+    form: Annotated[ImageSearchForm, Form()],
+    searcher: SearcherDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+) -> SearchResponse:
+    """Search by a photo, optionally with words that go with it ("in red"); same options as text search."""
+    start = time.perf_counter()
+    data = await read_upload(file, settings.max_upload_bytes)
+    image = await run_in_threadpool(
+        decode_image, data, max_pixels=settings.max_image_pixels, content_type=file.content_type
+    )
+    service_timings = {"decode": _ms_since(start)}
+    result = await run_in_threadpool(
+        _search, searcher, form.text, image, form, form.filters(), settings.default_k, settings.rerank_default
+    )
+    query_type = "image+text" if form.text else "image"
+    return await run_in_threadpool(_response, result, query_type, catalog, start, service_timings)
+
+
+def _search(
+    searcher: Searcher,
+    text: str | None,
+    image: Image.Image | None,
+    options: SearchOptions,
+    filters: SearchFiltersIn,
+    default_k: int,
+    rerank_default: bool,
+) -> SearchResult:
+    try:
+        return searcher.search(
+            text=text,
+            image=image,
+            k=options.k or default_k,
+            filters=SearchFilters(**filters.model_dump()),
+            sort=options.sort,
+            rerank=rerank_default if options.rerank is None else options.rerank,
+        )
+    except ValueError as exc:  # the pipeline's own input checks (the schemas should have caught these)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+
+def _response(
+    result: SearchResult, query_type: str, catalog: Catalog, start: float, service_timings: dict[str, float]
+) -> SearchResponse:
+    hydrate_start = time.perf_counter()
+    listings = {listing.id: listing for listing in catalog.get_listings([h.listing_id for h in result.hits])}
+    hits = [
+        SearchHit(
+            rank=hit.rank,
+            score=_finite(hit.score),
+            scores={name: value for name, value in hit.scores.items() if math.isfinite(value)},
+            listing=listing_summary(listings[hit.listing_id]),
+        )
+        for hit in result.hits
+        if hit.listing_id in listings  # a listing deleted after the index was built is not shown
+    ]
+    timings = {**result.timings_ms, **service_timings, "hydrate": _ms_since(hydrate_start)}
+    timings["service_total"] = _ms_since(start)
+    return SearchResponse(
+        query_id=result.query_id,
+        query_type=query_type,
+        count=len(hits),
+        hits=hits,
+        total_candidates=result.total_candidates,
+        predicted_category=result.predicted_category,
+        category_probs=[CategoryProbability(category=c, probability=p) for c, p in result.category_probs.items()],
+        reranked=result.reranked,
+        timings_ms={name: round(value, 3) for name, value in timings.items()},
+    )
+
+
+def listing_summary(listing: Listing) -> ListingSummary:
+    return ListingSummary(
+        id=listing.id,
+        title=listing.title,
+        price=listing.price,
+        category=listing.category,
+        top_category=listing.top_category,
+        location=listing.location,
+        thumbnail_url=image_url(listing.image_ids[0]) if listing.image_ids else None,
+        url=listing_url(listing.id),
+    )
+
+
+def listing_url(listing_id: str) -> str:
+    return f"/listings/{quote(listing_id, safe='')}"
+
+
+def image_url(image_id: str) -> str:
+    return f"/images/{quote(image_id, safe='')}"
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

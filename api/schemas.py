@@ -1,0 +1,184 @@
+"""Request and response models of the HTTP API (what leaves the service is decided here)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+MAX_QUERY_CHARS = 512
+MAX_K = 100
+
+
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text contains invalid Unicode (a lone surrogate escape); send UTF-8 text") from None
+    return value
+
+
+SortOrder = Literal["relevance", "price_asc", "price_desc", "newest"]
+QueryText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS),
+    AfterValidator(_valid_unicode),
+]
+OptionalText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_valid_unicode)]
+Price = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+
+class SearchFiltersIn(BaseModel):
+    """Structured filters; every field is optional and blank strings mean "no filter"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: OptionalText | None = Field(None, description='Top-level category or a prefix of "A / B / C".')
+    min_price: Price | None = Field(None, description="Lowest price in GBP (inclusive).")
+    max_price: Price | None = Field(None, description="Highest price in GBP (inclusive).")
+    location: OptionalText | None = Field(None, description="Town or county, case-insensitive.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchFiltersIn:
+        self.category = self.category or None
+        self.location = self.location or None
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError(
+                f"min_price ({self.min_price:g}) is above max_price ({self.max_price:g}); swap them or drop one"
+            )
+        return self
+
+
+class SearchOptions(BaseModel):
+    """Options shared by text and image search."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int | None = Field(None, ge=1, le=MAX_K, description="Number of results (1..100; default from settings).")
+    sort: SortOrder = Field("relevance", description="relevance, price_asc, price_desc or newest.")
+    rerank: bool | None = Field(None, description="Use the learned re-ranker (default from settings).")
+
+
+class TextSearchRequest(SearchOptions):
+    query: QueryText = Field(description="What the buyer typed (1..512 characters).")
+    filters: SearchFiltersIn = Field(default_factory=SearchFiltersIn)
+
+
+class ImageSearchForm(SearchOptions):
+    """Form fields sent with the photo (multipart/form-data); filters are flat fields here."""
+
+    model_config = ConfigDict(extra="ignore")  # the multipart body also carries the file itself
+
+    text: (
+        Annotated[
+            str, StringConstraints(strip_whitespace=True, max_length=MAX_QUERY_CHARS), AfterValidator(_valid_unicode)
+        ]
+        | None
+    ) = Field(None, description='Optional words that go with the photo ("in red").')
+    category: OptionalText | None = None
+    min_price: Price | None = None
+    max_price: Price | None = None
+    location: OptionalText | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ImageSearchForm:
+        self.text = self.text or None
+        self.filters()  # raises the same inverted-range error as the JSON body
+        return self
+
+    def filters(self) -> SearchFiltersIn:
+        return SearchFiltersIn(
+            category=self.category, min_price=self.min_price, max_price=self.max_price, location=self.location
+        )
+
+
+class ListingSummary(BaseModel):
+    id: str
+    title: str
+    price: float | None
+    category: str
+    top_category: str
+    location: str
+    thumbnail_url: str | None = Field(description="URL of the first cleaned photo, null for text-only listings.")
+    url: str = Field(description="API URL of the full listing.")
+
+
+class SearchHit(BaseModel):
+    rank: int
+    score: float
+    scores: dict[str, float] = Field(description="Per-stage scores that exist for this hit: vector, bm25, rrf, rerank.")
+    listing: ListingSummary
+
+
+class CategoryProbability(BaseModel):
+    category: str
+    probability: float
+
+
+class SearchResponse(BaseModel):
+    query_id: str
+    query_type: Literal["text", "image", "image+text"]
+    count: int
+    hits: list[SearchHit]
+    total_candidates: int
+    predicted_category: str | None
+    category_probs: list[CategoryProbability] = Field(description="Top-level categories, most likely first.")
+    reranked: bool
+    timings_ms: dict[str, float] = Field(
+        description="Pipeline stages (encode, vector, bm25, fuse, rerank, total) plus service stages "
+        "(decode for photos, hydrate, service_total)."
+    )
+
+
+class PhotoPublic(BaseModel):
+    id: str
+    url: str
+    width: int | None = None
+    height: int | None = None
+
+
+class ListingPublic(BaseModel):
+    id: str
+    title: str
+    description: str
+    price: float | None
+    category: str
+    category_levels: list[str]
+    top_category: str
+    town: str | None
+    county: str | None
+    location: str
+    created_at: str | None
+    photos: list[PhotoPublic]
+
+
+class CategoriesResponse(BaseModel):
+    data: list[str]
+    count: int
+
+
+class ModelInfo(BaseModel):
+    fingerprint: str
+    embed_dim: int
+    num_classes: int
+    details: dict[str, Any] = Field(default_factory=dict, description="Backbones and provenance of the bundle.")
+
+
+class RankerInfo(BaseModel):
+    loaded: bool
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    detail: str | None = Field(None, description="Why search is unavailable and which command fixes it.")
+    workspace: str
+    listings: int | None = Field(None, description="Listings in the catalogue database.")
+    model: ModelInfo | None = None
+    index: dict[str, Any] | None = Field(None, description="Vector index manifest: counts, nlist, nprobe, ...")
+    bm25_documents: int | None = None
+    ranker: RankerInfo | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -1,0 +1,77 @@
+"""What the service loads once at start-up, and why a part of it may be missing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from api.config import Settings
+from marketsearch.workspace import Workspace
+
+if TYPE_CHECKING:
+    from catalog.store import Catalog
+    from search.pipeline import Searcher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceState:
+    """Loaded artefacts; ``catalog``/``searcher`` are None when the workspace lacks them."""
+
+    settings: Settings
+    workspace: Workspace
+    catalog: Catalog | None = None
+    searcher: Searcher | None = None
+    catalog_error: str | None = None
+    searcher_error: str | None = None
+
+    def close(self) -> None:
+        if self.catalog is not None:
+            self.catalog.close()
+
+
+def build_hint(workspace: Workspace) -> str:
+    return f"run `marketsearch build --workspace {workspace.root}`"
+
+
+def load_state(settings: Settings) -> ServiceState:
+    """Open the catalogue and load the search pipeline; failures are recorded, not raised, so the
+    service still starts and can say what is missing."""
+    workspace = Workspace.at(settings.workspace)
+    state = ServiceState(settings=settings, workspace=workspace)
+    if not workspace.db_path.exists():
+        state.catalog_error = f"no catalogue database at {workspace.db_path}; {build_hint(workspace)}"
+        state.searcher_error = state.catalog_error
+        logger.warning(state.catalog_error)
+        return state
+
+    from catalog.store import Catalog
+    from search.pipeline import Searcher
+
+    state.catalog = Catalog(workspace.db_url)
+    try:
+        state.searcher = Searcher.from_workspace(workspace, feature_logger=_feature_logger(settings, workspace))
+    except FileNotFoundError as exc:
+        state.searcher_error = f"search artefacts are missing: {exc}"
+    except Exception as exc:  # noqa: BLE001 -- any broken artefact: keep serving listings, report it
+        logger.exception("could not load the search pipeline from %s", workspace.root)
+        state.searcher_error = (
+            f"could not load the search pipeline ({type(exc).__name__}: {exc}); {build_hint(workspace)}"
+        )
+    if state.searcher_error:
+        if build_hint(workspace) not in state.searcher_error:
+            state.searcher_error += f"; {build_hint(workspace)}"
+        logger.warning(state.searcher_error)
+    else:
+        logger.info("search pipeline loaded from %s", workspace.root)
+    return state
+
+
+def _feature_logger(settings: Settings, workspace: Workspace):
+    if not settings.feature_logging:
+        return None
+    from ranking.feature_log import FeatureLogger
+
+    return FeatureLogger(workspace.logs_dir / "features")

@@ -1,0 +1,46 @@
+"""API test fixtures: a TestClient over a tiny catalogue with a recording stand-in searcher."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.config import Settings
+from api.main import create_app
+from api.state import ServiceState
+from marketsearch.workspace import Workspace
+from tests.api.fakes import RecordingSearcher, tiny_catalog
+
+
+@pytest.fixture
+def fake_workspace(tmp_path: Path) -> Workspace:
+    return Workspace.at(tmp_path / "ws")
+
+
+@pytest.fixture
+def fake_settings(fake_workspace: Workspace) -> Settings:
+    return Settings(workspace=fake_workspace.root, max_upload_bytes=200_000, max_image_pixels=1_000_000)
+
+
+@pytest.fixture
+def fake_state(fake_settings: Settings, fake_workspace: Workspace) -> ServiceState:
+    catalog = tiny_catalog(fake_workspace.root)
+    state = ServiceState(fake_settings, fake_workspace, catalog=catalog, searcher=RecordingSearcher(["L2", "L1", "L3"]))
+    yield state
+    catalog.close()
+
+
+@pytest.fixture
+def fake_client(fake_settings: Settings, fake_state: ServiceState) -> TestClient:
+    with TestClient(create_app(fake_settings, state=fake_state), raise_server_exceptions=False) as client:
+        yield client
+
+
+def jpeg_bytes(size: tuple[int, int] = (64, 48), color=(20, 120, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
