@@ -30,6 +30,8 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
 
 
 # Each package registers its own commands here (one line each).
+from api import cli as api_cli  # noqa: E402, I001
+app.command("serve")(api_cli.serve)
 from catalog import cli as catalog_cli  # noqa: E402
 app.command("ingest")(catalog_cli.ingest)
 app.command("demo-data")(catalog_cli.demo_data)
