@@ -1,0 +1,229 @@
+"""Re-ranking features for (query, candidate) pairs: one pure function shared by training, serving and logging.
+
+Every feature is a float32 column. A value that does not exist for a pair (a listing BM25 did not
+retrieve, a listing without a price, a query without text) is NaN, never zero: LightGBM learns a
+separate direction for missing values, and zero would be a real, misleading score.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+
+from search.types import Candidates, ListingTable, QueryContext
+
+FEATURE_SET_VERSION = "1"
+
+FEATURE_NAMES: tuple[str, ...] = (
+    # first-stage scores and ranks
+    "vector_score",
+    "vector_rank",
+    "vector_score_gap",  # best vector score among the candidates minus this one
+    "bm25_score",
+    "bm25_rank",
+    "bm25_score_ratio",  # this BM25 score / the best BM25 score among the candidates
+    "rrf_score",
+    "rrf_rank",
+    # tower similarities
+    "text_sim",
+    "text_sim_gap",
+    "image_sim",
+    "image_sim_gap",
+    # lexical match on the title
+    "title_overlap",  # share of the distinct query terms found in the title
+    # category agreement
+    "category_prob",  # fusion classifier's P(candidate's top-level category | query)
+    "category_prob_ratio",  # category_prob / the most probable category's probability
+    "category_path_share_top10",  # share of the RRF top 10 candidates with this full category path
+    # listing metadata
+    "log_price",
+    "price_to_category_median",
+    "photo_count",
+    "description_length",
+    "listing_age_days",
+    # query description
+    "query_has_text",
+    "query_has_image",
+    "query_term_count",
+)
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def tokenize(text: str | None) -> list[str]:
+    """Lower-cased word tokens (letters, digits, underscore), the unit of term overlap."""
+    return _TOKEN.findall(text.lower()) if text else []
+
+
+def today_days() -> float:
+    """Days since 1970-01-01 of today's UTC date (the reference for listing age)."""
+    return float((dt.datetime.now(dt.timezone.utc).date() - _EPOCH).days)
+
+
+def _gap_to_best(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.full_like(values, np.nan)
+    return np.where(finite, values[finite].max() - values, np.nan).astype(np.float32)
+
+
+def _ratio_to_best(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.full_like(values, np.nan)
+    best = values[finite].max()
+    if best <= 0:
+        return np.full_like(values, np.nan)
+    return np.where(finite, values / best, np.nan).astype(np.float32)
+
+
+def _rank_descending(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(-values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float32)
+    ranks[order] = np.arange(1, len(values) + 1, dtype=np.float32)
+    return ranks
+
+
+def _title_overlap(query_terms: set[str], titles: list[str]) -> np.ndarray:
+    if not query_terms:
+        return np.full(len(titles), np.nan, dtype=np.float32)
+    overlap = np.empty(len(titles), dtype=np.float32)
+    for i, title in enumerate(titles):
+        if title:
+            overlap[i] = len(query_terms.intersection(tokenize(title))) / len(query_terms)
+        else:  # no title known (e.g. the description-only evaluation corpus)
+            overlap[i] = np.nan
+    return overlap
+
+
+def _category_features(
+    query: QueryContext, candidates: Candidates, listings: ListingTable
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = candidates.rows
+    n = len(rows)
+    probs = np.asarray(query.category_probs, dtype=np.float32).ravel()
+    category_index = listings.top_category_index[rows]
+    known = (category_index >= 0) & (category_index < len(probs))
+    category_prob = np.full(n, np.nan, dtype=np.float32)
+    category_prob_ratio = np.full(n, np.nan, dtype=np.float32)
+    if len(probs) and known.any():
+        category_prob[known] = probs[category_index[known]]
+        best = float(probs.max())
+        if best > 0:
+            category_prob_ratio[known] = category_prob[known] / best
+
+    share = np.full(n, np.nan, dtype=np.float32)
+    if n:
+        top = np.argsort(-candidates.rrf_score, kind="stable")[:10]
+        paths = [listings.categories[row] for row in rows]
+        top_paths = [paths[i] for i in top if paths[i]]
+        if top_paths:
+            counts: dict[str, int] = {}
+            for path in top_paths:
+                counts[path] = counts.get(path, 0) + 1
+            share = np.fromiter(
+                (counts.get(path, 0) / len(top) if path else np.nan for path in paths),
+                dtype=np.float32,
+                count=n,
+            )
+    return category_prob, category_prob_ratio, share
+
+
+def build_features(
+    query: QueryContext,
+    candidates: Candidates,
+    listings: ListingTable,
+    *,
+    now_days: float | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Feature matrix of one query's candidates.
+
+    Parameters
+    ----------
+    query : QueryContext
+        The query's text (or None), whether it has an image, and the fusion classifier's
+        ``category_probs`` (float32 (C,), indexed like ``listings.top_category_index``).
+    candidates : Candidates
+        First-stage candidates; ``candidates.rows`` index into ``listings``.
+    listings : ListingTable
+        Metadata of every listing.
+    now_days : float, optional
+        Reference date for ``listing_age_days`` in days since 1970-01-01; today (UTC) by default.
+
+    Returns
+    -------
+    X : np.ndarray float32 (n_candidates, len(FEATURE_NAMES))
+        One row per candidate, in the candidates' order; NaN marks a missing value.
+    feature_names : list[str]
+        The column names, equal to ``FEATURE_NAMES``.
+    """
+    n = len(candidates)
+    rows = np.asarray(candidates.rows, dtype=np.int64)
+    if rows.shape != (n,):
+        raise ValueError(
+            f"candidates.rows has shape {rows.shape} but there are {n} listing ids; "
+            "every Candidates array must have one entry per listing id"
+        )
+    if n and (rows.min() < 0 or rows.max() >= len(listings)):
+        raise ValueError(
+            f"candidate rows must lie in [0, {len(listings)}) of the listing table, "
+            f"got min {rows.min()} and max {rows.max()}; build the candidates against this table"
+        )
+    if now_days is None:
+        now_days = today_days()
+
+    def column(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32).reshape(n)
+
+    vector_score = column(candidates.vector_score)
+    bm25_score = column(candidates.bm25_score)
+    rrf_score = column(candidates.rrf_score)
+    text_sim = column(candidates.text_sim)
+    image_sim = column(candidates.image_sim)
+
+    query_terms = set(tokenize(query.text))
+    titles = [listings.titles[row] for row in rows]
+    category_prob, category_prob_ratio, category_share = _category_features(query, candidates, listings)
+
+    price = listings.price[rows].astype(np.float32)
+    median = listings.category_median_price[rows].astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_price = np.where(price >= 0, np.log1p(price), np.nan).astype(np.float32)
+        price_ratio = np.where((median > 0) & np.isfinite(price), price / median, np.nan).astype(np.float32)
+    created = listings.created_days[rows].astype(np.float32)
+    age = (np.float32(now_days) - created).astype(np.float32)  # NaN stays NaN
+
+    has_text = 1.0 if query_terms else 0.0
+    columns = {
+        "vector_score": vector_score,
+        "vector_rank": column(candidates.vector_rank),
+        "vector_score_gap": _gap_to_best(vector_score),
+        "bm25_score": bm25_score,
+        "bm25_rank": column(candidates.bm25_rank),
+        "bm25_score_ratio": _ratio_to_best(bm25_score),
+        "rrf_score": rrf_score,
+        "rrf_rank": _rank_descending(rrf_score) if n else rrf_score,
+        "text_sim": text_sim,
+        "text_sim_gap": _gap_to_best(text_sim),
+        "image_sim": image_sim,
+        "image_sim_gap": _gap_to_best(image_sim),
+        "title_overlap": _title_overlap(query_terms, titles),
+        "category_prob": category_prob,
+        "category_prob_ratio": category_prob_ratio,
+        "category_path_share_top10": category_share,
+        "log_price": log_price,
+        "price_to_category_median": price_ratio,
+        "photo_count": listings.photo_count[rows].astype(np.float32),
+        "description_length": listings.description_length[rows].astype(np.float32),
+        "listing_age_days": age,
+        "query_has_text": np.full(n, has_text, dtype=np.float32),
+        "query_has_image": np.full(n, 1.0 if query.has_image else 0.0, dtype=np.float32),
+        "query_term_count": np.full(n, len(query_terms) if query_terms else np.nan, dtype=np.float32),
+    }
+    features = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
+    for j, name in enumerate(FEATURE_NAMES):
+        features[:, j] = columns[name]
+    return features, list(FEATURE_NAMES)

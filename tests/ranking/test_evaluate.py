@@ -1,0 +1,95 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ranking.evaluate import compare_runs, scores_from_ranking, stage_scores, write_evaluation, write_runs
+from ranking.judgments import read_qrels
+from tests.ranking.helpers import small_candidates
+
+
+def dcg(grades: list[int]) -> float:
+    return sum(g / math.log2(i + 2) for i, g in enumerate(grades))
+
+
+def test_metric_wiring_matches_hand_computed_values():
+    qrels = {"q1": {"a": 2, "b": 1}, "q2": {"c": 1}}
+    runs = {"system": {"q1": scores_from_ranking(["b", "x", "a"]), "q2": scores_from_ranking(["y", "z", "c"])}}
+    report = compare_runs(qrels, runs)
+    # q1: ranked grades 1, 0, 2 against the ideal 2, 1; q2: the only relevant listing at rank 3
+    ndcg_q1 = dcg([1, 0, 2]) / dcg([2, 1])
+    ndcg_q2 = dcg([0, 0, 1]) / dcg([1])
+    scores = report.scores["system"]
+    assert scores["ndcg@10"] == pytest.approx((ndcg_q1 + ndcg_q2) / 2)
+    assert scores["mrr@10"] == pytest.approx((1 / 1 + 1 / 3) / 2)
+    assert scores["recall@100"] == pytest.approx(1.0)
+    assert scores["map"] == pytest.approx(((1 / 1 + 2 / 3) / 2 + 1 / 3) / 2)
+    assert report.per_query["system"]["ndcg@10"] == pytest.approx([ndcg_q1, ndcg_q2])
+
+
+def test_queries_missing_from_a_run_count_as_zero():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    report = compare_runs(qrels, {"partial": {"q1": scores_from_ranking(["a"])}}, metrics=["ndcg@10"])
+    assert report.scores["partial"]["ndcg@10"] == pytest.approx(0.5)
+
+
+def test_significance_is_reported_for_a_clearly_better_run():
+    rng = np.random.default_rng(0)
+    qrels, good, bad = {}, {}, {}
+    for q in range(60):
+        docs = [f"d{i}" for i in range(20)]
+        qrels[f"q{q}"] = {docs[0]: 2}
+        good[f"q{q}"] = scores_from_ranking(docs[:1] + list(rng.permutation(docs[1:])))
+        bad[f"q{q}"] = scores_from_ranking(list(rng.permutation(docs[1:])) + docs[:1])
+    report = compare_runs(qrels, {"bad": bad, "good": good})
+    assert report.significant("good", "bad", "ndcg@10")
+    assert not report.significant("bad", "good", "ndcg@10")
+    assert report.p_values["good"]["bad"]["ndcg@10"] < 0.01
+    assert "<sup>a</sup>" in report.to_markdown()
+
+
+def test_stage_scores_follow_each_retriever():
+    stages = stage_scores(small_candidates(), rerank_scores=np.array([0.1, 0.9, 0.5, 0.5]))
+    order = {stage: sorted(run, key=run.get, reverse=True) for stage, run in stages.items()}
+    assert order["bm25"] == ["lamp-1", "bike-1", "sofa-1"]  # bike-2 was not retrieved by BM25
+    assert order["vector"] == ["bike-1", "bike-2"]
+    assert order["hybrid"] == ["bike-1", "lamp-1", "bike-2", "sofa-1"]
+    assert order["reranked"] == ["bike-2", "lamp-1", "sofa-1", "bike-1"]  # tie broken by RRF score
+
+
+def test_run_files_parse_with_ranx_and_reproduce_the_scores(tmp_path):
+    from ranx import Qrels, Run, evaluate
+
+    qrels = {"q1": {"a": 2, "b": 1}, "q2": {"c": 1}}
+    runs = {
+        "bm25": {"q1": scores_from_ranking(["a", "b"]), "q2": scores_from_ranking(["x", "c"])},
+        "reranked": {"q1": scores_from_ranking(["b", "a"]), "q2": scores_from_ranking(["c", "x"])},
+    }
+    report = compare_runs(qrels, runs)
+    written = write_evaluation(tmp_path, report, runs, qrels)
+    for stage in runs:
+        run = Run.from_file(str(written[f"run.{stage}"]), kind="trec")
+        assert run.to_dict() == runs[stage]
+        score = evaluate(Qrels.from_file(str(written["qrels"]), kind="trec"), run, "ndcg@10")
+        assert score == pytest.approx(report.scores[stage]["ndcg@10"])
+    assert read_qrels(written["qrels"]) == qrels
+    saved = json.loads(written["report.json"].read_text())
+    assert saved["stages"] == ["bm25", "reranked"] and saved["queries"] == 2
+    assert "| reranked |" in written["report.md"].read_text()
+    for name in ("metrics", "per_query_ndcg_at_10"):
+        assert written[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_runs_ranks_by_score(tmp_path):
+    paths = write_runs({"x": {"q": {"a": 1.0, "b": 3.0, "c": 2.0}}}, tmp_path)
+    lines = paths["x"].read_text().splitlines()
+    assert [line.split()[2] for line in lines] == ["b", "c", "a"]
+    assert [line.split()[3] for line in lines] == ["1", "2", "3"]
+
+
+def test_compare_refuses_empty_inputs():
+    with pytest.raises(ValueError, match="qrels are empty"):
+        compare_runs({}, {"x": {"q": {"a": 1.0}}})
+    with pytest.raises(ValueError, match="no ranked listing"):
+        compare_runs({"q": {"a": 1}}, {"x": {"other": {"a": 1.0}}})

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from ranking.features import FEATURE_NAMES, build_features, tokenize
+from tests.ranking.helpers import NAN, small_candidates, small_listings, small_query
+
+
+def as_dict(X: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    return {name: X[:, j] for j, name in enumerate(names)}
+
+
+def test_hand_made_case_gives_known_values_and_nan_for_missing():
+    X, names = build_features(small_query("Red bike!"), small_candidates(), small_listings(), now_days=19100.0)
+    assert names == list(FEATURE_NAMES)
+    assert X.dtype == np.float32 and X.shape == (4, len(FEATURE_NAMES))
+    f = as_dict(X, names)
+    expected = {
+        "vector_score": [0.9, 0.7, NAN, NAN],
+        "vector_rank": [1, 2, NAN, NAN],
+        "vector_score_gap": [0.0, 0.2, NAN, NAN],
+        "bm25_score": [4.0, NAN, 8.0, 2.0],
+        "bm25_rank": [2, NAN, 1, 3],
+        "bm25_score_ratio": [0.5, NAN, 1.0, 0.25],
+        "rrf_rank": [1, 3, 2, 4],
+        "text_sim_gap": [0.0, 0.2, 0.7, 0.6],
+        "image_sim": [0.5, 0.4, NAN, 0.3],
+        "image_sim_gap": [0.0, 0.1, NAN, 0.2],
+        "title_overlap": [1.0, 0.5, 0.0, NAN],  # {"red", "bike"}; the sofa has no title
+        "category_prob": [0.8, 0.8, 0.2, NAN],  # the sofa's category is unknown (-1)
+        "category_prob_ratio": [1.0, 1.0, 0.25, NAN],
+        "category_path_share_top10": [0.5, 0.5, 0.25, 0.25],
+        "log_price": [np.log1p(100.0), NAN, np.log1p(20.0), np.log1p(250.0)],
+        "price_to_category_median": [2.0, NAN, 0.5, NAN],
+        "photo_count": [3, 1, 0, 2],
+        "description_length": [120, 40, 0, 300],
+        "listing_age_days": [100.0, 90.0, NAN, 110.0],
+        "query_has_text": [1, 1, 1, 1],
+        "query_has_image": [0, 0, 0, 0],
+        "query_term_count": [2, 2, 2, 2],
+    }
+    for name, values in expected.items():
+        np.testing.assert_allclose(f[name], np.array(values, dtype=np.float32), rtol=1e-5, atol=1e-6,
+                                   equal_nan=True, err_msg=name)
+
+
+def test_missing_values_are_nan_never_zero():
+    X, names = build_features(small_query(), small_candidates(), small_listings(), now_days=19100.0)
+    f = as_dict(X, names)
+    # bike-2 was not retrieved by BM25: all its BM25 features are missing, not zero
+    assert np.isnan(f["bm25_score"][1]) and np.isnan(f["bm25_rank"][1]) and np.isnan(f["bm25_score_ratio"][1])
+    # the lamp has no photo date, the bike-2 no price
+    assert np.isnan(f["listing_age_days"][2]) and np.isnan(f["log_price"][1])
+
+
+def test_image_only_query_has_no_text_features():
+    X, names = build_features(small_query(text=None, has_image=True), small_candidates(), small_listings(),
+                              now_days=19100.0)
+    f = as_dict(X, names)
+    assert np.isnan(f["title_overlap"]).all() and np.isnan(f["query_term_count"]).all()
+    assert (f["query_has_text"] == 0).all() and (f["query_has_image"] == 1).all()
+
+
+def test_features_follow_candidate_order():
+    candidates = small_candidates()
+    X, _ = build_features(small_query(), candidates, small_listings(), now_days=19100.0)
+    order = [2, 0, 3, 1]
+    for name in ("listing_ids",):
+        setattr(candidates, name, [getattr(candidates, name)[i] for i in order])
+    for name in ("rows", "vector_score", "vector_rank", "bm25_score", "bm25_rank", "rrf_score", "text_sim",
+                 "image_sim"):
+        setattr(candidates, name, getattr(candidates, name)[order])
+    X2, _ = build_features(small_query(), candidates, small_listings(), now_days=19100.0)
+    np.testing.assert_array_equal(X2, X[order])
+
+
+def test_empty_candidates_give_an_empty_matrix():
+    candidates = small_candidates()
+    empty = type(candidates)(listing_ids=[], rows=np.zeros(0, np.int64),
+                             **{k: np.zeros(0, np.float32) for k in ("vector_score", "vector_rank", "bm25_score",
+                                                                      "bm25_rank", "rrf_score", "text_sim",
+                                                                      "image_sim")})
+    X, names = build_features(small_query(), empty, small_listings())
+    assert X.shape == (0, len(names))
+
+
+def test_rows_outside_the_table_are_refused():
+    candidates = small_candidates()
+    candidates.rows = np.array([0, 1, 2, 9], dtype=np.int64)
+    with pytest.raises(ValueError, match="rows must lie in"):
+        build_features(small_query(), candidates, small_listings())
+
+
+def test_tokenize_lowercases_and_splits_on_non_word_characters():
+    assert tokenize("iPhone-12 Pro, 128GB") == ["iphone", "12", "pro", "128gb"]
+    assert tokenize(None) == [] and tokenize("") == []
