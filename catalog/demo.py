@@ -103,7 +103,7 @@ def _description(rng: random.Random, spec: CategorySpec, item: str, colour: str,
     sentences = [
         f"{condition.capitalize()} {item} for sale",
         f"Colour: {colour}" if rng.random() < 0.6 else "",
-        f"Features {words[0]}, {words[1]} and {words[2]}",
+        f"Features {words[0]}, {words[1]} and {words[2]}" if rng.random() < 0.5 else f"{words[0]} and {words[1]}",
         *rng.sample(GENERIC_PHRASES, k=rng.randint(1, 3)),
     ]
     joiner = rng.choice(["\r", ". ", "\r\r", "  "])  # bare CRs inside the field, as in the real export

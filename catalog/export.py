@@ -13,6 +13,7 @@ import datetime
 import io
 import logging
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ PRODUCT_COLUMNS = ("id", "product_name", "category", "product_description", "pri
 IMAGE_COLUMNS = ("id", "product_id", "bucket_link", "image_ref", "create_time")
 INDEX_COLUMN_NAMES = ("", "Unnamed: 0")
 _CR_STANDIN = "\ue000"
+# Image ids become file names (<image_id>.jpg), so they must not contain path separators.
+_SAFE_IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ExportFormatError(ValueError):
@@ -207,6 +210,13 @@ def read_export(
         if not image_id or not product_id:
             quarantine.append(
                 QuarantineRecord("images", row.line, image_id, "missing_id", "empty id or product_id", row.values)
+            )
+            continue
+        if not _SAFE_IMAGE_ID.match(image_id):
+            quarantine.append(
+                QuarantineRecord(
+                    "images", row.line, image_id, "invalid_id", "image ids must be [A-Za-z0-9_.-]", row.values
+                )
             )
             continue
         if image_id in seen:

@@ -135,35 +135,53 @@ def pad_to_square(image: PILImage.Image, size: int, color: tuple[int, int, int] 
     return ImageOps.pad(image, (size, size), method=PILImage.Resampling.BICUBIC, color=color)
 
 
-def save_jpeg_atomic(image: PILImage.Image, path: Path, quality: int = 90) -> None:
+def save_jpeg_atomic(image: PILImage.Image, path: Path, quality: int = 90, comment: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     os.close(fd)
     try:
-        image.save(tmp, format="JPEG", quality=quality)
+        image.save(tmp, format="JPEG", quality=quality, comment=comment)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _cached(destination: Path, key: str) -> tuple[int, int] | None:
+    """The source size recorded in an already cleaned file, if it was made from the same source with the
+    same settings. The record lives in the JPEG comment, so the cache survives an interrupted ingest."""
+    if not destination.is_file():
+        return None
+    try:
+        with PILImage.open(destination) as done:
+            comment = done.info.get("comment", b"")
+    except (OSError, ValueError):
+        return None
+    text = comment.decode("ascii", "replace") if isinstance(comment, bytes) else str(comment)
+    cached_key, _, size = text.partition(";")
+    if cached_key != key:
+        return None
+    try:
+        width, height = (int(v) for v in size.split("x"))
+    except ValueError:
+        return None
+    return width, height
+
+
 def clean_image(
-    source: str | os.PathLike,
-    destination: str | os.PathLike,
-    config: ImageCleaningConfig = ImageCleaningConfig(),
-    cached_key: str | None = None,
-    cached_source_size: tuple[int, int] | None = None,
+    source: str | os.PathLike, destination: str | os.PathLike, config: ImageCleaningConfig = ImageCleaningConfig()
 ) -> CleanedImage:
-    """Clean `source` into `destination` unless `cached_key` says that exact work is already on disk.
+    """Clean `source` into `destination` (atomically) unless that exact work is already on disk.
 
     Raises ImageRejected for a photo that must be quarantined."""
     source, destination = Path(source), Path(destination)
     if not source.is_file():
         raise ImageRejected("image_file_missing", f"no file at {source}")
     key = source_key(source.read_bytes(), config)
-    if cached_key == key and cached_source_size is not None and destination.is_file():
-        return CleanedImage(config.size, config.size, *cached_source_size, key, cached=True)
+    cached = _cached(destination, key)
+    if cached is not None:
+        return CleanedImage(config.size, config.size, cached[0], cached[1], key, cached=True)
     image, source_size = _load_verified(source, config)
     square = pad_to_square(image, config.size, config.pad_color)
-    save_jpeg_atomic(square, destination, config.jpeg_quality)
+    save_jpeg_atomic(square, destination, config.jpeg_quality, comment=f"{key};{source_size[0]}x{source_size[1]}")
     return CleanedImage(square.width, square.height, source_size[0], source_size[1], key, cached=False)

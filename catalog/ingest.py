@@ -92,21 +92,13 @@ def _clean_all(
     records: list[ImageRecord],
     out_dir: Path,
     config: ImageCleaningConfig,
-    cache: dict[str, tuple[str, int, int]],
     progress: bool,
 ) -> tuple[dict[str, CleanedImage], list[QuarantineRecord]]:
     cleaned: dict[str, CleanedImage] = {}
     rejected: list[QuarantineRecord] = []
     for record in tqdm(records, desc="images", unit="img", disable=not progress, mininterval=1.0):
-        entry = cache.get(record.id)
         try:
-            cleaned[record.id] = clean_image(
-                record.source_path,
-                out_dir / f"{record.id}.jpg",
-                config,
-                cached_key=entry[0] if entry else None,
-                cached_source_size=(entry[1], entry[2]) if entry else None,
-            )
+            cleaned[record.id] = clean_image(record.source_path, out_dir / f"{record.id}.jpg", config)
         except ImageRejected as exc:
             rejected.append(QuarantineRecord("images", record.line, record.id, exc.reason, exc.detail, record.raw))
     return cleaned, rejected
@@ -155,9 +147,7 @@ def ingest_export(
     )
     catalog = Catalog(db_url or workspace.db_url, root=workspace.root)
     try:
-        cleaned, rejected = _clean_all(
-            export.images, workspace.images_dir, config, catalog.image_cache_entries(), progress
-        )
+        cleaned, rejected = _clean_all(export.images, workspace.images_dir, config, progress)
         quarantine = export.quarantine + rejected
         images_by_id = {r.id: r for r in export.images}
         listings: list[Listing] = [

@@ -64,16 +64,19 @@ def parse_price(raw: str) -> float:
 
 
 CATEGORY_SEPARATOR = " / "
+# Levels are separated by a slash with a space on at least one side: "Ham/Amateur Radios" is one level.
+_LEVEL_SEPARATOR = re.compile(r"\s+/\s*|\s*/\s+|^/|/$")
 
 
 def parse_category_path(raw: str) -> tuple[str, ...]:
     """'Home & Garden / Garden & Patio / Outdoor' -> ('Home & Garden', 'Garden & Patio', 'Outdoor').
 
+    A slash without spaces stays inside its level ('Radio Equipment / Ham/Amateur Radios').
     The first level is the class label. Raises CategoryError for an empty path or an empty level."""
     text = normalise_text(raw)
     if not text:
         raise CategoryError("empty category; expected a path such as 'Home & Garden / Garden & Patio'")
-    levels = tuple(normalise_text(part) for part in text.split("/"))
+    levels = tuple(normalise_text(part) for part in _LEVEL_SEPARATOR.split(text))
     if any(not level for level in levels):
         raise CategoryError(f"category path {raw!r} has an empty level; expected 'Top / Sub / ...'")
     return levels

@@ -17,6 +17,7 @@ from pathlib import Path
 REASONS: dict[str, str] = {
     "wrong_field_count": "the CSV row has a different number of fields than the header",
     "missing_id": "the row has an empty id (or product_id)",
+    "invalid_id": "the image id has characters that cannot be part of a file name (path separators...)",
     "duplicate_id": "the id already appeared earlier in the file; the first row was kept",
     "bad_price": "the price is not a GBP amount ('£1,250.00') or 'Free'",
     "bad_category": "the category path is empty or has an empty level",

@@ -234,14 +234,6 @@ class Catalog:
             path = conn.execute(select(schema.images.c.path).where(schema.images.c.id == image_id)).scalar_one_or_none()
         return (self.root / path) if path is not None else None
 
-    def image_cache_entries(self) -> dict[str, tuple[str, int, int]]:
-        """image id -> (cache key, source width, source height) of its cleaned file, so ingest can skip
-        photos it has already cleaned with the same settings."""
-        im = schema.images
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(im.c.id, im.c.source_key, im.c.source_width, im.c.source_height))
-            return {r.id: (r.source_key, r.source_width, r.source_height) for r in rows if r.source_key}
-
     def categories(self) -> list[str]:
         """Top-level categories present, sorted."""
         with self.engine.connect() as conn:
