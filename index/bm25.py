@@ -1,0 +1,166 @@
+"""`BM25Index`: lexical search over listing title + description with `bm25s`.
+
+Tokenisation (bm25s's tokenizer): lower-cased word tokens including single characters and digits (so
+model numbers such as "XR 5" or "iPhone 7" keep every part), English stopwords removed, Snowball
+English stemming (PyStemmer). The index is rebuilt from the catalogue in one pass; bm25s has no
+incremental updates, and building is fast (about 1 s per 100k short documents).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import Stemmer
+
+from index.storage import IndexLoadError, atomic_version, open_version
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+IDS_FILE = "listing_ids.json"
+# Keep single-character and numeric tokens ("7" in "iPhone 7"); bm25s's default drops 1-char tokens.
+TOKEN_PATTERN = r"(?u)\b\w+\b"
+STOPWORDS = "en"
+STEMMER_LANGUAGE = "english"
+MAX_QUERY_CHARS = 1000
+
+
+def listing_text(title: str | None, description: str | None) -> str:
+    """The text BM25 indexes for a listing (the title counts once, like the description)."""
+    return " ".join(part for part in (title, description) if part)
+
+
+class BM25Index:
+    """BM25 (Lucene variant, k1=1.5, b=0.75) over one text per listing."""
+
+    def __init__(self, retriever: bm25s.BM25, listing_ids: Sequence[str], info: dict | None = None):
+        self.retriever = retriever
+        self.listing_ids = list(listing_ids)
+        self._position_of = {listing_id: position for position, listing_id in enumerate(self.listing_ids)}
+        self._stemmer = Stemmer.Stemmer(STEMMER_LANGUAGE)
+        self.info = dict(info or {})
+
+    @classmethod
+    def build(cls, listing_ids: Sequence[str], texts: Sequence[str], *, k1: float = 1.5, b: float = 0.75) -> BM25Index:
+        """Index ``texts[i]`` under ``listing_ids[i]`` (use `listing_text` for title + description)."""
+        if isinstance(listing_ids, str) or isinstance(texts, str):
+            raise ValueError("listing_ids and texts must be sequences, not single strings")
+        listing_ids, texts = list(listing_ids), list(texts)
+        if len(listing_ids) != len(texts):
+            raise ValueError(f"got {len(listing_ids)} listing ids but {len(texts)} texts; they must match one to one")
+        if len(set(listing_ids)) != len(listing_ids):
+            raise ValueError("duplicate listing ids; each listing must appear once")
+        bad = [i for i, text in zip(listing_ids, texts) if not isinstance(text, str)]
+        if bad:
+            raise ValueError(f"texts must be strings; listings {bad[:3]!r} have other values")
+        if not listing_ids:
+            raise ValueError("cannot build a BM25 index over 0 listings; ingest the catalogue first")
+        tokens = bm25s.tokenize(
+            texts,
+            stopwords=STOPWORDS,
+            stemmer=Stemmer.Stemmer(STEMMER_LANGUAGE),
+            token_pattern=TOKEN_PATTERN,
+            show_progress=False,
+        )
+        retriever = bm25s.BM25(k1=k1, b=b)
+        retriever.index(tokens, show_progress=len(texts) > 50_000)
+        logger.info("indexed %d listings, %d distinct terms", len(texts), len(tokens.vocab))
+        return cls(retriever, listing_ids, info={"k1": k1, "b": b, "vocabulary": len(tokens.vocab)})
+
+    def query_terms(self, query: str) -> list[str]:
+        """The query's stemmed terms that occur in the index (unknown terms cannot score)."""
+        tokens = bm25s.tokenize(
+            [query],
+            stopwords=STOPWORDS,
+            stemmer=self._stemmer,
+            token_pattern=TOKEN_PATTERN,
+            return_ids=False,
+            show_progress=False,
+        )[0]
+        vocabulary = self.retriever.vocab_dict
+        return [token for token in tokens if token in vocabulary]
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every listing for ``query`` (float32, in ``listing_ids`` order; zeros if no term matches)."""
+        if not isinstance(query, str):
+            raise ValueError(f"query must be a string; got {type(query).__name__}")
+        terms = self.query_terms(query[:MAX_QUERY_CHARS])
+        if not terms:
+            return np.zeros(len(self), dtype=np.float32)
+        return np.asarray(self.retriever.get_scores(terms), dtype=np.float32)
+
+    def search(self, query: str, k: int, allowed_ids: Collection[str] | None = None) -> tuple[np.ndarray, list[str]]:
+        """Top-k listings matching at least one query term: ``(scores float32 (k',), ids)``, best first.
+
+        Listings with score 0 (no query term) are not returned, so an empty, stopword-only or
+        unknown-term query gives empty results. ``allowed_ids`` is applied to the scores of every
+        listing before the top-k, so the filter is exact: never a listing outside it, and k results
+        whenever k allowed listings match.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer; got {k!r}")
+        scores = self.scores(query)
+        if allowed_ids is not None:
+            if isinstance(allowed_ids, str):
+                raise ValueError("allowed_ids must be a collection of listing ids, not a single string")
+            mask = np.zeros(len(self), dtype=bool)
+            positions = [self._position_of[i] for i in allowed_ids if i in self._position_of]
+            mask[positions] = True
+            scores = np.where(mask, scores, 0.0).astype(np.float32)
+        matching = np.flatnonzero(scores > 0)
+        if len(matching) > k:
+            matching = matching[np.argpartition(-scores[matching], k - 1)[:k]]
+        # Sort by score, ties by position (stable, deterministic).
+        order = matching[np.lexsort((matching, -scores[matching]))]
+        return scores[order], [self.listing_ids[i] for i in order]
+
+    def __len__(self) -> int:
+        return len(self.listing_ids)
+
+    def __contains__(self, listing_id: str) -> bool:
+        return listing_id in self._position_of
+
+    @property
+    def manifest(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "bm25_index",
+            "count": len(self),
+            "bm25s_version": bm25s.__version__,
+            "token_pattern": TOKEN_PATTERN,
+            "stopwords": STOPWORDS,
+            "stemmer": STEMMER_LANGUAGE,
+            **self.info,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the bm25s index and the listing ids as a new version of ``directory``, atomically."""
+        with atomic_version(directory, self.manifest) as folder:
+            self.retriever.save(str(folder), show_progress=False)
+            with open(folder / IDS_FILE, "w", encoding="utf-8") as handle:
+                json.dump(self.listing_ids, handle)
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> BM25Index:
+        folder, manifest = open_version(directory, "BM25 index")
+        if manifest.get("kind") != "bm25_index" or manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexLoadError(
+                f"{folder} holds {manifest.get('kind')!r} format {manifest.get('format_version')!r}, expected "
+                f"'bm25_index' format {FORMAT_VERSION}; rebuild it with `marketsearch index --rebuild`"
+            )
+        retriever = bm25s.BM25.load(str(folder), show_progress=False)
+        listing_ids = json.loads((folder / IDS_FILE).read_text(encoding="utf-8"))
+        if len(listing_ids) != retriever.scores["num_docs"]:
+            raise IndexLoadError(
+                f"{folder} lists {len(listing_ids)} listing ids for {retriever.scores['num_docs']} documents; "
+                "rebuild it with `marketsearch index --rebuild`"
+            )
+        info = {key: manifest[key] for key in ("k1", "b", "vocabulary") if key in manifest}
+        return cls(retriever, listing_ids, info=info)

@@ -1,0 +1,460 @@
+"""`VectorIndex`: the shared FAISS index over listing embeddings, with a listing-id map and a manifest.
+
+Ids: each listing gets an int64 FAISS id from a counter persisted with the index (``next_faiss_id``).
+A listing keeps its FAISS id for the index's lifetime, through updates and rebuilds; ids of removed
+listings are never reused, so a stale id can never point at another listing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index import ivf
+from index.storage import REBUILD_HINT, IndexLoadError, atomic_version, open_version
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+ID_MAP_FILE = "id_map.json"
+DEFAULT_TARGET_RECALL = 0.95
+CALIBRATION_K = 10
+MAX_CALIBRATION_QUERIES = 1000
+
+
+class VectorIndex:
+    """FAISS IVF (or exact flat, for small catalogues) index keyed by listing id.
+
+    Build with `VectorIndex.build`, or load with `VectorIndex.load`. ``search`` is safe to call from
+    several threads (nprobe and filters are passed per call); ``add``/``remove``/``update`` are not.
+    """
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        listing_ids: Sequence[str],
+        faiss_ids: np.ndarray,
+        *,
+        model_fingerprint: str,
+        metric: str = "ip",
+        nprobe: int = 0,
+        next_faiss_id: int | None = None,
+        info: dict | None = None,
+    ):
+        faiss_ids = np.asarray(faiss_ids, dtype=np.int64)
+        if len(listing_ids) != len(faiss_ids) or len(faiss_ids) != index.ntotal:
+            raise ValueError(
+                f"id map has {len(listing_ids)} listing ids and {len(faiss_ids)} FAISS ids but the index "
+                f"holds {index.ntotal} vectors; {REBUILD_HINT}"
+            )
+        self.index = index
+        self.model_fingerprint = model_fingerprint
+        self.metric = metric
+        self.nprobe = int(nprobe)
+        self._faiss_id_of: dict[str, int] = dict(zip(listing_ids, faiss_ids.tolist()))
+        self._listing_of: dict[int, str] = dict(zip(faiss_ids.tolist(), listing_ids))
+        if len(self._faiss_id_of) != len(listing_ids) or len(self._listing_of) != len(listing_ids):
+            raise ValueError("id map has duplicate listing ids or FAISS ids; " + REBUILD_HINT)
+        start = int(faiss_ids.max()) + 1 if len(faiss_ids) else 0
+        self.next_faiss_id = max(start, int(next_faiss_id or 0))
+        self.info = dict(info or {})
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        listing_ids: Sequence[str],
+        model_fingerprint: str,
+        nlist: int | None = None,
+        pq: bool = False,
+        calibration_queries: np.ndarray | None = None,
+        *,
+        metric: str = "ip",
+        target_recall: float = DEFAULT_TARGET_RECALL,
+        faiss_ids: np.ndarray | None = None,
+        next_faiss_id: int = 0,
+        seed: int = 0,
+    ) -> VectorIndex:
+        """Train and fill a new index, then calibrate nprobe for ``target_recall`` recall@10.
+
+        ``nlist=None`` chooses it from the size (`ivf.choose_nlist`: exact flat below 10k vectors);
+        ``nlist=0`` forces an exact flat index. ``pq=True`` stores PQ codes (d/8 bytes per vector)
+        instead of floats. ``calibration_queries`` should look like real queries (e.g. text
+        embeddings); without them a sample of the indexed vectors is used, which overestimates recall.
+        """
+        vectors = ivf.as_vectors(vectors)
+        listing_ids = _as_listing_ids(listing_ids, len(vectors))
+        if not model_fingerprint:
+            raise ValueError("model_fingerprint is required (the model bundle's fingerprint)")
+        n, dimension = vectors.shape
+        if n == 0:
+            raise ValueError("cannot build an index over 0 vectors; embed the catalogue first")
+        if nlist is None:
+            nlist = ivf.choose_nlist(n)
+        pq_m = None
+        if pq:
+            if nlist == 0:
+                logger.warning("PQ requested but %d vectors is small: using an exact flat index of floats", n)
+            else:
+                pq_m = ivf.choose_pq_subquantizers(dimension)
+        if faiss_ids is None:
+            faiss_ids = np.arange(next_faiss_id, next_faiss_id + n, dtype=np.int64)
+        started = time.perf_counter()
+        index = ivf.build_ivf(vectors, faiss_ids, nlist, metric=metric, pq=pq_m, seed=seed)
+        build_seconds = time.perf_counter() - started
+        info = {
+            "nlist": nlist,
+            "index_type": ivf.factory_string(nlist, pq_m),
+            "trained_count": n,
+            "build_seconds": round(build_seconds, 3),
+            "built_at": _now(),
+        }
+        vi = cls(
+            index,
+            listing_ids,
+            faiss_ids,
+            model_fingerprint=model_fingerprint,
+            metric=metric,
+            next_faiss_id=next_faiss_id,
+            info=info,
+        )
+        vi.calibrate(vectors, listing_ids, calibration_queries, target_recall=target_recall, seed=seed)
+        return vi
+
+    def calibrate(
+        self,
+        vectors: np.ndarray,
+        listing_ids: Sequence[str],
+        queries: np.ndarray | None = None,
+        *,
+        target_recall: float = DEFAULT_TARGET_RECALL,
+        seed: int = 0,
+    ) -> int:
+        """Set nprobe to the smallest value reaching ``target_recall`` recall@10 against exact search.
+
+        ``vectors`` of ``listing_ids`` (normally every indexed listing) are the exact reference
+        (`IndexFlatIP`); ``queries`` default to a sample of ``vectors``.
+        """
+        vectors = ivf.as_vectors(vectors, self.dimension)
+        listing_ids = _as_listing_ids(listing_ids, len(vectors))
+        unknown = [i for i in listing_ids if i not in self._faiss_id_of]
+        if unknown:
+            raise ValueError(f"{len(unknown)} calibration listings are not indexed (e.g. {unknown[:3]!r})")
+        faiss_ids = np.fromiter((self._faiss_id_of[i] for i in listing_ids), dtype=np.int64, count=len(listing_ids))
+        rng = np.random.default_rng(seed)
+        if queries is None:
+            take = rng.choice(len(vectors), size=min(len(vectors), MAX_CALIBRATION_QUERIES), replace=False)
+            queries = vectors[take]
+            source = "indexed vectors"
+        else:
+            queries = ivf.as_vectors(queries, self.dimension, name="calibration_queries")
+            if len(queries) > MAX_CALIBRATION_QUERIES:
+                queries = queries[rng.choice(len(queries), size=MAX_CALIBRATION_QUERIES, replace=False)]
+            source = "calibration queries"
+        k = min(CALIBRATION_K, len(vectors))
+        _, exact_ids = ivf.exact_search(vectors, faiss_ids, queries, k, self.metric)
+        nprobe, recall = ivf.calibrate_nprobe(self.index, queries, exact_ids, k=k, target_recall=target_recall)
+        self.nprobe = nprobe
+        self.info.update(
+            calibration={
+                "queries": len(queries),
+                "source": source,
+                "k": k,
+                "target_recall": target_recall,
+                "recall": round(recall, 4),
+                "calibrated_at": _now(),
+            }
+        )
+        return nprobe
+
+    def rebuild(
+        self,
+        vectors: np.ndarray,
+        listing_ids: Sequence[str],
+        nlist: int | None = None,
+        pq: bool | None = None,
+        calibration_queries: np.ndarray | None = None,
+        *,
+        target_recall: float = DEFAULT_TARGET_RECALL,
+    ) -> VectorIndex:
+        """A new index re-trained on ``vectors`` (the whole current catalogue), keeping FAISS ids stable."""
+        listing_ids = _as_listing_ids(listing_ids, len(vectors))
+        next_id = self.next_faiss_id
+        faiss_ids = np.empty(len(listing_ids), dtype=np.int64)
+        for position, listing_id in enumerate(listing_ids):
+            known = self._faiss_id_of.get(listing_id)
+            if known is None:
+                known, next_id = next_id, next_id + 1
+            faiss_ids[position] = known
+        if pq is None:
+            pq = "PQ" in self.info.get("index_type", "")
+        return VectorIndex.build(
+            vectors,
+            listing_ids,
+            self.model_fingerprint,
+            nlist=nlist,
+            pq=pq,
+            calibration_queries=calibration_queries,
+            metric=self.metric,
+            target_recall=target_recall,
+            faiss_ids=faiss_ids,
+            next_faiss_id=next_id,
+        )
+
+    def drift(self) -> dict:
+        """How far the index has moved from what its quantiser was trained on; ``needs_rebuild`` says if
+        ``marketsearch index --rebuild`` is advised (size changed 2x, or lists badly unbalanced)."""
+        trained = int(self.info.get("trained_count", len(self)) or 1)
+        growth = len(self) / trained
+        inverted = ivf.ivf_of(self.index)
+        imbalance = float(inverted.invlists.imbalance_factor()) if inverted is not None and len(self) else 1.0
+        wanted_nlist = ivf.choose_nlist(len(self))
+        reasons = []
+        if growth > 2 or growth < 0.5:
+            reasons.append(f"size changed {growth:.2f}x since training")
+        if imbalance > 3:
+            reasons.append(f"inverted lists unbalanced (imbalance factor {imbalance:.2f})")
+        if (wanted_nlist == 0) != (self.nlist == 0):
+            reasons.append(f"index type should change (nlist {self.nlist} -> {wanted_nlist})")
+        return {"growth": growth, "imbalance": imbalance, "needs_rebuild": bool(reasons), "reasons": reasons}
+
+    # ------------------------------------------------------------------ updates
+    def add(self, vectors: np.ndarray, listing_ids: Sequence[str]) -> None:
+        """Add new listings (no re-training). Raises ValueError for ids already indexed: use ``update``."""
+        vectors = ivf.as_vectors(vectors, self.dimension)
+        listing_ids = _as_listing_ids(listing_ids, len(vectors))
+        present = [listing_id for listing_id in listing_ids if listing_id in self._faiss_id_of]
+        if present:
+            raise ValueError(
+                f"{len(present)} listing ids are already indexed (e.g. {present[:3]}); use update() to replace them"
+            )
+        faiss_ids = np.arange(self.next_faiss_id, self.next_faiss_id + len(listing_ids), dtype=np.int64)
+        self._add(vectors, listing_ids, faiss_ids)
+        self.next_faiss_id += len(listing_ids)
+
+    def _add(self, vectors: np.ndarray, listing_ids: list[str], faiss_ids: np.ndarray) -> None:
+        if not len(listing_ids):
+            return
+        self.index.add_with_ids(vectors, faiss_ids)
+        for listing_id, faiss_id in zip(listing_ids, faiss_ids.tolist()):
+            self._faiss_id_of[listing_id] = faiss_id
+            self._listing_of[faiss_id] = listing_id
+
+    def remove(self, listing_ids: Collection[str]) -> int:
+        """Remove listings; unknown ids are ignored. Returns how many were removed."""
+        faiss_ids = [self._faiss_id_of[i] for i in dict.fromkeys(listing_ids) if i in self._faiss_id_of]
+        if not faiss_ids:
+            return 0
+        removed = self.index.remove_ids(np.asarray(faiss_ids, dtype=np.int64))
+        if removed != len(faiss_ids):
+            raise RuntimeError(f"FAISS removed {removed} of {len(faiss_ids)} vectors; {REBUILD_HINT}")
+        for faiss_id in faiss_ids:
+            del self._faiss_id_of[self._listing_of.pop(faiss_id)]
+        return removed
+
+    def update(self, vectors: np.ndarray, listing_ids: Sequence[str]) -> None:
+        """Insert or replace listings (remove + add); a replaced listing keeps its FAISS id."""
+        vectors = ivf.as_vectors(vectors, self.dimension)
+        listing_ids = _as_listing_ids(listing_ids, len(vectors))
+        known = {i: self._faiss_id_of[i] for i in listing_ids if i in self._faiss_id_of}
+        self.remove(list(known))
+        faiss_ids = np.empty(len(listing_ids), dtype=np.int64)
+        for position, listing_id in enumerate(listing_ids):
+            if listing_id in known:
+                faiss_ids[position] = known[listing_id]
+            else:
+                faiss_ids[position] = self.next_faiss_id
+                self.next_faiss_id += 1
+        self._add(vectors, listing_ids, faiss_ids)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: Collection[str] | None = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-k listings per query.
+
+        Returns ``scores float32 (nq, k')`` and ``ids`` (nq lists of listing ids), best first, with
+        ``k' = min(k, number of searchable listings)`` where searchable means indexed and, when
+        ``allowed_ids`` is given, in it. Every row has exactly ``k'`` results: when the probed lists
+        hold too few (filtered) vectors the row is searched again over all lists. Listings outside
+        ``allowed_ids`` are never returned (FAISS id selector).
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer; got {k!r}")
+        queries = ivf.as_vectors(queries, self.dimension, name="queries")
+        selector = None
+        if allowed_ids is None:
+            available = len(self)
+        else:
+            if isinstance(allowed_ids, str):
+                raise ValueError("allowed_ids must be a collection of listing ids, not a single string")
+            allowed = np.fromiter(
+                (self._faiss_id_of[i] for i in set(allowed_ids) if i in self._faiss_id_of), dtype=np.int64
+            )
+            available = len(allowed)
+            if available:
+                selector = faiss.IDSelectorBatch(allowed)
+        want = min(int(k), available)
+        if want == 0:
+            return np.zeros((len(queries), 0), dtype=np.float32), [[] for _ in range(len(queries))]
+        scores, ids = ivf.search(self.index, queries, want, self.nprobe or None, selector)
+        short = (ids < 0).any(axis=1)
+        if short.any() and self.nlist:
+            # The probed lists held fewer than `want` (allowed) vectors: scan every list for those rows.
+            logger.debug("%d of %d queries came back short; searching all %d lists", short.sum(), len(ids), self.nlist)
+            scores[short], ids[short] = ivf.search(self.index, queries[short], want, self.nlist, selector)
+        if (ids < 0).any():
+            raise RuntimeError(
+                f"index returned fewer than {want} results although {available} listings are searchable; "
+                + REBUILD_HINT
+            )
+        listing_of = self._listing_of
+        return scores, [[listing_of[i] for i in row] for row in ids.tolist()]
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def __contains__(self, listing_id: str) -> bool:
+        return listing_id in self._faiss_id_of
+
+    @property
+    def dimension(self) -> int:
+        return self.index.d
+
+    @property
+    def nlist(self) -> int:
+        inverted = ivf.ivf_of(self.index)
+        return 0 if inverted is None else int(inverted.nlist)
+
+    @property
+    def listing_ids(self) -> list[str]:
+        return list(self._faiss_id_of)
+
+    def faiss_id(self, listing_id: str) -> int:
+        return self._faiss_id_of[listing_id]
+
+    def listing_id(self, faiss_id: int) -> str:
+        return self._listing_of[int(faiss_id)]
+
+    @property
+    def manifest(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "vector_index",
+            "model_fingerprint": self.model_fingerprint,
+            "dimension": self.dimension,
+            "metric": self.metric,
+            "count": len(self),
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "index_type": self.info.get("index_type", ivf.factory_string(self.nlist)),
+            "next_faiss_id": self.next_faiss_id,
+            "faiss_version": faiss.__version__,
+            **{key: value for key, value in self.info.items() if key not in ("nlist", "index_type")},
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"VectorIndex({self.manifest['index_type']}, count={len(self)}, d={self.dimension}, "
+            f"nprobe={self.nprobe}, model={self.model_fingerprint[:12]})"
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write index.faiss, id_map.json and manifest.json as a new version of ``directory``, atomically."""
+        manifest = {**self.manifest, "saved_at": _now()}
+        with atomic_version(directory, manifest) as folder:
+            faiss.write_index(self.index, str(folder / INDEX_FILE))
+            id_map = {
+                "listing_ids": list(self._faiss_id_of),
+                "faiss_ids": list(self._faiss_id_of.values()),
+                "next_faiss_id": self.next_faiss_id,
+            }
+            with open(folder / ID_MAP_FILE, "w", encoding="utf-8") as handle:
+                json.dump(id_map, handle)
+        return Path(directory)
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        expected_fingerprint: str | None = None,
+        expected_dimension: int | None = None,
+        mmap: bool = False,
+    ) -> VectorIndex:
+        """Load the current version of ``directory`` after verifying checksums, model and dimension."""
+        folder, manifest = open_version(directory, "vector index")
+        if manifest.get("kind") != "vector_index" or manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexLoadError(
+                f"{folder} holds {manifest.get('kind')!r} format {manifest.get('format_version')!r}, "
+                f"expected 'vector_index' format {FORMAT_VERSION}; {REBUILD_HINT}"
+            )
+        built_with = manifest.get("model_fingerprint")
+        if expected_fingerprint is not None and built_with != expected_fingerprint:
+            raise IndexLoadError(
+                f"vector index at {directory} was built with model fingerprint {built_with!r} but the "
+                f"current model's fingerprint is {expected_fingerprint!r}; {REBUILD_HINT}"
+            )
+        if expected_dimension is not None and manifest.get("dimension") != expected_dimension:
+            raise IndexLoadError(
+                f"vector index at {directory} holds {manifest.get('dimension')}-d vectors but the current "
+                f"model embeds into {expected_dimension} dimensions; {REBUILD_HINT}"
+            )
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        index = faiss.read_index(str(folder / INDEX_FILE), flags)
+        if index.d != manifest["dimension"] or index.ntotal != manifest["count"]:
+            raise IndexLoadError(
+                f"{folder / INDEX_FILE} holds {index.ntotal} {index.d}-d vectors but the manifest says "
+                f"{manifest['count']} {manifest['dimension']}-d; {REBUILD_HINT}"
+            )
+        id_map = json.loads((folder / ID_MAP_FILE).read_text(encoding="utf-8"))
+        info_keys = ("index_type", "trained_count", "build_seconds", "built_at", "calibration", "saved_at")
+        vi = cls(
+            index,
+            id_map["listing_ids"],
+            np.asarray(id_map["faiss_ids"], dtype=np.int64),
+            model_fingerprint=built_with,
+            metric=manifest["metric"],
+            nprobe=manifest["nprobe"],
+            next_faiss_id=id_map["next_faiss_id"],
+            info={key: manifest[key] for key in info_keys if key in manifest},
+        )
+        logger.info("loaded %r from %s", vi, folder)
+        return vi
+
+
+def _as_listing_ids(listing_ids: Sequence[str], n: int) -> list[str]:
+    if isinstance(listing_ids, str):
+        raise ValueError("listing_ids must be a sequence of ids, not a single string")
+    listing_ids = list(listing_ids)
+    if len(listing_ids) != n:
+        raise ValueError(f"got {n} vectors but {len(listing_ids)} listing ids; they must match one to one")
+    bad = [i for i in listing_ids if not isinstance(i, str) or not i]
+    if bad:
+        raise ValueError(f"listing ids must be non-empty strings; got {bad[:3]!r}")
+    if len(set(listing_ids)) != n:
+        seen, duplicates = set(), []
+        for listing_id in listing_ids:
+            if listing_id in seen:
+                duplicates.append(listing_id)
+            seen.add(listing_id)
+        raise ValueError(f"duplicate listing ids: {duplicates[:5]!r}; each listing must appear once")
+    return listing_ids
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["VectorIndex", "IndexLoadError"]

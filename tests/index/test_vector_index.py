@@ -1,0 +1,259 @@
+"""VectorIndex: id map, filter guarantees, persistence, manifest checks and atomic saves."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from index import ivf, storage
+from index.storage import IndexLoadError
+from index.synthetic import clustered_vectors, perturbed_queries
+from index.vector_index import VectorIndex
+from tests.index.reference import brute_force
+
+
+def test_build_chooses_ivf_and_calibrates_nprobe(built_index, clustered):
+    vectors, listing_ids, queries = clustered
+    manifest = built_index.manifest
+    assert manifest["index_type"] == f"IVF{ivf.choose_nlist(len(vectors))},Flat"
+    assert 1 <= built_index.nprobe < built_index.nlist
+    assert manifest["calibration"]["recall"] >= 0.95
+    assert manifest["calibration"]["source"] == "calibration queries"
+    assert manifest["count"] == len(vectors) and manifest["dimension"] == vectors.shape[1]
+    # Recall@10 on held-out queries against numpy brute force.
+    fresh = perturbed_queries(vectors, 200, seed=5)
+    _, found = built_index.search(fresh, 10)
+    reference = brute_force(vectors, fresh, 10)
+    hits = sum(len(set(row) & {listing_ids[i] for i in ref}) for row, ref in zip(found, reference))
+    assert hits / reference.size >= 0.93
+
+
+def test_small_catalogue_gets_exact_flat_index():
+    vectors = clustered_vectors(500, 16, seed=3)
+    ids = [f"s{i}" for i in range(500)]
+    vi = VectorIndex.build(vectors, ids, "model-a")
+    assert vi.nlist == 0 and vi.manifest["index_type"] == "IDMap,Flat"
+    scores, found = vi.search(vectors[:20], 7)
+    reference = brute_force(vectors, vectors[:20], 7)
+    assert found == [[ids[i] for i in row] for row in reference]
+    assert scores.shape == (20, 7) and scores.dtype == np.float32
+    # k larger than the catalogue: every listing, once.
+    _, everything = vi.search(vectors[:1], 1000)
+    assert sorted(everything[0]) == sorted(ids)
+
+
+def test_id_map_after_add_remove_update(ivf_index, clustered):
+    vectors, listing_ids, _ = clustered
+    vi = ivf_index
+    count = len(vi)
+    first_free = vi.next_faiss_id
+
+    removed = listing_ids[:5]
+    assert vi.remove(removed + ["not-indexed"]) == 5
+    assert len(vi) == count - 5
+    _, found = vi.search(vectors[:5], 10)
+    assert not set(removed) & {i for row in found for i in row}
+    assert vi.remove(removed) == 0  # removing twice is a no-op
+
+    new_vectors = clustered_vectors(3, vectors.shape[1], seed=42)
+    vi.add(new_vectors, ["new-1", "new-2", "new-3"])
+    assert len(vi) == count - 2
+    assert [vi.faiss_id(i) for i in ["new-1", "new-2", "new-3"]] == [first_free, first_free + 1, first_free + 2]
+    _, found = vi.search(new_vectors, 1)
+    assert found == [["new-1"], ["new-2"], ["new-3"]]
+    with pytest.raises(ValueError, match="already indexed.*use update"):
+        vi.add(new_vectors[:1], ["new-1"])
+
+    # Update moves listing-00100 onto listing-00200's vector; it keeps its FAISS id.
+    kept_id = vi.faiss_id("listing-00100")
+    vi.update(vectors[200:201], ["listing-00100"])
+    assert vi.faiss_id("listing-00100") == kept_id and len(vi) == count - 2
+    scores, found = vi.search(vectors[200:201], 2)
+    assert set(found[0]) == {"listing-00100", "listing-00200"}
+    np.testing.assert_allclose(scores[0], [1.0, 1.0], atol=1e-5)
+    # A removed listing that comes back gets a fresh FAISS id: ids are never reused.
+    vi.update(vectors[:1], [listing_ids[0]])
+    assert vi.faiss_id(listing_ids[0]) == first_free + 3
+    assert vi.listing_id(first_free + 3) == listing_ids[0]
+
+
+@pytest.mark.parametrize("n_allowed", [1, 3, 10, 57, 2_000])
+def test_filtered_search_never_leaves_allowed_set_and_returns_k(built_index, clustered, n_allowed):
+    vectors, listing_ids, queries = clustered
+    rng = np.random.default_rng(n_allowed)
+    allowed_rows = np.sort(rng.choice(len(vectors), n_allowed, replace=False))
+    allowed = {listing_ids[i] for i in allowed_rows}
+    scores, found = built_index.search(queries[:50], 10, allowed_ids=allowed)
+    want = min(10, n_allowed)
+    assert scores.shape == (50, want)
+    for row in found:
+        assert len(row) == want and len(set(row)) == want
+        assert set(row) <= allowed
+    if n_allowed <= 57:  # sparse filters land outside the probed lists: answered by the exhaustive scan
+        reference = brute_force(vectors, queries[:50], 10, allowed=allowed_rows)
+        assert found == [[listing_ids[i] for i in row] for row in reference]
+
+
+def test_filter_whose_listings_live_only_in_unprobed_lists(built_index, clustered):
+    vectors, listing_ids, queries = clustered
+    query = queries[:1]
+    inverted = ivf.ivf_of(built_index.index)
+    _, probed = inverted.quantizer.search(query, built_index.nprobe)
+    _, lists = inverted.quantizer.search(vectors, 1)
+    # The 30 listings least similar to the query, none of them in a probed list.
+    order = np.argsort(vectors @ query[0])
+    far = [i for i in order if lists[i, 0] not in set(probed[0])][:30]
+    allowed = {listing_ids[i] for i in far}
+    _, found = built_index.search(query, 10, allowed_ids=allowed)
+    reference = brute_force(vectors, query, 10, allowed=np.array(far))
+    assert found[0] == [listing_ids[i] for i in reference[0]]
+
+
+def test_filter_edge_cases(built_index, clustered):
+    vectors, listing_ids, queries = clustered
+    scores, found = built_index.search(queries[:4], 10, allowed_ids=[])
+    assert scores.shape == (4, 0) and found == [[], [], [], []]
+    _, found = built_index.search(queries[:2], 10, allowed_ids=["unknown-1", listing_ids[7], "unknown-2"])
+    assert found == [[listing_ids[7]], [listing_ids[7]]]
+    with pytest.raises(ValueError, match="not a single string"):
+        built_index.search(queries[:1], 10, allowed_ids=listing_ids[7])
+
+
+def test_search_rejects_bad_queries(built_index):
+    with pytest.raises(ValueError, match="dimension 5 but the index holds 32"):
+        built_index.search(np.zeros((1, 5), np.float32), 3)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        built_index.search(np.zeros((1, 32), np.float32), 0)
+    with pytest.raises(ValueError, match="NaN"):
+        built_index.search(np.full((1, 32), np.nan, np.float32), 3)
+    # A single 1-D query vector is accepted as one row.
+    scores, found = built_index.search(np.ones(32, np.float32) / np.sqrt(32), 3)
+    assert scores.shape == (1, 3) and len(found[0]) == 3
+
+
+def test_build_rejects_mismatched_ids(clustered):
+    vectors, listing_ids, _ = clustered
+    with pytest.raises(ValueError, match="got 100 vectors but 99 listing ids"):
+        VectorIndex.build(vectors[:100], listing_ids[:99], "model-a")
+    with pytest.raises(ValueError, match="duplicate listing ids"):
+        VectorIndex.build(vectors[:3], ["a", "b", "a"], "model-a")
+    with pytest.raises(ValueError, match="model_fingerprint is required"):
+        VectorIndex.build(vectors[:3], ["a", "b", "c"], "")
+
+
+def test_save_load_round_trip(built_index, clustered, tmp_path):
+    _, _, queries = clustered
+    built_index.save(tmp_path / "vector")
+    loaded = VectorIndex.load(tmp_path / "vector", expected_fingerprint="model-a", expected_dimension=32)
+    assert loaded.manifest == {**built_index.manifest, "saved_at": loaded.manifest["saved_at"]}
+    expected_scores, expected_ids = built_index.search(queries[:20], 10)
+    scores, found = loaded.search(queries[:20], 10)
+    assert found == expected_ids
+    np.testing.assert_array_equal(scores, expected_scores)
+    folder = tmp_path / "vector" / storage.current_version(tmp_path / "vector")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"index.faiss", "id_map.json"}
+    assert manifest["faiss_version"] == faiss.__version__ and manifest["nprobe"] == built_index.nprobe
+
+
+def test_load_refuses_other_model_and_dimension(built_index, tmp_path):
+    built_index.save(tmp_path / "vector")
+    with pytest.raises(IndexLoadError) as error:
+        VectorIndex.load(tmp_path / "vector", expected_fingerprint="model-b")
+    message = str(error.value)
+    assert "'model-a'" in message and "'model-b'" in message and "marketsearch index --rebuild" in message
+    with pytest.raises(IndexLoadError, match="holds 32-d vectors but the current model embeds into 64"):
+        VectorIndex.load(tmp_path / "vector", expected_dimension=64)
+
+
+def test_load_detects_corrupted_and_missing_files(built_index, tmp_path):
+    root = tmp_path / "vector"
+    built_index.save(root)
+    index_file = root / storage.current_version(root) / "index.faiss"
+    data = bytearray(index_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    index_file.write_bytes(bytes(data))
+    with pytest.raises(IndexLoadError, match="index.faiss is corrupt: sha256 .*`marketsearch index --rebuild`"):
+        VectorIndex.load(root)
+    index_file.unlink()
+    with pytest.raises(IndexLoadError, match="is missing"):
+        VectorIndex.load(root)
+    with pytest.raises(IndexLoadError, match="no vector index at"):
+        VectorIndex.load(tmp_path / "nothing-here")
+
+
+class Killed(BaseException):
+    """Stands in for the process dying (not an Exception, so nothing may swallow it)."""
+
+
+def test_crash_during_save_keeps_previous_index(ivf_index, clustered, tmp_path, monkeypatch):
+    _, listing_ids, queries = clustered
+    root = tmp_path / "vector"
+    ivf_index.save(root)
+    before = VectorIndex.load(root).search(queries[:5], 10)
+    ivf_index.remove(listing_ids[:1000])
+
+    def crash_half_way(index, path):  # a partial file, then the process "dies"
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise Killed("killed during write_index")
+
+    monkeypatch.setattr(faiss, "write_index", crash_half_way)
+    with pytest.raises(Killed):
+        ivf_index.save(root)
+    monkeypatch.undo()
+
+    # Crash between publishing the new folder and swapping CURRENT.
+    real_replace = storage.os.replace
+
+    def crash_on_current(source, target):
+        if str(target).endswith(storage.CURRENT):
+            raise OSError("power cut")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(storage.os, "replace", crash_on_current)
+    with pytest.raises(OSError, match="power cut"):
+        ivf_index.save(root)
+    monkeypatch.undo()
+
+    loaded = VectorIndex.load(root)
+    assert len(loaded) == len(clustered[0])
+    after = loaded.search(queries[:5], 10)
+    assert after[1] == before[1]
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]  # temp folders cleaned up
+
+    # The next successful save publishes the new state and prunes to current + previous.
+    ivf_index.save(root)
+    assert len(VectorIndex.load(root)) == len(clustered[0]) - 1000
+    assert len([p for p in root.iterdir() if p.name.startswith("v-")]) == 2
+
+
+def test_rebuild_keeps_faiss_ids_and_retrains(ivf_index, clustered):
+    vectors, listing_ids, queries = clustered
+    keep = listing_ids[5_000:]
+    ids_before = {i: ivf_index.faiss_id(i) for i in keep[:100]}
+    extra = clustered_vectors(10, vectors.shape[1], seed=9)
+    rebuilt = ivf_index.rebuild(
+        np.vstack([vectors[5_000:], extra]),
+        keep + [f"extra-{i}" for i in range(10)],
+        calibration_queries=queries,
+    )
+    assert len(rebuilt) == len(keep) + 10
+    assert {i: rebuilt.faiss_id(i) for i in keep[:100]} == ids_before
+    assert rebuilt.faiss_id("extra-0") == ivf_index.next_faiss_id
+    assert rebuilt.nlist == ivf.choose_nlist(len(rebuilt))
+    assert rebuilt.manifest["trained_count"] == len(rebuilt)
+    assert not rebuilt.drift()["needs_rebuild"]
+
+
+def test_drift_advises_rebuild_after_growth(clustered):
+    vectors, listing_ids, _ = clustered
+    vi = VectorIndex.build(vectors[:10_000], listing_ids[:10_000], "model-a")
+    assert not vi.drift()["needs_rebuild"]
+    vi.add(vectors[10_000:], listing_ids[10_000:])
+    vi.add(clustered_vectors(1_000, vectors.shape[1], seed=4), [f"more-{i}" for i in range(1_000)])
+    drift = vi.drift()
+    assert drift["needs_rebuild"] and "size changed 2.10x" in drift["reasons"][0]
