@@ -190,20 +190,25 @@ class Pooling(SaveableModule):
 
 
 class Projection(SaveableModule):
-    """Projection head to the shared space: Linear, or Linear-GELU-Dropout-Linear when hidden_dim > 0."""
+    """Projection head to the shared space: [LayerNorm] then Linear, or Linear-GELU-Dropout-Linear when
+    hidden_dim > 0. The LayerNorm puts backbone features of any scale (pretrained or random) on one footing."""
 
-    config_keys = ("in_dim", "out_dim", "hidden_dim", "dropout")
+    config_keys = ("in_dim", "out_dim", "hidden_dim", "dropout", "input_norm")
 
-    def __init__(self, in_dim: int, out_dim: int = 256, hidden_dim: int = 0, dropout: float = 0.1):
+    def __init__(self, in_dim: int, out_dim: int = 256, hidden_dim: int = 0, dropout: float = 0.1,
+                 input_norm: bool = True):
         super().__init__()
-        self.in_dim, self.out_dim, self.hidden_dim, self.dropout = int(in_dim), int(out_dim), int(hidden_dim), float(dropout)
+        self.in_dim, self.out_dim, self.hidden_dim = int(in_dim), int(out_dim), int(hidden_dim)
+        self.dropout = float(dropout)
+        self.input_norm = bool(input_norm)
+        norm = [nn.LayerNorm(self.in_dim)] if self.input_norm else []
         if self.hidden_dim > 0:
             self.net = nn.Sequential(
-                nn.Dropout(self.dropout), nn.Linear(self.in_dim, self.hidden_dim), nn.GELU(),
+                *norm, nn.Dropout(self.dropout), nn.Linear(self.in_dim, self.hidden_dim), nn.GELU(),
                 nn.Dropout(self.dropout), nn.Linear(self.hidden_dim, self.out_dim),
             )
         else:
-            self.net = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(self.in_dim, self.out_dim))
+            self.net = nn.Sequential(*norm, nn.Dropout(self.dropout), nn.Linear(self.in_dim, self.out_dim))
 
     def forward(self, features: dict) -> dict:
         features["embedding"] = self.net(features["pooled"])

@@ -36,6 +36,7 @@ class TowerConfig:
     hidden_dim: int = 512  # projection MLP width; 0 = single linear layer
     dropout: float = 0.1
     max_length: int = 128  # text only: tokenizer truncation
+    image_size: int | None = None  # image only: override the backbone's input size (resize = crop = this)
 
 
 @dataclass
@@ -213,8 +214,13 @@ def library_versions() -> dict:
 
 
 def build_image_tower(name: str = "auto", pretrained: bool = True, embed_dim: int = 256, hidden_dim: int = 512,
-                      dropout: float = 0.1, allow_download: bool = True) -> tuple[Tower, BackboneChoice]:
+                      dropout: float = 0.1, allow_download: bool = True,
+                      image_size: int | None = None) -> tuple[Tower, BackboneChoice]:
     net, choice = resolve_image_backbone(name, pretrained=pretrained, allow_download=allow_download)
+    if image_size is not None:
+        if image_size < 32:
+            raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+        choice.preprocessing.update(resize=int(image_size), crop=int(image_size))
     backbone = ImageBackbone(choice.name, preprocessing=choice.preprocessing, provenance=choice.provenance(), net=net)
     tower = Tower("image", [backbone, Pooling("global_avg", backbone.output_dim),
                             Projection(backbone.output_dim, embed_dim, hidden_dim, dropout), Normalize()])
@@ -235,7 +241,7 @@ def build_text_tower(name: str = "auto", pretrained: bool = True, embed_dim: int
 def build_towers(config: ModelConfig, allow_download: bool = True) -> tuple[Tower, Tower]:
     image_tower, image_choice = build_image_tower(
         config.image.backbone, config.image.pretrained, config.embed_dim, config.image.hidden_dim,
-        config.image.dropout, allow_download=allow_download)
+        config.image.dropout, allow_download=allow_download, image_size=config.image.image_size)
     text_tower, text_choice = build_text_tower(
         config.text.backbone, config.text.pretrained, config.embed_dim, config.text.hidden_dim,
         config.text.dropout, config.text.max_length, allow_download=allow_download)

@@ -36,3 +36,6 @@ from catalog import cli as catalog_cli  # noqa: E402
 app.command("ingest")(catalog_cli.ingest)
 app.command("demo-data")(catalog_cli.demo_data)
 app.add_typer(catalog_cli.catalog_app, name="catalog")
+from encoders import cli as encoders_cli  # noqa: E402
+app.command("train")(encoders_cli.train)
+app.command("embed")(encoders_cli.embed)

@@ -1,0 +1,133 @@
+"""`marketsearch train` and `marketsearch embed`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from marketsearch.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+
+ThreadsOption = Annotated[
+    int, typer.Option("--threads", min=1, help="CPU threads for torch (torch.set_num_threads).")
+]
+
+
+def train(
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+    config: Annotated[str, typer.Option(
+        "--config", help="Named architecture in encoders/configs: default (auto backbones), design-card "
+        "(resnet50 + distilbert-base-uncased), offline (mobilenet_v2 + all-MiniLM-L6-v2), tiny (random, tests).",
+    )] = "default",
+    image_backbone: Annotated[str | None, typer.Option(
+        "--image-backbone", help="Override the image backbone: auto, resnet50, mobilenet_v2 or tiny_cnn. "
+        "auto = resnet50 ImageNet weights when cached/downloadable, else the offline mobilenet_v2 (with a warning).",
+    )] = None,
+    text_backbone: Annotated[str | None, typer.Option(
+        "--text-backbone", help="Override the text backbone: auto, distilbert-base-uncased, all-MiniLM-L6-v2, "
+        "tiny_distilbert, or a local Hugging Face checkpoint folder.",
+    )] = None,
+    embed_dim: Annotated[int | None, typer.Option("--embed-dim", min=8, help="Shared embedding dimension.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum number of epochs.")] = 40,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Listings per training step.")] = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate of the heads (AdamW, warmup + cosine).")] = 2e-3,
+    patience: Annotated[int, typer.Option(
+        "--patience", min=1, help="Stop after this many epochs without a better validation score.")] = 8,
+    finetune_blocks: Annotated[int, typer.Option(
+        "--finetune-blocks", min=0, help="Unfreeze the top N blocks of each backbone (0 = frozen backbones with "
+        "cached features: the fast CPU profile).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the product-level split and of training.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")] = "auto",
+    threads: ThreadsOption = 2,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Never try to download backbone weights (local caches and bundled weights only).")] = False,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", help="Continue an interrupted run: its folder, or 'latest' for the newest run in the "
+        "workspace (its saved options are used).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final report as JSON.")] = False,
+) -> None:
+    """Train both towers and the fusion classifier on the catalogue; the best model goes to <workspace>/model.
+
+    Writes a run folder <workspace>/runs/<timestamp>/ (checkpoints, metrics.json, TensorBoard logs,
+    report.md with per-tower and fused accuracy/macro-F1 on the test products, confusion_matrix.png).
+    """
+    import torch
+
+    from encoders.backbones import MissingWeightsError
+    from encoders.train import TrainConfig
+    from encoders.train import train as run_training
+
+    torch.set_num_threads(threads)
+    ws = open_workspace(workspace)
+    options = TrainConfig(
+        model_config=config, image_backbone=image_backbone, text_backbone=text_backbone, embed_dim=embed_dim,
+        epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, finetune_blocks=finetune_blocks,
+        seed=seed, device=device, allow_download=not offline,
+    )
+    try:
+        result = run_training(ws, options, resume=resume)
+    except (MissingWeightsError, FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from error
+    report = result.report
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    test = report["test"]
+    typer.echo(f"run:      {result.run_dir}")
+    typer.echo(f"model:    {result.model_dir} (fingerprint {report['fingerprint'][:12]})")
+    typer.echo(f"backbones: image {report['backbones']['image']['name']} ({report['backbones']['image']['source']}), "
+               f"text {report['backbones']['text']['name']} ({report['backbones']['text']['source']})")
+    for name in ("image_only", "text_only", "fused"):
+        m = test[name]
+        typer.echo(f"test {name:<10} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']})")
+    typer.echo(f"test title->photo recall@10: {test['title_to_photo_recall@10']:.4f} "
+               f"(gallery {test['gallery_size']} listings)")
+    typer.echo(f"best epoch {report['best_epoch']} of {report['epochs_run']}, {report['seconds']:.0f} s on "
+               f"{report['device']}; report: {result.run_dir / 'report.md'}")
+
+
+def embed(
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Listings per encoding step and per database transaction.")] = 64,
+    image_batch_size: Annotated[int, typer.Option(
+        "--image-batch-size", min=1, help="Photos per forward pass of the image tower.")] = 32,
+    threads: ThreadsOption = 2,
+    model_dir: Annotated[Path | None, typer.Option(
+        "--model", help="Model bundle folder (default: <workspace>/model).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+) -> None:
+    """Encode new and changed listings with the current model and store their vectors in the catalogue.
+
+    Incremental and resumable: listings already embedded with the same model and content are skipped.
+    """
+    import torch
+
+    from catalog.store import Catalog
+    from encoders.bundle import MultiModalModel
+    from encoders.embed import embed_catalog
+
+    torch.set_num_threads(threads)
+    ws = open_workspace(workspace)
+    try:
+        model = MultiModalModel.load(model_dir or ws.model_dir)
+    except (FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from error
+    catalog = Catalog(ws.db_url, root=ws.root)
+    try:
+        stats = embed_catalog(model, catalog, batch_size=batch_size, image_batch_size=image_batch_size)
+    finally:
+        catalog.close()
+    if as_json:
+        typer.echo(json.dumps(stats.to_dict(), indent=2))
+        return
+    typer.echo(f"model {model.fingerprint[:12]}: {stats.listings} listings, {stats.encoded} encoded, "
+               f"{stats.up_to_date} up to date, {stats.removed} removed")
+    typer.echo(f"{stats.images_encoded} photos encoded, {stats.image_errors} unreadable, "
+               f"{stats.text_only} text-only listings")
+    typer.echo(f"{stats.seconds:.1f} s, {stats.listings_per_s:.1f} listings/s (batch {batch_size}, "
+               f"image batch {image_batch_size}, {threads} threads)")

@@ -1,0 +1,571 @@
+"""Joint training of both towers and the fusion head on the catalogue (torchvision reference layout).
+
+Objective per batch of listings: category cross-entropy of the fusion head (with modality dropout),
+auxiliary cross-entropy of each tower's own linear probe, and the symmetric contrastive loss between
+the image and text embeddings of the same listing. The split is by listing (``catalog.split``), so no
+product's photos are on both sides.
+
+Default profile (CPU-friendly): both backbones frozen, their pooled features computed once and cached
+on disk (``encoders.features``), only the projection heads, probes and fusion head are trained, for a
+few seconds per epoch. ``finetune_blocks=N`` unfreezes the top N blocks of each backbone and runs the
+backbones in the loop instead (slow on CPU; the same code runs on a GPU).
+
+A run folder ``<workspace>/runs/<timestamp>/`` holds config.json, split.json, checkpoints/last.pt
+(every epoch) and best.pt (best validation score), metrics.json, tensorboard/, the final report
+(report.json, report.md, confusion_matrix.png) and model/ (the best bundle, also copied to
+``workspace.model_dir``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from catalog.labels import LabelEncoder
+from catalog.split import assign_split
+from catalog.store import Catalog
+from encoders.bundle import MultiModalModel
+from encoders.features import cached_pooled_features, text_key
+from encoders.io import copy_dir_atomic, torch_save_atomic, write_json_atomic
+from encoders.loss import ClipLoss
+from encoders.towers import Tower, build_towers, get_model_config
+from fusion.classifier import FusionClassifier
+from fusion.evaluate import evaluate_fusion, save_confusion_matrix
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_PREFIXES = ("image_tower.layers.0.", "text_tower.layers.0.")
+
+
+@dataclass
+class TrainConfig:
+    # -- model
+    model_config: str = "default"  # named architecture in encoders/configs (list_towers())
+    image_backbone: str | None = None  # override the config's image backbone ("auto", a name)
+    text_backbone: str | None = None  # override the config's text backbone ("auto", a name, a local folder)
+    embed_dim: int | None = None  # override the shared embedding dimension
+    fusion_hidden_dim: int = 256
+    modality_dropout: float = 0.3  # share of complete rows that the fusion head sees with one modality hidden
+    # -- data
+    seed: int = 0  # split seed and training seed
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    title_only_prob: float = 0.3  # text view = title only (query-like) instead of title + description
+    # -- optimisation
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3  # heads
+    backbone_lr: float = 2e-5  # unfrozen backbone blocks
+    weight_decay: float = 1e-2
+    warmup_epochs: int = 1
+    contrastive_weight: float = 1.0
+    tower_ce_weight: float = 0.5  # weight of each tower's own probe cross-entropy
+    patience: int = 8  # epochs without a better validation score before stopping
+    finetune_blocks: int = 0  # unfreeze the top N blocks of each backbone (0 = frozen, cached features)
+    # -- system
+    device: str = "auto"  # auto | cpu | cuda
+    feature_batch_size: int = 32
+    allow_download: bool = True  # let 'auto'/design-card backbones be downloaded (short timeout)
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    report: dict
+    history: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class TrainingData:
+    """The catalogue flattened for training: listings, labels, split and photo rows."""
+
+    ids: list[str]
+    texts: list[str]  # title + description
+    titles: list[str]
+    y: np.ndarray  # int64 (n,)
+    split: np.ndarray  # str (n,): train | val | test
+    photo_ids: list[str]
+    photo_paths: list[Path]
+    photo_owner: np.ndarray  # int64 (m,), listing row of each photo
+    photo_start: np.ndarray  # int64 (n,), first photo row of each listing
+    photo_count: np.ndarray  # int64 (n,)
+
+    @property
+    def has_image(self) -> np.ndarray:
+        return self.photo_count > 0
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+
+def load_training_data(catalog: Catalog, labels: LabelEncoder, seed: int, val_fraction: float,
+                       test_fraction: float) -> TrainingData:
+    listings = [listing for batch in catalog.iter_listings(batch_size=1000) for listing in batch]
+    if not listings:
+        raise ValueError(f"the catalogue {catalog.url} is empty; run `marketsearch ingest` first")
+    split_of = assign_split([x.id for x in listings], seed=seed, val_fraction=val_fraction,
+                            test_fraction=test_fraction)
+    photo_ids, photo_paths, owner, start, count = [], [], [], [], []
+    missing = 0
+    for row, listing in enumerate(listings):
+        start.append(len(photo_ids))
+        kept = 0
+        for image_id in listing.image_ids:
+            path = catalog.image_path(image_id)
+            if path is None or not path.is_file():
+                missing += 1
+                continue
+            photo_ids.append(image_id)
+            photo_paths.append(path)
+            owner.append(row)
+            kept += 1
+        count.append(kept)
+    if missing:
+        logger.warning("%d photos listed in the catalogue have no file on disk; trained without them", missing)
+    return TrainingData(
+        ids=[x.id for x in listings], texts=[x.text for x in listings], titles=[x.title for x in listings],
+        y=labels.encode_many([x.top_category for x in listings]),
+        split=np.array([split_of[x.id] for x in listings]),
+        photo_ids=photo_ids, photo_paths=photo_paths, photo_owner=np.asarray(owner, np.int64),
+        photo_start=np.asarray(start, np.int64), photo_count=np.asarray(count, np.int64),
+    )
+
+
+def load_photo(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+class CachedFeatures:
+    """Pooled backbone features from the disk cache (frozen backbones)."""
+
+    def __init__(self, data: TrainingData, image_tower: Tower, text_tower: Tower, cache_root: Path,
+                 device: torch.device, batch_size: int, progress: bool):
+        photo_keys = [f"{image_id}:{path.stat().st_size}" for image_id, path in zip(data.photo_ids, data.photo_paths)]
+        path_of = dict(zip(photo_keys, data.photo_paths))
+        image = cached_pooled_features(image_tower, cache_root, photo_keys, lambda key: load_photo(path_of[key]),
+                                       batch_size=batch_size, progress=progress)
+        text_of = {text_key(t): t for t in data.texts + data.titles}
+        text = cached_pooled_features(text_tower, cache_root, list(text_of), lambda key: text_of[key],
+                                      batch_size=batch_size, progress=progress)
+        row_of = {key: row for row, key in enumerate(text_of)}
+        self.image = torch.as_tensor(image, device=device)
+        self.text_full = torch.as_tensor(text[[row_of[text_key(t)] for t in data.texts]], device=device)
+        self.text_title = torch.as_tensor(text[[row_of[text_key(t)] for t in data.titles]], device=device)
+
+    def image_pooled(self, photo_rows: np.ndarray, train: bool) -> torch.Tensor:
+        return self.image[torch.as_tensor(photo_rows, device=self.image.device)]
+
+    def text_pooled(self, rows: np.ndarray, title_only: np.ndarray, train: bool) -> torch.Tensor:
+        index = torch.as_tensor(rows, device=self.text_full.device)
+        mask = torch.as_tensor(title_only, device=self.text_full.device).unsqueeze(1)
+        return torch.where(mask, self.text_title[index], self.text_full[index])
+
+
+class LiveFeatures:
+    """Pooled features computed by the (partly trainable) backbones inside the loop."""
+
+    def __init__(self, data: TrainingData, image_tower: Tower, text_tower: Tower):
+        self.data, self.image_tower, self.text_tower = data, image_tower, text_tower
+
+    def image_pooled(self, photo_rows: np.ndarray, train: bool) -> torch.Tensor:
+        images = [load_photo(self.data.photo_paths[i]) for i in photo_rows]
+        return self.image_tower.trunk(self.image_tower.prepare(images, train=train))
+
+    def text_pooled(self, rows: np.ndarray, title_only: np.ndarray, train: bool) -> torch.Tensor:
+        texts = [self.data.titles[r] if t else self.data.texts[r] for r, t in zip(rows, title_only)]
+        return self.text_tower.trunk(self.text_tower.prepare(texts))
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+class JointModel(nn.Module):
+    """Everything that is trained together: towers, per-tower probes, fusion head, contrastive loss."""
+
+    def __init__(self, image_tower: Tower, text_tower: Tower, num_classes: int, fusion_hidden_dim: int,
+                 modality_dropout: float, classes: list[str]):
+        super().__init__()
+        dim = image_tower.embed_dim
+        self.image_tower, self.text_tower = image_tower, text_tower
+        self.image_probe = nn.Linear(dim, num_classes)
+        self.text_probe = nn.Linear(dim, num_classes)
+        self.fusion = FusionClassifier(dim, dim, num_classes, fusion_hidden_dim, modality_dropout=modality_dropout,
+                                       classes=classes)
+        self.clip_loss = ClipLoss()
+
+    def trainable_state(self) -> dict:
+        """Everything except the frozen backbone weights (which are rebuilt from their source on resume)."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {key: value.detach().cpu().clone() for key, value in self.state_dict().items()
+                if key in trainable or not key.startswith(BACKBONE_PREFIXES)}
+
+
+def _scatter_mean_normalised(vectors: torch.Tensor, owner: np.ndarray, n: int) -> torch.Tensor:
+    out = torch.zeros(n, vectors.shape[1], device=vectors.device)
+    out.index_add_(0, torch.as_tensor(owner, device=vectors.device), vectors)
+    return F.normalize(out, dim=1) * (out.norm(dim=1, keepdim=True) > 0)
+
+
+@torch.no_grad()
+def embed_rows(model: JointModel, features, data: TrainingData, rows: np.ndarray, batch_size: int = 512):
+    """Eval-mode embeddings of listing ``rows``: text (full), title-only text, image (mean of photos)."""
+    model.eval()
+    n = len(rows)
+    all_rows = np.asarray(rows, np.int64)
+    text, title = [], []
+    for start in range(0, n, batch_size):
+        part = all_rows[start : start + batch_size]
+        text.append(model.text_tower.head(features.text_pooled(part, np.zeros(len(part), bool), False)))
+        title.append(model.text_tower.head(features.text_pooled(part, np.ones(len(part), bool), False)))
+    local = {row: i for i, row in enumerate(all_rows)}
+    photo_rows = np.concatenate([np.arange(data.photo_start[r], data.photo_start[r] + data.photo_count[r])
+                                 for r in all_rows] or [np.zeros(0, np.int64)]).astype(np.int64)
+    dim = model.image_tower.embed_dim
+    photo_vectors = [model.image_tower.head(features.image_pooled(photo_rows[s : s + batch_size], False))
+                     for s in range(0, len(photo_rows), batch_size)]
+    photo_vectors = torch.cat(photo_vectors) if photo_vectors else torch.zeros(0, dim)
+    owner = np.array([local[data.photo_owner[p]] for p in photo_rows], np.int64)
+    image = _scatter_mean_normalised(photo_vectors.float(), owner, n) if len(photo_rows) else torch.zeros(n, dim)
+    return torch.cat(text).float(), torch.cat(title).float(), image.float()
+
+
+def recall_at_k(queries: np.ndarray, gallery: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """Share of queries whose true gallery row (``truth[i]``) is among the k highest inner products."""
+    if len(queries) == 0:
+        return float("nan")
+    scores = queries @ gallery.T
+    true_scores = scores[np.arange(len(queries)), truth]
+    rank = (scores > true_scores[:, None]).sum(axis=1)
+    return float((rank < k).mean())
+
+
+def evaluate_rows(model: JointModel, features, data: TrainingData, rows: np.ndarray,
+                  gallery_rows: np.ndarray | None = None) -> dict:
+    """Classification (fusion image-only / text-only / fused, per-tower probes) and cross-modal recall@10."""
+    text, title, image = embed_rows(model, features, data, rows)
+    has_image = data.has_image[rows]
+    y = data.y[rows]
+    fusion = evaluate_fusion(model.fusion, image.cpu().numpy(), text.cpu().numpy(), has_image, y)
+    with torch.no_grad():
+        image_probe = model.image_probe(image[torch.as_tensor(has_image, device=image.device)]).argmax(1).cpu().numpy()
+        text_probe = model.text_probe(text).argmax(1).cpu().numpy()
+    result = {
+        "image_only": fusion["image_only"], "text_only": fusion["text_only"], "fused": fusion["fused"],
+        "probe_image_accuracy": float((image_probe == y[has_image]).mean()) if has_image.any() else float("nan"),
+        "probe_text_accuracy": float((text_probe == y).mean()),
+        "predictions": fusion["predictions"],
+    }
+    # title query -> listings represented by their photos only
+    if gallery_rows is None:
+        gallery_rows, gallery_image = rows[has_image], image[torch.as_tensor(has_image, device=image.device)]
+    else:
+        gallery_rows = gallery_rows[data.has_image[gallery_rows]]
+        _, _, gallery_image = embed_rows(model, features, data, gallery_rows)
+    position = {row: i for i, row in enumerate(gallery_rows)}
+    query_mask = has_image
+    truth = np.array([position[r] for r in rows[query_mask]], np.int64)
+    queries = title[torch.as_tensor(query_mask, device=title.device)].cpu().numpy()
+    result["title_to_photo_recall@10"] = recall_at_k(queries, gallery_image.cpu().numpy(), truth, 10)
+    result["gallery_size"] = int(len(gallery_rows))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- loop
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def lr_factor(epoch_progress: float, warmup: float, total: float) -> float:
+    """Linear warmup then cosine decay, as a multiplier of the base learning rate."""
+    if warmup > 0 and epoch_progress < warmup:
+        return (epoch_progress + 1e-3) / warmup
+    progress = (epoch_progress - warmup) / max(total - warmup, 1e-9)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def effective_batch_size(batch_size: int, n_train: int, min_steps: int = 8) -> int:
+    """Small catalogues get smaller batches, so an epoch is still several optimiser steps."""
+    return int(max(16, min(batch_size, n_train // min_steps)))
+
+
+def train_one_epoch(model: JointModel, features, data: TrainingData, optimizer, config: TrainConfig,
+                    epoch: int, rng: np.random.Generator, writer=None) -> dict:
+    model.train()
+    # frozen backbones stay in eval mode (batch-norm statistics and dropout of pretrained weights untouched)
+    model.image_tower.backbone.eval()
+    model.text_tower.backbone.eval()
+    rows = rng.permutation(data.rows("train"))
+    batch_size = effective_batch_size(config.batch_size, len(rows))
+    steps = max(1, math.ceil(len(rows) / batch_size))
+    totals = {"loss": 0.0, "fusion_ce": 0.0, "probe_ce": 0.0, "contrastive": 0.0}
+    for step in range(steps):
+        batch = rows[step * batch_size : (step + 1) * batch_size]
+        if len(batch) < 2:
+            continue
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(epoch + step / steps, config.warmup_epochs, config.epochs)
+        has = data.photo_count[batch] > 0
+        pick = (rng.random(has.sum()) * data.photo_count[batch[has]]).astype(np.int64)
+        photo_rows = data.photo_start[batch[has]] + pick  # one random photo per listing per step
+        title_only = rng.random(len(batch)) < config.title_only_prob
+        device = model.fusion.net[0].weight.device
+        y = torch.as_tensor(data.y[batch], device=device)
+        has_t = torch.as_tensor(has, device=device)
+        text_emb = model.text_tower.head(features.text_pooled(batch, title_only, True))
+        image_emb = torch.zeros_like(text_emb)
+        if has.any():
+            image_emb[has_t] = model.image_tower.head(features.image_pooled(photo_rows, True)).to(text_emb.dtype)
+        fusion_ce = F.cross_entropy(model.fusion(image_emb, text_emb, image_present=has_t), y)
+        probe_ce = F.cross_entropy(model.text_probe(text_emb), y)
+        contrastive = torch.zeros((), device=device)
+        if has.sum() >= 2:
+            probe_ce = probe_ce + F.cross_entropy(model.image_probe(image_emb[has_t]), y[has_t])
+            contrastive = model.clip_loss(image_emb[has_t], text_emb[has_t])
+        loss = fusion_ce + config.tower_ce_weight * probe_ce + config.contrastive_weight * contrastive
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
+        optimizer.step()
+        for name, value in (("loss", loss), ("fusion_ce", fusion_ce), ("probe_ce", probe_ce),
+                            ("contrastive", contrastive)):
+            totals[name] += float(value.detach()) / steps
+    totals["temperature"] = float(1.0 / model.clip_loss.scale)
+    if writer is not None:
+        for name, value in totals.items():
+            writer.add_scalar(f"train/{name}", value, epoch)
+    return totals
+
+
+def selection_score(metrics: dict) -> float:
+    """Validation score for the best checkpoint: fused accuracy plus cross-modal recall@10 (both matter)."""
+    recall = metrics["title_to_photo_recall@10"]
+    return metrics["fused"]["accuracy"] + (0.0 if math.isnan(recall) else recall)
+
+
+def _build(config: TrainConfig, labels: LabelEncoder, device: torch.device) -> JointModel:
+    arch = get_model_config(config.model_config)
+    if config.image_backbone:
+        arch.image.backbone = config.image_backbone
+    if config.text_backbone:
+        arch.text.backbone = config.text_backbone
+    if config.embed_dim:
+        arch.embed_dim = arch.image.embed_dim = arch.text.embed_dim = config.embed_dim
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        image_tower, text_tower = build_towers(arch, allow_download=config.allow_download)
+        model = JointModel(image_tower, text_tower, len(labels), config.fusion_hidden_dim, config.modality_dropout,
+                           labels.classes)
+    image_tower.freeze_backbone(config.finetune_blocks)
+    text_tower.freeze_backbone(config.finetune_blocks)
+    return model.to(device)
+
+
+def _optimizer(model: JointModel, config: TrainConfig) -> torch.optim.Optimizer:
+    backbone, heads = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (backbone if name.startswith(BACKBONE_PREFIXES) else heads).append(parameter)
+    groups = [{"params": heads, "lr": config.lr, "base_lr": config.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": config.backbone_lr, "base_lr": config.backbone_lr})
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def _jsonable(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "predictions"}
+
+
+def new_run_dir(runs_dir: Path) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(runs_dir) / stamp
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path(runs_dir) / f"{stamp}-{suffix}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def latest_run(runs_dir: Path) -> Path:
+    runs = sorted(p for p in Path(runs_dir).glob("*") if (p / "config.json").is_file())
+    if not runs:
+        raise FileNotFoundError(f"no training run to resume in {runs_dir}; start one with `marketsearch train`")
+    return runs[-1]
+
+
+def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | None = None) -> TrainResult:
+    """Train on the catalogue of ``workspace``; returns the run folder, the model folder and the report.
+
+    resume: a run folder (or "latest") to continue from its last checkpoint; its saved config is used.
+    """
+    started = time.perf_counter()
+    if resume is not None:
+        run_dir = latest_run(workspace.runs_dir) if str(resume) == "latest" else Path(resume)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a training run folder (no config.json)")
+        config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        logger.info("resuming run %s", run_dir)
+    else:
+        config = config or TrainConfig()
+        run_dir = new_run_dir(workspace.runs_dir)
+    device = pick_device(config.device)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    labels = LabelEncoder.from_json(workspace.labels_path)
+    catalog = Catalog(workspace.db_url, root=workspace.root)
+    try:
+        data = load_training_data(catalog, labels, config.seed, config.val_fraction, config.test_fraction)
+    finally:
+        catalog.close()
+    counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
+    if counts["train"] < 2 or counts["val"] < 1:
+        raise ValueError(f"too few listings to train: split sizes {counts}; ingest more data")
+    model = _build(config, labels, device)
+    # the resolved backbone names go into the saved config, so a resumed run rebuilds the same model
+    config.image_backbone = model.image_tower.backbone.name
+    config.text_backbone = model.text_tower.backbone.name
+    if resume is None:
+        write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
+        write_json_atomic(run_dir / "split.json", {"seed": config.seed, "val_fraction": config.val_fraction,
+                                                    "test_fraction": config.test_fraction, "counts": counts,
+                                                    "split": dict(zip(data.ids, data.split.tolist()))})
+    if config.finetune_blocks > 0:
+        features = LiveFeatures(data, model.image_tower, model.text_tower)
+    else:
+        features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.root / "cache" / "features",
+                                  device, config.feature_batch_size, config.progress)
+    optimizer = _optimizer(model, config)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    history, start_epoch, best_score, best_epoch = [], 0, -math.inf, -1
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    rng = np.random.default_rng(config.seed)
+    if resume is not None and last_path.is_file():
+        checkpoint = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(checkpoint["model"], strict=False)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        history, best_score, best_epoch = checkpoint["history"], checkpoint["best_score"], checkpoint["best_epoch"]
+        start_epoch = checkpoint["epoch"] + 1
+        rng = np.random.default_rng([config.seed, start_epoch])
+        logger.info("resumed at epoch %d (best %.4f at epoch %d)", start_epoch, best_score, best_epoch)
+    val_rows = data.rows("val")
+    bar = tqdm(range(start_epoch, config.epochs), desc="train", unit="epoch", disable=not config.progress,
+               initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        if epoch - best_epoch > config.patience and best_epoch >= 0:
+            logger.info("early stopping: no better validation score for %d epochs", config.patience)
+            break
+        train_stats = train_one_epoch(model, features, data, optimizer, config, epoch, rng, writer)
+        val = evaluate_rows(model, features, data, val_rows)
+        score = selection_score(val)
+        entry = {"epoch": epoch, "train": train_stats, "val": _jsonable(val), "score": score}
+        history.append(entry)
+        for name in ("image_only", "text_only", "fused"):
+            writer.add_scalar(f"val/{name}_accuracy", val[name]["accuracy"], epoch)
+        writer.add_scalar("val/title_to_photo_recall@10", val["title_to_photo_recall@10"], epoch)
+        improved = score > best_score
+        state = {"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "history": history, "best_score": max(score, best_score),
+                 "best_epoch": epoch if improved else best_epoch, "config": dataclasses.asdict(config)}
+        if improved:
+            best_score, best_epoch = score, epoch
+            torch_save_atomic(state, best_path)
+        torch_save_atomic(state, last_path)
+        write_json_atomic(run_dir / "metrics.json", {"history": history, "best_epoch": best_epoch})
+        bar.set_postfix(loss=f"{train_stats['loss']:.3f}", fused=f"{val['fused']['accuracy']:.3f}",
+                        r10=f"{val['title_to_photo_recall@10']:.3f}")
+        logger.info("epoch %d: loss %.4f, val fused acc %.4f (text %.4f, image %.4f), title->photo R@10 %.4f%s",
+                    epoch, train_stats["loss"], val["fused"]["accuracy"], val["text_only"]["accuracy"],
+                    val["image_only"]["accuracy"], val["title_to_photo_recall@10"], " *" if improved else "")
+    writer.close()
+
+    # final report on the test products, with the best checkpoint
+    best = torch.load(best_path, map_location=device, weights_only=False)
+    model.load_state_dict(best["model"], strict=False)
+    all_rows = np.arange(len(data.ids))
+    test = evaluate_rows(model, features, data, data.rows("test"), gallery_rows=all_rows)
+    save_confusion_matrix(data.y[data.rows("test")], test["predictions"], labels.classes,
+                          run_dir / "confusion_matrix.png")
+    seconds = time.perf_counter() - started
+    report = {
+        "test": _jsonable(test), "best_epoch": best_epoch, "epochs_run": len(history), "split_counts": counts,
+        "seconds": seconds, "device": str(device), "threads": torch.get_num_threads(),
+        "backbones": {"image": model.image_tower.backbone.provenance, "text": model.text_tower.backbone.provenance},
+    }
+    bundle = MultiModalModel(model.image_tower.cpu(), model.text_tower.cpu(), model.fusion.cpu(), labels, info={
+        "run": run_dir.name, "trained_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(config), "test": report["test"], "best_epoch": best_epoch,
+        "split": {"seed": config.seed, "val_fraction": config.val_fraction, "test_fraction": config.test_fraction},
+    })
+    bundle.save(run_dir / "model")
+    report["fingerprint"] = bundle.fingerprint
+    write_json_atomic(run_dir / "report.json", report)
+    (run_dir / "report.md").write_text(report_markdown(report))
+    write_json_atomic(run_dir / "metrics.json", {"history": history, "best_epoch": best_epoch, "test": report["test"]})
+    copy_dir_atomic(run_dir / "model", workspace.model_dir)
+    logger.info("model bundle copied to %s", workspace.model_dir)
+    return TrainResult(run_dir=run_dir, model_dir=workspace.model_dir, report=report, history=history)
+
+
+def report_markdown(report: dict) -> str:
+    test = report["test"]
+    lines = [
+        "# Training report", "",
+        f"Best epoch {report['best_epoch']} of {report['epochs_run']}; {report['seconds']:.0f} s on "
+        f"{report['device']} ({report['threads']} threads). Split sizes: {report['split_counts']}.", "",
+        "| input | accuracy | macro-F1 | n |", "|---|---|---|---|",
+    ]
+    for name in ("image_only", "text_only", "fused"):
+        m = test[name]
+        lines.append(f"| {name.replace('_', '-')} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['n']} |")
+    lines += [
+        "", f"Per-tower linear probes: image {test['probe_image_accuracy']:.4f}, "
+        f"text {test['probe_text_accuracy']:.4f}.",
+        f"Cross-modal recall@10 (test title -> {test['gallery_size']} listings by photo only): "
+        f"{test['title_to_photo_recall@10']:.4f}.", "",
+        f"Backbones: image {report['backbones']['image']['name']} ({report['backbones']['image']['source']}), "
+        f"text {report['backbones']['text']['name']} ({report['backbones']['text']['source']}).", "",
+        "![confusion matrix](confusion_matrix.png)", "",
+    ]
+    return "\n".join(lines)

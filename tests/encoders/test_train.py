@@ -1,0 +1,89 @@
+"""Training on the demo catalogue: the run folder, the product-level split, and that the model learns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from catalog.labels import LabelEncoder
+from catalog.store import Catalog
+from encoders.bundle import MultiModalModel
+from encoders.train import TrainConfig, latest_run, lr_factor, recall_at_k, train
+
+
+def test_trained_model_beats_chance_on_held_out_products(trained_run):
+    workspace, result = trained_run
+    classes = len(LabelEncoder.from_json(workspace.labels_path))
+    test = result.report["test"]
+    chance = 1.0 / classes
+    assert test["fused"]["n"] >= 20
+    # the demo catalogue has 13 classes (chance 0.077); frozen pretrained backbones + heads do far better
+    assert test["fused"]["accuracy"] >= 0.6 > 5 * chance
+    assert test["text_only"]["accuracy"] >= 0.4
+    assert test["image_only"]["accuracy"] >= 0.4
+    # cross-modal alignment: a title finds its own listing's photos far above chance (10 / gallery size)
+    assert test["title_to_photo_recall@10"] >= 3 * 10 / test["gallery_size"]
+
+
+def test_run_folder_holds_checkpoints_metrics_report_and_split(trained_run):
+    workspace, result = trained_run
+    run = result.run_dir
+    for name in ("config.json", "split.json", "metrics.json", "report.json", "report.md", "confusion_matrix.png",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "model/bundle.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    split = json.loads((run / "split.json").read_text())
+    catalog = Catalog(workspace.db_url, root=workspace.root)
+    try:
+        ids = catalog.listing_ids()
+    finally:
+        catalog.close()
+    # every listing on exactly one side: a product's photos never appear in two splits
+    assert sorted(split["split"]) == ids
+    assert set(split["split"].values()) == {"train", "val", "test"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == result.report["epochs_run"]
+    assert metrics["best_epoch"] == result.report["best_epoch"]
+    # the best bundle was copied into the workspace and reloads with the recorded backbones
+    model = MultiModalModel.load(workspace.model_dir)
+    assert model.fingerprint == result.report["fingerprint"]
+    assert model.backbones["image"]["name"] == "mobilenet_v2" and model.backbones["image"]["pretrained"]
+    assert model.backbones["text"]["name"] == "all-MiniLM-L6-v2"
+
+
+def test_resume_continues_from_the_last_checkpoint(demo_workspace, tmp_path):
+    shutil.copytree(demo_workspace.root, tmp_path / "ws")
+    from marketsearch.workspace import Workspace
+
+    workspace = Workspace.at(tmp_path / "ws")
+    first = train(workspace, TrainConfig(model_config="tiny", epochs=2, patience=10, progress=False,
+                                         allow_download=False, device="cpu"))
+    assert [e["epoch"] for e in first.history] == [0, 1]
+    config = json.loads((first.run_dir / "config.json").read_text())
+    config["epochs"] = 4
+    (first.run_dir / "config.json").write_text(json.dumps(config))
+    resumed = train(workspace, resume="latest")
+    assert resumed.run_dir == first.run_dir == latest_run(workspace.runs_dir)
+    assert [e["epoch"] for e in resumed.history] == [0, 1, 2, 3]
+    assert resumed.history[:2] == first.history
+
+
+def test_recall_at_k_on_a_hand_computed_case():
+    queries = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]], np.float32)
+    # query 0 -> row 0 is its best match; query 1 -> true row 2 ranks 2nd; query 2 -> true row 0 ranks 3rd
+    truth = np.array([0, 2, 0])
+    assert recall_at_k(queries, gallery, truth, k=1) == pytest.approx(1 / 3)
+    assert recall_at_k(queries, gallery, truth, k=2) == pytest.approx(2 / 3)
+    assert recall_at_k(queries, gallery, truth, k=3) == pytest.approx(1.0)
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_zero():
+    assert lr_factor(0.0, 1, 10) < 0.01
+    assert lr_factor(1.0, 1, 10) == pytest.approx(1.0)
+    assert lr_factor(5.5, 1, 10) == pytest.approx(0.5)
+    assert lr_factor(10.0, 1, 10) == pytest.approx(0.0, abs=1e-9)
