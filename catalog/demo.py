@@ -40,7 +40,9 @@ LAST_DAY = datetime.date(2022, 2, 28)
 # Shares of noise that keep the task from being trivial.
 CONFUSED_SHAPE_SHARE = 0.08  # photo shows another category's shape
 NO_COLOUR_WORD_SHARE = 0.15  # title does not name the colour
-GENERIC_TITLE_SHARE = 0.07  # title without the item noun ("Bosch - must go")
+GENERIC_TITLE_SHARE = 0.15  # title without the item noun ("Bosch - must go")
+VAGUE_DESCRIPTION_SHARE = 0.2  # description with no item noun and no category words
+DISTRACTOR_SHARE = 0.2  # description also mentions an item of another category
 TEXT_ONLY_SHARE = 0.03  # listings without a photo (valid, text-only)
 FREE_SHARE = 0.04
 
@@ -100,12 +102,19 @@ def _title(rng: random.Random, brand: str, item: str, colour: str, condition: st
 
 def _description(rng: random.Random, spec: CategorySpec, item: str, colour: str, condition: str) -> str:
     words = rng.sample(spec.words, k=min(3, len(spec.words)))
-    sentences = [
-        f"{condition.capitalize()} {item} for sale",
-        f"Colour: {colour}" if rng.random() < 0.6 else "",
-        f"Features {words[0]}, {words[1]} and {words[2]}" if rng.random() < 0.5 else f"{words[0]} and {words[1]}",
-        *rng.sample(GENERIC_PHRASES, k=rng.randint(1, 3)),
-    ]
+    if rng.random() < VAGUE_DESCRIPTION_SHARE:
+        sentences = [f"{condition.capitalize()}", f"Colour {colour}" if rng.random() < 0.5 else ""]
+    else:
+        sentences = [
+            f"{condition.capitalize()} {item} for sale",
+            f"Colour: {colour}" if rng.random() < 0.6 else "",
+            f"Features {words[0]}, {words[1]} and {words[2]}" if rng.random() < 0.5 else f"{words[0]} and {words[1]}",
+        ]
+    if rng.random() < DISTRACTOR_SHARE:
+        other = rng.choice([c for c in CATEGORIES if c.name != spec.name])
+        other_item = rng.choice(other.subcategories[rng.choice(sorted(other.subcategories))])
+        sentences.append(rng.choice([f"Also selling a {other_item}", f"Would swap for a {other_item}"]))
+    sentences.extend(rng.sample(GENERIC_PHRASES, k=rng.randint(1, 3)))
     joiner = rng.choice(["\r", ". ", "\r\r", "  "])  # bare CRs inside the field, as in the real export
     return joiner.join(s for s in sentences if s) + rng.choice(["", " ", "  "])
 

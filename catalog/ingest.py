@@ -16,7 +16,13 @@ from catalog.export import ImageRecord, read_export
 from catalog.images import CleanedImage, ImageCleaningConfig, ImageRejected, clean_image
 from catalog.labels import LabelEncoder
 from catalog.models import Listing
-from catalog.quarantine import QuarantineRecord, count_by_reason, count_by_source, write_quarantine_report
+from catalog.quarantine import (
+    QuarantineRecord,
+    count_by_reason,
+    count_by_source,
+    write_quarantine_report,
+    write_text_only_report,
+)
 from catalog.store import Catalog
 from marketsearch.workspace import Workspace
 
@@ -40,6 +46,7 @@ class IngestReport:
     quarantined: dict[str, int]
     quarantined_by_source: dict[str, int]
     quarantine_path: Path
+    text_only_path: Path
     labels_path: Path
     new_classes: list[str]
     db_url: str
@@ -59,6 +66,7 @@ class IngestReport:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["quarantine_path"] = str(self.quarantine_path)
+        data["text_only_path"] = str(self.text_only_path)
         data["labels_path"] = str(self.labels_path)
         data["unexplained_product_drops"] = self.unexplained_product_drops
         data["unexplained_image_drops"] = self.unexplained_image_drops
@@ -67,7 +75,9 @@ class IngestReport:
     def summary_lines(self) -> list[str]:
         lines = [
             f"product rows read:   {self.product_rows}",
-            f"listings loaded:     {self.listings_loaded} ({self.text_only} text-only)",
+            f"listings loaded:     {self.listings_loaded} ({self.text_only} text-only: "
+            f"{self.products_without_image_rows} without image rows, "
+            f"{self.text_only - self.products_without_image_rows} whose photos were all quarantined)",
             f"image rows read:     {self.image_rows}",
             f"images loaded:       {self.images_loaded} ({self.images_cleaned} cleaned, {self.images_cached} cached)",
             f"catalogue now holds: {self.catalog_listings} listings, {self.catalog_images} images",
@@ -82,6 +92,7 @@ class IngestReport:
         if self.new_classes:
             lines.append(f"new classes added to {self.labels_path}: {self.new_classes}")
         lines.append(f"quarantine report:   {self.quarantine_path}")
+        lines.append(f"text-only listings:  {self.text_only_path}")
         drops = self.unexplained_product_drops + self.unexplained_image_drops
         lines.append(f"unexplained drops:   {drops}")
         lines.append(f"took {self.elapsed_s:.1f}s")
@@ -184,6 +195,15 @@ def ingest_export(
     labels.to_json(workspace.labels_path)
 
     quarantine_path = write_quarantine_report(quarantine, workspace.quarantine_dir)
+    no_rows = set(export.products_without_image_rows)
+    text_only_path = write_text_only_report(
+        (
+            (x.id, x.title, "no image rows" if x.id in no_rows else "all photos quarantined")
+            for x in listings
+            if not x.image_ids
+        ),
+        workspace.quarantine_dir,
+    )
     report = IngestReport(
         product_rows=export.product_rows,
         listings_loaded=len(listings),
@@ -197,6 +217,7 @@ def ingest_export(
         quarantined=count_by_reason(quarantine),
         quarantined_by_source=count_by_source(quarantine),
         quarantine_path=quarantine_path,
+        text_only_path=text_only_path,
         labels_path=workspace.labels_path,
         new_classes=new_classes,
         db_url=catalog.url,

@@ -115,3 +115,16 @@ def read_quarantine_report(path: str | os.PathLike) -> list[QuarantineRecord]:
             )
             for row in reader
         ]
+
+
+def write_text_only_report(rows: Iterable[tuple[str, str, str]], quarantine_dir: str | os.PathLike) -> Path:
+    """`text-only.csv`: listings kept without a photo (id, title, why), so they are reported, not hidden."""
+    quarantine_dir = Path(quarantine_dir)
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("listing_id", "title", "why"))
+    writer.writerows(rows)
+    path = quarantine_dir / "text-only.csv"
+    _write_atomic(path, buffer.getvalue())
+    return path

@@ -34,6 +34,8 @@ def test_demo_ingest_matches_the_generator_manifest(demo_export, demo_workspace)
     for record in report:
         counts[record.reason] = counts.get(record.reason, 0) + 1
     assert counts == expected["quarantined"]
+    text_only = (demo_workspace.quarantine_dir / "text-only.csv").read_text().splitlines()
+    assert len(text_only) - 1 == expected["text_only"]
     # Every cleaned image is on disk as a square RGB JPEG.
     for listing in all_listings(catalog)[:20]:
         for image_id in listing.image_ids:
