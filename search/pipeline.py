@@ -103,6 +103,7 @@ class Searcher:
         from encoders.bundle import MultiModalModel
         from encoders.embed import load_embeddings
         from index.bm25 import BM25Index
+        from index.update import bm25_dir, vector_index_dir
         from index.vector_index import VectorIndex
         from search.listing_table import build_listing_table
 
@@ -111,11 +112,11 @@ class Searcher:
                 f"no model bundle in {workspace.model_dir}; run `marketsearch build --workspace {workspace.root}`"
             )
         model = MultiModalModel.load(workspace.model_dir)
-        catalog = Catalog(workspace.db_url)
-        listings = build_listing_table(catalog, model.labels)
-        embeddings = load_embeddings(catalog, model.fingerprint)
-        vector_index = VectorIndex.load(workspace.index_dir / "vector", expected_fingerprint=model.fingerprint)
-        bm25 = BM25Index.load(workspace.index_dir / "bm25")
+        with Catalog(workspace.db_url, root=workspace.root) as catalog:
+            listings = build_listing_table(catalog, model.labels)
+            embeddings = load_embeddings(catalog, model.fingerprint)
+        vector_index = VectorIndex.load(vector_index_dir(workspace), expected_fingerprint=model.fingerprint)
+        bm25 = BM25Index.load(bm25_dir(workspace))
         ranker = None
         if load_ranker and workspace.ranker_dir.exists():
             from ranking.reranker import Reranker

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from search.filters import SearchFilters
+
+
+def test_text_search_returns_k_distinct_ranked_hits(searcher):
+    result = searcher.search("red mountain bike", k=10)
+    ids = [hit.listing_id for hit in result.hits]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert [hit.rank for hit in result.hits] == list(range(1, 11))
+    scores = [hit.score for hit in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert result.predicted_category in searcher.model.labels.classes
+    assert abs(sum(result.category_probs.values()) - 1.0) < 1e-4
+    assert not result.reranked
+    assert {"encode", "vector", "bm25", "fuse", "total"} <= set(result.timings_ms)
+
+
+def test_exact_title_finds_its_listing_at_the_top(searcher):
+    listings = searcher.listings
+    hits_at_1 = 0
+    for row in range(0, len(listings), max(1, len(listings) // 20)):
+        result = searcher.search(listings.titles[row], k=10)
+        ids = [hit.listing_id for hit in result.hits]
+        assert listings.ids[row] in ids, listings.titles[row]
+        hits_at_1 += ids[0] == listings.ids[row]
+    assert hits_at_1 >= 10  # most of the 20 sampled titles rank their own listing first
+
+
+def test_every_hit_satisfies_the_filters_and_k_is_filled_when_possible(searcher):
+    listings = searcher.listings
+    rng = np.random.default_rng(0)
+    prices = listings.price[~np.isnan(listings.price)]
+    for _ in range(15):
+        category = listings.categories[rng.integers(len(listings))].split(" / ")[0]
+        low, high = sorted(rng.choice(prices, size=2))
+        town = listings.towns[rng.integers(len(listings))]
+        for filters in (
+            SearchFilters(category=category),
+            SearchFilters(min_price=float(low), max_price=float(high)),
+            SearchFilters(location=town),
+            SearchFilters(category=category, max_price=float(high)),
+        ):
+            allowed = set(searcher.allowed_ids(filters))
+            result = searcher.search("good condition", k=20, filters=filters)
+            ids = [hit.listing_id for hit in result.hits]
+            assert set(ids) <= allowed
+            assert len(ids) == min(20, len(allowed))
+
+
+def test_filter_matching_nothing_returns_no_hits(searcher):
+    result = searcher.search("sofa", k=5, filters=SearchFilters(location="Atlantis"))
+    assert result.hits == []
+
+
+def test_price_and_recency_sorts(searcher):
+    asc = searcher.search("chair", k=30, sort="price_asc")
+    prices = [searcher.listings.price[searcher.listings.row_of[h.listing_id]] for h in asc.hits]
+    known = [p for p in prices if not np.isnan(p)]
+    assert known == sorted(known)
+    assert all(np.isnan(p) for p in prices[len(known):])  # unknown prices last
+    newest = searcher.search("chair", k=30, sort="newest")
+    days = [searcher.listings.created_days[searcher.listings.row_of[h.listing_id]] for h in newest.hits]
+    known_days = [d for d in days if not np.isnan(d)]
+    assert known_days == sorted(known_days, reverse=True)
+
+
+def test_image_and_text_plus_image_queries(searcher, indexed_workspace):
+    listings = searcher.listings
+    row = int(np.flatnonzero(listings.photo_count > 0)[0])
+    from catalog.store import Catalog
+
+    with Catalog(indexed_workspace.db_url, root=indexed_workspace.root) as catalog:
+        listing = catalog.get_listing(listings.ids[row])
+        photo = Image.open(catalog.image_path(listing.image_ids[0])).convert("RGB")
+    by_image = searcher.search(image=photo, k=10)
+    assert listings.ids[row] in [h.listing_id for h in by_image.hits]
+    assert "bm25" not in by_image.timings_ms
+    both = searcher.search(listings.titles[row], image=photo, k=10)
+    assert both.hits[0].listing_id == listings.ids[row]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"text": "   "}])
+def test_query_without_text_or_image_is_refused(searcher, kwargs):
+    with pytest.raises(ValueError, match="needs text, an image"):
+        searcher.search(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"k": 0}, "k must be"), ({"k": 101}, "k must be"),
+                                             ({"sort": "cheapest"}, "sort must be")])
+def test_invalid_options_are_refused(searcher, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        searcher.search("bike", **kwargs)
