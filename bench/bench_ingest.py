@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from catalog.export import PRODUCT_COLUMNS, read_raw_csv
 from catalog.ingest import ingest_export
 from catalog.quarantine import read_quarantine_report
 from marketsearch.workspace import Workspace
@@ -52,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             if again.images_cached != again.images_loaded or again.listings_loaded != report.listings_loaded:
                 raise SystemExit(f"re-run was not idempotent: {again.to_dict()}")
         quarantine = read_quarantine_report(report.quarantine_path)
+        raw_rows, _ = read_raw_csv(export / "Products.csv", PRODUCT_COLUMNS, "products")
+        rows_with_cr = sum(any("\r" in v for v in row.values.values()) for row in raw_rows)
         figures = {
             "export": str(export),
             "product_rows": report.product_rows,
+            "product_rows_with_bare_cr": rows_with_cr,
             "listings_loaded": report.listings_loaded,
             "text_only_listings": report.text_only,
             "image_rows": report.image_rows,

@@ -124,8 +124,20 @@ class Catalog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         schema.metadata.create_all(self.engine)
+        self._check_schema_version()
+
+    def _check_schema_version(self) -> None:
         with self.engine.begin() as conn:
-            _upsert(conn, schema.meta, [{"key": "schema_version", "value": str(schema.SCHEMA_VERSION)}])
+            found = conn.execute(
+                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
+            ).scalar_one_or_none()
+            if found is None:
+                conn.execute(schema.meta.insert(), {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)})
+            elif found != str(schema.SCHEMA_VERSION):
+                raise ValueError(
+                    f"{self.url} has catalogue schema version {found}, this code reads version "
+                    f"{schema.SCHEMA_VERSION}; re-ingest into a fresh workspace"
+                )
 
     def __repr__(self) -> str:
         return f"Catalog({self.engine.url.render_as_string(hide_password=True)!r})"

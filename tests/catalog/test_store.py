@@ -138,3 +138,16 @@ def test_a_failed_write_leaves_nothing_behind(catalog):
     with pytest.raises(Exception):
         catalog.write_batch(broken, [bad_row])
     assert catalog.listing_ids() == ["a"]
+
+
+def test_a_database_from_another_schema_version_is_refused(tmp_path):
+    from sqlalchemy import update
+
+    from catalog import schema
+
+    catalog = Catalog(tmp_path / "catalog.db")
+    with catalog.engine.begin() as conn:
+        conn.execute(update(schema.meta).where(schema.meta.c.key == "schema_version").values(value="99"))
+    catalog.close()
+    with pytest.raises(ValueError, match="schema version 99"):
+        Catalog(tmp_path / "catalog.db")
