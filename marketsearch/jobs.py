@@ -1,0 +1,144 @@
+"""End-to-end jobs: `marketsearch build` (ingest -> train -> embed -> index -> re-ranker) and `marketsearch demo`.
+
+Each step is the same function as its own subcommand, called in order, so `build` prints what the
+individual commands print and fails the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from marketsearch.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+
+ConfigOption = Annotated[
+    str,
+    typer.Option(
+        "--config",
+        help="Model architecture: default (design-card backbones when their weights can be had, else the "
+        "offline ones, with a warning), design-card, offline, tiny.",
+    ),
+]
+EpochsOption = Annotated[int, typer.Option("--epochs", min=1, help="Maximum training epochs of the towers.")]
+OfflineOption = Annotated[
+    bool, typer.Option("--offline", help="Never try to download backbone weights; use the bundled offline ones.")
+]
+RankerOption = Annotated[
+    bool, typer.Option("--ranker/--no-ranker", help="Train the LightGBM re-ranker after indexing.")
+]
+
+
+def run_steps(steps: list[tuple[str, Callable[[], None]]]) -> dict[str, float]:
+    """Run named steps in order, printing a header per step; returns seconds per step."""
+    seconds: dict[str, float] = {}
+    for number, (name, step) in enumerate(steps, start=1):
+        typer.secho(f"\n[{number}/{len(steps)}] {name}", bold=True)
+        started = time.perf_counter()
+        step()
+        seconds[name] = round(time.perf_counter() - started, 1)
+    typer.secho("\ndone: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()), bold=True)
+    return seconds
+
+
+def build_steps(
+    workspace: Path,
+    products: Path,
+    images: Path,
+    image_dir: Path,
+    *,
+    config: str,
+    epochs: int,
+    offline: bool,
+    ranker: bool,
+) -> list[tuple[str, Callable[[], None]]]:
+    from catalog import cli as catalog_cli
+    from encoders import cli as encoders_cli
+    from index import cli as index_cli
+
+    steps = [
+        ("ingest", lambda: catalog_cli.ingest(products=products, images=images, image_dir=image_dir,
+                                              workspace=workspace)),
+        ("train", lambda: encoders_cli.train(workspace=workspace, config=config, epochs=epochs, offline=offline)),
+        ("embed", lambda: encoders_cli.embed(workspace=workspace)),
+        ("index", lambda: index_cli.index(workspace=workspace)),
+    ]
+    if ranker:
+        from ranking import cli as ranking_cli
+
+        steps.append(("train-ranker", lambda: ranking_cli.train_ranker(workspace=workspace)))
+    return steps
+
+
+def build(
+    products: Annotated[Path, typer.Option("--products", help="The export's Products.csv.")],
+    images: Annotated[Path, typer.Option("--images", help="The export's Images.csv.")],
+    image_dir: Annotated[Path, typer.Option("--image-dir", help="Folder holding the photos as <image_id>.jpg.")],
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+    config: ConfigOption = "default",
+    epochs: EpochsOption = 40,
+    offline: OfflineOption = False,
+    ranker: RankerOption = True,
+) -> None:
+    """Build a searchable workspace from a raw export: ingest -> train -> embed -> index -> train-ranker.
+
+    Every step is incremental where it can be (ingest upserts, embed encodes only new or changed
+    listings, index adds/removes), so re-running after new listings arrive is cheap except training.
+    """
+    open_workspace(workspace)
+    run_steps(build_steps(workspace, products, images, image_dir, config=config, epochs=epochs,
+                          offline=offline, ranker=ranker))
+
+
+def demo(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", help="Workspace folder for the demo catalogue and its artefacts.")
+    ] = Path("workspace/demo"),
+    listings: Annotated[int, typer.Option("--listings", min=13, help="Listings in the demo catalogue.")] = 600,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the demo catalogue.")] = 0,
+    config: ConfigOption = "default",
+    epochs: EpochsOption = 40,
+    offline: OfflineOption = False,
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate/--no-evaluate", help="Run the offline evaluation after building.")
+    ] = True,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the search service at the end.")] = True,
+    host: Annotated[str, typer.Option("--host", help="Address the service listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port the service listens on.")] = 8000,
+) -> None:
+    """The main job on the embedded default: generate the demo catalogue, build everything, evaluate, serve.
+
+    The demo catalogue is synthetic, deterministic (by --seed) and in the marketplace's raw export format,
+    so it goes through exactly the same ingest as a real export (a few rows and photos are broken on
+    purpose and end up in the quarantine report).
+    """
+    from catalog.demo import generate_demo_export
+
+    ws = open_workspace(workspace)
+    export_dir = ws.root / "demo-export"
+    steps: list[tuple[str, Callable[[], None]]] = []
+    export = None
+
+    def generate() -> None:
+        nonlocal export
+        export = generate_demo_export(export_dir, n_listings=listings, seed=seed)
+        typer.echo(f"demo export: {json.dumps({'listings': listings, 'seed': seed})} in {export_dir}")
+
+    steps.append(("demo-data", generate))
+    products, images, image_dir = export_dir / "Products.csv", export_dir / "Images.csv", export_dir / "images"
+    steps += build_steps(workspace, products, images, image_dir, config=config, epochs=epochs,
+                         offline=offline, ranker=True)
+    if evaluate:
+        from ranking import cli as ranking_cli
+
+        steps.append(("evaluate", lambda: ranking_cli.evaluate(workspace=workspace)))
+    run_steps(steps)
+    if serve:
+        from api import cli as api_cli
+
+        typer.secho(f"\nserving http://{host}:{port}/  (API docs at /docs; Ctrl-C to stop)", bold=True)
+        api_cli.serve(workspace=workspace, host=host, port=port)
