@@ -8,6 +8,7 @@ listings are never reused, so a stale id can never point at another listing.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ class VectorIndex:
         nprobe: int = 0,
         next_faiss_id: int | None = None,
         info: dict | None = None,
+        digests: Sequence[int] | None = None,
     ):
         faiss_ids = np.asarray(faiss_ids, dtype=np.int64)
         if len(listing_ids) != len(faiss_ids) or len(faiss_ids) != index.ntotal:
@@ -64,6 +66,8 @@ class VectorIndex:
         self._listing_of: dict[int, str] = dict(zip(faiss_ids.tolist(), listing_ids))
         if len(self._faiss_id_of) != len(listing_ids) or len(self._listing_of) != len(listing_ids):
             raise ValueError("id map has duplicate listing ids or FAISS ids; " + REBUILD_HINT)
+        # Digest of each listing's vector, so `sync` can tell changed listings from unchanged ones.
+        self._digest_of: dict[str, int] = dict(zip(listing_ids, digests)) if digests is not None else {}
         start = int(faiss_ids.max()) + 1 if len(faiss_ids) else 0
         self.next_faiss_id = max(start, int(next_faiss_id or 0))
         self.info = dict(info or {})
@@ -127,6 +131,7 @@ class VectorIndex:
             metric=metric,
             next_faiss_id=next_faiss_id,
             info=info,
+            digests=vector_digests(vectors).tolist(),
         )
         vi.calibrate(vectors, listing_ids, calibration_queries, target_recall=target_recall, seed=seed)
         return vi
@@ -246,9 +251,10 @@ class VectorIndex:
         if not len(listing_ids):
             return
         self.index.add_with_ids(vectors, faiss_ids)
-        for listing_id, faiss_id in zip(listing_ids, faiss_ids.tolist()):
+        for listing_id, faiss_id, digest in zip(listing_ids, faiss_ids.tolist(), vector_digests(vectors).tolist()):
             self._faiss_id_of[listing_id] = faiss_id
             self._listing_of[faiss_id] = listing_id
+            self._digest_of[listing_id] = digest
 
     def remove(self, listing_ids: Collection[str]) -> int:
         """Remove listings; unknown ids are ignored. Returns how many were removed."""
@@ -259,7 +265,9 @@ class VectorIndex:
         if removed != len(faiss_ids):
             raise RuntimeError(f"FAISS removed {removed} of {len(faiss_ids)} vectors; {REBUILD_HINT}")
         for faiss_id in faiss_ids:
-            del self._faiss_id_of[self._listing_of.pop(faiss_id)]
+            listing_id = self._listing_of.pop(faiss_id)
+            del self._faiss_id_of[listing_id]
+            self._digest_of.pop(listing_id, None)
         return removed
 
     def update(self, vectors: np.ndarray, listing_ids: Sequence[str]) -> None:
@@ -276,6 +284,36 @@ class VectorIndex:
                 faiss_ids[position] = self.next_faiss_id
                 self.next_faiss_id += 1
         self._add(vectors, listing_ids, faiss_ids)
+
+    def sync(self, vectors: np.ndarray, listing_ids: Sequence[str]) -> dict[str, int]:
+        """Make the index hold exactly ``listing_ids`` with ``vectors`` (the current catalogue), incrementally.
+
+        New listings are added, listings not in ``listing_ids`` removed, listings whose vector changed
+        replaced (keeping their FAISS id); the coarse quantiser is not re-trained. Returns the counts
+        ``added``, ``removed``, ``updated``, ``unchanged``.
+        """
+        vectors = ivf.as_vectors(vectors, self.dimension)
+        listing_ids = _as_listing_ids(listing_ids, len(vectors))
+        digests = vector_digests(vectors).tolist()
+        wanted = set(listing_ids)
+        gone = [i for i in self._faiss_id_of if i not in wanted]
+        changed = [
+            row
+            for row, (listing_id, digest) in enumerate(zip(listing_ids, digests))
+            if listing_id not in self._faiss_id_of or self._digest_of.get(listing_id) != digest
+        ]
+        added = sum(1 for row in changed if listing_ids[row] not in self._faiss_id_of)
+        self.remove(gone)
+        if changed:
+            self.update(vectors[changed], [listing_ids[row] for row in changed])
+        counts = {
+            "added": added,
+            "removed": len(gone),
+            "updated": len(changed) - added,
+            "unchanged": len(listing_ids) - len(changed),
+        }
+        logger.info("synced vector index: %s", counts)
+        return counts
 
     # ------------------------------------------------------------------ search
     def search(
@@ -380,6 +418,7 @@ class VectorIndex:
                 "listing_ids": list(self._faiss_id_of),
                 "faiss_ids": list(self._faiss_id_of.values()),
                 "next_faiss_id": self.next_faiss_id,
+                "digests": [self._digest_of.get(i) for i in self._faiss_id_of],
             }
             with open(folder / ID_MAP_FILE, "w", encoding="utf-8") as handle:
                 json.dump(id_map, handle)
@@ -429,6 +468,7 @@ class VectorIndex:
             nprobe=manifest["nprobe"],
             next_faiss_id=id_map["next_faiss_id"],
             info={key: manifest[key] for key in info_keys if key in manifest},
+            digests=id_map.get("digests"),
         )
         logger.info("loaded %r from %s", vi, folder)
         return vi
@@ -451,6 +491,18 @@ def _as_listing_ids(listing_ids: Sequence[str], n: int) -> list[str]:
             seen.add(listing_id)
         raise ValueError(f"duplicate listing ids: {duplicates[:5]!r}; each listing must appear once")
     return listing_ids
+
+
+def vector_digests(vectors: np.ndarray) -> np.ndarray:
+    """A 64-bit blake2b digest of each row's bytes (int64 (n,)): equal digests mean an unchanged vector."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little", signed=True)
+            for row in vectors
+        ],
+        dtype=np.int64,
+    )
 
 
 def _now() -> str:

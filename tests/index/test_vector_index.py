@@ -257,3 +257,27 @@ def test_drift_advises_rebuild_after_growth(clustered):
     vi.add(clustered_vectors(1_000, vectors.shape[1], seed=4), [f"more-{i}" for i in range(1_000)])
     drift = vi.drift()
     assert drift["needs_rebuild"] and "size changed 2.10x" in drift["reasons"][0]
+
+
+def test_sync_applies_catalogue_changes_incrementally(ivf_index, clustered, tmp_path):
+    vectors, listing_ids, queries = clustered
+    # The "catalogue" now: first 100 listings deleted, listing 500 re-embedded, 20 new listings.
+    current_ids = listing_ids[100:] + [f"fresh-{i}" for i in range(20)]
+    current = np.vstack([vectors[100:], clustered_vectors(20, vectors.shape[1], seed=11)])
+    current[400] = vectors[7]  # row 400 is listing 500
+    kept_id = ivf_index.faiss_id(listing_ids[500])
+    counts = ivf_index.sync(current, current_ids)
+    assert counts == {"added": 20, "removed": 100, "updated": 1, "unchanged": len(listing_ids) - 101}
+    assert len(ivf_index) == len(current_ids) and set(ivf_index.listing_ids) == set(current_ids)
+    assert ivf_index.faiss_id(listing_ids[500]) == kept_id
+    _, found = ivf_index.search(vectors[7:8], 1)
+    assert found == [[listing_ids[500]]]
+    # Digests survive save/load: syncing the same catalogue again changes nothing.
+    ivf_index.save(tmp_path / "synced")
+    loaded = VectorIndex.load(tmp_path / "synced")
+    assert loaded.sync(current, current_ids) == {
+        "added": 0,
+        "removed": 0,
+        "updated": 0,
+        "unchanged": len(current_ids),
+    }

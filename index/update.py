@@ -1,0 +1,178 @@
+"""Build or update a workspace's indexes from its catalogue and stored embeddings.
+
+``<workspace>/index/vector/`` holds the `VectorIndex` over the listing vectors, ``<workspace>/index/bm25/``
+the `BM25Index` over title + description. By default the vector index is updated incrementally (new
+listings added, deleted ones removed, re-embedded ones replaced, nprobe re-calibrated); ``rebuild``
+re-trains the coarse quantiser. BM25 is rebuilt every time (bm25s has no incremental updates; it takes
+about a second per 100k listings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from index.bm25 import BM25Index, listing_text
+from index.storage import IndexLoadError
+from index.vector_index import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+VECTOR_DIR = "vector"
+BM25_DIR = "bm25"
+
+
+def vector_index_dir(workspace) -> Path:
+    return Path(workspace.index_dir) / VECTOR_DIR
+
+
+def bm25_dir(workspace) -> Path:
+    return Path(workspace.index_dir) / BM25_DIR
+
+
+@dataclass
+class IndexReport:
+    model_fingerprint: str
+    mode: str  # "built", "rebuilt" or "updated"
+    listings: int
+    vector_count: int
+    bm25_count: int
+    added: int = 0
+    removed: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    index_type: str = ""
+    nlist: int = 0
+    nprobe: int = 0
+    recall_at_10: float | None = None
+    needs_rebuild: bool = False
+    drift_reasons: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_model_fingerprint(model_dir: str | Path) -> str:
+    """The model bundle's fingerprint from its ``bundle.json`` (no need to load the towers)."""
+    path = Path(model_dir) / "bundle.json"
+    try:
+        fingerprint = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"no model bundle at {model_dir} (bundle.json missing); run `marketsearch train`"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); retrain with `marketsearch train`") from error
+    if not fingerprint:
+        raise ValueError(f"{path} has no fingerprint; retrain with `marketsearch train`")
+    return fingerprint
+
+
+def _calibration_queries(text: np.ndarray, seed: int = 0, size: int = 1000) -> np.ndarray:
+    """Real-looking queries: a sample of the catalogue's own text vectors (what text queries look like)."""
+    if len(text) <= size:
+        return text
+    return text[np.sort(np.random.default_rng(seed).choice(len(text), size, replace=False))]
+
+
+def update_indexes(
+    workspace,
+    *,
+    rebuild: bool = False,
+    nlist: int | None = None,
+    pq: bool = False,
+    model_dir: str | Path | None = None,
+    fingerprint: str | None = None,
+) -> IndexReport:
+    """Bring ``workspace``'s vector and BM25 indexes up to date with its catalogue and embeddings.
+
+    The vector index covers listings embedded with the current model; BM25 covers every listing.
+    An existing vector index built with another model (or corrupt) is rebuilt from scratch.
+    """
+    from catalog.store import Catalog
+    from encoders.embed import load_embeddings
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    fingerprint = fingerprint or read_model_fingerprint(model_dir or workspace.model_dir)
+    catalog = Catalog(workspace.db_url, root=workspace.root)
+    try:
+        table = load_embeddings(catalog, fingerprint)
+        ids, texts = [], []
+        for batch in catalog.iter_listings():
+            for listing in batch:
+                ids.append(listing.id)
+                texts.append(listing_text(listing.title, listing.description))
+    finally:
+        catalog.close()
+    if not ids:
+        raise ValueError(f"the catalogue at {workspace.db_url} is empty; run `marketsearch ingest` first")
+    if len(table) == 0:
+        raise LookupError(f"no listing embeddings for model {fingerprint[:12]}; run `marketsearch embed` first")
+    timings["load"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    queries = _calibration_queries(table.text)
+    target = vector_index_dir(workspace)
+    existing = None
+    if (target / "CURRENT").exists():
+        try:
+            existing = VectorIndex.load(target, expected_fingerprint=fingerprint, expected_dimension=table.dim)
+        except IndexLoadError as error:
+            logger.warning("rebuilding the vector index from scratch: %s", error)
+    counts = {"added": len(table), "removed": 0, "updated": 0, "unchanged": 0}
+    if existing is None:
+        mode = "built"
+        vector_index = VectorIndex.build(table.listing, table.ids, fingerprint, nlist=nlist, pq=pq,
+                                         calibration_queries=queries)  # fmt: skip
+    elif rebuild:
+        mode = "rebuilt"
+        before = set(existing.listing_ids)
+        vector_index = existing.rebuild(table.listing, table.ids, nlist=nlist, pq=pq, calibration_queries=queries)
+        counts = {"added": len(set(table.ids) - before), "removed": len(before - set(table.ids)),
+                  "updated": 0, "unchanged": len(before & set(table.ids))}  # fmt: skip
+    else:
+        mode = "updated"
+        if nlist is not None or pq:
+            logger.warning("--nlist/--pq only apply to a new index or with --rebuild; keeping %s",
+                           existing.manifest["index_type"])  # fmt: skip
+        vector_index = existing
+        counts = vector_index.sync(table.listing, table.ids)
+        if counts["added"] or counts["removed"] or counts["updated"]:
+            vector_index.calibrate(table.listing, table.ids, queries)
+    drift = vector_index.drift()
+    if drift["needs_rebuild"]:
+        logger.warning("the vector index has drifted (%s); run `marketsearch index --rebuild`",
+                       "; ".join(drift["reasons"]))  # fmt: skip
+    timings["vector"] = time.perf_counter() - started
+    if mode != "updated" or any(counts[key] for key in ("added", "removed", "updated")):
+        vector_index.save(target)
+    timings["vector_save"] = time.perf_counter() - started - timings["vector"]
+
+    started = time.perf_counter()
+    bm25 = BM25Index.build(ids, texts)
+    bm25.save(bm25_dir(workspace))
+    timings["bm25"] = time.perf_counter() - started
+
+    manifest = vector_index.manifest
+    return IndexReport(
+        model_fingerprint=fingerprint,
+        mode=mode,
+        listings=len(ids),
+        vector_count=len(vector_index),
+        bm25_count=len(bm25),
+        index_type=manifest["index_type"],
+        nlist=manifest["nlist"],
+        nprobe=manifest["nprobe"],
+        recall_at_10=manifest.get("calibration", {}).get("recall"),
+        needs_rebuild=drift["needs_rebuild"],
+        drift_reasons=drift["reasons"],
+        seconds={key: round(value, 2) for key, value in timings.items()},
+        **counts,
+    )
