@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     rerank_default: bool = Field(True, description="Use the re-ranker (when trained) unless a request says.")
     feature_logging: bool = Field(False, description="Log ranking features of served queries under logs/.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API.")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="Intra-op threads per model call. Concurrent requests already use the cores; more threads "
+        "per call make OpenMP workers spin against each other (and against other processes) on a small machine.",
+    )
 
     @field_validator("workspace", mode="after")
     @classmethod

@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state is None:
+            _set_torch_threads(settings.torch_threads)
         loaded = state or await run_in_threadpool(load_state, settings)
         app.state.service = loaded
         try:
@@ -84,6 +86,13 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
             item["input"] = _utf8_safe(value)
         errors.append(item)
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logger.info("torch uses %d intra-op thread(s) per model call", threads)
 
 
 def _utf8_safe(value):

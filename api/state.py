@@ -74,4 +74,4 @@ def _feature_logger(settings: Settings, workspace: Workspace):
         return None
     from ranking.feature_log import FeatureLogger
 
-    return FeatureLogger(workspace.logs_dir / "features")
+    return FeatureLogger.for_workspace(workspace)

@@ -38,7 +38,7 @@ def health(state: StateDep, response: Response) -> HealthResponse:
             fingerprint=model.fingerprint,
             embed_dim=model.embed_dim,
             num_classes=len(model.labels.classes),
-            details=_json_safe(getattr(model, "provenance", None) or {}),
+            details=_json_safe({"backbones": model.backbones, **model.info}),
         ),
         index=_json_safe(searcher.vector_index.manifest),
         bm25_documents=len(searcher.bm25),

@@ -31,10 +31,13 @@ function errorMessages(status, body) {
   return ["The server answered " + status + ". Please try again."];
 }
 
+const capitalise = (text) => text.charAt(0).toUpperCase() + text.slice(1);
+
 function showError(messages) {
   const box = $("error");
   box.replaceChildren();
   if (!messages) { box.hidden = true; return; }
+  messages = messages.map((m) => capitalise(String(m)));
   if (messages.length === 1) {
     box.textContent = messages[0];
   } else {
@@ -117,6 +120,8 @@ async function runSearch(event) {
     renderResults(await request);
   } catch (err) {
     $("summary").textContent = "";
+    $("results").replaceChildren();  // results of an earlier query would look like answers to this one
+    $("predicted").hidden = true;
     showError(err.messages || ["Something went wrong. Please try again."]);
   } finally {
     button.disabled = false;

@@ -44,3 +44,22 @@ def jpeg_bytes(size: tuple[int, int] = (64, 48), color=(20, 120, 200)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+# -- the real demo pipeline (session-scoped fixtures from tests/fixtures/search.py) --------------------
+
+
+@pytest.fixture(scope="session")
+def demo_state(indexed_workspace, searcher) -> ServiceState:
+    from catalog.store import Catalog
+
+    settings = Settings(workspace=indexed_workspace.root)
+    catalog = Catalog(indexed_workspace.db_url)
+    yield ServiceState(settings, indexed_workspace, catalog=catalog, searcher=searcher)
+    catalog.close()
+
+
+@pytest.fixture
+def client(demo_state: ServiceState) -> TestClient:
+    with TestClient(create_app(demo_state.settings, state=demo_state), raise_server_exceptions=False) as client:
+        yield client
