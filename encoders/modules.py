@@ -61,7 +61,10 @@ class SaveableModule(nn.Module):
 
 def load_strict(module: nn.Module, state: dict, where: Path | str) -> None:
     """load_state_dict(strict) with one readable error listing every offending key."""
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"weights in {where} do not match {type(module).__name__}: {error}") from error
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"weights in {where} do not match {type(module).__name__}: missing keys {result.missing_keys}, "
@@ -81,6 +84,8 @@ class ImageBackbone(SaveableModule):
         self.preprocessing = dict(preprocessing or asdict(ImagePreprocessing()))
         self.provenance = dict(provenance or {})
         self.net = net if net is not None else build_image_net(name)
+        # channels-last convolutions are several times faster on CPU (oneDNN) and no slower on GPU
+        self.net.to(memory_format=torch.channels_last)
         self.output_dim = int(self.net.out_channels)
 
     def get_config_dict(self) -> dict:

@@ -1,0 +1,134 @@
+"""Catalogue embeddings: stored per model, incremental, resumable, robust to bad photo files."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from catalog.store import Catalog
+from encoders.embed import combine_embeddings, embed_catalog, load_embeddings
+from marketsearch.workspace import Workspace
+
+
+@pytest.fixture()
+def workspace_copy(trained_workspace, tmp_path) -> Workspace:
+    shutil.copytree(trained_workspace.root, tmp_path / "ws")
+    return Workspace.at(tmp_path / "ws")
+
+
+def test_trained_workspace_has_embeddings_for_every_listing(trained_workspace, trained_model):
+    catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
+    try:
+        table = load_embeddings(catalog, trained_model.fingerprint)
+        ids = catalog.listing_ids()
+        listings = catalog.get_listings(ids)
+    finally:
+        catalog.close()
+    assert table.ids == ids
+    d = trained_model.embed_dim
+    assert table.text.shape == table.image.shape == table.listing.shape == (len(ids), d)
+    assert table.text.dtype == table.listing.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(table.text, axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(table.listing, axis=1), 1, rtol=1e-5)
+    has_photo = np.array([bool(x.image_ids) for x in listings])
+    np.testing.assert_array_equal(table.has_image, has_photo)
+    assert (~has_photo).any(), "the demo catalogue has text-only listings"
+    assert not table.image[~table.has_image].any()
+    np.testing.assert_allclose(np.linalg.norm(table.image[table.has_image], axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(table.listing[~table.has_image], table.text[~table.has_image], rtol=1e-6)
+    np.testing.assert_allclose(table.listing, combine_embeddings(table.text, table.image, table.has_image),
+                               rtol=1e-6)
+    # stored vectors are what the model computes for that listing now
+    first = listings[0]
+    np.testing.assert_allclose(table.text[0], trained_model.encode_texts([first.text])[0], atol=1e-5)
+
+
+def test_text_query_finds_its_listing_through_the_stored_vectors(trained_workspace, trained_model):
+    catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
+    try:
+        table = load_embeddings(catalog, trained_model.fingerprint)
+        titles = [x.title for x in catalog.get_listings(table.ids)]
+    finally:
+        catalog.close()
+    queries = trained_model.encode_texts(titles)
+    top10 = np.argsort(-(queries @ table.listing.T), axis=1)[:, :10]
+    hit = (top10 == np.arange(len(titles))[:, None]).any(1).mean()
+    assert hit > 0.5  # chance is 10 / 150
+
+
+def test_rerun_encodes_only_what_changed(workspace_copy, trained_model):
+    catalog = Catalog(workspace_copy.db_url, root=workspace_copy.root)
+    try:
+        again = embed_catalog(trained_model, catalog, progress=False)
+        assert again.encoded == 0 and again.up_to_date == again.listings == catalog.count()
+        before = load_embeddings(catalog, trained_model.fingerprint)
+
+        ids = catalog.listing_ids()
+        changed = catalog.get_listing(ids[0])
+        catalog.upsert_listings([dataclasses.replace(changed, title="Completely different red bicycle")])
+        assert catalog.delete_listing(ids[1])
+        stats = embed_catalog(trained_model, catalog, progress=False)
+        assert (stats.encoded, stats.removed) == (1, 1)
+        after = load_embeddings(catalog, trained_model.fingerprint)
+        assert ids[1] not in after.row_of and len(after) == len(before) - 1
+        assert not np.allclose(after.text[after.row_of[ids[0]]], before.text[before.row_of[ids[0]]])
+        unchanged = ids[2]
+        np.testing.assert_array_equal(after.listing[after.row_of[unchanged]],
+                                      before.listing[before.row_of[unchanged]])
+    finally:
+        catalog.close()
+
+
+def test_unreadable_photo_is_reported_not_fatal(workspace_copy, trained_model):
+    catalog = Catalog(workspace_copy.db_url, root=workspace_copy.root)
+    try:
+        listing = next(x for batch in catalog.iter_listings() for x in batch if len(x.image_ids) >= 1)
+        path = catalog.image_path(listing.image_ids[0])
+        path.write_bytes(b"this is not a jpeg at all")  # size changes -> the listing is re-encoded
+        stats = embed_catalog(trained_model, catalog, progress=False)
+        assert stats.encoded == 1 and stats.image_errors == 1
+        assert listing.id in stats.errors[0] and listing.image_ids[0] in stats.errors[0]
+        table = load_embeddings(catalog, trained_model.fingerprint)
+        row = table.row_of[listing.id]
+        assert table.has_image[row] == (len(listing.image_ids) > 1)
+    finally:
+        catalog.close()
+
+
+def test_interrupted_run_resumes(workspace_copy, trained_model, monkeypatch):
+    import encoders.embed as embed_module
+
+    catalog = Catalog(workspace_copy.db_url, root=workspace_copy.root)
+    try:
+        with catalog.engine.begin() as conn:
+            conn.execute(embed_module.listing_embeddings.delete())
+        calls = {"n": 0}
+        original = embed_module._encode_chunk
+
+        def crash_on_third_batch(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(embed_module, "_encode_chunk", crash_on_third_batch)
+        with pytest.raises(KeyboardInterrupt):
+            embed_catalog(trained_model, catalog, batch_size=16, progress=False)
+        monkeypatch.setattr(embed_module, "_encode_chunk", original)
+        stats = embed_catalog(trained_model, catalog, batch_size=16, progress=False)
+        assert stats.up_to_date == 32  # two committed batches survived the crash
+        assert stats.encoded == catalog.count() - 32
+    finally:
+        catalog.close()
+
+
+def test_unknown_model_has_no_embeddings(trained_workspace):
+    catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
+    try:
+        with pytest.raises(LookupError, match="marketsearch embed"):
+            load_embeddings(catalog, "0" * 64)
+    finally:
+        catalog.close()
