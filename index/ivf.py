@@ -82,7 +82,7 @@ def choose_pq_subquantizers(dimension: int) -> int:
 def factory_string(nlist: int, pq: int | None = None) -> str:
     """The `faiss.index_factory` description: flat with an id map when nlist == 0, else IVF(-PQ)."""
     if nlist == 0:
-        return "IDMap,Flat" if pq is None else f"IDMap,PQ{pq}x8"
+        return "IDMap2,Flat" if pq is None else f"IDMap2,PQ{pq}x8"
     return f"IVF{nlist},Flat" if pq is None else f"IVF{nlist},PQ{pq}x8"
 
 
@@ -97,7 +97,7 @@ def build_ivf(
 ) -> faiss.Index:
     """Build a FAISS index over ``vectors`` with ``faiss_ids``.
 
-    ``nlist == 0`` gives an exact ``IDMap,Flat`` index; otherwise ``IVF{nlist},Flat`` (or ``,PQ{pq}x8``
+    ``nlist == 0`` gives an exact ``IDMap2,Flat`` index; otherwise ``IVF{nlist},Flat`` (or ``,PQ{pq}x8``
     when ``pq`` sub-quantisers are given), trained on a random sample of at most
     ``MAX_TRAIN_POINTS_PER_LIST * nlist`` vectors.
     """
@@ -122,6 +122,10 @@ def build_ivf(
         # Polysemous training (on by default) only speeds up Hamming-filtered search, which we do not
         # use, and costs about a minute even on 10k vectors.
         faiss.downcast_index(inverted).do_polysemous_training = False
+    if inverted is not None:
+        # id -> list position, so vectors can be read back by id (`reconstruct_batch`): sparse filters
+        # are answered exactly from them. About 16 bytes per vector.
+        inverted.set_direct_map_type(faiss.DirectMap.Hashtable)
     started = time.perf_counter()
     if not index.is_trained:
         limit = max_train_points or max(MAX_TRAIN_POINTS_PER_LIST * max(nlist, 1), 256 * 39)

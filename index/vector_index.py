@@ -30,6 +30,10 @@ ID_MAP_FILE = "id_map.json"
 DEFAULT_TARGET_RECALL = 0.95
 CALIBRATION_K = 10
 MAX_CALIBRATION_QUERIES = 1000
+# Filters allowing at most this many listings (or about as many as the probed lists hold) are answered
+# by exact search over the allowed vectors themselves, read back by id: cheaper than scanning every
+# inverted list when the probed lists hold too few allowed listings, and exact.
+SUBSET_SEARCH_MAX = 4096
 
 
 class VectorIndex:
@@ -345,12 +349,19 @@ class VectorIndex:
         want = min(int(k), available)
         if want == 0:
             return np.zeros((len(queries), 0), dtype=np.float32), [[] for _ in range(len(queries))]
-        scores, ids = ivf.search(self.index, queries, want, self.nprobe or None, selector)
+        if selector is not None and self.nlist and available <= self._subset_search_limit():
+            scores, ids = self._search_subset(queries, want, allowed)
+        else:
+            scores, ids = ivf.search(self.index, queries, want, self.nprobe or None, selector)
         short = (ids < 0).any(axis=1)
         if short.any() and self.nlist:
-            # The probed lists held fewer than `want` (allowed) vectors: scan every list for those rows.
-            logger.debug("%d of %d queries came back short; searching all %d lists", short.sum(), len(ids), self.nlist)
-            scores[short], ids[short] = ivf.search(self.index, queries[short], want, self.nlist, selector)
+            # The probed lists held fewer than `want` (allowed) vectors: probe 8x more lists, then all.
+            for nprobe in (min(self.nlist, 8 * max(self.nprobe, 1)), self.nlist):
+                logger.debug("%d of %d queries came back short; nprobe=%d", short.sum(), len(ids), nprobe)
+                scores[short], ids[short] = ivf.search(self.index, queries[short], want, nprobe, selector)
+                short = (ids < 0).any(axis=1)
+                if not short.any():
+                    break
         if (ids < 0).any():
             raise RuntimeError(
                 f"index returned fewer than {want} results although {available} listings are searchable; "
@@ -358,6 +369,34 @@ class VectorIndex:
             )
         listing_of = self._listing_of
         return scores, [[listing_of[i] for i in row] for row in ids.tolist()]
+
+    def _subset_search_limit(self) -> int:
+        probed = self.nprobe * len(self) / max(self.nlist, 1)  # vectors scanned by an unfiltered query
+        return max(SUBSET_SEARCH_MAX, int(2 * probed))
+
+    def _search_subset(self, queries: np.ndarray, k: int, faiss_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among ``faiss_ids`` by brute force over their stored vectors (PQ: decoded codes)."""
+        vectors = self.index.reconstruct_batch(faiss_ids)
+        if self.metric == "ip":
+            scores = queries @ vectors.T
+        else:  # negated squared L2 so that larger is better here
+            scores = 2 * queries @ vectors.T - (queries**2).sum(1, keepdims=True) - (vectors**2).sum(1)[None, :]
+        if k < scores.shape[1]:
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, 1)
+        best = np.take_along_axis(scores, top, 1).astype(np.float32)
+        return (best if self.metric == "ip" else -best), faiss_ids[top]
+
+    def vectors(self, listing_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``listing_ids`` (float32 (n, d); decoded approximations for PQ)."""
+        missing = [i for i in listing_ids if i not in self._faiss_id_of]
+        if missing:
+            raise KeyError(f"{len(missing)} listings are not indexed (e.g. {missing[:3]!r})")
+        faiss_ids = np.fromiter((self._faiss_id_of[i] for i in listing_ids), dtype=np.int64, count=len(listing_ids))
+        return self.index.reconstruct_batch(faiss_ids)
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:

@@ -34,7 +34,7 @@ def test_index_command_builds_then_updates_incrementally(workspace):
     fingerprint = read_model_fingerprint(workspace.model_dir)
     catalog = Catalog(workspace.db_url, root=workspace.root)
     table = load_embeddings(catalog, fingerprint)
-    assert report["mode"] == "built" and report["index_type"] == "IDMap,Flat"  # demo catalogue < 10k
+    assert report["mode"] == "built" and report["index_type"] == "IDMap2,Flat"  # demo catalogue < 10k
     assert report["vector_count"] == len(table) and report["bm25_count"] == catalog.count()
 
     vector_index = VectorIndex.load(vector_index_dir(workspace), expected_fingerprint=fingerprint)

@@ -35,7 +35,7 @@ def test_small_catalogue_gets_exact_flat_index():
     vectors = clustered_vectors(500, 16, seed=3)
     ids = [f"s{i}" for i in range(500)]
     vi = VectorIndex.build(vectors, ids, "model-a")
-    assert vi.nlist == 0 and vi.manifest["index_type"] == "IDMap,Flat"
+    assert vi.nlist == 0 and vi.manifest["index_type"] == "IDMap2,Flat"
     scores, found = vi.search(vectors[:20], 7)
     reference = brute_force(vectors, vectors[:20], 7)
     assert found == [[ids[i] for i in row] for row in reference]
@@ -80,8 +80,17 @@ def test_id_map_after_add_remove_update(ivf_index, clustered):
     assert vi.listing_id(first_free + 3) == listing_ids[0]
 
 
-@pytest.mark.parametrize("n_allowed", [1, 3, 10, 57, 2_000])
-def test_filtered_search_never_leaves_allowed_set_and_returns_k(built_index, clustered, n_allowed):
+@pytest.fixture(params=["auto", "selector-only"])
+def strategy(request, monkeypatch):
+    """auto: sparse filters use exact search over the allowed vectors; selector-only: always the FAISS
+    id selector over the probed lists, widening to all lists when they come back short."""
+    if request.param == "selector-only":
+        monkeypatch.setattr(VectorIndex, "_subset_search_limit", lambda self: 0)
+    return request.param
+
+
+@pytest.mark.parametrize("n_allowed", [1, 3, 10, 57, 2_000, 8_000])
+def test_filtered_search_never_leaves_allowed_set_and_returns_k(built_index, clustered, n_allowed, strategy):
     vectors, listing_ids, queries = clustered
     rng = np.random.default_rng(n_allowed)
     allowed_rows = np.sort(rng.choice(len(vectors), n_allowed, replace=False))
@@ -97,7 +106,7 @@ def test_filtered_search_never_leaves_allowed_set_and_returns_k(built_index, clu
         assert found == [[listing_ids[i] for i in row] for row in reference]
 
 
-def test_filter_whose_listings_live_only_in_unprobed_lists(built_index, clustered):
+def test_filter_whose_listings_live_only_in_unprobed_lists(built_index, clustered, strategy):
     vectors, listing_ids, queries = clustered
     query = queries[:1]
     inverted = ivf.ivf_of(built_index.index)
@@ -110,6 +119,20 @@ def test_filter_whose_listings_live_only_in_unprobed_lists(built_index, clustere
     _, found = built_index.search(query, 10, allowed_ids=allowed)
     reference = brute_force(vectors, query, 10, allowed=np.array(far))
     assert found[0] == [listing_ids[i] for i in reference[0]]
+
+
+def test_filtered_search_with_l2_metric_and_stored_vectors(clustered):
+    vectors, listing_ids, queries = clustered
+    vi = VectorIndex.build(vectors, listing_ids, "model-a", metric="l2", calibration_queries=queries)
+    np.testing.assert_array_equal(vi.vectors(listing_ids[10:13]), vectors[10:13])
+    with pytest.raises(KeyError, match="not indexed"):
+        vi.vectors(["nope"])
+    allowed_rows = np.arange(0, 20_000, 400)
+    scores, found = vi.search(queries[:10], 5, allowed_ids=[listing_ids[i] for i in allowed_rows])
+    distances = ((queries[:10, None, :] - vectors[None, allowed_rows, :]) ** 2).sum(-1)
+    reference = allowed_rows[np.argsort(distances, axis=1)[:, :5]]
+    assert found == [[listing_ids[i] for i in row] for row in reference]
+    np.testing.assert_allclose(scores, np.sort(distances, axis=1)[:, :5], atol=1e-4)  # squared L2, ascending
 
 
 def test_filter_edge_cases(built_index, clustered):
