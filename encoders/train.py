@@ -366,7 +366,7 @@ def train_one_epoch(model: JointModel, features, data: TrainingData, optimizer, 
         for name, value in (("loss", loss), ("fusion_ce", fusion_ce), ("probe_ce", probe_ce),
                             ("contrastive", contrastive)):
             totals[name] += float(value.detach()) / steps
-    totals["temperature"] = float(1.0 / model.clip_loss.scale)
+    totals["temperature"] = float(1.0 / model.clip_loss.scale.detach())
     if writer is not None:
         for name, value in totals.items():
             writer.add_scalar(f"train/{name}", value, epoch)

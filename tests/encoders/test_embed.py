@@ -103,24 +103,28 @@ def test_interrupted_run_resumes(workspace_copy, trained_model, monkeypatch):
 
     catalog = Catalog(workspace_copy.db_url, root=workspace_copy.root)
     try:
+        table = embed_module.listing_embeddings
+        forgotten = catalog.listing_ids()[:48]
         with catalog.engine.begin() as conn:
-            conn.execute(embed_module.listing_embeddings.delete())
+            conn.execute(table.delete().where(table.c.listing_id.in_(forgotten)))
         calls = {"n": 0}
         original = embed_module._encode_chunk
 
-        def crash_on_third_batch(*args, **kwargs):
+        def crash_on_second_batch(*args, **kwargs):
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] == 2:
                 raise KeyboardInterrupt
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(embed_module, "_encode_chunk", crash_on_third_batch)
+        monkeypatch.setattr(embed_module, "_encode_chunk", crash_on_second_batch)
         with pytest.raises(KeyboardInterrupt):
             embed_catalog(trained_model, catalog, batch_size=16, progress=False)
         monkeypatch.setattr(embed_module, "_encode_chunk", original)
         stats = embed_catalog(trained_model, catalog, batch_size=16, progress=False)
-        assert stats.up_to_date == 32  # two committed batches survived the crash
-        assert stats.encoded == catalog.count() - 32
+        # the batch committed before the crash survived; only the 32 listings after it are encoded
+        assert stats.encoded == 32
+        assert stats.up_to_date == catalog.count() - 32
+        assert len(load_embeddings(catalog, trained_model.fingerprint)) == catalog.count()
     finally:
         catalog.close()
 
