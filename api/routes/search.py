@@ -7,12 +7,15 @@ import time
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from PIL import Image
+from pydantic import ValidationError
 
 from api.deps import CatalogDep, SearcherDep, SettingsDep
 from api.schemas import (
+    MAX_K,
     CategoryProbability,
     ErrorResponse,
     ImageSearchForm,
@@ -21,6 +24,7 @@ from api.schemas import (
     SearchHit,
     SearchOptions,
     SearchResponse,
+    SortOrder,
     TextSearchRequest,
 )
 from api.uploads import decode_image, read_upload
@@ -52,10 +56,40 @@ def search_text(
     return _response(result, "text", catalog, start, {})
 
 
+def image_search_form(
+    text: Annotated[str | None, Form(description='Optional words with the photo ("in red"), up to 512 chars.')] = None,
+    k: Annotated[int | None, Form(ge=1, le=MAX_K, description="Number of results (1..100).")] = None,
+    sort: Annotated[SortOrder, Form(description="relevance, price_asc, price_desc or newest.")] = "relevance",
+    rerank: Annotated[bool | None, Form(description="Use the learned re-ranker.")] = None,
+    category: Annotated[str | None, Form(description='Top-level category or a prefix of "A / B / C".')] = None,
+    min_price: Annotated[float | None, Form(ge=0, description="Lowest price in GBP.")] = None,
+    max_price: Annotated[float | None, Form(ge=0, description="Highest price in GBP.")] = None,
+    location: Annotated[str | None, Form(description="Town or county.")] = None,
+) -> ImageSearchForm:
+    """The form fields next to the photo, declared one by one so that they appear in the OpenAPI docs,
+    then validated together (inverted price range, non-finite prices, text limits) like the JSON body."""
+    fields = dict(
+        text=text,
+        k=k,
+        sort=sort,
+        rerank=rerank,
+        category=category,
+        min_price=min_price,
+        max_price=max_price,
+        location=location,
+    )
+    try:
+        return ImageSearchForm(**fields)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+        ) from None
+
+
 @router.post("/image", responses=_UPLOAD_ERRORS)
 async def search_image(
     file: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WEBP, GIF or BMP).")],
-    form: Annotated[ImageSearchForm, Form()],
+    form: Annotated[ImageSearchForm, Depends(image_search_form)],
     searcher: SearcherDep,
     catalog: CatalogDep,
     settings: SettingsDep,
