@@ -141,29 +141,35 @@ class Tower(nn.Module):
         batch = self.backbone.tokenize([str(text) for text in items])
         return {key: value.to(self.device) for key, value in batch.items()}
 
-    @torch.inference_mode()
+    def _batched(self, items: list, batch_size: int, run) -> list[np.ndarray]:
+        """Run ``run`` over batches; texts are batched by length (less padding), results in input order."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = (np.argsort([-len(str(t)) for t in items], kind="stable") if self.modality == "text"
+                 else np.arange(len(items)))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                parts = [run(self.prepare([items[i] for i in order[s : s + batch_size]])).float().cpu().numpy()
+                         for s in range(0, len(items), batch_size)]
+        finally:
+            self.train(was_training)
+        if not parts:
+            return []
+        out = np.empty((len(items), parts[0].shape[1]), np.float32)
+        out[order] = np.concatenate(parts)
+        return [out]
+
     def encode_pooled(self, items: list, batch_size: int = 32) -> np.ndarray:
         """Pooled backbone features (float32 (n, pooled_dim)) in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            out = [self.trunk(self.prepare(items[i : i + batch_size])).float().cpu().numpy()
-                   for i in range(0, len(items), batch_size)]
-        finally:
-            self.train(was_training)
-        return np.concatenate(out) if out else np.zeros((0, self.pooled_dim), np.float32)
+        out = self._batched(items, batch_size, self.trunk)
+        return out[0] if out else np.zeros((0, self.pooled_dim), np.float32)
 
-    @torch.inference_mode()
     def encode(self, items: list, batch_size: int = 32) -> np.ndarray:
         """L2-normalised embeddings, float32 (n, embed_dim)."""
-        was_training = self.training
-        self.eval()
-        try:
-            out = [self.forward(self.prepare(items[i : i + batch_size]))["embedding"].float().cpu().numpy()
-                   for i in range(0, len(items), batch_size)]
-        finally:
-            self.train(was_training)
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+        out = self._batched(items, batch_size, lambda features: self.forward(features)["embedding"])
+        return out[0] if out else np.zeros((0, self.embed_dim), np.float32)
 
     # -- persistence
     def save(self, folder: Path) -> None:
