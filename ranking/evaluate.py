@@ -136,7 +136,10 @@ def collect_runs(
     depth: int = DEFAULT_DEPTH,
     load_image: Callable[[EvalQuery], Any] | None = None,
 ) -> Runs:
-    """Stage runs (``{stage: {query_id: {listing_id: score}}}``) for every query."""
+    """Stage runs (``{stage: {query_id: {listing_id: score}}}``) for every query.
+
+    Stages that returned nothing for every query (BM25 when all queries are images) are left out.
+    """
     runs: Runs = {}
     for item in iter_query_candidates(source, queries, depth=depth, load_image=load_image, description="evaluate"):
         rerank = ranker.predict(item.features) if ranker is not None and len(item.candidates) else None
@@ -144,7 +147,8 @@ def collect_runs(
             rerank = np.zeros(0)
         for stage, scores in stage_scores(item.candidates, rerank).items():
             runs.setdefault(stage, {})[item.query_id] = scores
-    return runs
+    # a stage that ranked nothing at all (BM25 for image-only queries) is left out
+    return {stage: run for stage, run in runs.items() if any(run.values())}
 
 
 # -- comparing runs -------------------------------------------------------------------------------

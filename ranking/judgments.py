@@ -263,13 +263,15 @@ def _known_item_qrels(target: ListingLike, groups: Mapping[str, list[str]]) -> d
     return grades
 
 
-def known_item_text(listings: list[ListingLike]) -> tuple[dict[str, EvalQuery], Qrels]:
+def known_item_text(
+    listings: list[ListingLike], corpus: list[ListingLike] | None = None
+) -> tuple[dict[str, EvalQuery], Qrels]:
     """Known-item text protocol: one query per listing with a title, the title itself.
 
-    The corpus searched must index each listing by its description only (see
-    ``ranking.protocol.description_corpus``), otherwise the title would find itself.
+    ``corpus`` (default: ``listings``) is what is searched; it must contain ``listings`` and index
+    each listing by its description only (``ranking.protocol``), otherwise the title would find itself.
     """
-    groups = _same_path_groups(listings)
+    groups = _same_path_groups(corpus if corpus is not None else listings)
     queries: dict[str, EvalQuery] = {}
     qrels: Qrels = {}
     for listing in listings:
@@ -282,12 +284,15 @@ def known_item_text(listings: list[ListingLike]) -> tuple[dict[str, EvalQuery], 
     return queries, qrels
 
 
-def known_item_image(listings: list[ListingLike]) -> tuple[dict[str, EvalQuery], Qrels]:
+def known_item_image(
+    listings: list[ListingLike], corpus: list[ListingLike] | None = None
+) -> tuple[dict[str, EvalQuery], Qrels]:
     """Known-item image protocol: for each listing with at least two photos, its first photo is the query.
 
-    The corpus must represent that listing by its other photos only (``ranking.protocol``).
+    ``corpus`` (default: ``listings``) must represent that listing by its other photos only
+    (``ranking.protocol``).
     """
-    groups = _same_path_groups(listings)
+    groups = _same_path_groups(corpus if corpus is not None else listings)
     queries: dict[str, EvalQuery] = {}
     qrels: Qrels = {}
     for listing in listings:

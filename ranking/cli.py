@@ -1,0 +1,303 @@
+"""`marketsearch train-ranker` and `marketsearch evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from marketsearch.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+
+ThreadsOption = Annotated[
+    int, typer.Option("--threads", min=1, help="CPU threads for torch encoding and LightGBM training.")
+]
+DepthOption = Annotated[
+    int, typer.Option("--depth", min=1, max=1000, help="Candidates per retriever (vector and BM25) per query.")
+]
+MaxQueriesOption = Annotated[
+    int | None,
+    typer.Option("--max-queries", min=1, help="Sample at most this many queries per protocol and product split "
+                 "(seeded); default: train-ranker 1500, evaluate all."),
+]
+
+
+def _splits(value: str) -> tuple[str, ...]:
+    parts = tuple(part.strip() for part in value.split(",") if part.strip())
+    bad = [part for part in parts if part not in ("train", "val", "test")]
+    if bad or not parts:
+        raise typer.BadParameter(f"expected a comma-separated list of train, val, test; got {value!r}")
+    return parts
+
+
+def _protocols(value: str) -> tuple[str, ...]:
+    if value == "both":
+        return ("text", "image")
+    if value in ("text", "image"):
+        return (value,)
+    raise typer.BadParameter(f"expected text, image or both; got {value!r}")
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def train_ranker(
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+    judgments: Annotated[Path | None, typer.Option(
+        "--judgments", help="Graded judgments: TREC qrels ('query_id 0 listing_id grade') or CSV/JSONL with "
+        "query_id, listing_id, relevance. Needs --queries. Replaces the self-supervised protocol.")] = None,
+    queries: Annotated[Path | None, typer.Option(
+        "--queries", help="Queries of --judgments: 'query_id<TAB>text' lines, or CSV/JSONL with query_id, text "
+        "and/or image (a path relative to the file).")] = None,
+    interactions: Annotated[Path | None, typer.Option(
+        "--interactions", help="Logged interactions (CSV/JSONL: query_id, listing_id, event in view, click, save, "
+        "purchase -> grades 0-3), joined with the feature log <workspace>/logs/features/ of served searches.")] = None,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="Self-supervised known-item protocol(s) used when neither --judgments nor "
+        "--interactions is given: text, image or both.")] = "both",
+    train_splits: Annotated[str, typer.Option(
+        "--train-splits", help="Model split(s) whose products give the training queries (comma-separated; "
+        "'test' is refused: it is kept for evaluation).")] = "train",
+    valid_splits: Annotated[str, typer.Option(
+        "--valid-splits", help="Model split(s) whose products give the early-stopping queries.")] = "val",
+    max_queries: MaxQueriesOption = 1500,
+    depth: DepthOption = 100,
+    n_estimators: Annotated[int, typer.Option("--trees", min=1, help="Maximum number of boosting rounds.")] = 400,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", help="LightGBM shrinkage.")] = 0.05,
+    num_leaves: Annotated[int, typer.Option("--num-leaves", min=2, help="Leaves per tree.")] = 31,
+    threads: ThreadsOption = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of query sampling and of LightGBM.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the training summary as JSON.")] = False,
+) -> None:
+    """Train the LightGBM LambdaRank re-ranker and save it to <workspace>/ranker (model.txt + meta.json).
+
+    Labels come from --judgments (+ --queries), from --interactions (+ the feature log), or by default from
+    the known-item protocols on the model's own training products: the query is a listing's title (its
+    indexed text is then the description only) or one of its photos (represented by its other photos);
+    grade 2 for that listing, 1 for listings with the same full category path. Early stopping uses the
+    --valid-splits products; the test products stay unseen for `marketsearch evaluate`.
+    """
+    from ranking.train import TrainRankerConfig
+
+    ws = open_workspace(workspace)
+    _set_threads(threads)
+    params = {"n_estimators": n_estimators, "learning_rate": learning_rate, "num_leaves": num_leaves,
+              "n_jobs": threads, "random_state": seed}
+    if judgments is not None and interactions is not None:
+        raise typer.BadParameter("give --judgments or --interactions, not both")
+    try:
+        if interactions is not None:
+            from ranking.feature_log import FeatureLogger, log_files
+            from ranking.judgments import read_interactions
+            from ranking.train import train_from_interactions
+
+            paths = log_files(FeatureLogger.for_workspace(ws).directory)
+            if not paths:
+                raise FileNotFoundError(
+                    f"no feature logs in {FeatureLogger.for_workspace(ws).directory}; serve searches with feature "
+                    "logging on to collect them"
+                )
+            ranker, summary = train_from_interactions(paths, read_interactions(interactions), seed=seed,
+                                                      reranker_params=params)
+        elif judgments is not None:
+            if queries is None:
+                raise typer.BadParameter("--judgments needs --queries (the query texts or images)")
+            from ranking.judgments import read_qrels, read_queries
+            from ranking.train import train_from_judgments
+            from search.pipeline import Searcher
+
+            searcher = Searcher.from_workspace(ws, load_ranker=False)
+            ranker, summary = train_from_judgments(
+                searcher, read_queries(queries), read_qrels(judgments), depth=depth, seed=seed,
+                load_image=_query_image_loader(), reranker_params=params,
+            )
+        else:
+            from ranking.train import train_from_protocol
+
+            config = TrainRankerConfig(
+                train_splits=_splits(train_splits), valid_splits=_splits(valid_splits),
+                protocols=_protocols(protocol), max_queries=max_queries, depth=depth, seed=seed, reranker=params,
+            )
+            ranker, summary = train_from_protocol(ws, config)
+    except (FileNotFoundError, ValueError, LookupError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    ranker.save(ws.ranker_dir)
+    summary["saved_to"] = str(ws.ranker_dir)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    valid = summary["best_score"].get("valid_0", {})
+    typer.echo(f"re-ranker saved to {ws.ranker_dir}")
+    typer.echo(f"  labels:          {summary['source']}")
+    typer.echo(f"  training:        {summary['train_queries']} queries, {summary['train_rows']} candidate rows")
+    typer.echo(f"  early stopping:  {summary['valid_queries']} queries; best iteration {summary['best_iteration']}"
+               + (f", validation NDCG@10 {valid['ndcg@10']:.4f}" if "ndcg@10" in valid else ""))
+    top = list(summary["feature_importance"].items())[:8]
+    total = sum(summary["feature_importance"].values()) or 1.0
+    typer.echo("  top features:    " + ", ".join(f"{name} {value / total:.0%}" for name, value in top))
+
+
+def _query_image_loader():
+    from ranking.protocol import load_photo
+
+    def load(query):
+        if query.image_path is None:
+            raise ValueError(f"query {query.query_id!r} names no image file")
+        return load_photo(Path(query.image_path))
+
+    return load
+
+
+def evaluate(
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+    queries: Annotated[Path | None, typer.Option(
+        "--queries", help="Your own queries ('query_id<TAB>text' lines, or CSV/JSONL with query_id, text and/or "
+        "image). Needs --qrels; searched over the whole catalogue with the workspace's indexes.")] = None,
+    qrels: Annotated[Path | None, typer.Option(
+        "--qrels", help="Graded judgments of --queries: TREC qrels or CSV/JSONL (query_id, listing_id, "
+        "relevance).")] = None,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="Built-in known-item protocol on the model's test products (used without --queries): "
+        "text, image or both.")] = "both",
+    splits: Annotated[str, typer.Option(
+        "--splits", help="Model split(s) whose products the protocol uses. Keep 'test' for honest figures.")] = "test",
+    max_queries: MaxQueriesOption = None,
+    depth: DepthOption = 100,
+    ranker_dir: Annotated[Path | None, typer.Option(
+        "--ranker", help="Re-ranker folder to evaluate (default <workspace>/ranker; skipped when absent).")] = None,
+    no_ranker: Annotated[bool, typer.Option("--no-ranker", help="Evaluate the first stages only.")] = False,
+    frozen_baseline: Annotated[bool, typer.Option(
+        "--frozen-baseline/--no-frozen-baseline", help="Add the image protocol's baseline: frozen ImageNet "
+        "MobileNetV2 features searched exactly.")] = True,
+    stat_test: Annotated[str, typer.Option(
+        "--stat-test", help="Paired significance test: student (t-test) or fisher (randomization).")] = "student",
+    max_p: Annotated[float, typer.Option("--max-p", help="Significance level.")] = 0.01,
+    threads: ThreadsOption = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Offline evaluation: NDCG@10, MRR@10, Recall@100 and MAP for BM25, vector, hybrid and re-ranked results.
+
+    Paired significance tests between every pair of stages (ranx). Writes TREC run files per stage, the
+    qrels, report.json, report.md and PNG plots to <workspace>/eval/<timestamp>/ (one set per protocol,
+    prefixed text. / image.), and prints a summary table.
+    """
+    from ranking.evaluate import collect_runs, compare_runs, new_eval_dir, write_evaluation
+    from ranking.reranker import Reranker
+
+    if stat_test not in ("student", "fisher"):
+        raise typer.BadParameter(f"--stat-test must be student or fisher, got {stat_test!r}")
+    if (queries is None) != (qrels is None):
+        raise typer.BadParameter("--queries and --qrels go together")
+    ws = open_workspace(workspace)
+    _set_threads(threads)
+    ranker = None
+    try:
+        if not no_ranker:
+            folder = ranker_dir or ws.ranker_dir
+            if folder.exists():
+                ranker = Reranker.load(folder)
+            elif ranker_dir is not None:
+                raise FileNotFoundError(f"no re-ranker at {ranker_dir}")
+            else:
+                typer.echo(f"note: no re-ranker in {ws.ranker_dir}; evaluating the first stages only", err=True)
+        out_dir = new_eval_dir(ws.eval_dir)
+        reports = []
+        if queries is not None:
+            from ranking.judgments import read_qrels, read_queries
+            from search.pipeline import Searcher
+
+            searcher = Searcher.from_workspace(ws, load_ranker=False)
+            judged = read_qrels(qrels)
+            query_set = {q: x for q, x in read_queries(queries).items() if q in judged}
+            if not query_set:
+                raise ValueError(f"no query id of {queries} appears in {qrels}")
+            runs = collect_runs(searcher, query_set, ranker=ranker, depth=depth, load_image=_query_image_loader())
+            report = compare_runs(judged, runs, stat_test=stat_test, max_p=max_p, name=queries.stem)
+            write_evaluation(out_dir, report, runs, judged, query_set)
+            reports.append(report)
+        else:
+            from ranking.protocol import ProtocolBuilder
+
+            builder = ProtocolBuilder(ws)
+            try:
+                for name in _protocols(protocol):
+                    if name == "text":
+                        prot = builder.text_protocol(_splits(splits), max_queries=max_queries)
+                    else:
+                        prot = builder.image_protocol(_splits(splits), max_queries=max_queries,
+                                                      frozen_baseline=frozen_baseline)
+                    runs = collect_runs(prot.searcher, prot.queries, ranker=ranker, depth=depth,
+                                        load_image=prot.load_image)
+                    if name == "image":
+                        # image queries have no BM25 list, and hybrid is then the vector ranking itself
+                        runs.pop("bm25", None)
+                        runs.pop("hybrid", None)
+                    runs.update(prot.baseline_runs)
+                    report = compare_runs(prot.qrels, runs, stat_test=stat_test, max_p=max_p,
+                                          name=f"{prot.name} ({'+'.join(prot.splits)} products)")
+                    report.info.update({"corpus_size": prot.corpus_size, "splits": list(prot.splits),
+                                        "model_fingerprint": builder.model.fingerprint,
+                                        "ranker": None if ranker is None else ranker.meta_.get("trained_at"),
+                                        "ratios": final_ratios(report)})
+                    write_evaluation(out_dir, report, runs, prot.qrels, prot.queries, prefix=f"{name}.")
+                    reports.append(report)
+            finally:
+                builder.close()
+    except (FileNotFoundError, ValueError, LookupError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+    _write_summary(out_dir, reports)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in reports], indent=2))
+        return
+    for report in reports:
+        typer.echo(f"\n{report.name}: {len(report.query_ids)} queries"
+                   + (f", corpus {report.info['corpus_size']} listings" if "corpus_size" in report.info else ""))
+        typer.echo(report.to_markdown())
+        for line in _ratio_lines(report):
+            typer.echo(line)
+    typer.echo(f"\nwritten to {out_dir}")
+
+
+def final_ratios(report) -> dict:
+    """NDCG@10 of the final stage over each other stage, with the p-value of the difference."""
+    final = "reranked" if "reranked" in report.stages else ("hybrid" if "hybrid" in report.stages else None)
+    if final is None or "ndcg@10" not in report.metrics:
+        return {}
+    ratios = {}
+    for other in report.stages:
+        if other == final or report.scores[other]["ndcg@10"] == 0:
+            continue
+        ratios[other] = {
+            "final": final,
+            "ratio": report.scores[final]["ndcg@10"] / report.scores[other]["ndcg@10"],
+            "p_value": report.p_values[final][other]["ndcg@10"],
+        }
+    return ratios
+
+
+def _ratio_lines(report) -> list[str]:
+    ratios = report.info.get("ratios") or final_ratios(report)
+    return [
+        f"  NDCG@10 {value['final']} / {other}: {value['ratio']:.3f}x (p = {value['p_value']:.2g})"
+        for other, value in ratios.items()
+    ]
+
+
+def _write_summary(out_dir: Path, reports) -> None:
+    lines = ["# Offline evaluation", ""]
+    for report in reports:
+        lines += [f"## {report.name}", ""]
+        if "corpus_size" in report.info:
+            lines += [f"Corpus: {report.info['corpus_size']} listings.", ""]
+        lines += [report.to_markdown(), "", *_ratio_lines(report), ""]
+    path = out_dir / "summary.md"
+    tmp = path.with_name(".summary.md.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(path)

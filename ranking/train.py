@@ -1,0 +1,218 @@
+"""Training data for the re-ranker from each label source, and the train-ranker job.
+
+Every source ends in the same arrays: ``X`` (features from ``build_features``, the serving code path),
+``y`` (graded relevance), ``group`` (rows per query, contiguous). Sources:
+
+- the known-item protocols on the model's own training products (default: queries from the model's
+  ``train`` split, early stopping on its ``val`` split, never its ``test`` split);
+- a judgments file plus its queries, run through the workspace's searcher;
+- logged interactions joined with the feature log of the served searches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ranking.evaluate import DEFAULT_DEPTH, CandidateSource, iter_query_candidates
+from ranking.judgments import (
+    INTERACTION_LABEL_DEFINITION,
+    KNOWN_ITEM_LABEL_DEFINITION,
+    QRELS_LABEL_DEFINITION,
+    EvalQuery,
+    Qrels,
+)
+from ranking.reranker import Reranker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    X: np.ndarray
+    y: np.ndarray
+    group: np.ndarray
+    query_ids: list[str]
+    feature_names: list[str]
+
+    @property
+    def queries(self) -> int:
+        return len(self.group)
+
+    def __add__(self, other: TrainingData) -> TrainingData:
+        if self.feature_names != other.feature_names:
+            raise ValueError("cannot join training data built with different feature names")
+        return TrainingData(
+            np.concatenate([self.X, other.X]), np.concatenate([self.y, other.y]),
+            np.concatenate([self.group, other.group]), self.query_ids + other.query_ids, self.feature_names,
+        )
+
+    def select(self, query_ids: set[str]) -> TrainingData:
+        starts = np.concatenate([[0], np.cumsum(self.group)[:-1]])
+        keep = [i for i, q in enumerate(self.query_ids) if q in query_ids]
+        rows = np.concatenate([np.arange(starts[i], starts[i] + self.group[i]) for i in keep]) if keep else \
+            np.zeros(0, np.int64)
+        return TrainingData(self.X[rows], self.y[rows], self.group[keep], [self.query_ids[i] for i in keep],
+                            self.feature_names)
+
+
+def training_data(
+    source: CandidateSource,
+    queries: Mapping[str, EvalQuery],
+    qrels: Qrels,
+    *,
+    depth: int = DEFAULT_DEPTH,
+    load_image: Callable[[EvalQuery], Any] | None = None,
+    require_positive: bool = True,
+    description: str = "features",
+) -> TrainingData:
+    """Candidates and features of each query, labelled from ``qrels`` (unjudged candidates get 0).
+
+    Queries whose candidates hold no positive grade carry no ranking signal and are skipped when
+    ``require_positive``.
+    """
+    Xs, ys, groups, kept = [], [], [], []
+    names: list[str] = []
+    skipped = 0
+    for item in iter_query_candidates(source, queries, depth=depth, load_image=load_image, description=description):
+        judged = qrels.get(item.query_id, {})
+        y = np.fromiter((judged.get(i, 0) for i in item.candidates.listing_ids), dtype=np.int32,
+                        count=len(item.candidates))
+        names = item.feature_names
+        if len(y) == 0 or (require_positive and not (y > 0).any()):
+            skipped += 1
+            continue
+        Xs.append(item.features)
+        ys.append(y)
+        groups.append(len(y))
+        kept.append(item.query_id)
+    if not kept:
+        raise ValueError(
+            f"none of the {len(queries)} queries has a judged relevant listing among its candidates; "
+            "check that the judgments use the catalogue's listing ids"
+        )
+    if skipped:
+        logger.info("%d of %d queries had no relevant candidate and were skipped", skipped, len(queries))
+    return TrainingData(np.concatenate(Xs), np.concatenate(ys), np.asarray(groups, np.int64), kept, names)
+
+
+def split_queries(query_ids: Sequence[str], valid_fraction: float = 0.2, seed: int = 0) -> tuple[set[str], set[str]]:
+    """A deterministic random train/validation split of query ids (for sources without product splits)."""
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    ids = sorted(set(query_ids))
+    if len(ids) < 2:
+        raise ValueError(f"need at least 2 queries to hold some out for early stopping, got {len(ids)}")
+    rng = np.random.default_rng(seed)
+    n_valid = max(1, int(round(len(ids) * valid_fraction)))
+    valid = set(rng.choice(ids, size=n_valid, replace=False).tolist())
+    return set(ids) - valid, valid
+
+
+@dataclass
+class TrainRankerConfig:
+    """Defaults for `marketsearch train-ranker` with the known-item protocol as the label source.
+
+    Queries come from the products of ``train_splits``; they search a corpus made of the products of
+    ``corpus_splits`` (plus the query products). Early stopping uses queries from ``valid_splits``
+    products, or, when that is empty, a random ``valid_fraction`` of the training queries.
+    """
+
+    train_splits: tuple[str, ...] = ("train",)
+    valid_splits: tuple[str, ...] = ("val",)
+    corpus_splits: tuple[str, ...] = ("train", "val")
+    valid_fraction: float = 0.2
+    protocols: tuple[str, ...] = ("text", "image")
+    max_queries: int | None = 1500  # per protocol and split set, sampled with `seed`
+    depth: int = DEFAULT_DEPTH
+    seed: int = 0
+    reranker: dict[str, Any] = field(default_factory=dict)  # Reranker hyper-parameters
+
+    def __post_init__(self) -> None:
+        if "test" in (*self.train_splits, *self.valid_splits, *self.corpus_splits):
+            raise ValueError("the test products are reserved for evaluation; train on 'train' and/or 'val'")
+        unknown = set(self.protocols) - {"text", "image"}
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols must be a non-empty subset of ('text', 'image'), got {self.protocols}")
+        if not self.train_splits:
+            raise ValueError("train_splits must name at least one split")
+
+
+def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerConfig, what: str) -> TrainingData:
+    data = None
+    for protocol in config.protocols:
+        make = builder.text_protocol if protocol == "text" else builder.image_protocol
+        prot = make(splits, corpus_splits=config.corpus_splits, max_queries=config.max_queries, seed=config.seed)
+        part = training_data(prot.searcher, prot.queries, prot.qrels, depth=config.depth,
+                             load_image=prot.load_image, description=f"{what} {protocol} queries")
+        data = part if data is None else data + part
+    return data
+
+
+def train_from_protocol(workspace, config: TrainRankerConfig | None = None, *, builder=None) -> tuple[Reranker, dict]:
+    """Train the re-ranker with the known-item protocols on the model's training products."""
+    from ranking.protocol import ProtocolBuilder
+
+    config = config or TrainRankerConfig()
+    own_builder = builder is None
+    builder = builder or ProtocolBuilder(workspace)
+    try:
+        train = protocol_training_data(builder, config.train_splits, config, "train")
+        if config.valid_splits:
+            valid = protocol_training_data(builder, config.valid_splits, config, "valid")
+        else:
+            train_ids, valid_ids = split_queries(train.query_ids, config.valid_fraction, config.seed)
+            train, valid = train.select(train_ids), train.select(valid_ids)
+    finally:
+        if own_builder:
+            builder.close()
+    info = {"source": "known-item protocol", "config": asdict(config),
+            "model_fingerprint": builder.model.fingerprint}
+    return _fit(train, valid, KNOWN_ITEM_LABEL_DEFINITION, info, config.reranker)
+
+
+def train_from_judgments(source: CandidateSource, queries: Mapping[str, EvalQuery], qrels: Qrels, *,
+                         load_image=None, depth: int = DEFAULT_DEPTH, valid_fraction: float = 0.2, seed: int = 0,
+                         reranker_params: dict | None = None) -> tuple[Reranker, dict]:
+    """Train on a judgments file: its queries run through ``source`` (the workspace's searcher)."""
+    judged = {q: query for q, query in queries.items() if q in qrels}
+    if not judged:
+        raise ValueError("no query of the queries file has judgments; the query ids of both files must match")
+    data = training_data(source, judged, qrels, depth=depth, load_image=load_image)
+    train_ids, valid_ids = split_queries(data.query_ids, valid_fraction, seed)
+    info = {"source": "judgments", "valid_fraction": valid_fraction, "seed": seed}
+    return _fit(data.select(train_ids), data.select(valid_ids), QRELS_LABEL_DEFINITION, info, reranker_params)
+
+
+def train_from_interactions(log_paths, interactions: Qrels, *, valid_fraction: float = 0.2, seed: int = 0,
+                            reranker_params: dict | None = None) -> tuple[Reranker, dict]:
+    """Train on served searches: the feature log labelled with logged interactions."""
+    from ranking.feature_log import read_feature_logs, training_data_from_logs
+
+    logged = read_feature_logs(log_paths)
+    X, y, group, query_ids = training_data_from_logs(logged, interactions)
+    data = TrainingData(X, y, group, query_ids, logged.feature_names)
+    train_ids, valid_ids = split_queries(query_ids, valid_fraction, seed)
+    info = {"source": "interactions", "valid_fraction": valid_fraction, "seed": seed}
+    return _fit(data.select(train_ids), data.select(valid_ids), INTERACTION_LABEL_DEFINITION, info,
+                reranker_params)
+
+
+def _fit(train: TrainingData, valid: TrainingData, label_definition: dict, info: dict,
+         params: dict | None) -> tuple[Reranker, dict]:
+    info = {**info, "train_queries": train.queries, "train_rows": int(len(train.X)),
+            "valid_queries": valid.queries, "valid_rows": int(len(valid.X))}
+    logger.info("training the re-ranker on %d queries (%d rows), early stopping on %d queries",
+                train.queries, len(train.X), valid.queries)
+    ranker = Reranker(**(params or {}))
+    eval_args = (valid.X, valid.y, valid.group) if valid.queries else (None, None, None)
+    ranker.fit(train.X, train.y, train.group, *eval_args, feature_names=train.feature_names,
+               label_definition=label_definition, training_info=info)
+    summary = {**info, "best_iteration": ranker.best_iteration_, "best_score": ranker.best_score_,
+               "feature_importance": dict(sorted(zip(ranker.feature_names_, ranker.feature_importances_.tolist()),
+                                                 key=lambda kv: -kv[1]))}
+    return ranker, summary
