@@ -166,6 +166,7 @@ class ModelInfo(BaseModel):
 
 class RankerInfo(BaseModel):
     loaded: bool
+    error: str | None = Field(None, description="Why a trained re-ranker could not be loaded (search still works).")
     details: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -26,6 +26,7 @@ class ServiceState:
     searcher: Searcher | None = None
     catalog_error: str | None = None
     searcher_error: str | None = None
+    ranker_error: str | None = None  # search still works, without re-ranking
 
     def close(self) -> None:
         if self.catalog is not None:
@@ -52,20 +53,29 @@ def load_state(settings: Settings) -> ServiceState:
 
     state.catalog = Catalog(workspace.db_url)
     try:
-        state.searcher = Searcher.from_workspace(workspace, feature_logger=_feature_logger(settings, workspace))
+        # The re-ranker is loaded separately: a stale or broken one should cost re-ranking, not search.
+        state.searcher = Searcher.from_workspace(
+            workspace, load_ranker=False, feature_logger=_feature_logger(settings, workspace)
+        )
     except FileNotFoundError as exc:
         state.searcher_error = f"search artefacts are missing: {exc}"
     except Exception as exc:  # noqa: BLE001 -- any broken artefact: keep serving listings, report it
         logger.exception("could not load the search pipeline from %s", workspace.root)
-        state.searcher_error = (
-            f"could not load the search pipeline ({type(exc).__name__}: {exc}); {build_hint(workspace)}"
-        )
+        state.searcher_error = f"could not load the search pipeline ({type(exc).__name__}: {exc})"
     if state.searcher_error:
-        if build_hint(workspace) not in state.searcher_error:
+        if "`marketsearch " not in state.searcher_error:
             state.searcher_error += f"; {build_hint(workspace)}"
         logger.warning(state.searcher_error)
-    else:
-        logger.info("search pipeline loaded from %s", workspace.root)
+        return state
+    if workspace.ranker_dir.exists():
+        from ranking.reranker import Reranker
+
+        try:
+            state.searcher.ranker = Reranker.load(workspace.ranker_dir)
+        except Exception as exc:  # noqa: BLE001 -- serve first-stage (RRF) ranking instead
+            state.ranker_error = f"re-ranker not loaded, serving without it ({type(exc).__name__}: {exc})"
+            logger.warning(state.ranker_error)
+    logger.info("search pipeline loaded from %s (re-ranker: %s)", workspace.root, state.searcher.ranker is not None)
     return state
 
 

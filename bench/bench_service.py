@@ -114,7 +114,10 @@ def build_bench_workspace(config: BuildConfig):
     manifest_path = target_ws.root / BENCH_MANIFEST
     if manifest_path.exists() and json.loads(manifest_path.read_text()).get("wanted") == wanted:
         logger.info("reusing the benchmark workspace %s", target_ws.root)
-        return json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text())
+        manifest["ranker"] = _sync_ranker(base_ws, target_ws)
+        manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
+        return manifest
 
     started = time.perf_counter()
     if target_ws.root.exists():
@@ -241,8 +244,7 @@ def build_bench_workspace(config: BuildConfig):
 
     # Indexes and re-ranker exactly as `marketsearch build` makes them.
     index_report = update_indexes(target_ws)
-    if base_ws.ranker_dir.exists():
-        shutil.copytree(base_ws.ranker_dir, target_ws.ranker_dir)
+    _sync_ranker(base_ws, target_ws)
 
     manifest = {
         "wanted": wanted,
@@ -255,6 +257,21 @@ def build_bench_workspace(config: BuildConfig):
     manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
     logger.info("benchmark workspace built in %.0fs", manifest["build_s"])
     return manifest
+
+
+def _sync_ranker(base_ws, target_ws) -> bool:
+    """The base's trained re-ranker (query/candidate features only, so it serves the copy as well)."""
+    if not base_ws.ranker_dir.exists():
+        if target_ws.ranker_dir.exists():
+            shutil.rmtree(target_ws.ranker_dir)
+        return False
+    base_meta = (base_ws.ranker_dir / "meta.json").read_bytes()
+    target_meta = target_ws.ranker_dir / "meta.json"
+    if not target_meta.exists() or target_meta.read_bytes() != base_meta:
+        if target_ws.ranker_dir.exists():
+            shutil.rmtree(target_ws.ranker_dir)
+        shutil.copytree(base_ws.ranker_dir, target_ws.ranker_dir)
+    return True
 
 
 def _plain(value):

@@ -42,7 +42,11 @@ def health(state: StateDep, response: Response) -> HealthResponse:
         ),
         index=_json_safe(searcher.vector_index.manifest),
         bm25_documents=len(searcher.bm25),
-        ranker=RankerInfo(loaded=ranker is not None, details=_json_safe(ranker.meta_) if ranker else {}),
+        ranker=RankerInfo(
+            loaded=ranker is not None,
+            error=state.ranker_error,
+            details=_json_safe(ranker.meta_) if ranker else {},
+        ),
     )
 
 
