@@ -26,16 +26,26 @@ logger = logging.getLogger(__name__)
 
 
 def backbone_key(tower) -> str:
-    """Identifies what a tower's trunk computes: backbone config (incl. preprocessing) and weights."""
+    """Identifies what a tower's trunk computes: architecture, preprocessing, pooling and weights.
+
+    Provenance (where the weights came from, why a fallback was taken) is left out on purpose: the same
+    weights reached by another route give the same features.
+    """
     digest = hashlib.sha256()
     digest.update(tower.modality.encode())
-    for layer in tower.layers[:2]:
-        digest.update(json.dumps(layer.get_config_dict(), sort_keys=True, default=str).encode())
-        for name, tensor in sorted(layer.state_dict().items()):
-            value = tensor.detach().cpu().contiguous()
-            digest.update(name.encode())
-            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    name = str(tower.backbone.name).replace("/", "_")[-40:]
+    backbone = tower.backbone
+    described = {"name": backbone.name, "pooling": tower.pooling.get_config_dict()}
+    if tower.modality == "image":
+        described["preprocessing"] = backbone.get_config_dict()["preprocessing"]
+    else:
+        described["max_length"] = backbone.max_length
+        described["tokenizer"] = type(backbone.tokenizer).__name__
+    digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(backbone.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    name = str(backbone.name).replace("/", "_")[-40:]
     return f"{tower.modality}-{name}-{digest.hexdigest()[:16]}"
 
 

@@ -59,6 +59,8 @@ class TrainConfig:
     text_backbone: str | None = None  # override the config's text backbone ("auto", a name, a local folder)
     embed_dim: int | None = None  # override the shared embedding dimension
     fusion_hidden_dim: int = 256
+    fusion_dropout: float = 0.2
+    head_dropout: float | None = None  # override the projection heads' dropout of the model config
     modality_dropout: float = 0.3  # share of complete rows that the fusion head sees with one modality hidden
     # -- data
     seed: int = 0  # split seed and training seed
@@ -73,6 +75,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     warmup_epochs: int = 1
     contrastive_weight: float = 1.0
+    label_smoothing: float = 0.0
     tower_ce_weight: float = 0.5  # weight of each tower's own probe cross-entropy
     patience: int = 8  # epochs without a better validation score before stopping
     finetune_blocks: int = 0  # unfreeze the top N blocks of each backbone (0 = frozen, cached features)
@@ -212,14 +215,14 @@ class JointModel(nn.Module):
     """Everything that is trained together: towers, per-tower probes, fusion head, contrastive loss."""
 
     def __init__(self, image_tower: Tower, text_tower: Tower, num_classes: int, fusion_hidden_dim: int,
-                 modality_dropout: float, classes: list[str]):
+                 modality_dropout: float, classes: list[str], fusion_dropout: float = 0.2):
         super().__init__()
         dim = image_tower.embed_dim
         self.image_tower, self.text_tower = image_tower, text_tower
         self.image_probe = nn.Linear(dim, num_classes)
         self.text_probe = nn.Linear(dim, num_classes)
-        self.fusion = FusionClassifier(dim, dim, num_classes, fusion_hidden_dim, modality_dropout=modality_dropout,
-                                       classes=classes)
+        self.fusion = FusionClassifier(dim, dim, num_classes, fusion_hidden_dim, dropout=fusion_dropout,
+                                       modality_dropout=modality_dropout, classes=classes)
         self.clip_loss = ClipLoss()
 
     def trainable_state(self) -> dict:
@@ -352,11 +355,14 @@ def train_one_epoch(model: JointModel, features, data: TrainingData, optimizer, 
         image_emb = torch.zeros_like(text_emb)
         if has.any():
             image_emb[has_t] = model.image_tower.head(features.image_pooled(photo_rows, True)).to(text_emb.dtype)
-        fusion_ce = F.cross_entropy(model.fusion(image_emb, text_emb, image_present=has_t), y)
-        probe_ce = F.cross_entropy(model.text_probe(text_emb), y)
+        smoothing = config.label_smoothing
+        fusion_ce = F.cross_entropy(model.fusion(image_emb, text_emb, image_present=has_t), y,
+                                    label_smoothing=smoothing)
+        probe_ce = F.cross_entropy(model.text_probe(text_emb), y, label_smoothing=smoothing)
         contrastive = torch.zeros((), device=device)
         if has.sum() >= 2:
-            probe_ce = probe_ce + F.cross_entropy(model.image_probe(image_emb[has_t]), y[has_t])
+            probe_ce = probe_ce + F.cross_entropy(model.image_probe(image_emb[has_t]), y[has_t],
+                                                  label_smoothing=smoothing)
             contrastive = model.clip_loss(image_emb[has_t], text_emb[has_t])
         loss = fusion_ce + config.tower_ce_weight * probe_ce + config.contrastive_weight * contrastive
         optimizer.zero_grad(set_to_none=True)
@@ -387,11 +393,13 @@ def _build(config: TrainConfig, labels: LabelEncoder, device: torch.device) -> J
         arch.text.backbone = config.text_backbone
     if config.embed_dim:
         arch.embed_dim = arch.image.embed_dim = arch.text.embed_dim = config.embed_dim
+    if config.head_dropout is not None:
+        arch.image.dropout = arch.text.dropout = config.head_dropout
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         image_tower, text_tower = build_towers(arch, allow_download=config.allow_download)
         model = JointModel(image_tower, text_tower, len(labels), config.fusion_hidden_dim, config.modality_dropout,
-                           labels.classes)
+                           labels.classes, config.fusion_dropout)
     image_tower.freeze_backbone(config.finetune_blocks)
     text_tower.freeze_backbone(config.finetune_blocks)
     return model.to(device)
