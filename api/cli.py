@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -13,6 +14,14 @@ def serve(
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 to accept other machines).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes, each with its own copy of the model and indexes (memory x N). "
+            "More than one lets Python-side work of concurrent requests use more cores.",
+        ),
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the search API (OpenAPI docs at /docs) and the web page at / for one workspace."""
@@ -21,6 +30,10 @@ def serve(
     from api.config import Settings
     from api.main import create_app
 
-    settings = Settings(workspace=workspace)
     typer.echo(f"serving {workspace} on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    if workers == 1:
+        uvicorn.run(create_app(Settings(workspace=workspace)), host=host, port=port, log_level=log_level)
+        return
+    # Worker processes import the app themselves: hand them the workspace through the settings' env var.
+    os.environ["MARKETSEARCH_WORKSPACE"] = str(workspace)
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)

@@ -306,16 +306,28 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(workspace: Path, port: int, startup_timeout: float = 300.0):
+def serving(workspace: Path, port: int, workers: int = 1, startup_timeout: float = 600.0):
     """`marketsearch serve` in a subprocess; yields its base URL once /health says ok."""
     executable = Path(sys.executable).parent / "marketsearch"
     log_path = Path(workspace) / "bench-server.log"
-    command = [str(executable), "serve", "--workspace", str(workspace), "--port", str(port), "--log-level", "warning"]
+    command = [
+        str(executable),
+        "serve",
+        "--workspace",
+        str(workspace),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--workers",
+        str(workers),
+    ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
     try:
-        deadline = time.monotonic() + startup_timeout
+        deadline = started + startup_timeout
         while True:
             if process.poll() is not None:
                 raise SystemExit(f"the server exited with {process.returncode}; see {log_path}")
@@ -330,6 +342,10 @@ def serving(workspace: Path, port: int, startup_timeout: float = 300.0):
             if time.monotonic() > deadline:
                 raise SystemExit(f"the server did not become healthy in {startup_timeout:.0f}s; see {log_path}")
             time.sleep(0.5)
+        if workers > 1:
+            # Workers load in parallel and only accept connections once loaded; give the others the
+            # time the first one needed (plus a margin) before measuring.
+            time.sleep(0.5 * (time.monotonic() - started) + 5)
         yield url, response.json()
     finally:
         process.terminate()
@@ -538,6 +554,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-requests", type=int, default=100)
     parser.add_argument("--photo-size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
     parser.add_argument("--port", type=int, default=0, help="0 = a free port")
+    parser.add_argument("--server-workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--json-out", type=Path, default=None, help="default: <workspace>/bench-results.json")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -557,7 +574,8 @@ def main(argv: list[str] | None = None) -> dict:
     bodies = text_queries(args.workspace, 400, args.seed)
     uploads = photo_uploads(args.workspace, 50, args.seed, tuple(args.photo_size))
     results: dict = {"load_before": _uptime(), "cpus": os.cpu_count(), "build": build}
-    with serving(args.workspace, args.port or _free_port()) as (url, health):
+    results["server_workers"] = args.server_workers
+    with serving(args.workspace, args.port or _free_port(), args.server_workers) as (url, health):
         results["health"] = {
             "listings": health.get("listings"),
             "index": health.get("index"),

@@ -89,7 +89,7 @@ def _card_titles(page) -> list[str]:
     return page.locator(".card .card-title").all_inner_texts()
 
 
-def test_text_search_shows_result_cards(page, known_listing, demo_state, tmp_path):
+def test_text_search_shows_result_cards(page, known_listing, demo_state, server_url, tmp_path):
     categories = page.locator("#category option").all_inner_texts()
     assert set(demo_state.catalog.categories()) <= set(categories)
 
@@ -106,10 +106,12 @@ def test_text_search_shows_result_cards(page, known_listing, demo_state, tmp_pat
     assert first.locator(".card-category").inner_text()
     assert "for your words" in page.inner_text("#summary")
     assert page.locator("#predicted .chip.top").count() == 1
-    # thumbnails are real images served by the API
-    assert page.evaluate(
-        "Array.from(document.querySelectorAll('.card img')).every(img => img.complete && img.naturalWidth > 0)"
-    )
+    # thumbnails are real images served by the API (the first row is in view, so not lazily deferred)
+    first_image_loaded = "(() => { const img = document.querySelector('.card img'); return img && img.complete && img.naturalWidth > 0; })()"  # noqa: E501
+    page.wait_for_function(first_image_loaded)
+    source = page.locator(".card img").first.get_attribute("src")
+    response = page.request.get(server_url + source)
+    assert response.status == 200 and response.headers["content-type"] == "image/jpeg"
     page.screenshot(path=str(tmp_path / "text-search.png"), full_page=True)
     _keep_screenshot(tmp_path / "text-search.png")
 
