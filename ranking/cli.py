@@ -11,7 +11,8 @@ import typer
 from marketsearch.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
 
 ThreadsOption = Annotated[
-    int, typer.Option("--threads", min=1, help="CPU threads for torch encoding and LightGBM training.")
+    int, typer.Option("--threads", min=1, help="CPU threads for torch encoding and LightGBM training. One query "
+                      "at a time is encoded, so 1 is usually fastest on a busy machine.")
 ]
 DepthOption = Annotated[
     int, typer.Option("--depth", min=1, max=1000, help="Candidates per retriever (vector and BM25) per query.")
@@ -61,15 +62,17 @@ def train_ranker(
         "--interactions is given: text, image or both.")] = "both",
     train_splits: Annotated[str, typer.Option(
         "--train-splits", help="Model split(s) whose products give the training queries (comma-separated; "
-        "'test' is refused: it is kept for evaluation).")] = "train",
+        "'test' is refused: it is kept for evaluation). They search a corpus of the train and val products.")
+    ] = "train,val",
     valid_splits: Annotated[str, typer.Option(
-        "--valid-splits", help="Model split(s) whose products give the early-stopping queries.")] = "val",
-    max_queries: MaxQueriesOption = 1500,
+        "--valid-splits", help="Model split(s) whose products give the early-stopping queries; empty: a random "
+        "fifth of the training queries.")] = "",
+    max_queries: MaxQueriesOption = 2000,
     depth: DepthOption = 100,
     n_estimators: Annotated[int, typer.Option("--trees", min=1, help="Maximum number of boosting rounds.")] = 400,
     learning_rate: Annotated[float, typer.Option("--learning-rate", help="LightGBM shrinkage.")] = 0.05,
     num_leaves: Annotated[int, typer.Option("--num-leaves", min=2, help="Leaves per tree.")] = 31,
-    threads: ThreadsOption = 2,
+    threads: ThreadsOption = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of query sampling and of LightGBM.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the training summary as JSON.")] = False,
 ) -> None:
@@ -78,8 +81,9 @@ def train_ranker(
     Labels come from --judgments (+ --queries), from --interactions (+ the feature log), or by default from
     the known-item protocols on the model's own training products: the query is a listing's title (its
     indexed text is then the description only) or one of its photos (represented by its other photos);
-    grade 2 for that listing, 1 for listings with the same full category path. Early stopping uses the
-    --valid-splits products; the test products stay unseen for `marketsearch evaluate`.
+    grade 2 for that listing, 1 for listings with the same full category path. Early stopping uses a
+    held-out fifth of the queries (or --valid-splits products); the test products stay unseen for
+    `marketsearch evaluate`.
     """
     from ranking.train import TrainRankerConfig
 
@@ -119,7 +123,8 @@ def train_ranker(
             from ranking.train import train_from_protocol
 
             config = TrainRankerConfig(
-                train_splits=_splits(train_splits), valid_splits=_splits(valid_splits),
+                train_splits=_splits(train_splits),
+                valid_splits=_splits(valid_splits) if valid_splits.strip() else (),
                 protocols=_protocols(protocol), max_queries=max_queries, depth=depth, seed=seed, reranker=params,
             )
             ranker, summary = train_from_protocol(ws, config)
@@ -177,7 +182,7 @@ def evaluate(
     stat_test: Annotated[str, typer.Option(
         "--stat-test", help="Paired significance test: student (t-test) or fisher (randomization).")] = "student",
     max_p: Annotated[float, typer.Option("--max-p", help="Significance level.")] = 0.01,
-    threads: ThreadsOption = 2,
+    threads: ThreadsOption = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
     """Offline evaluation: NDCG@10, MRR@10, Recall@100 and MAP for BM25, vector, hybrid and re-ranked results.

@@ -14,7 +14,7 @@ import numpy as np
 
 from search.types import Candidates, ListingTable, QueryContext
 
-FEATURE_SET_VERSION = "1"
+FEATURE_SET_VERSION = "2"
 
 FEATURE_NAMES: tuple[str, ...] = (
     # first-stage scores and ranks
@@ -37,6 +37,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "category_prob",  # fusion classifier's P(candidate's top-level category | query)
     "category_prob_ratio",  # category_prob / the most probable category's probability
     "category_path_share_top10",  # share of the RRF top 10 candidates with this full category path
+    "category_path_share_vector_top10",  # same, among the vector retriever's top 10
+    "category_path_share_bm25_top10",  # same, among BM25's top 10
+    "top_category_share_top10",  # share of the RRF top 10 candidates with this top-level category
     # listing metadata
     "log_price",
     "price_to_category_median",
@@ -99,9 +102,26 @@ def _title_overlap(query_terms: set[str], titles: list[str]) -> np.ndarray:
     return overlap
 
 
-def _category_features(
-    query: QueryContext, candidates: Candidates, listings: ListingTable
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _share_among(keys: list, top: np.ndarray) -> np.ndarray:
+    """For each candidate, the share of the ``top`` candidates whose key equals its key (NaN for a missing key)."""
+    n = len(keys)
+    if n == 0 or len(top) == 0:
+        return np.full(n, np.nan, dtype=np.float32)
+    counts: dict = {}
+    for i in top:
+        if keys[i] is not None:
+            counts[keys[i]] = counts.get(keys[i], 0) + 1
+    return np.fromiter(
+        (counts.get(key, 0) / len(top) if key is not None else np.nan for key in keys), dtype=np.float32, count=n
+    )
+
+
+def _top_by_rank(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    found = np.flatnonzero(np.isfinite(ranks))
+    return found[np.argsort(ranks[found], kind="stable")[:k]]
+
+
+def _category_features(query: QueryContext, candidates: Candidates, listings: ListingTable) -> dict[str, np.ndarray]:
     rows = candidates.rows
     n = len(rows)
     probs = np.asarray(query.category_probs, dtype=np.float32).ravel()
@@ -115,21 +135,21 @@ def _category_features(
         if best > 0:
             category_prob_ratio[known] = category_prob[known] / best
 
-    share = np.full(n, np.nan, dtype=np.float32)
-    if n:
-        top = np.argsort(-candidates.rrf_score, kind="stable")[:10]
-        paths = [listings.categories[row] for row in rows]
-        top_paths = [paths[i] for i in top if paths[i]]
-        if top_paths:
-            counts: dict[str, int] = {}
-            for path in top_paths:
-                counts[path] = counts.get(path, 0) + 1
-            share = np.fromiter(
-                (counts.get(path, 0) / len(top) if path else np.nan for path in paths),
-                dtype=np.float32,
-                count=n,
-            )
-    return category_prob, category_prob_ratio, share
+    # the candidates' own categories vote: a listing in the category most of the top results share is
+    # likely related even when the classifier only knows top-level categories
+    paths = [listings.categories[row] or None for row in rows]
+    tops = [int(c) if c >= 0 else None for c in category_index]
+    rrf_top = np.argsort(-np.asarray(candidates.rrf_score, dtype=np.float64), kind="stable")[:10]
+    return {
+        "category_prob": category_prob,
+        "category_prob_ratio": category_prob_ratio,
+        "category_path_share_top10": _share_among(paths, rrf_top),
+        "category_path_share_vector_top10": _share_among(
+            paths, _top_by_rank(np.asarray(candidates.vector_rank, dtype=np.float64))),
+        "category_path_share_bm25_top10": _share_among(
+            paths, _top_by_rank(np.asarray(candidates.bm25_rank, dtype=np.float64))),
+        "top_category_share_top10": _share_among(tops, rrf_top),
+    }
 
 
 def build_features(
@@ -186,7 +206,7 @@ def build_features(
 
     query_terms = set(tokenize(query.text))
     titles = [listings.titles[row] for row in rows]
-    category_prob, category_prob_ratio, category_share = _category_features(query, candidates, listings)
+    category = _category_features(query, candidates, listings)
 
     price = listings.price[rows].astype(np.float32)
     median = listings.category_median_price[rows].astype(np.float32)
@@ -211,9 +231,7 @@ def build_features(
         "image_sim": image_sim,
         "image_sim_gap": _gap_to_best(image_sim),
         "title_overlap": _title_overlap(query_terms, titles),
-        "category_prob": category_prob,
-        "category_prob_ratio": category_prob_ratio,
-        "category_path_share_top10": category_share,
+        **category,
         "log_price": log_price,
         "price_to_category_median": price_ratio,
         "photo_count": listings.photo_count[rows].astype(np.float32),

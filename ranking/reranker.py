@@ -90,6 +90,7 @@ class Reranker:
         reg_lambda: float = 1.0,
         eval_at: Sequence[int] = (10,),
         early_stopping_rounds: int = 50,
+        gain: str = "exponential",
         log_every: int = 50,
         n_jobs: int = 2,
         random_state: int = 0,
@@ -103,7 +104,10 @@ class Reranker:
         self.colsample_bytree = colsample_bytree
         self.reg_lambda = reg_lambda
         self.eval_at = tuple(eval_at)
+        if gain not in ("exponential", "linear"):
+            raise ValueError(f"gain must be 'exponential' (2**grade - 1) or 'linear' (grade), got {gain!r}")
         self.early_stopping_rounds = early_stopping_rounds
+        self.gain = gain
         self.log_every = log_every
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -123,6 +127,7 @@ class Reranker:
             "reg_lambda": self.reg_lambda,
             "eval_at": list(self.eval_at),
             "early_stopping_rounds": self.early_stopping_rounds,
+            "gain": self.gain,
             "log_every": self.log_every,
             "n_jobs": self.n_jobs,
             "random_state": self.random_state,
@@ -209,7 +214,8 @@ class Reranker:
 
         max_grade = int(y.max()) if len(y) else 0
         ranker = self._lgbm_ranker()
-        ranker.set_params(label_gain=[float(2**g - 1) for g in range(max(max_grade, 3) + 1)])
+        grades = range(max(max_grade, 3) + 1)
+        ranker.set_params(label_gain=[float(2**g - 1) if self.gain == "exponential" else float(g) for g in grades])
         ranker.fit(X, y, callbacks=callbacks, **fit_kwargs)
 
         best_iteration = int(ranker.best_iteration_ or ranker.booster_.current_iteration())

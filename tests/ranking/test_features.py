@@ -29,6 +29,9 @@ def test_hand_made_case_gives_known_values_and_nan_for_missing():
         "category_prob": [0.8, 0.8, 0.2, NAN],  # the sofa's category is unknown (-1)
         "category_prob_ratio": [1.0, 1.0, 0.25, NAN],
         "category_path_share_top10": [0.5, 0.5, 0.25, 0.25],
+        "category_path_share_vector_top10": [1.0, 1.0, 0.0, 0.0],  # the vector top 10 is the two bikes
+        "category_path_share_bm25_top10": [1 / 3, 1 / 3, 1 / 3, 1 / 3],  # lamp, bike-1, sofa
+        "top_category_share_top10": [0.5, 0.5, 0.25, NAN],
         "log_price": [np.log1p(100.0), NAN, np.log1p(20.0), np.log1p(250.0)],
         "price_to_category_median": [2.0, NAN, 0.5, NAN],
         "photo_count": [3, 1, 0, 2],

@@ -1,0 +1,149 @@
+"""End to end on the demo catalogue: protocol corpora, training, evaluation, the searcher hook, the CLI."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from marketsearch.workspace import Workspace
+from ranking.evaluate import collect_runs, compare_runs
+from ranking.feature_log import FeatureLogger, log_files, read_feature_logs
+from ranking.features import FEATURE_NAMES
+from ranking.train import TrainRankerConfig, train_from_protocol
+
+
+@pytest.fixture(scope="module")
+def ranking_workspace(indexed_workspace, tmp_path_factory) -> Workspace:
+    root = tmp_path_factory.mktemp("ranking") / "ws"
+    shutil.copytree(indexed_workspace.root, root)
+    return Workspace.at(root)
+
+
+@pytest.fixture(scope="module")
+def builder(ranking_workspace):
+    from ranking.protocol import ProtocolBuilder
+
+    builder = ProtocolBuilder(ranking_workspace, progress=False)
+    yield builder
+    builder.close()
+
+
+@pytest.fixture(scope="module")
+def trained(ranking_workspace, builder):
+    config = TrainRankerConfig(max_queries=80,
+                               reranker={"n_jobs": 1, "log_every": 0, "min_child_samples": 10})
+    return train_from_protocol(ranking_workspace, config, builder=builder)
+
+
+def test_protocol_corpora_hide_the_query_side(builder):
+    text = builder.text_protocol(("test",))
+    listings = {x.id: x for x in builder.listings(("test",))}
+    assert set(text.searcher.listings.ids) == set(listings)
+    assert all(title == "" for title in text.searcher.listings.titles)  # titles are not indexed
+    some_query = next(iter(text.queries.values()))
+    assert some_query.text == listings[some_query.target_id].title.strip()
+    assert text.qrels[some_query.query_id][some_query.target_id] == 2
+
+    image = builder.image_protocol(("test",), frozen_baseline=True)
+    query = next(iter(image.queries.values()))
+    target = image.searcher.listings.row_of[query.target_id]
+    assert image.searcher.listings.photo_count[target] == len(listings[query.target_id].image_ids) - 1
+    baseline = image.baseline_runs["frozen_mobilenet_v2"]
+    assert set(baseline) == set(image.queries) and all(len(run) > 0 for run in baseline.values())
+
+
+def test_training_uses_only_train_and_val_products(trained, builder):
+    ranker, summary = trained
+    assert ranker.feature_names_ == list(FEATURE_NAMES)
+    assert summary["train_queries"] > summary["valid_queries"] > 0
+    test_ids = {x.id for x in builder.listings(("test",))}
+    train_ids = {x.id for x in builder.listings(("train", "val"))}
+    assert not test_ids & train_ids
+
+
+def test_reranker_trained_on_the_demo_catalogue_beats_the_first_stage(trained, builder):
+    ranker, _ = trained
+    protocol = builder.text_protocol(("test",))
+    runs = collect_runs(protocol.searcher, protocol.queries, ranker=ranker)
+    report = compare_runs(protocol.qrels, runs)
+    ndcg = {stage: report.scores[stage]["ndcg@10"] for stage in report.stages}
+    assert ndcg["reranked"] > max(ndcg["bm25"], ndcg["vector"], ndcg["hybrid"]), ndcg
+
+
+def test_searcher_reranks_and_logs_features(trained, builder, tmp_path):
+    ranker, _ = trained
+    searcher = builder.text_protocol(("test",)).searcher
+    searcher.ranker = ranker
+    searcher.feature_logger = FeatureLogger(tmp_path)
+    result = searcher.search(text="red chair", k=5)
+    assert result.reranked and len(result.hits) == 5
+    assert [hit.score for hit in result.hits] == sorted((hit.score for hit in result.hits), reverse=True)
+    logged = read_feature_logs(log_files(tmp_path))
+    assert set(logged.query_ids) == {result.query_id}
+    assert len(logged.listing_ids) == result.total_candidates
+    without = searcher.search(text="red chair", k=5, rerank=False)
+    assert not without.reranked
+
+
+def test_cli_train_ranker_and_evaluate(ranking_workspace, trained):
+    from ranx import Run
+    from typer.testing import CliRunner
+
+    from marketsearch.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train-ranker", "--workspace", str(ranking_workspace.root), "--threads", "1",
+                                 "--protocol", "text", "--trees", "30", "--max-queries", "30"])
+    assert result.exit_code == 0, result.output
+    assert "re-ranker saved to" in result.output and (ranking_workspace.ranker_dir / "model.txt").is_file()
+
+    result = runner.invoke(app, ["evaluate", "--workspace", str(ranking_workspace.root), "--threads", "1",
+                                 "--no-frozen-baseline", "--max-queries", "15"])
+    assert result.exit_code == 0, result.output
+    assert "| reranked |" in result.output
+    out_dir = sorted(ranking_workspace.eval_dir.glob("2*"))[-1]
+    for prefix, stages in (("text", ("bm25", "vector", "hybrid", "reranked")), ("image", ("vector", "reranked"))):
+        for stage in stages:
+            run = Run.from_file(str(out_dir / f"{prefix}.run.{stage}.trec"), kind="trec")
+            assert len(run) > 0
+        assert (out_dir / f"{prefix}.report.md").is_file() and (out_dir / f"{prefix}.metrics.png").is_file()
+    assert (out_dir / "summary.md").is_file()
+
+
+def test_cli_evaluate_with_own_queries_and_qrels(ranking_workspace, trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from catalog.store import Catalog
+    from marketsearch.cli import app
+
+    ranker, _ = trained
+    catalog = Catalog(ranking_workspace.db_url, root=ranking_workspace.root)
+    listings = next(catalog.iter_listings(batch_size=12))
+    catalog.close()
+    (tmp_path / "queries.tsv").write_text("".join(f"q{i}\t{x.title}\n" for i, x in enumerate(listings)))
+    (tmp_path / "qrels.txt").write_text("".join(f"q{i} 0 {x.id} 1\n" for i, x in enumerate(listings)))
+    ranker.save(tmp_path / "ranker")
+    result = CliRunner().invoke(app, ["evaluate", "--workspace", str(ranking_workspace.root), "--queries",
+                                      str(tmp_path / "queries.tsv"), "--qrels", str(tmp_path / "qrels.txt"),
+                                      "--ranker", str(tmp_path / "ranker"), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "12 queries" in result.output and "| bm25 |" in result.output and "| reranked |" in result.output
+
+
+def test_cli_refuses_a_ranker_with_other_features(ranking_workspace, trained, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from marketsearch.cli import app
+
+    ranker, _ = trained
+    folder = ranker.save(tmp_path / "old-ranker")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["feature_names"] = meta["feature_names"][:-1] + ["retired_feature"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(app, ["evaluate", "--workspace", str(ranking_workspace.root), "--ranker",
+                                      str(folder), "--protocol", "text"])
+    assert result.exit_code == 2
+    assert "retrain it with `marketsearch train-ranker`" in result.output
+    assert np.isfinite(ranker.predict(np.zeros((1, len(FEATURE_NAMES)), np.float32))).all()
