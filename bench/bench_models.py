@@ -149,7 +149,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=str))
     test = report["test"]
-    print(f"training: {report['seconds']:.0f} s ({args.threads} threads), best epoch {report['best_epoch']}")
+    print(f"training: {report['seconds']:.0f} s ({report['threads']} threads), best epoch {report['best_epoch']}")
     print("| input | towers + fusion acc | macro-F1 | logistic regression acc | macro-F1 | n |")
     print("|---|---|---|---|---|---|")
     for name in ("image_only", "text_only", "fused"):
