@@ -1,0 +1,83 @@
+"""Quick sweep of head-training options on cached frozen features (validation-selected, test reported).
+
+    .venv/bin/python -m bench.bench_models_sweep --workspace workspace/dev --threads 2 \
+        --settings '{"base": {}, "drop05": {"head_dropout": 0.5}}'
+
+Each setting is a dict of TrainConfig overrides. The backbone features must be cached already (run
+`marketsearch train` once). Nothing is saved; one line per setting is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--settings", required=True, help="JSON object: name -> TrainConfig overrides")
+    args = parser.parse_args()
+
+    import torch
+
+    from catalog.labels import LabelEncoder
+    from catalog.store import Catalog
+    from encoders.train import (
+        BACKBONE_PREFIXES,
+        CachedFeatures,
+        TrainConfig,
+        _build,
+        _optimizer,
+        evaluate_rows,
+        load_training_data,
+        train_one_epoch,
+    )
+    from marketsearch.workspace import Workspace
+
+    torch.set_num_threads(args.threads)
+    workspace = Workspace.at(args.workspace)
+    labels = LabelEncoder.from_json(workspace.labels_path)
+    base = TrainConfig(allow_download=False, progress=False)
+    catalog = Catalog(workspace.db_url, root=workspace.root)
+    data = load_training_data(catalog, labels, base.seed, base.val_fraction, base.test_fraction)
+    catalog.close()
+    cpu = torch.device("cpu")
+    reference = _build(base, labels, cpu)
+    features = CachedFeatures(data, reference.image_tower, reference.text_tower,
+                              workspace.root / "cache" / "features", cpu, 32, False)
+    rebuild = {"head_dropout", "fusion_hidden_dim", "fusion_dropout", "embed_dim", "modality_dropout"}
+    for name, overrides in json.loads(args.settings).items():
+        config = dataclasses.replace(base, **overrides)
+        torch.manual_seed(config.seed)
+        model = _build(config, labels, cpu) if rebuild & set(overrides) else copy.deepcopy(reference)
+        optimizer, rng = _optimizer(model, config), np.random.default_rng(config.seed)
+        best_score, best_epoch, best_state, best_val = -1.0, -1, None, None
+        started = time.perf_counter()
+        for epoch in range(config.epochs):
+            train_one_epoch(model, features, data, optimizer, config, epoch, rng)
+            val = evaluate_rows(model, features, data, data.rows("val"))
+            if val["fused"]["accuracy"] > best_score:
+                best_score, best_epoch, best_val = val["fused"]["accuracy"], epoch, val
+                best_state = {k: v.clone() for k, v in model.state_dict().items()
+                              if not k.startswith(BACKBONE_PREFIXES)}
+            elif epoch - best_epoch > config.patience:
+                break
+        model.load_state_dict(best_state, strict=False)
+        test = evaluate_rows(model, features, data, data.rows("test"))
+        print(f"{name}: best epoch {best_epoch} | val fused {best_val['fused']['accuracy']:.3f} "
+              f"text {best_val['text_only']['accuracy']:.3f} image {best_val['image_only']['accuracy']:.3f} | "
+              f"test fused {test['fused']['accuracy']:.3f} text {test['text_only']['accuracy']:.3f} "
+              f"image {test['image_only']['accuracy']:.3f} title->photo R@10 (test gallery) "
+              f"{test['title_to_photo_recall@10']:.3f} [{time.perf_counter() - started:.0f} s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
