@@ -39,5 +39,8 @@ app.add_typer(catalog_cli.catalog_app, name="catalog")
 from encoders import cli as encoders_cli  # noqa: E402
 app.command("train")(encoders_cli.train)
 app.command("embed")(encoders_cli.embed)
+from ranking import cli as ranking_cli  # noqa: E402
+app.command("train-ranker")(ranking_cli.train_ranker)
+app.command("evaluate")(ranking_cli.evaluate)
 from index import cli as index_cli  # noqa: E402
 app.command("index")(index_cli.index)
