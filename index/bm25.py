@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import bm25s
@@ -95,30 +95,48 @@ class BM25Index:
             return np.zeros(len(self), dtype=np.float32)
         return np.asarray(self.retriever.get_scores(terms), dtype=np.float32)
 
-    def search(self, query: str, k: int, allowed_ids: Collection[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    def search(
+        self,
+        query: str,
+        k: int,
+        allowed_ids: Collection[str] | None = None,
+        *,
+        allowed_mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, list[str]]:
         """Top-k listings matching at least one query term: ``(scores float32 (k',), ids)``, best first.
 
         Listings with score 0 (no query term) are not returned, so an empty, stopword-only or
-        unknown-term query gives empty results. ``allowed_ids`` is applied to the scores of every
-        listing before the top-k, so the filter is exact: never a listing outside it, and k results
-        whenever k allowed listings match.
+        unknown-term query gives empty results. ``allowed_ids`` (or ``allowed_mask``, a bool array in
+        ``listing_ids`` order, see ``positions_of``) is applied to the scores of every listing before
+        the top-k, so the filter is exact: never a listing outside it, and k results whenever k
+        allowed listings match.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}")
+        if allowed_ids is not None and allowed_mask is not None:
+            raise ValueError("pass allowed_ids or allowed_mask, not both")
         scores = self.scores(query)
         if allowed_ids is not None:
             if isinstance(allowed_ids, str):
                 raise ValueError("allowed_ids must be a collection of listing ids, not a single string")
-            mask = np.zeros(len(self), dtype=bool)
-            positions = [self._position_of[i] for i in allowed_ids if i in self._position_of]
-            mask[positions] = True
-            scores = np.where(mask, scores, 0.0).astype(np.float32)
+            positions = self.positions_of(allowed_ids)
+            allowed_mask = np.zeros(len(self), dtype=bool)
+            allowed_mask[positions[positions >= 0]] = True
+        if allowed_mask is not None:
+            if allowed_mask.shape != (len(self),):
+                raise ValueError(f"allowed_mask must have shape ({len(self)},); got {allowed_mask.shape}")
+            scores = np.where(allowed_mask, scores, 0.0).astype(np.float32)
         matching = np.flatnonzero(scores > 0)
         if len(matching) > k:
             matching = matching[np.argpartition(-scores[matching], k - 1)[:k]]
         # Sort by score, ties by position (stable, deterministic).
         order = matching[np.lexsort((matching, -scores[matching]))]
         return scores[order], [self.listing_ids[i] for i in order]
+
+    def positions_of(self, listing_ids: Iterable[str]) -> np.ndarray:
+        """Position of each listing id in ``listing_ids`` (int64), -1 for a listing not in the index."""
+        lookup = self._position_of
+        return np.fromiter((lookup.get(i, -1) for i in listing_ids), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.listing_ids)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import faiss
@@ -321,7 +321,12 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ search
     def search(
-        self, queries: np.ndarray, k: int, allowed_ids: Collection[str] | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: Collection[str] | None = None,
+        *,
+        allowed_faiss_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[list[str]]]:
         """Top-k listings per query.
 
@@ -329,19 +334,23 @@ class VectorIndex:
         ``k' = min(k, number of searchable listings)`` where searchable means indexed and, when
         ``allowed_ids`` is given, in it. Every row has exactly ``k'`` results: when the probed lists
         hold too few (filtered) vectors the row is searched again over all lists. Listings outside
-        ``allowed_ids`` are never returned (FAISS id selector).
+        ``allowed_ids`` are never returned (FAISS id selector). A caller that filters often can pass
+        the allowed set as ``allowed_faiss_ids`` (int64, from ``faiss_ids_of``) and skip the id lookup.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}")
+        if allowed_ids is not None and allowed_faiss_ids is not None:
+            raise ValueError("pass allowed_ids or allowed_faiss_ids, not both")
         queries = ivf.as_vectors(queries, self.dimension, name="queries")
         selector = None
-        if allowed_ids is None:
-            available = len(self)
-        else:
+        if allowed_ids is not None:
             if isinstance(allowed_ids, str):
                 raise ValueError("allowed_ids must be a collection of listing ids, not a single string")
-            lookup = self._faiss_id_of
-            allowed = np.fromiter((lookup.get(i, -1) for i in allowed_ids), dtype=np.int64)
+            allowed_faiss_ids = self.faiss_ids_of(allowed_ids)
+        if allowed_faiss_ids is None:
+            available = len(self)
+        else:
+            allowed = np.asarray(allowed_faiss_ids, dtype=np.int64)
             allowed = np.unique(allowed[allowed >= 0])
             available = len(allowed)
             if available:
@@ -388,6 +397,11 @@ class VectorIndex:
         top = np.take_along_axis(top, order, 1)
         best = np.take_along_axis(scores, top, 1).astype(np.float32)
         return (best if self.metric == "ip" else -best), faiss_ids[top]
+
+    def faiss_ids_of(self, listing_ids: Iterable[str]) -> np.ndarray:
+        """int64 FAISS id of each listing id, -1 for a listing that is not indexed."""
+        lookup = self._faiss_id_of
+        return np.fromiter((lookup.get(i, -1) for i in listing_ids), dtype=np.int64)
 
     def vectors(self, listing_ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of ``listing_ids`` (float32 (n, d); decoded approximations for PQ)."""

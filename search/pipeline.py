@@ -82,6 +82,9 @@ class Searcher:
         self.feature_logger = feature_logger
         self.candidate_depth = candidate_depth
         self._filters = FilterMasks(listings)
+        # Per listing row: its id in each index (-1 when absent), so a filter mask maps to index ids in numpy.
+        self._faiss_id = vector_index.faiss_ids_of(listings.ids)
+        self._bm25_position = bm25.positions_of(listings.ids)
         # Row of each listing in the embedding table (-1 when a listing has no embedding yet).
         emb_row = {listing_id: row for row, listing_id in enumerate(embeddings.ids)}
         self._embedding_row = np.array([emb_row.get(i, -1) for i in listings.ids], dtype=np.int64)
@@ -149,11 +152,15 @@ class Searcher:
 
     # -- first stage ---------------------------------------------------------------------------
 
-    def allowed_ids(self, filters: SearchFilters | None) -> list[str] | None:
+    def allowed_rows(self, filters: SearchFilters | None) -> np.ndarray | None:
+        """Listing-table rows that satisfy ``filters`` (int64), or None when nothing is filtered."""
         if filters is None or not filters.active:
             return None
-        rows = np.flatnonzero(self._filters.mask(filters))
-        return [self.listings.ids[r] for r in rows]
+        return np.flatnonzero(self._filters.mask(filters))
+
+    def allowed_ids(self, filters: SearchFilters | None) -> list[str] | None:
+        rows = self.allowed_rows(filters)
+        return None if rows is None else [self.listings.ids[r] for r in rows]
 
     def candidates(
         self,
@@ -166,12 +173,20 @@ class Searcher:
         """Vector top-``depth`` and BM25 top-``depth`` (text queries), unioned and fused with RRF."""
         depth = depth or self.candidate_depth
         timings = {} if timings is None else timings
-        allowed = self.allowed_ids(filters)
-        if allowed is not None and not allowed:
+        rows = self.allowed_rows(filters)
+        if rows is not None and not len(rows):
             return _empty_candidates()
+        allowed_faiss_ids = bm25_mask = None
+        if rows is not None:
+            allowed_faiss_ids = self._faiss_id[rows]
+            positions = self._bm25_position[rows]
+            bm25_mask = np.zeros(len(self.bm25), dtype=bool)
+            bm25_mask[positions[positions >= 0]] = True
 
         start = time.perf_counter()
-        _, vector_ids = self.vector_index.search(query.embedding[None, :], depth, allowed_ids=allowed)
+        _, vector_ids = self.vector_index.search(
+            query.embedding[None, :], depth, allowed_faiss_ids=allowed_faiss_ids
+        )
         vector_ranking = list(vector_ids[0])
         timings["vector"] = _ms_since(start)
 
@@ -179,7 +194,7 @@ class Searcher:
         bm25_scores: Sequence[float] = []
         if query.text:
             start = time.perf_counter()
-            scores, ids = self.bm25.search(query.text, depth, allowed_ids=allowed)
+            scores, ids = self.bm25.search(query.text, depth, allowed_mask=bm25_mask)
             bm25_ranking, bm25_scores = list(ids), list(np.asarray(scores).ravel())
             timings["bm25"] = _ms_since(start)
 

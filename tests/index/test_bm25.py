@@ -82,3 +82,19 @@ def test_save_load_round_trip(bm25, tmp_path):
     assert loaded.manifest["count"] == len(LISTINGS)
     with pytest.raises(IndexLoadError, match="no BM25 index"):
         BM25Index.load(tmp_path / "missing")
+
+
+def test_allowed_mask_is_the_same_filter_as_allowed_ids(bm25):
+    allowed = ["L2", "L4", "L8", "unknown"]
+    positions = bm25.positions_of(allowed)
+    assert positions[-1] == -1
+    mask = np.zeros(len(bm25), dtype=bool)
+    mask[positions[positions >= 0]] = True
+    query = "bike phone vacuum drill"
+    by_ids, by_mask = bm25.search(query, 10, allowed_ids=allowed), bm25.search(query, 10, allowed_mask=mask)
+    assert by_ids[1] == by_mask[1] and set(by_mask[1]) == {"L2", "L4"}
+    np.testing.assert_array_equal(by_ids[0], by_mask[0])
+    with pytest.raises(ValueError, match="shape"):
+        bm25.search(query, 10, allowed_mask=mask[:-1])
+    with pytest.raises(ValueError, match="not both"):
+        bm25.search(query, 10, allowed_ids=allowed, allowed_mask=mask)

@@ -304,3 +304,16 @@ def test_sync_applies_catalogue_changes_incrementally(ivf_index, clustered, tmp_
         "updated": 0,
         "unchanged": len(current_ids),
     }
+
+
+def test_allowed_faiss_ids_is_the_same_filter_as_allowed_ids(built_index, clustered):
+    vectors, listing_ids, queries = clustered
+    allowed = [listing_ids[i] for i in range(0, len(listing_ids), 7)] + ["not-indexed"]
+    faiss_ids = built_index.faiss_ids_of(allowed)
+    assert faiss_ids[-1] == -1 and (faiss_ids[:-1] >= 0).all()
+    by_ids = built_index.search(queries[:20], 10, allowed_ids=allowed)
+    by_faiss_ids = built_index.search(queries[:20], 10, allowed_faiss_ids=faiss_ids)
+    assert by_ids[1] == by_faiss_ids[1]
+    np.testing.assert_array_equal(by_ids[0], by_faiss_ids[0])
+    with pytest.raises(ValueError, match="not both"):
+        built_index.search(queries[:1], 10, allowed_ids=allowed, allowed_faiss_ids=faiss_ids)
