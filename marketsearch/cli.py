@@ -6,12 +6,20 @@ import logging
 
 import typer
 
+from api import cli as api_cli
+from catalog import cli as catalog_cli
+from encoders import cli as encoders_cli
+from index import cli as index_cli
+from marketsearch import jobs
+from ranking import cli as ranking_cli
+
 app = typer.Typer(
     name="marketsearch",
     help="Multi-modal search and ranking for a second-hand marketplace.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
 )
 
 
@@ -29,18 +37,15 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
     )
 
 
-# Each package registers its own commands here (one line each).
-from api import cli as api_cli  # noqa: E402, I001
-app.command("serve")(api_cli.serve)
-from catalog import cli as catalog_cli  # noqa: E402
-app.command("ingest")(catalog_cli.ingest)
+# Commands in the order of the pipeline; each lives in the package that owns it.
+app.command("demo")(jobs.demo)
+app.command("build")(jobs.build)
 app.command("demo-data")(catalog_cli.demo_data)
+app.command("ingest")(catalog_cli.ingest)
 app.add_typer(catalog_cli.catalog_app, name="catalog")
-from encoders import cli as encoders_cli  # noqa: E402
 app.command("train")(encoders_cli.train)
 app.command("embed")(encoders_cli.embed)
-from ranking import cli as ranking_cli  # noqa: E402
+app.command("index")(index_cli.index)
 app.command("train-ranker")(ranking_cli.train_ranker)
 app.command("evaluate")(ranking_cli.evaluate)
-from index import cli as index_cli  # noqa: E402
-app.command("index")(index_cli.index)
+app.command("serve")(api_cli.serve)
