@@ -16,7 +16,7 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Database URL or SQLite file path (default: <workspace>/catalog.db). "
+        help="Database URL or SQLite file path (default: WORKSPACE/catalog.db). "
         "Any SQLAlchemy URL works, e.g. postgresql+psycopg://user@host/marketsearch.",
     ),
 ]
@@ -43,7 +43,7 @@ def ingest(
     """Ingest a raw marketplace export: clean rows, verify and resize photos, upsert into the catalogue.
 
     Re-running is safe (upsert by id; photos already cleaned are skipped). Rejected rows and files go to
-    <workspace>/quarantine/latest.csv with a reason each; the summary lists the counts.
+    WORKSPACE/quarantine/latest.csv with a reason each; the summary lists the counts.
     """
     from catalog.export import ExportFormatError
     from catalog.ingest import ingest_export

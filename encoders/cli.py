@@ -48,9 +48,9 @@ def train(
         "workspace (its saved options are used).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final report as JSON.")] = False,
 ) -> None:
-    """Train both towers and the fusion classifier on the catalogue; the best model goes to <workspace>/model.
+    """Train both towers and the fusion classifier on the catalogue; the best model goes to WORKSPACE/model.
 
-    Writes a run folder <workspace>/runs/<timestamp>/ (checkpoints, metrics.json, TensorBoard logs,
+    Writes a run folder WORKSPACE/runs/<timestamp>/ (checkpoints, metrics.json, TensorBoard logs,
     report.md with per-tower and fused accuracy/macro-F1 on the test products, confusion_matrix.png).
     """
     import torch
@@ -97,7 +97,7 @@ def embed(
         "--image-batch-size", min=1, help="Photos per forward pass of the image tower.")] = 32,
     threads: ThreadsOption = 2,
     model_dir: Annotated[Path | None, typer.Option(
-        "--model", help="Model bundle folder (default: <workspace>/model).")] = None,
+        "--model", help="Model bundle folder (default: WORKSPACE/model).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
 ) -> None:
     """Encode new and changed listings with the current model and store their vectors in the catalogue.

@@ -39,7 +39,7 @@ def index(
         ),
     ] = False,
     model_dir: Annotated[
-        Path | None, typer.Option("--model", help="Model bundle folder (default: <workspace>/model).")
+        Path | None, typer.Option("--model", help="Model bundle folder (default: WORKSPACE/model).")
     ] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="FAISS OpenMP threads.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -48,7 +48,7 @@ def index(
 
     Incremental by default: new listings are added, deleted ones removed and re-embedded ones replaced
     without re-training, and nprobe is re-calibrated for recall@10 >= 0.95 on a sample of the catalogue's
-    text vectors. Run `marketsearch embed` first. Both indexes are written atomically to <workspace>/index/.
+    text vectors. Run `marketsearch embed` first. Both indexes are written atomically to WORKSPACE/index/.
     """
     import faiss
 

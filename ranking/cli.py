@@ -56,7 +56,7 @@ def train_ranker(
         "and/or image (a path relative to the file).")] = None,
     interactions: Annotated[Path | None, typer.Option(
         "--interactions", help="Logged interactions (CSV/JSONL: query_id, listing_id, event in view, click, save, "
-        "purchase -> grades 0-3), joined with the feature log <workspace>/logs/features/ of served searches.")] = None,
+        "purchase -> grades 0-3), joined with the feature log WORKSPACE/logs/features/ of served searches.")] = None,
     protocol: Annotated[str, typer.Option(
         "--protocol", help="Self-supervised known-item protocol(s) used when neither --judgments nor "
         "--interactions is given: text, image or both.")] = "both",
@@ -76,7 +76,7 @@ def train_ranker(
     seed: Annotated[int, typer.Option("--seed", help="Seed of query sampling and of LightGBM.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the training summary as JSON.")] = False,
 ) -> None:
-    """Train the LightGBM LambdaRank re-ranker and save it to <workspace>/ranker (model.txt + meta.json).
+    """Train the LightGBM LambdaRank re-ranker and save it to WORKSPACE/ranker (model.txt + meta.json).
 
     Labels come from --judgments (+ --queries), from --interactions (+ the feature log), or by default from
     the known-item protocols on the model's own training products: the query is a listing's title (its
@@ -174,7 +174,7 @@ def evaluate(
     max_queries: MaxQueriesOption = None,
     depth: DepthOption = 100,
     ranker_dir: Annotated[Path | None, typer.Option(
-        "--ranker", help="Re-ranker folder to evaluate (default <workspace>/ranker; skipped when absent).")] = None,
+        "--ranker", help="Re-ranker folder to evaluate (default WORKSPACE/ranker; skipped when absent).")] = None,
     no_ranker: Annotated[bool, typer.Option("--no-ranker", help="Evaluate the first stages only.")] = False,
     frozen_baseline: Annotated[bool, typer.Option(
         "--frozen-baseline/--no-frozen-baseline", help="Add the image protocol's baseline: frozen ImageNet "
@@ -188,7 +188,7 @@ def evaluate(
     """Offline evaluation: NDCG@10, MRR@10, Recall@100 and MAP for BM25, vector, hybrid and re-ranked results.
 
     Paired significance tests between every pair of stages (ranx). Writes TREC run files per stage, the
-    qrels, report.json, report.md and PNG plots to <workspace>/eval/<timestamp>/ (one set per protocol,
+    qrels, report.json, report.md and PNG plots to WORKSPACE/eval/<timestamp>/ (one set per protocol,
     prefixed text. / image.), and prints a summary table.
     """
     from ranking.evaluate import collect_runs, compare_runs, new_eval_dir, write_evaluation
