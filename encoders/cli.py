@@ -50,7 +50,7 @@ def train(
 ) -> None:
     """Train both towers and the fusion classifier on the catalogue; the best model goes to WORKSPACE/model.
 
-    Writes a run folder WORKSPACE/runs/<timestamp>/ (checkpoints, metrics.json, TensorBoard logs,
+    Writes a run folder WORKSPACE/runs/TIMESTAMP/ (checkpoints, metrics.json, TensorBoard logs,
     report.md with per-tower and fused accuracy/macro-F1 on the test products, confusion_matrix.png).
     """
     import torch

@@ -188,7 +188,7 @@ def evaluate(
     """Offline evaluation: NDCG@10, MRR@10, Recall@100 and MAP for BM25, vector, hybrid and re-ranked results.
 
     Paired significance tests between every pair of stages (ranx). Writes TREC run files per stage, the
-    qrels, report.json, report.md and PNG plots to WORKSPACE/eval/<timestamp>/ (one set per protocol,
+    qrels, report.json, report.md and PNG plots to WORKSPACE/eval/TIMESTAMP/ (one set per protocol,
     prefixed text. / image.), and prints a summary table.
     """
     from ranking.evaluate import collect_runs, compare_runs, new_eval_dir, write_evaluation
