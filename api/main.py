@@ -89,10 +89,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def _set_torch_threads(threads: int) -> None:
+    # One query is a small batch: a thread pool per call costs more than it saves on a few shared cores,
+    # and concurrent requests already use the other cores. FAISS gets the same budget.
+    import faiss
     import torch
 
     torch.set_num_threads(threads)
-    logger.info("torch uses %d intra-op thread(s) per model call", threads)
+    faiss.omp_set_num_threads(threads)
+    logger.info("torch and faiss use %d intra-op thread(s) per model call", threads)
 
 
 def _utf8_safe(value):
