@@ -143,6 +143,7 @@ def main() -> None:
         "run": str(run_dir), "threads": args.threads, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "training_seconds": report["seconds"], "backbones": report["backbones"], "test": report["test"],
         "best_epoch": report["best_epoch"], "epochs_run": report["epochs_run"], "split_counts": report["split_counts"],
+        "late_fusion": report.get("late_fusion"),
         "logistic_regression": baseline, "embedding": throughput,
     }
     if args.json:

@@ -39,6 +39,9 @@ def train(
         "--finetune-blocks", min=0, help="Unfreeze the top N blocks of each backbone (0 = frozen backbones with "
         "cached features: the fast CPU profile).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the product-level split and of training.")] = 0,
+    late_fusion: Annotated[bool, typer.Option(
+        "--late-fusion/--no-late-fusion", help="Fit the fusion head's expert weights (joint, text alone, image "
+        "alone) on the validation split after training (default), or keep the plain joint head.")] = True,
     device: Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")] = "auto",
     threads: ThreadsOption = 2,
     offline: Annotated[bool, typer.Option(
@@ -64,7 +67,7 @@ def train(
     options = TrainConfig(
         model_config=config, image_backbone=image_backbone, text_backbone=text_backbone, embed_dim=embed_dim,
         epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, finetune_blocks=finetune_blocks,
-        seed=seed, device=device, allow_download=not offline,
+        seed=seed, device=device, allow_download=not offline, late_fusion=late_fusion,
     )
     try:
         result = run_training(ws, options, resume=resume)

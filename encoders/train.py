@@ -43,7 +43,7 @@ from encoders.features import cached_pooled_features, text_key
 from encoders.io import copy_dir_atomic, torch_save_atomic, write_json_atomic
 from encoders.loss import ClipLoss
 from encoders.towers import Tower, build_towers, get_model_config
-from fusion.classifier import FusionClassifier
+from fusion.classifier import FusionClassifier, fit_expert_weights
 from fusion.evaluate import evaluate_fusion, save_confusion_matrix
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class TrainConfig:
     fusion_dropout: float = 0.2
     head_dropout: float | None = None  # override the projection heads' dropout of the model config
     modality_dropout: float = 0.3  # share of complete rows that the fusion head sees with one modality hidden
+    late_fusion: bool = True  # fit the fusion head's expert weights (joint, text, image) on the validation split
     # -- data
     seed: int = 0  # split seed and training seed
     val_fraction: float = 0.1
@@ -531,6 +532,7 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
     # final report on the test products, with the best checkpoint
     best = torch.load(best_path, map_location=device, weights_only=False)
     model.load_state_dict(best["model"], strict=False)
+    late_fusion = fit_late_fusion(model, features, data, val_rows) if config.late_fusion else None
     all_rows = np.arange(len(data.ids))
     test = evaluate_rows(model, features, data, data.rows("test"), gallery_rows=all_rows)
     save_confusion_matrix(data.y[data.rows("test")], test["predictions"], labels.classes,
@@ -538,7 +540,7 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
     seconds = time.perf_counter() - started
     report = {
         "test": _jsonable(test), "best_epoch": best_epoch, "epochs_run": len(history), "split_counts": counts,
-        "seconds": seconds, "device": str(device), "threads": torch.get_num_threads(),
+        "late_fusion": late_fusion, "seconds": seconds, "device": str(device), "threads": torch.get_num_threads(),
         "backbones": {"image": model.image_tower.backbone.provenance, "text": model.text_tower.backbone.provenance},
     }
     bundle = MultiModalModel(model.image_tower.cpu(), model.text_tower.cpu(), model.fusion.cpu(), labels, info={
@@ -554,6 +556,20 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
     copy_dir_atomic(run_dir / "model", workspace.model_dir)
     logger.info("model bundle copied to %s", workspace.model_dir)
     return TrainResult(run_dir=run_dir, model_dir=workspace.model_dir, report=report, history=history)
+
+
+def fit_late_fusion(model: JointModel, features, data: TrainingData, val_rows: np.ndarray) -> dict:
+    """Fit the fusion head's expert weights on the validation listings that have a photo (sets them)."""
+    text, _, image = embed_rows(model, features, data, val_rows)
+    complete = data.has_image[val_rows]
+    mask = torch.as_tensor(complete, device=text.device)
+    model.fusion.expert_weights = (1.0, 0.0, 0.0)
+    weights, accuracy = fit_expert_weights(model.fusion, image[mask].cpu().numpy(), text[mask].cpu().numpy(),
+                                           data.y[val_rows][complete])
+    model.fusion.expert_weights = weights
+    logger.info("late fusion: expert weights (joint, text, image) %s, validation accuracy on %d complete "
+                "listings %.4f", weights, int(complete.sum()), accuracy)
+    return {"expert_weights": list(weights), "val_complete_accuracy": accuracy, "val_complete_n": int(complete.sum())}
 
 
 def report_markdown(report: dict) -> str:
@@ -572,6 +588,8 @@ def report_markdown(report: dict) -> str:
         f"text {test['probe_text_accuracy']:.4f}.",
         f"Cross-modal recall@10 (test title -> {test['gallery_size']} listings by photo only): "
         f"{test['title_to_photo_recall@10']:.4f}.", "",
+        f"Late fusion (expert weights joint, text, image, fitted on validation): "
+        f"{(report.get('late_fusion') or {}).get('expert_weights', [1.0, 0.0, 0.0])}.", "",
         f"Backbones: image {report['backbones']['image']['name']} ({report['backbones']['image']['source']}), "
         f"text {report['backbones']['text']['name']} ({report['backbones']['text']['source']}).", "",
         "![confusion matrix](confusion_matrix.png)", "",

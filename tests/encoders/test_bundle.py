@@ -75,3 +75,25 @@ def test_classify_handles_missing_modalities(tiny_model):
 def test_load_refuses_what_is_not_a_bundle(tmp_path):
     with pytest.raises(FileNotFoundError, match="marketsearch train"):
         MultiModalModel.load(tmp_path)
+
+
+def test_late_fusion_weights_round_trip_and_leave_single_modality_alone(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "plain")
+    model = MultiModalModel.load(tmp_path / "plain")
+    text = model.encode_texts(["a", "b", "c"])
+    image = model.encode_images(_photos()[:3])
+    plain_fused, plain_text, plain_image = model.classify(text, image), model.classify(text, None), \
+        model.classify(None, image)
+    model.fusion.expert_weights = (0.3, 0.6, 0.2)
+    model.__dict__.pop("fingerprint", None)
+    assert model.fingerprint != tiny_model.fingerprint  # the weights are part of the model
+    folder = model.save(tmp_path / "late")
+    loaded = MultiModalModel.load(folder)
+    assert loaded.fusion.expert_weights == (0.3, 0.6, 0.2)
+    assert loaded.fingerprint == model.fingerprint
+    fused = loaded.classify(text, image)
+    np.testing.assert_array_equal(fused, model.classify(text, image))
+    assert not np.allclose(fused, plain_fused)
+    np.testing.assert_allclose(fused.sum(1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(loaded.classify(text, None), plain_text)
+    np.testing.assert_array_equal(loaded.classify(None, image), plain_image)

@@ -53,6 +53,11 @@ def test_run_folder_holds_checkpoints_metrics_report_and_split(trained_run):
     assert model.fingerprint == result.report["fingerprint"]
     assert model.backbones["image"]["name"] == "mobilenet_v2" and model.backbones["image"]["pretrained"]
     assert model.backbones["text"]["name"] == "all-MiniLM-L6-v2"
+    # late fusion (the default): expert weights fitted on validation, saved with the fusion head
+    late = result.report["late_fusion"]
+    assert len(late["expert_weights"]) == 3 and all(w > 0 for w in late["expert_weights"])
+    assert 0 < late["val_complete_n"] <= sum(v == "val" for v in split["split"].values())
+    assert model.fusion.expert_weights == pytest.approx(tuple(late["expert_weights"]))
 
 
 def test_resume_continues_from_the_last_checkpoint(demo_workspace, tmp_path):

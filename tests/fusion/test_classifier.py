@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusion.classifier import FusionClassifier
+from fusion.classifier import FusionClassifier, fit_expert_weights
 
 
 def test_forward_with_either_modality_alone_or_both():
@@ -96,3 +96,84 @@ def test_fusion_beats_each_modality_alone_when_they_carry_different_information(
     assert fused > 0.9
     # one bit of two: about 0.5 each, and thanks to modality dropout well above chance (0.25)
     assert 0.4 < image_only < 0.6 and 0.4 < text_only < 0.6
+
+
+def _overfit_image_data(n: int, rng: np.random.Generator, image_noise: float):
+    """4 classes; the text is a fair signal, the image a clean one on 'training' rows and a poor one elsewhere."""
+    y = rng.integers(0, 4, n)
+    onehot = np.eye(4)[y]
+    text = onehot + 0.6 * rng.normal(size=(n, 4))
+    image = onehot + image_noise * rng.normal(size=(n, 4))
+    return image.astype(np.float32), text.astype(np.float32), y.astype(np.int64)
+
+
+def _trained_on_clean_images(rng: np.random.Generator) -> FusionClassifier:
+    torch.manual_seed(0)
+    image, text, y = _overfit_image_data(2048, rng, image_noise=0.1)
+    head = FusionClassifier(4, 4, 4, hidden_dim=32, dropout=0.0, modality_dropout=0.3)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = F.cross_entropy(head(torch.from_numpy(image), torch.from_numpy(text)), torch.from_numpy(y))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return head
+
+
+def test_fitted_expert_weights_stop_the_head_over_trusting_training_set_images():
+    """The situation on the real data: the joint head learns that training images are reliable; on new
+    rows they are not. Weights fitted on held-out rows bring fusion back to at least the text alone."""
+    rng = np.random.default_rng(0)
+    head = _trained_on_clean_images(rng)
+    val_image, val_text, val_y = _overfit_image_data(1000, rng, image_noise=2.0)
+    test_image, test_text, test_y = _overfit_image_data(2000, rng, image_noise=2.0)
+
+    def accuracy(image_emb, text_emb):
+        return (head.predict_proba(image_emb, text_emb).argmax(1) == test_y).mean()
+
+    joint, text_only = accuracy(test_image, test_text), accuracy(None, test_text)
+    assert joint < text_only - 0.03  # the plain joint head trusts the (now noisy) image too much
+
+    weights, val_accuracy = fit_expert_weights(head, val_image, val_text, val_y)
+    head.expert_weights = weights
+    assert weights[1] > 0  # it leans on the text expert
+    assert accuracy(test_image, test_text) >= text_only - 0.01
+    assert accuracy(test_image, test_text) > joint + 0.03
+    # single-modality predictions do not depend on the expert weights
+    head.expert_weights = (1.0, 0.0, 0.0)
+    plain_text = head.predict_proba(None, test_text)
+    head.expert_weights = weights
+    np.testing.assert_array_equal(head.predict_proba(None, test_text), plain_text)
+
+
+def test_fit_expert_weights_lowers_held_out_cross_entropy_and_reports_its_accuracy():
+    rng = np.random.default_rng(1)
+    torch.manual_seed(0)
+    head = _trained_on_clean_images(rng)
+    image, text, y = _overfit_image_data(300, rng, image_noise=1.0)
+    plain_nll = F.nll_loss(torch.log(torch.from_numpy(head.predict_proba(image, text))), torch.from_numpy(y))
+    weights, fitted = fit_expert_weights(head, image, text, y)
+    assert all(w > 0 for w in weights)
+    head.expert_weights = weights
+    probs = head.predict_proba(image, text)
+    assert F.nll_loss(torch.log(torch.from_numpy(probs)), torch.from_numpy(y)) < plain_nll
+    assert abs((probs.argmax(1) == y).mean() - fitted) < 1e-9
+
+
+def test_expert_weights_round_trip_and_are_checked(tmp_path):
+    torch.manual_seed(0)
+    head = FusionClassifier(8, 8, 3, hidden_dim=16, expert_weights=(0.5, 1.0, 0.25)).eval()
+    head.save(tmp_path / "fusion")
+    loaded = FusionClassifier.load(tmp_path / "fusion")
+    assert loaded.expert_weights == (0.5, 1.0, 0.25)
+    image, text = np.random.default_rng(0).normal(size=(2, 7, 8)).astype(np.float32)
+    present = np.array([True, False, True, True, False, True, True])
+    np.testing.assert_array_equal(head.predict_proba(image, text, present), loaded.predict_proba(image, text, present))
+    # rows without a photo are the text expert alone
+    np.testing.assert_allclose(head.predict_proba(image, text, present)[~present],
+                               head.predict_proba(None, text[~present]), rtol=1e-5, atol=1e-6)
+    for bad in [(1.0, 0.0), (-1.0, 1.0, 0.0), (0.0, 0.0, 1.0), (float("nan"), 1.0, 0.0)]:
+        with pytest.raises(ValueError, match="expert_weights"):
+            FusionClassifier(8, 8, 3, expert_weights=bad)
+        with pytest.raises(ValueError, match="expert_weights"):
+            head.expert_weights = bad
