@@ -1,10 +1,12 @@
-"""Quick sweep of head-training options on cached frozen features (validation-selected, test reported).
+"""Quick sweep of head-training options on cached frozen features, compared on the validation split.
 
     .venv/bin/python -m bench.bench_models_sweep --workspace workspace/dev --threads 2 \
         --settings '{"base": {}, "drop05": {"head_dropout": 0.5}}'
 
 Each setting is a dict of TrainConfig overrides. The backbone features must be cached already (run
-`marketsearch train` once). Nothing is saved; one line per setting is printed.
+`marketsearch train` once). Nothing is saved; one line per setting is printed. Test figures are printed
+only with --report-test, for the one setting already chosen on validation: picking among settings by
+their test score would leak the test split into the model choice.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--settings", required=True, help="JSON object: name -> TrainConfig overrides")
+    parser.add_argument("--report-test", action="store_true",
+                        help="also print test figures (only for a setting already chosen on validation)")
     args = parser.parse_args()
 
     import torch
@@ -71,13 +75,14 @@ def main() -> None:
             elif epoch - best_epoch > config.patience:
                 break
         model.load_state_dict(best_state, strict=False)
-        test = evaluate_rows(model, features, data, data.rows("test"))
-        print(f"{name}: best epoch {best_epoch} | val fused {best_val['fused']['accuracy']:.3f} "
-              f"text {best_val['text_only']['accuracy']:.3f} image {best_val['image_only']['accuracy']:.3f} | "
-              f"test fused {test['fused']['accuracy']:.3f} text {test['text_only']['accuracy']:.3f} "
-              f"image {test['image_only']['accuracy']:.3f} title->photo R@10 (test gallery) "
-              f"{test['title_to_photo_recall@10']:.3f} [{time.perf_counter() - started:.0f} s]", flush=True)
-
+        line = (f"{name}: best epoch {best_epoch} | val fused {best_val['fused']['accuracy']:.3f} "
+                f"text {best_val['text_only']['accuracy']:.3f} image {best_val['image_only']['accuracy']:.3f}")
+        if args.report_test:
+            test = evaluate_rows(model, features, data, data.rows("test"))
+            line += (f" | test fused {test['fused']['accuracy']:.3f} text {test['text_only']['accuracy']:.3f} "
+                     f"image {test['image_only']['accuracy']:.3f} title->photo R@10 (test gallery) "
+                     f"{test['title_to_photo_recall@10']:.3f}")
+        print(f"{line} [{time.perf_counter() - started:.0f} s]", flush=True)
 
 if __name__ == "__main__":
     main()
