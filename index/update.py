@@ -9,7 +9,6 @@ about a second per 100k listings).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,19 +58,16 @@ class IndexReport:
 
 
 def read_model_fingerprint(model_dir: str | Path) -> str:
-    """The model bundle's fingerprint from its ``bundle.json`` (no need to load the towers)."""
-    path = Path(model_dir) / "bundle.json"
-    try:
-        fingerprint = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"no model bundle at {model_dir} (bundle.json missing); run `marketsearch train`"
-        ) from error
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); retrain with `marketsearch train`") from error
-    if not fingerprint:
-        raise ValueError(f"{path} has no fingerprint; retrain with `marketsearch train`")
-    return fingerprint
+    """The fingerprint of the model bundle in ``model_dir``, computed from its content.
+
+    ``bundle.json`` also records it, but a bundle whose files were edited (or written by an older
+    version) would then disagree with what ``embed`` and the service compute, so the bundle is loaded.
+    """
+    from encoders.bundle import MultiModalModel
+
+    if not (Path(model_dir) / "bundle.json").is_file():
+        raise FileNotFoundError(f"no model bundle at {model_dir} (bundle.json missing); run `marketsearch train`")
+    return MultiModalModel.load(model_dir).fingerprint
 
 
 def _calibration_queries(text: np.ndarray, seed: int = 0, size: int = 1000) -> np.ndarray:

@@ -30,7 +30,7 @@ def test_index_command_builds_then_updates_incrementally(workspace):
     runner = CliRunner()
     result = runner.invoke(app, ["index", "--workspace", str(workspace.root), "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     fingerprint = read_model_fingerprint(workspace.model_dir)
     catalog = Catalog(workspace.db_url, root=workspace.root)
     table = load_embeddings(catalog, fingerprint)
