@@ -79,7 +79,7 @@ def build_bench_workspace(config: BuildConfig):
     from sqlalchemy import delete
 
     from catalog.models import Image, Listing
-    from catalog.store import Catalog
+    from catalog.store import Catalog, image_row
     from encoders.bundle import MultiModalModel
     from encoders.embed import combine_embeddings, ensure_table, listing_embeddings, load_embeddings
     from index.update import update_indexes
@@ -216,7 +216,7 @@ def build_bench_workspace(config: BuildConfig):
         image[with_photo] = _perturbed_vectors(image[with_photo], np_rng, config.noise)
         vectors = combine_embeddings(text, image, has_image)
 
-        catalog.write_batch(listings, [_image_row(x) for x in images])
+        catalog.write_batch(listings, [image_row(x) for x in images])
         with catalog.engine.begin() as conn:
             ids = [x.id for x in listings]
             conn.execute(delete(listing_embeddings).where(listing_embeddings.c.listing_id.in_(ids)))
@@ -280,20 +280,6 @@ def _plain(value):
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)
     return value
-
-
-def _image_row(image) -> dict:
-    return {
-        "id": image.id,
-        "listing_id": image.listing_id,
-        "path": image.path,
-        "width": image.width,
-        "height": image.height,
-        "created_at": image.created_at,
-        "source_key": None,
-        "source_width": None,
-        "source_height": None,
-    }
 
 
 # ---------------------------------------------------------------------------------------------- serve

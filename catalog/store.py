@@ -69,7 +69,7 @@ def _listing_from_row(row) -> Listing:
     )
 
 
-def _image_row(image: Image, extra: dict | None = None) -> dict:
+def image_row(image: Image, extra: dict | None = None) -> dict:
     row = {
         "id": image.id,
         "listing_id": image.listing_id,
@@ -159,7 +159,7 @@ class Catalog:
         return len(rows)
 
     def upsert_images(self, images: Iterable[Image]) -> int:
-        rows = [_image_row(x) for x in images]
+        rows = [image_row(x) for x in images]
         with self.engine.begin() as conn:
             _upsert(conn, schema.images, rows)
         return len(rows)
