@@ -5,6 +5,13 @@ embeddings, re-normalised) and the listing vector the index holds (normalised su
 whichever exists). Rows are keyed by (listing id, model fingerprint) and carry a content hash, so a
 re-run encodes only new or changed listings and an interrupted run resumes where it stopped (each batch
 is committed in its own transaction).
+
+Beside them, from the same forward pass, the listing's *photo vector*: the image tower's pooled
+backbone output (before the projection head) of each photo, L2-normalised, averaged over the listing's
+photos and re-normalised, stored as float16 (``listing_photo_vectors``). The re-ranker compares a query
+photo with it (``photo_sim``): the raw backbone keeps the near-duplicate detail that the trained head,
+mapping photos into the shared text-image space, gives up. float16 listing means cost
+``2 * pooled_dim`` bytes per listing (2.5 KiB for MobileNetV2's 1280, 256 MB at 100k listings).
 """
 
 from __future__ import annotations
@@ -48,6 +55,18 @@ listing_embeddings = Table(
     Column("listing", LargeBinary, nullable=False),
     Column("updated_at", DateTime, nullable=False),
 )
+PHOTO_VECTOR_DTYPE = np.float16
+listing_photo_vectors = Table(
+    "listing_photo_vectors",
+    metadata,
+    Column("listing_id", String, primary_key=True),
+    Column("model_fingerprint", String(64), primary_key=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("n_photos", Integer, nullable=False),  # 0: no usable photo, the vector is empty
+    Column("vector", LargeBinary, nullable=False),  # float16 (dim,), L2-normalised mean of the photo vectors
+    Column("updated_at", DateTime, nullable=False),
+)
 
 
 @dataclass
@@ -60,10 +79,19 @@ class EmbeddingTable:
     has_image: np.ndarray  # bool (n,)
     listing: np.ndarray  # float32 (n, d), normalised combination: what the vector index holds
     row_of: dict[str, int] = field(default_factory=dict)
+    # float16 (n, p): L2-normalised mean of the photos' raw backbone vectors, zeros where the listing has
+    # none; None when the catalogue stores no photo vectors for this model (run `marketsearch embed`)
+    photo: np.ndarray | None = None
+    has_photo: np.ndarray | None = None  # bool (n,): the row of `photo` holds a vector
 
     def __post_init__(self) -> None:
         if not self.row_of:
             self.row_of = {listing_id: row for row, listing_id in enumerate(self.ids)}
+        if self.photo is not None:
+            if len(self.photo) != len(self.ids):
+                raise ValueError(f"photo has {len(self.photo)} rows for {len(self.ids)} listing ids")
+            if self.has_photo is None:
+                self.has_photo = np.abs(self.photo).max(axis=1) > 0 if len(self.photo) else np.zeros(0, bool)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,6 +131,47 @@ def combine_embeddings(text: np.ndarray, image: np.ndarray, has_image: np.ndarra
     return normalize_rows(combined)
 
 
+def encode_images_with_photo_vectors(model, images: list, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Shared-space embeddings and raw-backbone photo vectors of ``images`` from one forward pass.
+
+    Returns ``(embeddings float32 (n, embed_dim), photo_vectors float32 (n, pooled_dim))``, both
+    L2-normalised: the embeddings are what ``model.encode_images`` returns, the photo vectors the image
+    tower's pooled backbone output before its projection head.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tower = model.image_tower
+    images = list(images)
+    embeddings, pooled = [], []
+    was_training = tower.training
+    tower.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                trunk = tower.trunk(tower.prepare(images[start : start + batch_size]))
+                embeddings.append(tower.head(trunk).float().cpu().numpy())
+                pooled.append(trunk.float().cpu().numpy())
+    finally:
+        tower.train(was_training)
+    if not images:
+        return np.zeros((0, tower.embed_dim), np.float32), np.zeros((0, tower.pooled_dim), np.float32)
+    return np.concatenate(embeddings).astype(np.float32), normalize_rows(np.concatenate(pooled))
+
+
+def mean_photo_vectors(photo_vectors: np.ndarray, owners: np.ndarray, n_listings: int) -> np.ndarray:
+    """Per listing, the normalised mean of its photos' vectors (``owners[i]`` = listing row of photo i);
+    zero rows for listings without a photo. float32 (n_listings, p)."""
+    photo_vectors = np.asarray(photo_vectors, np.float32)
+    out = np.zeros((n_listings, photo_vectors.shape[1] if photo_vectors.ndim == 2 else 0), np.float32)
+    if len(photo_vectors):
+        np.add.at(out, np.asarray(owners, np.int64), photo_vectors)
+        present = np.abs(out).max(axis=1) > 0
+        out[present] = normalize_rows(out[present])
+    return out
+
+
 def content_hash(listing, catalog) -> str:
     """What the embeddings of a listing depend on: its text, its photo ids and their file sizes."""
     digest = hashlib.sha256()
@@ -117,7 +186,7 @@ def content_hash(listing, catalog) -> str:
 
 
 def ensure_table(catalog) -> None:
-    metadata.create_all(catalog.engine, tables=[listing_embeddings])
+    metadata.create_all(catalog.engine, tables=[listing_embeddings, listing_photo_vectors])
 
 
 def _load_photo(path) -> Image.Image:
@@ -144,15 +213,17 @@ def _encode_chunk(model, catalog, listings, image_batch_size: int, text_batch_si
                 logger.warning(message)
     image = np.zeros_like(text)
     counts = np.zeros(len(listings), np.int64)
+    photo = None
     if photos:
-        photo_vectors = model.encode_images(photos, batch_size=image_batch_size)
+        embeddings, photo_vectors = encode_images_with_photo_vectors(model, photos, batch_size=image_batch_size)
         owners_array = np.asarray(owners)
-        np.add.at(image, owners_array, photo_vectors)
+        np.add.at(image, owners_array, embeddings)
         np.add.at(counts, owners_array, 1)
+        photo = mean_photo_vectors(photo_vectors, owners_array, len(listings))
         stats.images_encoded += len(photos)
     has_image = counts > 0
     image[has_image] = normalize_rows(image[has_image])
-    return text, image, has_image, counts
+    return text, image, has_image, counts, photo
 
 
 def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int = 32, progress: bool = True,
@@ -168,10 +239,14 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     started = time.perf_counter()
     ensure_table(catalog)
     fingerprint = model.fingerprint
-    table = listing_embeddings
+    table, photo_table = listing_embeddings, listing_photo_vectors
     with catalog.engine.connect() as conn:
         stored = dict(conn.execute(
             select(table.c.listing_id, table.c.content_hash).where(table.c.model_fingerprint == fingerprint)
+        ).all())
+        stored_photo = dict(conn.execute(
+            select(photo_table.c.listing_id, photo_table.c.content_hash)
+            .where(photo_table.c.model_fingerprint == fingerprint)
         ).all())
     stats = EmbedStats(batch_size=batch_size)
     todo, seen = [], set()
@@ -179,7 +254,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
         for listing in listings:
             seen.add(listing.id)
             digest = content_hash(listing, catalog)
-            if stored.get(listing.id) == digest:
+            # up to date only with both rows: embeddings stored before photo vectors existed are redone
+            if stored.get(listing.id) == digest and stored_photo.get(listing.id) == digest:
                 stats.up_to_date += 1
             else:
                 todo.append((listing, digest))
@@ -190,7 +266,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         listings = [listing for listing, _ in chunk]
-        text, image, has_image, counts = _encode_chunk(model, catalog, listings, image_batch_size, batch_size, stats)
+        text, image, has_image, counts, photo = _encode_chunk(model, catalog, listings, image_batch_size,
+                                                              batch_size, stats)
         vectors = combine_embeddings(text, image, has_image)
         now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
         rows = [{
@@ -199,21 +276,33 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
             "text": text[i].tobytes(), "image": image[i].tobytes(), "listing": vectors[i].tobytes(),
             "updated_at": now,
         } for i, (listing, digest) in enumerate(chunk)]
+        photo_dim = int(model.image_tower.pooled_dim)
+        photo_rows = [{
+            "listing_id": listing.id, "model_fingerprint": fingerprint, "content_hash": digest,
+            "dim": photo_dim, "n_photos": int(counts[i]),
+            "vector": photo[i].astype(PHOTO_VECTOR_DTYPE).tobytes() if counts[i] else b"",
+            "updated_at": now,
+        } for i, (listing, digest) in enumerate(chunk)]
         with catalog.engine.begin() as conn:
             ids = [row["listing_id"] for row in rows]
-            conn.execute(delete(table).where(table.c.model_fingerprint == fingerprint, table.c.listing_id.in_(ids)))
+            for stored_table in (table, photo_table):
+                conn.execute(delete(stored_table).where(stored_table.c.model_fingerprint == fingerprint,
+                                                        stored_table.c.listing_id.in_(ids)))
             conn.execute(table.insert(), rows)
+            conn.execute(photo_table.insert(), photo_rows)
         stats.encoded += len(rows)
         stats.text_only += int((~has_image).sum())
         bar.update(len(rows))
     bar.close()
     if prune:
         stale = [listing_id for listing_id in stored if listing_id not in seen]
+        stale_photo = [listing_id for listing_id in stored_photo if listing_id not in seen]
         with catalog.engine.begin() as conn:
-            for begin in range(0, len(stale), 500):
-                part = stale[begin : begin + 500]
-                conn.execute(delete(table).where(table.c.model_fingerprint == fingerprint,
-                                                 table.c.listing_id.in_(part)))
+            for stored_table, ids in ((table, stale), (photo_table, stale_photo)):
+                for begin in range(0, len(ids), 500):
+                    part = ids[begin : begin + 500]
+                    conn.execute(delete(stored_table).where(stored_table.c.model_fingerprint == fingerprint,
+                                                            stored_table.c.listing_id.in_(part)))
         stats.removed = len(stale)
     stats.seconds = time.perf_counter() - started
     stats.listings_per_s = stats.encoded / stats.seconds if stats.encoded and stats.seconds > 0 else 0.0
@@ -257,7 +346,44 @@ def load_embeddings(catalog, fingerprint: str) -> EmbeddingTable:
     def stack(column: str) -> np.ndarray:
         return np.stack([np.frombuffer(getattr(by_id[i], column), np.float32, count=dim) for i in ids]).copy()
 
+    photo, has_photo = load_photo_vectors(catalog, fingerprint, ids)
     return EmbeddingTable(
         ids=ids, text=stack("text"), image=stack("image"),
         has_image=np.array([bool(by_id[i].has_image) for i in ids]), listing=stack("listing"),
+        photo=photo, has_photo=has_photo,
     )
+
+
+def load_photo_vectors(catalog, fingerprint: str, ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Stored photo vectors of ``ids`` (float16 (n, p), zero rows where none; bool (n,) present), or
+    (None, None) when the catalogue holds none for this model (embedded before photo vectors existed)."""
+    table = listing_photo_vectors
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(
+            select(table.c.listing_id, table.c.dim, table.c.n_photos, table.c.vector)
+            .where(table.c.model_fingerprint == fingerprint)
+        ).all()
+    by_id = {row.listing_id: row for row in rows}
+    dims = {row.dim for row in rows}
+    if not rows:
+        logger.warning("no photo vectors stored for model %s: the re-ranker's photo_sim stays missing; run "
+                       "`marketsearch embed` to add them", fingerprint[:12])
+        return None, None
+    if len(dims) > 1:
+        raise ValueError(f"photo vectors of model {fingerprint[:12]} have several dimensions {sorted(dims)}; "
+                         "re-run `marketsearch embed`")
+    dim = dims.pop()
+    photo = np.zeros((len(ids), dim), PHOTO_VECTOR_DTYPE)
+    has_photo = np.zeros(len(ids), bool)
+    missing = 0
+    for row_number, listing_id in enumerate(ids):
+        row = by_id.get(listing_id)
+        if row is None:
+            missing += 1
+        elif row.n_photos:
+            photo[row_number] = np.frombuffer(row.vector, PHOTO_VECTOR_DTYPE, count=dim)
+            has_photo[row_number] = True
+    if missing:
+        logger.warning("%d of %d listings have no stored photo vector for model %s; run `marketsearch embed`",
+                       missing, len(ids), fingerprint[:12])
+    return photo, has_photo

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from catalog.store import Catalog
 from encoders.embed import combine_embeddings, embed_catalog, load_embeddings
@@ -134,5 +135,48 @@ def test_unknown_model_has_no_embeddings(trained_workspace):
     try:
         with pytest.raises(LookupError, match="marketsearch embed"):
             load_embeddings(catalog, "0" * 64)
+    finally:
+        catalog.close()
+
+
+def test_photo_vectors_are_the_normalised_mean_of_the_raw_backbone_outputs(trained_workspace, trained_model):
+    from encoders.embed import PHOTO_VECTOR_DTYPE, encode_images_with_photo_vectors, normalize_rows
+
+    catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
+    try:
+        table = load_embeddings(catalog, trained_model.fingerprint)
+        listing = next(x for x in catalog.get_listings(table.ids) if len(x.image_ids) >= 2)
+        photos = [Image.open(catalog.image_path(p)).convert("RGB") for p in listing.image_ids]
+    finally:
+        catalog.close()
+    tower = trained_model.image_tower
+    assert table.photo.dtype == PHOTO_VECTOR_DTYPE and table.photo.shape == (len(table), tower.pooled_dim)
+    np.testing.assert_array_equal(table.has_photo, table.has_image)
+    assert not table.photo[~table.has_photo].any()
+    np.testing.assert_allclose(np.linalg.norm(table.photo[table.has_photo].astype(np.float32), axis=1), 1, atol=2e-3)
+
+    embeddings, vectors = encode_images_with_photo_vectors(trained_model, photos, batch_size=1)
+    # one forward pass gives exactly what the two separate encoders give
+    np.testing.assert_allclose(embeddings, trained_model.encode_images(photos), atol=1e-5)
+    np.testing.assert_allclose(vectors, normalize_rows(tower.encode_pooled(photos)), atol=1e-5)
+    expected = normalize_rows(vectors.sum(0, keepdims=True))[0]
+    np.testing.assert_allclose(table.photo[table.row_of[listing.id]].astype(np.float32), expected, atol=2e-3)
+
+
+def test_embeddings_stored_before_photo_vectors_existed_are_redone(workspace_copy, trained_model):
+    import encoders.embed as embed_module
+
+    catalog = Catalog(workspace_copy.db_url, root=workspace_copy.root)
+    try:
+        with catalog.engine.begin() as conn:
+            conn.execute(embed_module.listing_photo_vectors.delete())
+        old = load_embeddings(catalog, trained_model.fingerprint)
+        assert old.photo is None and old.has_photo is None  # the service then leaves photo_sim missing
+        stats = embed_catalog(trained_model, catalog, progress=False)
+        assert stats.encoded == catalog.count() and stats.up_to_date == 0
+        new = load_embeddings(catalog, trained_model.fingerprint)
+        assert new.has_photo.sum() == new.has_image.sum() > 0
+        np.testing.assert_allclose(new.listing, old.listing, atol=1e-5)
+        assert embed_catalog(trained_model, catalog, progress=False).encoded == 0
     finally:
         catalog.close()
