@@ -45,6 +45,7 @@ class BM25Index:
         self._position_of = {listing_id: position for position, listing_id in enumerate(self.listing_ids)}
         self._stemmer = Stemmer.Stemmer(STEMMER_LANGUAGE)
         self.info = dict(info or {})
+        self._postings_sorted: bool | None = None  # listing positions ascending within each term (checked once)
 
     @classmethod
     def build(cls, listing_ids: Sequence[str], texts: Sequence[str], *, k1: float = 1.5, b: float = 0.75) -> BM25Index:
@@ -73,9 +74,9 @@ class BM25Index:
         logger.info("indexed %d listings, %d distinct terms", len(texts), len(tokens.vocab))
         return cls(retriever, listing_ids, info={"k1": k1, "b": b, "vocabulary": len(tokens.vocab)})
 
-    def query_terms(self, query: str) -> list[str]:
-        """The query's stemmed terms that occur in the index (unknown terms cannot score)."""
-        tokens = bm25s.tokenize(
+    def analyse(self, query: str) -> list[str]:
+        """The query's terms as the index sees them: lower-cased, stopwords removed, stemmed (repeats kept)."""
+        return bm25s.tokenize(
             [query],
             stopwords=STOPWORDS,
             stemmer=self._stemmer,
@@ -83,8 +84,51 @@ class BM25Index:
             return_ids=False,
             show_progress=False,
         )[0]
+
+    def query_terms(self, query: str) -> list[str]:
+        """The query's stemmed terms that occur in the index (unknown terms cannot score)."""
         vocabulary = self.retriever.vocab_dict
-        return [token for token in tokens if token in vocabulary]
+        return [token for token in self.analyse(query) if token in vocabulary]
+
+    def term_scores(self, query: str, positions: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """How the listings at ``positions`` (see ``positions_of``) match each term of ``query``.
+
+        Returns ``(n_terms, idf, scores)``: the number of distinct analysed query terms (terms the index
+        has never seen included), the IDF of the distinct terms the index knows (float32 (t,), Lucene's
+        ``log(1 + (N - df + 0.5) / (df + 0.5))``) and each such term's BM25 contribution to each listing
+        (float32 (len(positions), t); 0 where the listing's text lacks the term, NaN rows for position
+        -1). A row's sum is the listing's BM25 score for ``query``, whether or not it made the top k.
+        """
+        if not isinstance(query, str):
+            raise ValueError(f"query must be a string; got {type(query).__name__}")
+        positions = np.asarray(positions, dtype=np.int64).ravel()
+        analysed = list(dict.fromkeys(self.analyse(query[:MAX_QUERY_CHARS])))
+        vocabulary = self.retriever.vocab_dict
+        term_ids = np.array([vocabulary[t] for t in analysed if t in vocabulary], dtype=np.int64)
+        stored = self.retriever.scores
+        indptr, indices, data = stored["indptr"], stored["indices"], stored["data"]
+        n_docs = int(stored["num_docs"])
+        starts, ends = indptr[term_ids].astype(np.int64), indptr[term_ids + 1].astype(np.int64)
+        df = (ends - starts).astype(np.float64)
+        idf = np.log1p((n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
+        scores = np.zeros((len(positions), len(term_ids)), dtype=np.float32)
+        known = positions >= 0
+        wanted = positions[known]
+        if self._postings_sorted is None:
+            self._postings_sorted = _postings_are_sorted(indices, indptr)
+        for j, (start, end) in enumerate(zip(starts, ends)):
+            docs = indices[start:end]
+            if self._postings_sorted:
+                at = np.minimum(np.searchsorted(docs, wanted), max(len(docs) - 1, 0))
+                found = docs[at] == wanted if len(docs) else np.zeros(len(wanted), bool)
+                column = np.where(found, data[start:end][at] if len(docs) else 0.0, 0.0)
+            else:  # a general CSC matrix: scatter the term's postings once
+                dense = np.zeros(n_docs, dtype=np.float32)
+                dense[docs] = data[start:end]
+                column = dense[wanted]
+            scores[known, j] = column
+        scores[~known] = np.nan
+        return len(analysed), idf, scores
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every listing for ``query`` (float32, in ``listing_ids`` order; zeros if no term matches)."""
@@ -182,3 +226,11 @@ class BM25Index:
             )
         info = {key: manifest[key] for key in ("k1", "b", "vocabulary") if key in manifest}
         return cls(retriever, listing_ids, info=info)
+
+
+def _postings_are_sorted(indices: np.ndarray, indptr: np.ndarray) -> bool:
+    """True when the document positions of every term (a CSC column) are ascending."""
+    if len(indices) < 2:
+        return True
+    drops = np.flatnonzero(np.diff(indices.astype(np.int64)) <= 0) + 1
+    return bool(np.isin(drops, indptr).all())
