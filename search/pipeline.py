@@ -143,12 +143,19 @@ class Searcher:
         if not text and image is None:
             raise ValueError("a query needs text, an image, or both; got neither")
         text_emb = self.model.encode_texts([text]) if text else None
-        image_emb = self.model.encode_images([image]) if image is not None else None
+        image_emb = photo_vector = None
+        if image is not None:
+            from encoders.embed import encode_images_with_photo_vectors
+
+            # one forward pass gives the shared-space embedding and the raw backbone vector (photo_sim)
+            image_emb, photo_vectors = encode_images_with_photo_vectors(self.model, [image])
+            photo_vector = photo_vectors[0]
         parts = [e[0] for e in (text_emb, image_emb) if e is not None]
         query = np.sum(parts, axis=0).astype(np.float32)
         query /= max(float(np.linalg.norm(query)), 1e-12)
         probs = self.model.classify(text_emb=text_emb, image_emb=image_emb)[0].astype(np.float32)
-        return QueryContext(text=text, has_image=image is not None, embedding=query, category_probs=probs)
+        return QueryContext(text=text, has_image=image is not None, embedding=query, category_probs=probs,
+                            photo_vector=photo_vector)
 
     # -- first stage ---------------------------------------------------------------------------
 
@@ -236,7 +243,57 @@ class Searcher:
             rrf_score=np.array([score for _, score in fused], dtype=np.float32).reshape(n),
             text_sim=similarity(self.embeddings.text, has_emb),
             image_sim=similarity(self.embeddings.image, has_emb & self.embeddings.has_image[safe_rows]),
+            **self.match_signals(query, rows),
         )
+
+    def match_signals(self, query: QueryContext, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-candidate re-ranking columns that need the searcher's stores, for listing-table ``rows``.
+
+        ``photo_sim`` (query photo vs the listing's stored photo vector, raw backbone space) and
+        ``term_coverage``, ``idf_coverage``, ``term_bm25_score`` (the query's BM25 terms in the listing's
+        indexed text); float32 (len(rows),) each, NaN where undefined.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        term_coverage, idf_coverage, term_bm25 = self._term_match(query, rows)
+        return {
+            "photo_sim": self._photo_similarity(query, self._embedding_row[rows]),
+            "term_coverage": term_coverage,
+            "idf_coverage": idf_coverage,
+            "term_bm25_score": term_bm25,
+        }
+
+    def _photo_similarity(self, query: QueryContext, emb_rows: np.ndarray) -> np.ndarray:
+        """cosine(query photo, listing photo) in the raw backbone space; NaN where either vector is missing."""
+        sims = np.full(len(emb_rows), np.nan, dtype=np.float32)
+        photo, has_photo = self.embeddings.photo, self.embeddings.has_photo
+        if query.photo_vector is None or photo is None or photo.shape[1] != len(query.photo_vector):
+            return sims
+        present = emb_rows >= 0
+        present[present] = has_photo[emb_rows[present]]
+        if present.any():
+            sims[present] = photo[emb_rows[present]].astype(np.float32) @ query.photo_vector.astype(np.float32)
+        return sims
+
+    def _term_match(self, query: QueryContext, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """term_coverage, idf_coverage and the full BM25 score of each candidate (NaN when not defined)."""
+        def missing() -> np.ndarray:
+            return np.full(len(rows), np.nan, dtype=np.float32)
+
+        if not query.text or not len(rows):
+            return missing(), missing(), missing()
+        positions = self._bm25_position[rows]
+        n_terms, idf, scores = self.bm25.term_scores(query.text, positions)
+        if n_terms == 0:  # stopwords only: nothing to cover
+            return missing(), missing(), missing()
+        matched = scores > 0
+        coverage = (matched.sum(axis=1) / n_terms).astype(np.float32)
+        total_idf = float(idf.sum())
+        idf_coverage = (matched @ idf / total_idf).astype(np.float32) if total_idf > 0 else missing()
+        full_score = scores.sum(axis=1).astype(np.float32)
+        outside = positions < 0  # not in the BM25 index (e.g. added since it was built)
+        for column in (coverage, idf_coverage, full_score):
+            column[outside] = np.nan
+        return coverage, idf_coverage, full_score
 
     # -- full search ---------------------------------------------------------------------------
 

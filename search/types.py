@@ -19,6 +19,9 @@ class QueryContext:
     has_image: bool
     embedding: np.ndarray  # float32 (d,), L2-normalised, the vector used for retrieval
     category_probs: np.ndarray  # float32 (C,), fusion classifier's distribution for the query
+    # float32 (p,), L2-normalised raw-backbone vector of the query photo (the image tower's pooled output
+    # before its projection head); None without a photo
+    photo_vector: np.ndarray | None = None
 
 
 @dataclass
@@ -34,9 +37,24 @@ class Candidates:
     rrf_score: np.ndarray  # float32 (n,), reciprocal rank fusion score (0 contribution for a missing list)
     text_sim: np.ndarray  # float32 (n,), cosine(query, listing text vector), nan if unknown
     image_sim: np.ndarray  # float32 (n,), cosine(query, listing image vector), nan if the listing has no photo
+    # Columns below default to None, which means "not computed": every value is then missing (NaN).
+    # cosine(query photo vector, listing photo vector) in the raw backbone space; nan without either
+    photo_sim: np.ndarray | None = None
+    # share of the query's distinct analysed terms (BM25 tokenizer) found in the listing's indexed text;
+    # nan for a query without terms or a listing outside the BM25 index
+    term_coverage: np.ndarray | None = None
+    idf_coverage: np.ndarray | None = None  # the same, weighted by each term's IDF (terms the index knows)
+    term_bm25_score: np.ndarray | None = None  # full BM25 score (sum over the terms), also below BM25's top-k
 
     def __len__(self) -> int:
         return len(self.listing_ids)
+
+    def column(self, name: str) -> np.ndarray:
+        """A per-candidate column as float32 (n,), all NaN when it was not computed."""
+        values = getattr(self, name)
+        if values is None:
+            return np.full(len(self), np.nan, dtype=np.float32)
+        return np.asarray(values, dtype=np.float32).reshape(len(self))
 
 
 @dataclass
