@@ -5,9 +5,11 @@
 
 Synthetic mode trains a re-ranker with every tree kept (no early stopping: the most expensive model
 the defaults allow) on random features, and times it on candidate sets of the requested sizes drawn
-from a 100k-listing table. Workspace mode takes real candidates of the known-item text queries on the
-model's test products (the same Searcher.candidates the service runs) and the workspace's re-ranker.
-Prints p50/p90/p99 in milliseconds for features, model and both, per candidate count.
+from a 100k-listing table. Workspace mode takes real candidates of the known-item text and image
+queries on the model's test products (the same Searcher.candidates the service runs) and the
+workspace's re-ranker, and also times the per-candidate columns that only the searcher can compute
+(``Searcher.match_signals``: photo similarity, query-term coverage), which the service computes while
+assembling the candidates. Prints p50/p90/p99 in milliseconds per part, per candidate count.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def synthetic_candidates(table: ListingTable, n: int, rng: np.random.Generator) 
         rrf_score=rrf,
         text_sim=rng.uniform(0, 0.9, n).astype(np.float32),
         image_sim=rng.uniform(0, 0.9, n).astype(np.float32),
+        photo_sim=rng.uniform(0.2, 1.0, n).astype(np.float32),
+        term_coverage=rng.choice([0.0, 1 / 3, 2 / 3, 1.0], n).astype(np.float32),
+        idf_coverage=rng.uniform(0, 1, n).astype(np.float32),
+        term_bm25_score=rng.uniform(0, 20, n).astype(np.float32),
     )
     probs = rng.dirichlet(np.ones(13)).astype(np.float32)
     query = QueryContext(text=" ".join(rng.choice(WORDS, 3)), has_image=False,
@@ -87,23 +93,35 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
             "p99": float(np.percentile(values, 99)), "mean": float(values.mean())}
 
 
-def time_cases(cases, listings: ListingTable, ranker: Reranker, repeats: int) -> dict[str, dict[str, float]]:
-    """Wall-clock and CPU (this thread) milliseconds; on a shared machine the CPU time is the cost itself."""
-    feature_ms, model_ms, total_ms, cpu_ms = [], [], [], []
+def time_cases(cases, listings: ListingTable, ranker: Reranker, repeats: int,
+               searcher=None) -> dict[str, dict[str, float]]:
+    """Wall-clock and CPU (this thread) milliseconds; on a shared machine the CPU time is the cost itself.
+
+    With a ``searcher``, ``signals`` times ``searcher.match_signals`` for the candidates (part of the
+    candidate assembly in the service) and ``total`` includes it.
+    """
+    signal_ms, feature_ms, model_ms, total_ms, cpu_ms = [], [], [], [], []
     for _ in range(repeats):
         for query, candidates in cases:
             cpu_start = time.thread_time()
             start = time.perf_counter()
+            if searcher is not None:
+                searcher.match_signals(query, candidates.rows)
+            signals_done = time.perf_counter()
             X, _ = build_features(query, candidates, listings)
             middle = time.perf_counter()
             ranker.predict(X)
             end = time.perf_counter()
             cpu_ms.append((time.thread_time() - cpu_start) * 1e3)
-            feature_ms.append((middle - start) * 1e3)
+            signal_ms.append((signals_done - start) * 1e3)
+            feature_ms.append((middle - signals_done) * 1e3)
             model_ms.append((end - middle) * 1e3)
             total_ms.append((end - start) * 1e3)
-    return {"features": percentiles(feature_ms), "model": percentiles(model_ms), "total": percentiles(total_ms),
-            "total_cpu": percentiles(cpu_ms)}
+    timings = {"features": percentiles(feature_ms), "model": percentiles(model_ms), "total": percentiles(total_ms),
+               "total_cpu": percentiles(cpu_ms)}
+    if searcher is not None:
+        timings["signals"] = percentiles(signal_ms)
+    return timings
 
 
 def workspace_cases(workspace_root: str, n_queries: int, depth: int):
@@ -114,16 +132,20 @@ def workspace_cases(workspace_root: str, n_queries: int, depth: int):
     ranker = Reranker.load(workspace.ranker_dir)
     builder = ProtocolBuilder(workspace, progress=False)
     try:
-        protocol = builder.text_protocol(("test",), max_queries=n_queries)
+        protocols = {"text": builder.text_protocol(("test",), max_queries=n_queries),
+                     "image": builder.image_protocol(("test",), max_queries=n_queries)}
     finally:
         builder.close()
-    searcher = protocol.searcher
-    cases = []
-    for query in protocol.queries.values():
-        context = searcher.query_context(text=query.text)
-        candidates = searcher.candidates(context, depth=depth)
-        cases.append((context, candidates))
-    return cases, searcher.listings, ranker
+    out = {}
+    for name, protocol in protocols.items():
+        searcher = protocol.searcher
+        cases = []
+        for query in protocol.queries.values():
+            image = protocol.load_image(query) if name == "image" else None
+            context = searcher.query_context(text=query.text, image=image)
+            cases.append((context, searcher.candidates(context, depth=depth)))
+        out[name] = (cases, searcher)
+    return out, ranker
 
 
 def main() -> None:
@@ -145,14 +167,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {"load_average_before": os.getloadavg(), "cpu_count": os.cpu_count()}
     if args.workspace:
-        cases, listings, ranker = workspace_cases(args.workspace, args.queries, args.depth)
-        sizes = [len(c) for _, c in cases]
-        # warm-up, then time
-        time_cases(cases[:5], listings, ranker, 1)
-        results["workspace"] = {
-            "queries": len(cases), "candidates_median": statistics.median(sizes), "trees": ranker.best_iteration_,
-            **time_cases(cases, listings, ranker, args.repeats),
-        }
+        protocols, ranker = workspace_cases(args.workspace, args.queries, args.depth)
+        for name, (cases, searcher) in protocols.items():
+            sizes = [len(c) for _, c in cases]
+            # warm-up, then time
+            time_cases(cases[:5], searcher.listings, ranker, 1, searcher)
+            results[f"workspace_{name}"] = {
+                "queries": len(cases), "candidates_median": statistics.median(sizes),
+                "trees": ranker.best_iteration_,
+                **time_cases(cases, searcher.listings, ranker, args.repeats, searcher),
+            }
     else:
         listings = synthetic_table(args.listings)
         ranker = worst_case_ranker(args.trees)
@@ -166,7 +190,9 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     for name, value in results.items():
         if isinstance(value, dict) and "total" in value:
-            print(f"{name}: features p50 {value['features']['p50']:.2f} ms, model p50 {value['model']['p50']:.2f} ms, "
+            signals = f"signals p50 {value['signals']['p50']:.2f} ms, " if "signals" in value else ""
+            print(f"{name}: {signals}features p50 {value['features']['p50']:.2f} ms, "
+                  f"model p50 {value['model']['p50']:.2f} ms, "
                   f"total p50 {value['total']['p50']:.2f} ms / p99 {value['total']['p99']:.2f} ms, "
                   f"CPU p50 {value['total_cpu']['p50']:.2f} ms ({value['trees']} trees)")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from search.types import Candidates, ListingTable, QueryContext
 
-FEATURE_SET_VERSION = "2"
+FEATURE_SET_VERSION = "3"
 
 FEATURE_NAMES: tuple[str, ...] = (
     # first-stage scores and ranks
@@ -31,8 +31,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "text_sim_gap",
     "image_sim",
     "image_sim_gap",
+    # raw-backbone photo similarity (before the image tower's projection head): near-duplicate photos
+    "photo_sim",
+    "photo_sim_gap",
+    "photo_sim_rank",  # 1 = the candidate whose photo is closest to the query photo
     # lexical match on the title
     "title_overlap",  # share of the distinct query terms found in the title
+    # lexical match on the indexed text, with the BM25 tokenizer (stopwords removed, stemmed)
+    "term_coverage",  # share of the query's distinct terms found in the candidate's indexed text
+    "term_coverage_gap",  # best term_coverage among the candidates minus this one
+    "idf_coverage",  # the same share, each term weighted by its IDF
+    "term_bm25_score",  # full BM25 score, also for candidates below BM25's top k (0 = no term matches)
+    "term_bm25_ratio",  # term_bm25_score / the best term_bm25_score among the candidates
     # category agreement
     "category_prob",  # fusion classifier's P(candidate's top-level category | query)
     "category_prob_ratio",  # category_prob / the most probable category's probability
@@ -84,9 +94,11 @@ def _ratio_to_best(values: np.ndarray) -> np.ndarray:
 
 
 def _rank_descending(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(-values, kind="stable")
-    ranks = np.empty(len(values), dtype=np.float32)
-    ranks[order] = np.arange(1, len(values) + 1, dtype=np.float32)
+    """1-based rank of each value, highest first; NaN values get NaN and take no rank."""
+    finite = np.flatnonzero(np.isfinite(values))
+    ranks = np.full(len(values), np.nan, dtype=np.float32)
+    order = finite[np.argsort(-values[finite], kind="stable")]
+    ranks[order] = np.arange(1, len(order) + 1, dtype=np.float32)
     return ranks
 
 
@@ -203,6 +215,9 @@ def build_features(
     rrf_score = column(candidates.rrf_score)
     text_sim = column(candidates.text_sim)
     image_sim = column(candidates.image_sim)
+    photo_sim = candidates.column("photo_sim")
+    term_coverage = candidates.column("term_coverage")
+    term_bm25 = candidates.column("term_bm25_score")
 
     query_terms = set(tokenize(query.text))
     titles = [listings.titles[row] for row in rows]
@@ -230,7 +245,15 @@ def build_features(
         "text_sim_gap": _gap_to_best(text_sim),
         "image_sim": image_sim,
         "image_sim_gap": _gap_to_best(image_sim),
+        "photo_sim": photo_sim,
+        "photo_sim_gap": _gap_to_best(photo_sim),
+        "photo_sim_rank": _rank_descending(photo_sim),
         "title_overlap": _title_overlap(query_terms, titles),
+        "term_coverage": term_coverage,
+        "term_coverage_gap": _gap_to_best(term_coverage),
+        "idf_coverage": candidates.column("idf_coverage"),
+        "term_bm25_score": term_bm25,
+        "term_bm25_ratio": _ratio_to_best(term_bm25),
         **category,
         "log_price": log_price,
         "price_to_category_median": price_ratio,

@@ -7,7 +7,8 @@ products) whose listings are represented the way the protocol demands:
 - known-item text: every listing's indexed text is its description only (BM25 over descriptions, text
   vectors encoded from descriptions, titles hidden from the features); the queries are the titles.
 - known-item image: a listing with several photos is represented by its other photos (its image
-  vector is the mean of those photos' embeddings); the query is its first photo.
+  vector and its raw-backbone photo vector are the means over those photos); the query is its first
+  photo.
 
 The candidates, features and re-ranker are then exactly the serving ones (``Searcher.candidates``,
 ``build_features``). Encodings that the catalogue does not store (descriptions alone, single photos,
@@ -52,6 +53,17 @@ class ProtocolSet:
     @property
     def corpus_size(self) -> int:
         return len(self.searcher.listings)
+
+
+@dataclass
+class StoredVectors:
+    """A corpus's vectors, rows in the corpus order (see ``encoders.embed.EmbeddingTable``)."""
+
+    text: np.ndarray
+    image: np.ndarray
+    has_image: np.ndarray
+    photo: np.ndarray | None = None  # float32 (n, p) raw-backbone photo vectors, zero rows where none
+    has_photo: np.ndarray | None = None
 
 
 class EncodingCache:
@@ -197,10 +209,13 @@ class ProtocolBuilder:
         return chosen
 
     # -- encodings ------------------------------------------------------------------------------
-    def _frozen_head(self, tower, keys: Sequence[str], load: Callable[[str], object]) -> np.ndarray:
-        """Embeddings through the encoders' cache of frozen-backbone features, then the trained head."""
+    def _frozen_head(self, tower, keys: Sequence[str], load: Callable[[str], object],
+                     with_pooled: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Embeddings through the encoders' cache of frozen-backbone features, then the trained head
+        (and, ``with_pooled``, the L2-normalised pooled features themselves)."""
         import torch
 
+        from encoders.embed import normalize_rows
         from encoders.features import cached_pooled_features
 
         pooled = cached_pooled_features(tower, self.feature_cache_root, keys, load,
@@ -208,7 +223,10 @@ class ProtocolBuilder:
         with torch.inference_mode():
             out = [tower.head(torch.as_tensor(pooled[s : s + 1024])).float().cpu().numpy()
                    for s in range(0, len(pooled), 1024)]
-        return np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
+        embeddings = np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
+        if with_pooled:
+            return embeddings, normalize_rows(pooled) if len(pooled) else np.zeros((0, tower.pooled_dim), np.float32)
+        return embeddings
 
     def _encode_texts(self, texts: Sequence[str], kind: str = "text") -> np.ndarray:
         keys = [_text_key(text) for text in texts]
@@ -252,6 +270,24 @@ class ProtocolBuilder:
 
         return self.cache.get_or_encode(kind, list(image_ids), encode)
 
+    def _encode_photos_and_vectors(self, image_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Shared-space embeddings and raw-backbone photo vectors of photos (both L2-normalised)."""
+        tower = self.model.image_tower
+        if not image_ids:
+            return np.zeros((0, self.model.embed_dim), np.float32), np.zeros((0, tower.pooled_dim), np.float32)
+        if self.frozen_backbones:
+            paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
+            keys = [f"{image_id}:{paths[image_id].stat().st_size}" for image_id in image_ids]
+            path_of = {key: paths[image_id] for key, image_id in zip(keys, image_ids)}
+            return self._frozen_head(tower, keys, lambda key: load_photo(path_of[key]), with_pooled=True)
+        from encoders.embed import encode_images_with_photo_vectors
+
+        def encoder(images: list[Image.Image]) -> np.ndarray:
+            return np.concatenate(encode_images_with_photo_vectors(self.model, images, self.image_batch_size), 1)
+
+        both = self._encode_photos(image_ids, kind="photo_and_vector", encoder=encoder)
+        return both[:, : self.model.embed_dim], both[:, self.model.embed_dim :]
+
     def load_query_image(self, query: EvalQuery) -> Image.Image:
         if query.image_path is not None:
             return load_photo(Path(query.image_path))
@@ -261,7 +297,8 @@ class ProtocolBuilder:
 
     # -- corpora --------------------------------------------------------------------------------
     def _searcher(self, ids: list[str], table: ListingTable, text: np.ndarray, image: np.ndarray,
-                  has_image: np.ndarray, bm25_texts: list[str]):
+                  has_image: np.ndarray, bm25_texts: list[str], photo: np.ndarray | None = None,
+                  has_photo: np.ndarray | None = None):
         from encoders.embed import EmbeddingTable, combine_embeddings
         from index.bm25 import BM25Index
         from index.vector_index import VectorIndex
@@ -269,34 +306,49 @@ class ProtocolBuilder:
 
         listing_vectors = combine_embeddings(text, image, has_image)
         embeddings = EmbeddingTable(ids=list(ids), text=text, image=image, has_image=has_image,
-                                    listing=listing_vectors)
+                                    listing=listing_vectors, photo=photo, has_photo=has_photo)
         # exact search: a protocol corpus is a few thousand listings at most
         vector_index = VectorIndex.build(listing_vectors, list(ids), self.model.fingerprint, nlist=0)
         bm25 = BM25Index.build(list(ids), bm25_texts)
         return Searcher(self.model, table, embeddings, vector_index, bm25, ranker=None)
 
-    def _stored(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Text vectors (title + description), image vectors (mean of all photos) and has_image, as stored
-        by `marketsearch embed`, or computed the same way when the catalogue has none for this model."""
+    def _stored(self, ids: Sequence[str]) -> StoredVectors:
+        """Text vectors (title + description), image vectors and photo vectors (means over all photos), as
+        stored by `marketsearch embed`, or computed the same way when the catalogue has none for this model."""
         if self.embeddings is not None:
             rows = np.fromiter((self.embeddings.row_of[i] for i in ids), dtype=np.int64, count=len(ids))
-            return (self.embeddings.text[rows].copy(), self.embeddings.image[rows].copy(),
-                    self.embeddings.has_image[rows].copy())
-        from encoders.embed import normalize_rows
-
+            stored = StoredVectors(self.embeddings.text[rows].copy(), self.embeddings.image[rows].copy(),
+                                   self.embeddings.has_image[rows].copy())
+            if self.embeddings.photo is not None:
+                stored.photo = self.embeddings.photo[rows].astype(np.float32)
+                stored.has_photo = self.embeddings.has_photo[rows].copy()
+                return stored
+            logger.warning("the catalogue stores no photo vectors for model %s (`marketsearch embed` adds "
+                           "them); computing them for the protocol corpus", self.model.fingerprint[:12])
+            _, _, stored.photo, stored.has_photo = self._listing_photo_vectors(ids)
+            return stored
         listings = [self._listings[i] for i in ids]
         text = self._encode_texts([x.text for x in listings])
+        image, has_image, photo, has_photo = self._listing_photo_vectors(ids)
+        return StoredVectors(text, image if image is not None else np.zeros_like(text), has_image, photo, has_photo)
+
+    def _listing_photo_vectors(self, ids: Sequence[str]):
+        """Per listing: image vector, has_image, photo vector, has_photo (means over all its readable photos)."""
+        from encoders.embed import mean_photo_vectors, normalize_rows
+
+        listings = [self._listings[i] for i in ids]
         photos = [(row, p) for row, x in enumerate(listings) for p in x.image_ids
                   if self.catalog.image_path(p) is not None and self.catalog.image_path(p).is_file()]
-        image = np.zeros_like(text)
+        embeddings, vectors = self._encode_photos_and_vectors([p for _, p in photos])
+        owners = np.array([row for row, _ in photos], dtype=np.int64)
+        image = np.zeros((len(ids), self.model.embed_dim), np.float32)
         has_image = np.zeros(len(ids), bool)
         if photos:
-            vectors = self._encode_photos([p for _, p in photos])
-            owners = np.array([row for row, _ in photos])
-            np.add.at(image, owners, vectors)
+            np.add.at(image, owners, embeddings)
             has_image[owners] = True
             image[has_image] = normalize_rows(image[has_image])
-        return text, image, has_image
+        photo = mean_photo_vectors(vectors, owners, len(ids))
+        return image, has_image, photo, has_image.copy()
 
     def text_protocol(self, splits: Iterable[str], *, corpus_splits: Iterable[str] | None = None,
                       max_queries: int | None = None, seed: int = 0) -> ProtocolSet:
@@ -312,10 +364,10 @@ class ProtocolBuilder:
         ids = [listing.id for listing in listings]
         descriptions = [listing.description or "" for listing in listings]
         text = self._encode_texts(descriptions, kind="description")
-        _, image, has_image = self._stored(ids)
+        stored = self._stored(ids)
         table = subset_listing_table(self.table, ids, hide_titles=True)
-        searcher = self._searcher(ids, table, text, image, has_image,
-                                  [listing_text(None, d) for d in descriptions])
+        searcher = self._searcher(ids, table, text, stored.image, stored.has_image,
+                                  [listing_text(None, d) for d in descriptions], stored.photo, stored.has_photo)
         queries, qrels = known_item_text(query_listings, listings)
         queries, qrels = _sample(queries, qrels, max_queries, seed)
         logger.info("known-item text on %s: %d queries, corpus of %d listings", "+".join(splits), len(queries),
@@ -335,26 +387,31 @@ class ProtocolBuilder:
         queries, qrels = _sample(queries, qrels, max_queries, seed)
         query_listing = {query.target_id: query for query in queries.values()}
 
-        text, image, has_image = self._stored(ids)
+        stored = self._stored(ids)
+        text, image, has_image = stored.text, stored.image, stored.has_image
+        photo, has_photo = stored.photo, stored.has_photo
         photo_count = self.table.photo_count[self.table.rows(ids)].copy()
-        # the query listings: image vector = mean of their other photos
+        # the query listings: image vector and photo vector = means over their other photos
         other_photos = {lid: [p for p in self._listings[lid].image_ids if p != q.image_id]
                         for lid, q in query_listing.items()}
         flat = [p for lid in other_photos for p in other_photos[lid]]
-        vectors = self._encode_photos(flat)
+        vectors, photo_vectors = self._encode_photos_and_vectors(flat)
         position = 0
         row_of = {lid: row for row, lid in enumerate(ids)}
         for lid, photos in other_photos.items():
             row = row_of[lid]
-            image[row] = normalize_rows(vectors[position : position + len(photos)].sum(0, keepdims=True))[0]
+            span = slice(position, position + len(photos))
+            image[row] = normalize_rows(vectors[span].sum(0, keepdims=True))[0]
             has_image[row] = True
+            photo[row] = normalize_rows(photo_vectors[span].sum(0, keepdims=True))[0]
+            has_photo[row] = True
             photo_count[row] = len(photos)
             position += len(photos)
         table = subset_listing_table(self.table, ids, photo_count=photo_count)
         from index.bm25 import listing_text
 
         searcher = self._searcher(ids, table, text, image, has_image,
-                                  [listing_text(x.title, x.description) for x in listings])
+                                  [listing_text(x.title, x.description) for x in listings], photo, has_photo)
         protocol = ProtocolSet("known-item-image", splits, searcher, queries, qrels, load_image=self.load_query_image)
         if frozen_baseline:
             protocol.baseline_runs[FROZEN_BASELINE] = self.frozen_image_run(listings, queries, other_photos)

@@ -361,6 +361,14 @@ class Reranker:
                     f"feature set version {FEATURE_SET_VERSION!r} with {len(expected)} ({detail}); "
                     "retrain it with `marketsearch train-ranker`"
                 )
+            same_version = meta.get("feature_set_version") == FEATURE_SET_VERSION
+            if expected == list(FEATURE_NAMES) and not same_version:
+                # same column names, but the code computes them differently now
+                raise RerankerVersionError(
+                    f"re-ranker in {directory} was trained on feature set version "
+                    f"{meta.get('feature_set_version')!r}, but this code computes version {FEATURE_SET_VERSION!r} "
+                    "(same feature names, changed definitions); retrain it with `marketsearch train-ranker`"
+                )
         saved_lgbm = meta.get("lightgbm_version")
         if saved_lgbm and saved_lgbm.split(".")[0] != lightgbm.__version__.split(".")[0]:
             raise RerankerVersionError(

@@ -48,4 +48,8 @@ def small_candidates() -> Candidates:
         rrf_score=rrf,
         text_sim=np.array([0.8, 0.6, 0.1, 0.2], dtype=np.float32),
         image_sim=np.array([0.5, 0.4, NAN, 0.3], dtype=np.float32),
+        photo_sim=np.array([0.6, 0.9, NAN, 0.2], dtype=np.float32),
+        term_coverage=np.array([1.0, 0.5, 0.5, NAN], dtype=np.float32),  # the sofa is not in the BM25 index
+        idf_coverage=np.array([1.0, 0.4, 0.6, NAN], dtype=np.float32),
+        term_bm25_score=np.array([4.0, 1.0, 8.0, NAN], dtype=np.float32),  # bike-2: below BM25's top k
     )

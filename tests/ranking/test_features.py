@@ -25,7 +25,15 @@ def test_hand_made_case_gives_known_values_and_nan_for_missing():
         "text_sim_gap": [0.0, 0.2, 0.7, 0.6],
         "image_sim": [0.5, 0.4, NAN, 0.3],
         "image_sim_gap": [0.0, 0.1, NAN, 0.2],
+        "photo_sim": [0.6, 0.9, NAN, 0.2],
+        "photo_sim_gap": [0.3, 0.0, NAN, 0.7],
+        "photo_sim_rank": [2, 1, NAN, 3],  # the lamp has no photo: no rank, not last
         "title_overlap": [1.0, 0.5, 0.0, NAN],  # {"red", "bike"}; the sofa has no title
+        "term_coverage": [1.0, 0.5, 0.5, NAN],
+        "term_coverage_gap": [0.0, 0.5, 0.5, NAN],
+        "idf_coverage": [1.0, 0.4, 0.6, NAN],
+        "term_bm25_score": [4.0, 1.0, 8.0, NAN],
+        "term_bm25_ratio": [0.5, 0.125, 1.0, NAN],
         "category_prob": [0.8, 0.8, 0.2, NAN],  # the sofa's category is unknown (-1)
         "category_prob_ratio": [1.0, 1.0, 0.25, NAN],
         "category_path_share_top10": [0.5, 0.5, 0.25, 0.25],
@@ -63,6 +71,17 @@ def test_image_only_query_has_no_text_features():
     assert (f["query_has_text"] == 0).all() and (f["query_has_image"] == 1).all()
 
 
+def test_columns_the_first_stage_did_not_compute_are_missing_not_zero():
+    candidates = small_candidates()
+    candidates.photo_sim = candidates.term_coverage = candidates.idf_coverage = candidates.term_bm25_score = None
+    X, names = build_features(small_query(), candidates, small_listings(), now_days=19100.0)
+    f = as_dict(X, names)
+    for name in ("photo_sim", "photo_sim_gap", "photo_sim_rank", "term_coverage", "term_coverage_gap",
+                 "idf_coverage", "term_bm25_score", "term_bm25_ratio"):
+        assert np.isnan(f[name]).all(), name
+    assert np.isfinite(f["vector_rank"][:2]).all()  # the other columns are unaffected
+
+
 def test_features_follow_candidate_order():
     candidates = small_candidates()
     X, _ = build_features(small_query(), candidates, small_listings(), now_days=19100.0)
@@ -70,7 +89,7 @@ def test_features_follow_candidate_order():
     for name in ("listing_ids",):
         setattr(candidates, name, [getattr(candidates, name)[i] for i in order])
     for name in ("rows", "vector_score", "vector_rank", "bm25_score", "bm25_rank", "rrf_score", "text_sim",
-                 "image_sim"):
+                 "image_sim", "photo_sim", "term_coverage", "idf_coverage", "term_bm25_score"):
         setattr(candidates, name, getattr(candidates, name)[order])
     X2, _ = build_features(small_query(), candidates, small_listings(), now_days=19100.0)
     np.testing.assert_array_equal(X2, X[order])

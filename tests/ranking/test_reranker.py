@@ -76,6 +76,26 @@ def test_load_refuses_other_features(fitted, tmp_path):
         Reranker.load(tmp_path / "ranker", expected_features=reordered)
 
 
+def test_load_refuses_a_ranker_of_an_older_feature_set(fitted, tmp_path):
+    from ranking.features import FEATURE_SET_VERSION
+
+    assert FEATURE_SET_VERSION == "3"
+    fitted.save(tmp_path / "ranker")
+    meta_path = tmp_path / "ranker" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    # a feature-set-2 ranker: no photo or term-coverage columns
+    meta["feature_set_version"] = "2"
+    meta["feature_names"] = [n for n in FEATURE_NAMES if not n.startswith(("photo_sim", "term_", "idf_"))]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RerankerVersionError, match=r"feature set version '2'.*missing \['photo_sim'.*train-ranker"):
+        Reranker.load(tmp_path / "ranker")
+    # same names but written for another definition of them
+    meta["feature_names"] = list(FEATURE_NAMES)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RerankerVersionError, match="changed definitions.*train-ranker"):
+        Reranker.load(tmp_path / "ranker")
+
+
 def test_load_refuses_another_format_version(fitted, tmp_path):
     fitted.save(tmp_path / "ranker")
     meta_path = tmp_path / "ranker" / "meta.json"
