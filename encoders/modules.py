@@ -137,6 +137,33 @@ class TextBackbone(SaveableModule):
         self.model = model
         self.tokenizer = tokenizer
         self.output_dim = int(getattr(model.config, "hidden_size", None) or model.config.dim)
+        self._onnx_session = None  # set by use_onnxruntime(); serves eval-mode, no-grad CPU forwards
+
+    @property
+    def runtime(self) -> str:
+        """Where inference forwards run: "onnxruntime" or "torch"."""
+        return "torch" if self._onnx_session is None else "onnxruntime"
+
+    def use_onnxruntime(self, threads: int = 1) -> None:
+        """Run inference forwards (eval mode, autograd off, CPU) through ONNX Runtime: an in-memory export
+        of the loaded weights, checked against torch on a padded probe batch (fp32, equal to ~1e-6).
+        Training forwards stay in torch, and switching to train mode drops the session (the weights may
+        change). Raises ``encoders.backbones.TextRuntimeError`` when it cannot be used."""
+        from encoders.backbones import onnx_text_session
+
+        self._onnx_session = None
+        probe = self.tokenize(["a short query", "a longer query, so that the probe batch has padding in it"])
+        self._onnx_session = onnx_text_session(self.model, probe, threads=threads)
+
+    def train(self, mode: bool = True) -> TextBackbone:
+        if mode and self._onnx_session is not None:
+            logger.info("text backbone back to torch for training (the ONNX Runtime copy would go stale)")
+            self._onnx_session = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        # copies and pickles carry the torch weights only; the session is rebuilt with use_onnxruntime()
+        return {**super().__getstate__(), "_onnx_session": None}
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -150,7 +177,13 @@ class TextBackbone(SaveableModule):
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def forward(self, features: dict) -> dict:
-        out = self.model(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
+        input_ids, attention_mask = features["input_ids"], features["attention_mask"]
+        if (self._onnx_session is not None and not self.training and not torch.is_grad_enabled()
+                and input_ids.device.type == "cpu"):
+            feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+            features["token_embeddings"] = torch.from_numpy(self._onnx_session.run(None, feed)[0])
+            return features
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         features["token_embeddings"] = out.last_hidden_state
         return features
 

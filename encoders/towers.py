@@ -196,6 +196,14 @@ class Tower(nn.Module):
         tower.eval()
         return tower
 
+    def use_onnxruntime(self, threads: int = 1) -> None:
+        """Text tower: run inference forwards of the backbone in ONNX Runtime, several times faster than
+        eager torch for one short query on CPU (see ``TextBackbone.use_onnxruntime``); raises
+        ``encoders.backbones.TextRuntimeError`` when it cannot, leaving the tower on torch."""
+        if self.modality != "text":
+            raise ValueError(f"only the text tower has an ONNX Runtime path, this is the {self.modality} tower")
+        self.backbone.use_onnxruntime(threads)
+
     def freeze_backbone(self, trainable_top_blocks: int = 0) -> None:
         """Freeze the backbone except its top ``trainable_top_blocks`` blocks (0 = fully frozen)."""
         for parameter in self.backbone.parameters():
