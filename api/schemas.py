@@ -161,6 +161,8 @@ class ModelInfo(BaseModel):
     fingerprint: str
     embed_dim: int
     num_classes: int
+    text_runtime: str = Field("torch", description="Where queries are encoded: onnxruntime or torch.")
+    text_runtime_error: str | None = Field(None, description="Why ONNX Runtime was asked for but not used.")
     details: dict[str, Any] = Field(default_factory=dict, description="Backbones and provenance of the bundle.")
 
 

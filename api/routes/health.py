@@ -38,6 +38,8 @@ def health(state: StateDep, response: Response) -> HealthResponse:
             fingerprint=model.fingerprint,
             embed_dim=model.embed_dim,
             num_classes=len(model.labels.classes),
+            text_runtime=model.text_tower.backbone.runtime,
+            text_runtime_error=state.text_runtime_error,
             details=_json_safe({"backbones": model.backbones, **model.info}),
         ),
         index=_json_safe(searcher.vector_index.manifest),

@@ -62,7 +62,12 @@ class RecordingSearcher:
         self.calls: list[dict] = []
         # just enough of the real Searcher's attributes for GET /health
         self.model = SimpleNamespace(
-            fingerprint="f" * 64, embed_dim=4, labels=SimpleNamespace(classes=["Home", "Sports"]), backbones={}, info={}
+            fingerprint="f" * 64,
+            embed_dim=4,
+            labels=SimpleNamespace(classes=["Home", "Sports"]),
+            backbones={},
+            info={},
+            text_tower=SimpleNamespace(backbone=SimpleNamespace(runtime="torch")),
         )
         self.vector_index = SimpleNamespace(manifest={"count": len(listing_ids), "nlist": 1, "nprobe": 1})
         self.bm25 = listing_ids

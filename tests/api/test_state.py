@@ -1,9 +1,12 @@
-"""Start-up loading: a broken re-ranker costs re-ranking, not search."""
+"""Start-up loading: a broken re-ranker costs re-ranking, not search; queries are encoded in ONNX Runtime
+(or in torch, with the reason in /health, when it cannot be used)."""
 
 from __future__ import annotations
 
 import shutil
+import sys
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.config import Settings
@@ -18,7 +21,8 @@ def test_broken_ranker_serves_without_reranking(indexed_workspace, tmp_path):
     (workspace.ranker_dir / "meta.json").write_text('{"format_version": 999}')
     (workspace.ranker_dir / "model.txt").write_text("not a model")
 
-    with TestClient(create_app(Settings(workspace=workspace.root)), raise_server_exceptions=False) as client:
+    settings = Settings(workspace=workspace.root, text_runtime="torch")  # not about the runtime: skip the export
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         health = client.get("/health")
         assert health.status_code == 200, health.text
         ranker = health.json()["ranker"]
@@ -26,3 +30,42 @@ def test_broken_ranker_serves_without_reranking(indexed_workspace, tmp_path):
         response = client.post("/search/text", json={"query": "good condition", "rerank": True})
         assert response.status_code == 200
         assert response.json()["reranked"] is False and response.json()["count"] > 0
+
+
+def _copy(workspace: Workspace, tmp_path) -> Workspace:
+    copy = Workspace.at(tmp_path / "ws")
+    shutil.copytree(workspace.root, copy.root)
+    return copy
+
+
+def test_queries_are_encoded_in_onnxruntime_with_the_torch_results(indexed_workspace, searcher, tmp_path):
+    workspace = _copy(indexed_workspace, tmp_path)
+    queries = ["good condition", "red bike", "oak dining table with four chairs", "iphone"]
+    with TestClient(create_app(Settings(workspace=workspace.root)), raise_server_exceptions=False) as client:
+        model = client.get("/health").json()["model"]
+        assert model["text_runtime"] == "onnxruntime" and model["text_runtime_error"] is None
+        served = [client.post("/search/text", json={"query": q, "k": 10}).json() for q in queries]
+    for query, answer in zip(queries, served):
+        expected = searcher.search(text=query, k=10)  # the session fixture encodes in torch
+        assert [hit["listing"]["id"] for hit in answer["hits"]] == [hit.listing_id for hit in expected.hits]
+        assert [hit["scores"]["vector"] for hit in answer["hits"] if "vector" in hit["scores"]] == pytest.approx(
+            [hit.scores["vector"] for hit in expected.hits if "vector" in hit.scores], abs=1e-5
+        )
+
+
+def test_without_onnxruntime_queries_are_encoded_in_torch_and_health_says_why(indexed_workspace, tmp_path, monkeypatch):
+    workspace = _copy(indexed_workspace, tmp_path)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with TestClient(create_app(Settings(workspace=workspace.root)), raise_server_exceptions=False) as client:
+        model = client.get("/health").json()["model"]
+        assert model["text_runtime"] == "torch" and "onnxruntime is not installed" in model["text_runtime_error"]
+        response = client.post("/search/text", json={"query": "good condition"})
+        assert response.status_code == 200 and response.json()["count"] > 0
+
+
+def test_text_runtime_torch_is_not_an_error(indexed_workspace, tmp_path):
+    workspace = _copy(indexed_workspace, tmp_path)
+    settings = Settings(workspace=workspace.root, text_runtime="torch")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        model = client.get("/health").json()["model"]
+        assert model["text_runtime"] == "torch" and model["text_runtime_error"] is None
