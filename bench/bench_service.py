@@ -14,7 +14,10 @@ What it does
    vector index (nprobe calibrated on real encoded title queries) and BM25 are built with the project's
    own `VectorIndex.build` / `BM25Index.build`; a trained re-ranker in the base is copied. The built
    workspace is reused while base model, size, seed and noise are unchanged.
-2. Starts `marketsearch serve` (uvicorn, one process) on 127.0.0.1 and waits for /health.
+2. Query-runtime check (``--no-runtime-check`` skips it): loads the pipeline in-process and runs the 400
+   benchmark queries with the text tower in torch and then in ONNX Runtime (what the service uses; the
+   catalogue vectors come from torch): cosine of the query vectors and agreement of the top-20 results.
+   Then starts `marketsearch serve` (uvicorn, one process) on 127.0.0.1 and waits for /health.
 3. Measures, with a bounded number of requests each: text search at 1 client (p50/p99), text search
    at 8 concurrent clients (throughput, latency, errors), photo search at 1 client, and reports the
    per-stage timings the service returns (timings_ms) so the dominant stage of each latency is named.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import io
 import json
 import logging
@@ -459,6 +463,57 @@ def run_image(url: str, uploads: list[bytes], requests: int, text: str | None = 
         ]
 
 
+# ------------------------------------------------------------------------------------- query runtime
+
+
+def text_runtime_agreement(workspace: Path, bodies: list[dict], threads: int = 1) -> dict:
+    """Serve-path queries encoded in torch and in ONNX Runtime (what the service uses), one at a time as
+    served: cosine of the two query vectors and agreement of the full pipeline's top-20 (same filters,
+    re-ranker as loaded). The catalogue vectors were computed in torch, so this is the consistency check."""
+    import torch
+
+    from api.config import Settings
+    from api.state import load_state
+
+    torch.set_num_threads(threads)
+    state = load_state(Settings(workspace=workspace, text_runtime="torch", torch_threads=threads))
+    if state.searcher is None:
+        raise SystemExit(f"cannot load the search pipeline: {state.searcher_error}")
+    searcher, model = state.searcher, state.searcher.model
+    try:
+        from search.filters import SearchFilters
+
+        def run() -> tuple[np.ndarray, list[list[str]], list[float]]:
+            vectors, rankings, encode_ms = [], [], []
+            for body in bodies:
+                start = time.perf_counter()
+                vectors.append(model.encode_texts([body["query"]])[0])
+                encode_ms.append((time.perf_counter() - start) * 1000)
+                result = searcher.search(text=body["query"], k=20, filters=SearchFilters(**body.get("filters", {})))
+                rankings.append([hit.listing_id for hit in result.hits])
+            return np.stack(vectors), rankings, encode_ms
+
+        torch_vectors, torch_rankings, torch_ms = run()
+        model.text_tower.use_onnxruntime(threads=threads)
+        fast_vectors, fast_rankings, fast_ms = run()
+    finally:
+        state.close()
+    cosine = np.sum(torch_vectors * fast_vectors, axis=1)
+    overlap = [len(set(a) & set(b)) / max(len(a), 1) for a, b in zip(torch_rankings, fast_rankings)]
+    return {
+        "queries": len(bodies),
+        "reranker": searcher.ranker is not None,
+        "cosine_min": float(cosine.min()),
+        "cosine_p1": float(np.percentile(cosine, 1)),
+        "cosine_median": float(np.median(cosine)),
+        "max_abs_diff": float(np.abs(torch_vectors - fast_vectors).max()),
+        "top20_identical": float(np.mean([a == b for a, b in zip(torch_rankings, fast_rankings)])),
+        "top20_overlap_mean": float(np.mean(overlap)),
+        "top1_identical": float(np.mean([a[:1] == b[:1] for a, b in zip(torch_rankings, fast_rankings)])),
+        "encode_p50_ms": {"torch": percentile(torch_ms, 50), "onnxruntime": percentile(fast_ms, 50)},
+    }
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -569,6 +624,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--port", type=int, default=0, help="0 = a free port")
     parser.add_argument("--server-workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--json-out", type=Path, default=None, help="default: <workspace>/bench-results.json")
+    parser.add_argument(
+        "--no-runtime-check",
+        action="store_true",
+        help="skip comparing torch and ONNX Runtime query vectors and top-20 results before serving",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -588,11 +648,19 @@ def main(argv: list[str] | None = None) -> dict:
     uploads = photo_uploads(args.workspace, 50, args.seed, tuple(args.photo_size))
     results: dict = {"load_before": _uptime(), "cpus": os.cpu_count(), "build": build}
     results["server_workers"] = args.server_workers
+    if not args.no_runtime_check:
+        logger.info("query runtime check: torch vs ONNX Runtime on %d queries", len(bodies))
+        results["text_runtime_agreement"] = text_runtime_agreement(args.workspace, bodies)
+        gc.collect()  # the check's copy of the pipeline is gone before the server loads its own
+        results["load_before"] = _uptime()
     with serving(args.workspace, args.port or _free_port(), args.server_workers) as (url, health):
         results["health"] = {
             "listings": health.get("listings"),
             "index": health.get("index"),
             "ranker": health.get("ranker", {}).get("loaded"),
+            "ranker_error": health.get("ranker", {}).get("error"),
+            "text_runtime": health.get("model", {}).get("text_runtime"),
+            "text_runtime_error": health.get("model", {}).get("text_runtime_error"),
         }
         logger.info("warming up")
         run_text(url, bodies, 30)
@@ -626,6 +694,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"index: {json.dumps({k: results['health']['index'].get(k) for k in ('count', 'nlist', 'nprobe')})}, "
         f"re-ranker: {results['health']['ranker']}"
     )
+    print(f"query encoding: {results['health']['text_runtime']}")
+    if "text_runtime_agreement" in results:
+        print(f"torch vs ONNX Runtime queries: {json.dumps(results['text_runtime_agreement'])}")
     print(f"all numbers: {out}")
     return results
 
