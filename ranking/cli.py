@@ -62,8 +62,9 @@ def train_ranker(
         "--interactions is given: text, image or both.")] = "both",
     train_splits: Annotated[str, typer.Option(
         "--train-splits", help="Model split(s) whose products give the training queries (comma-separated; "
-        "'test' is refused: it is kept for evaluation). They search a corpus of the train and val products.")
-    ] = "train,val",
+        "'test' is refused: it is kept for evaluation). They search a corpus of the train and val products. "
+        "Default val: the towers never trained on those products, so their scores behave as on new listings.")
+    ] = "val",
     valid_splits: Annotated[str, typer.Option(
         "--valid-splits", help="Model split(s) whose products give the early-stopping queries; empty: a random "
         "fifth of the training queries.")] = "",
@@ -79,7 +80,7 @@ def train_ranker(
     """Train the LightGBM LambdaRank re-ranker and save it to WORKSPACE/ranker (model.txt + meta.json).
 
     Labels come from --judgments (+ --queries), from --interactions (+ the feature log), or by default from
-    the known-item protocols on the model's own training products: the query is a listing's title (its
+    the known-item protocols on the model's validation products: the query is a listing's title (its
     indexed text is then the description only) or one of its photos (represented by its other photos);
     grade 2 for that listing, 1 for listings with the same full category path. Early stopping uses a
     held-out fifth of the queries (or --valid-splits products); the test products stay unseen for

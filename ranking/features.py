@@ -50,6 +50,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "category_path_share_vector_top10",  # same, among the vector retriever's top 10
     "category_path_share_bm25_top10",  # same, among BM25's top 10
     "top_category_share_top10",  # share of the RRF top 10 candidates with this top-level category
+    "category_path_share_photo_top10",  # share of the 10 candidates with the closest photos with this path
+    "category_path_share_top3",  # share of the RRF top 3 with this full category path
+    # 1 when the candidate has the full category path of each retriever's best candidate (the likeliest
+    # wanted listing), 0 when not, NaN without that retriever's list
+    "same_path_as_rrf_top1",
+    "same_path_as_vector_top1",
+    "same_path_as_bm25_top1",
+    "same_path_as_photo_top1",
+    # how sure each retriever is of its best candidate (query-level)
+    "vector_top_margin",  # best minus second-best vector score
+    "bm25_top_margin_ratio",  # second-best / best BM25 score
+    "photo_top_margin",  # best minus second-best photo_sim
     # listing metadata
     "log_price",
     "price_to_category_median",
@@ -133,7 +145,19 @@ def _top_by_rank(ranks: np.ndarray, k: int = 10) -> np.ndarray:
     return found[np.argsort(ranks[found], kind="stable")[:k]]
 
 
-def _category_features(query: QueryContext, candidates: Candidates, listings: ListingTable) -> dict[str, np.ndarray]:
+def _top_margin(values: np.ndarray, ratio: bool = False) -> float:
+    """Best minus second-best finite value (or second / best with ``ratio``); NaN with fewer than two."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < 2:
+        return np.nan
+    second, best = np.partition(finite, len(finite) - 2)[-2:]
+    if ratio:
+        return float(second / best) if best > 0 else np.nan
+    return float(best - second)
+
+
+def _category_features(query: QueryContext, candidates: Candidates, listings: ListingTable,
+                       photo_rank: np.ndarray) -> dict[str, np.ndarray]:
     rows = candidates.rows
     n = len(rows)
     probs = np.asarray(query.category_probs, dtype=np.float32).ravel()
@@ -152,15 +176,22 @@ def _category_features(query: QueryContext, candidates: Candidates, listings: Li
     paths = [listings.categories[row] or None for row in rows]
     tops = [int(c) if c >= 0 else None for c in category_index]
     rrf_top = np.argsort(-np.asarray(candidates.rrf_score, dtype=np.float64), kind="stable")[:10]
+    vector_top = _top_by_rank(np.asarray(candidates.vector_rank, dtype=np.float64))
+    bm25_top = _top_by_rank(np.asarray(candidates.bm25_rank, dtype=np.float64))
+    photo_top = _top_by_rank(np.asarray(photo_rank, dtype=np.float64))
     return {
         "category_prob": category_prob,
         "category_prob_ratio": category_prob_ratio,
         "category_path_share_top10": _share_among(paths, rrf_top),
-        "category_path_share_vector_top10": _share_among(
-            paths, _top_by_rank(np.asarray(candidates.vector_rank, dtype=np.float64))),
-        "category_path_share_bm25_top10": _share_among(
-            paths, _top_by_rank(np.asarray(candidates.bm25_rank, dtype=np.float64))),
+        "category_path_share_vector_top10": _share_among(paths, vector_top),
+        "category_path_share_bm25_top10": _share_among(paths, bm25_top),
         "top_category_share_top10": _share_among(tops, rrf_top),
+        "category_path_share_photo_top10": _share_among(paths, photo_top),
+        "category_path_share_top3": _share_among(paths, rrf_top[:3]),
+        "same_path_as_rrf_top1": _share_among(paths, rrf_top[:1]),
+        "same_path_as_vector_top1": _share_among(paths, vector_top[:1]),
+        "same_path_as_bm25_top1": _share_among(paths, bm25_top[:1]),
+        "same_path_as_photo_top1": _share_among(paths, photo_top[:1]),
     }
 
 
@@ -221,7 +252,8 @@ def build_features(
 
     query_terms = set(tokenize(query.text))
     titles = [listings.titles[row] for row in rows]
-    category = _category_features(query, candidates, listings)
+    photo_rank = _rank_descending(photo_sim)
+    category = _category_features(query, candidates, listings, photo_rank)
 
     price = listings.price[rows].astype(np.float32)
     median = listings.category_median_price[rows].astype(np.float32)
@@ -247,7 +279,7 @@ def build_features(
         "image_sim_gap": _gap_to_best(image_sim),
         "photo_sim": photo_sim,
         "photo_sim_gap": _gap_to_best(photo_sim),
-        "photo_sim_rank": _rank_descending(photo_sim),
+        "photo_sim_rank": photo_rank,
         "title_overlap": _title_overlap(query_terms, titles),
         "term_coverage": term_coverage,
         "term_coverage_gap": _gap_to_best(term_coverage),
@@ -263,6 +295,9 @@ def build_features(
         "query_has_text": np.full(n, has_text, dtype=np.float32),
         "query_has_image": np.full(n, 1.0 if query.has_image else 0.0, dtype=np.float32),
         "query_term_count": np.full(n, len(query_terms) if query_terms else np.nan, dtype=np.float32),
+        "vector_top_margin": np.full(n, _top_margin(vector_score), dtype=np.float32),
+        "bm25_top_margin_ratio": np.full(n, _top_margin(bm25_score, ratio=True), dtype=np.float32),
+        "photo_top_margin": np.full(n, _top_margin(photo_sim), dtype=np.float32),
     }
     features = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
     for j, name in enumerate(FEATURE_NAMES):

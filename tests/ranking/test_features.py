@@ -40,6 +40,16 @@ def test_hand_made_case_gives_known_values_and_nan_for_missing():
         "category_path_share_vector_top10": [1.0, 1.0, 0.0, 0.0],  # the vector top 10 is the two bikes
         "category_path_share_bm25_top10": [1 / 3, 1 / 3, 1 / 3, 1 / 3],  # lamp, bike-1, sofa
         "top_category_share_top10": [0.5, 0.5, 0.25, NAN],
+        # RRF order: bike-1, lamp-1, bike-2, sofa-1; closest photos: bike-2, bike-1, sofa-1 (the lamp has none)
+        "category_path_share_photo_top10": [2 / 3, 2 / 3, 0.0, 1 / 3],
+        "category_path_share_top3": [2 / 3, 2 / 3, 1 / 3, 0.0],
+        "same_path_as_rrf_top1": [1, 1, 0, 0],
+        "same_path_as_vector_top1": [1, 1, 0, 0],
+        "same_path_as_bm25_top1": [0, 0, 1, 0],  # BM25's best is the lamp
+        "same_path_as_photo_top1": [1, 1, 0, 0],
+        "vector_top_margin": [0.2, 0.2, 0.2, 0.2],
+        "bm25_top_margin_ratio": [0.5, 0.5, 0.5, 0.5],  # 4 / 8
+        "photo_top_margin": [0.3, 0.3, 0.3, 0.3],
         "log_price": [np.log1p(100.0), NAN, np.log1p(20.0), np.log1p(250.0)],
         "price_to_category_median": [2.0, NAN, 0.5, NAN],
         "photo_count": [3, 1, 0, 2],
@@ -77,7 +87,8 @@ def test_columns_the_first_stage_did_not_compute_are_missing_not_zero():
     X, names = build_features(small_query(), candidates, small_listings(), now_days=19100.0)
     f = as_dict(X, names)
     for name in ("photo_sim", "photo_sim_gap", "photo_sim_rank", "term_coverage", "term_coverage_gap",
-                 "idf_coverage", "term_bm25_score", "term_bm25_ratio"):
+                 "idf_coverage", "term_bm25_score", "term_bm25_ratio", "category_path_share_photo_top10",
+                 "same_path_as_photo_top1", "photo_top_margin"):
         assert np.isnan(f[name]).all(), name
     assert np.isfinite(f["vector_rank"][:2]).all()  # the other columns are unaffected
 
