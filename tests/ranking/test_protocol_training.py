@@ -52,6 +52,23 @@ def test_protocol_corpora_hide_the_query_side(builder):
     assert set(baseline) == set(image.queries) and all(len(run) > 0 for run in baseline.values())
 
 
+def test_image_protocol_photo_vectors_leave_out_the_query_photo(builder):
+    from encoders.embed import normalize_rows
+
+    image = builder.image_protocol(("test",))
+    query = next(iter(image.queries.values()))
+    listing = {x.id: x for x in builder.listings(("test",))}[query.target_id]
+    embeddings = image.searcher.embeddings
+    row = embeddings.row_of[query.target_id]
+    others = [p for p in listing.image_ids if p != query.image_id]
+    _, vectors = builder._encode_photos_and_vectors(others)
+    np.testing.assert_allclose(embeddings.photo[row], normalize_rows(vectors.sum(0, keepdims=True))[0], atol=1e-5)
+    context = image.searcher.query_context(image=image.load_image(query))
+    candidates = image.searcher.candidates(context)
+    assert query.target_id in candidates.listing_ids
+    assert np.isfinite(candidates.photo_sim[candidates.listing_ids.index(query.target_id)])
+
+
 def test_training_uses_only_train_and_val_products(trained, builder):
     ranker, summary = trained
     assert ranker.feature_names_ == list(FEATURE_NAMES)
