@@ -54,7 +54,7 @@ logger = logging.getLogger("bench.bench_service")
 
 TARGETS = {"text_p50_ms": 30.0, "text_p99_ms": 100.0, "image_p50_ms": 150.0}
 BENCH_MANIFEST = "bench-manifest.json"
-BENCH_FORMAT = 1
+BENCH_FORMAT = 2  # 2: replicas carry photo vectors (feature set 3)
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -85,7 +85,13 @@ def build_bench_workspace(config: BuildConfig):
     from catalog.models import Image, Listing
     from catalog.store import Catalog, image_row
     from encoders.bundle import MultiModalModel
-    from encoders.embed import combine_embeddings, ensure_table, listing_embeddings, load_embeddings
+    from encoders.embed import (
+        combine_embeddings,
+        ensure_table,
+        listing_embeddings,
+        listing_photo_vectors,
+        load_embeddings,
+    )
     from index.update import update_indexes
     from marketsearch.workspace import Workspace
 
@@ -242,6 +248,24 @@ def build_bench_workspace(config: BuildConfig):
                     for k, x in enumerate(listings)
                 ],
             )
+            if table.photo is not None:
+                # A replica shows the base listing's photo files, so its raw-backbone photo vector is the base's.
+                conn.execute(delete(listing_photo_vectors).where(listing_photo_vectors.c.listing_id.in_(ids)))
+                conn.execute(
+                    listing_photo_vectors.insert(),
+                    [
+                        {
+                            "listing_id": x.id,
+                            "model_fingerprint": model.fingerprint,
+                            "content_hash": f"bench-replica-{config.seed}",
+                            "dim": int(table.photo.shape[1]),
+                            "n_photos": len(x.image_ids) if table.has_photo[rows[k]] else 0,
+                            "vector": table.photo[rows[k]].tobytes() if table.has_photo[rows[k]] else b"",
+                            "updated_at": now,
+                        }
+                        for k, x in enumerate(listings)
+                    ],
+                )
         written += len(listings)
         logger.info("wrote %d / %d listings", written, config.listings)
     catalog.close()
