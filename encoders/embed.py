@@ -138,26 +138,8 @@ def encode_images_with_photo_vectors(model, images: list, batch_size: int = 32) 
     L2-normalised: the embeddings are what ``model.encode_images`` returns, the photo vectors the image
     tower's pooled backbone output before its projection head.
     """
-    import torch
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tower = model.image_tower
-    images = list(images)
-    embeddings, pooled = [], []
-    was_training = tower.training
-    tower.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                trunk = tower.trunk(tower.prepare(images[start : start + batch_size]))
-                embeddings.append(tower.head(trunk).float().cpu().numpy())
-                pooled.append(trunk.float().cpu().numpy())
-    finally:
-        tower.train(was_training)
-    if not images:
-        return np.zeros((0, tower.embed_dim), np.float32), np.zeros((0, tower.pooled_dim), np.float32)
-    return np.concatenate(embeddings).astype(np.float32), normalize_rows(np.concatenate(pooled))
+    embeddings, pooled = model.image_tower.encode_with_pooled(list(images), batch_size=batch_size)
+    return embeddings, normalize_rows(pooled)
 
 
 def mean_photo_vectors(photo_vectors: np.ndarray, owners: np.ndarray, n_listings: int) -> np.ndarray:

@@ -141,35 +141,42 @@ class Tower(nn.Module):
         batch = self.backbone.tokenize([str(text) for text in items])
         return {key: value.to(self.device) for key, value in batch.items()}
 
-    def _batched(self, items: list, batch_size: int, run) -> list[np.ndarray]:
-        """Run ``run`` over batches; texts are batched by length (less padding), results in input order."""
+    def _batched(self, items: list, batch_size: int, run, dim: int) -> np.ndarray:
+        """``run`` over batches in eval mode, float32 (n, dim) in input order; texts are batched by length
+        (less padding)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         order = (np.argsort([-len(str(t)) for t in items], kind="stable") if self.modality == "text"
                  else np.arange(len(items)))
+        out = np.empty((len(items), dim), np.float32)
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                parts = [run(self.prepare([items[i] for i in order[s : s + batch_size]])).float().cpu().numpy()
-                         for s in range(0, len(items), batch_size)]
+                for s in range(0, len(items), batch_size):
+                    rows = order[s : s + batch_size]
+                    out[rows] = run(self.prepare([items[i] for i in rows])).float().cpu().numpy()
         finally:
             self.train(was_training)
-        if not parts:
-            return []
-        out = np.empty((len(items), parts[0].shape[1]), np.float32)
-        out[order] = np.concatenate(parts)
-        return [out]
+        return out
 
     def encode_pooled(self, items: list, batch_size: int = 32) -> np.ndarray:
         """Pooled backbone features (float32 (n, pooled_dim)) in eval mode."""
-        out = self._batched(items, batch_size, self.trunk)
-        return out[0] if out else np.zeros((0, self.pooled_dim), np.float32)
+        return self._batched(items, batch_size, self.trunk, self.pooled_dim)
 
     def encode(self, items: list, batch_size: int = 32) -> np.ndarray:
         """L2-normalised embeddings, float32 (n, embed_dim)."""
-        out = self._batched(items, batch_size, lambda features: self.forward(features)["embedding"])
-        return out[0] if out else np.zeros((0, self.embed_dim), np.float32)
+        return self._batched(items, batch_size, lambda features: self.forward(features)["embedding"], self.embed_dim)
+
+    def encode_with_pooled(self, items: list, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings (as ``encode``) and the pooled backbone features they came from, in one forward pass:
+        float32 (n, embed_dim) and (n, pooled_dim)."""
+        def run(features: dict) -> torch.Tensor:
+            pooled = self.trunk(features)
+            return torch.cat([self.head(pooled), pooled], dim=1)
+
+        both = self._batched(items, batch_size, run, self.embed_dim + self.pooled_dim)
+        return both[:, : self.embed_dim], both[:, self.embed_dim :]
 
     # -- persistence
     def save(self, folder: Path) -> None:
