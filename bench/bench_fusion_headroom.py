@@ -86,21 +86,15 @@ def main() -> None:
     import torch
 
     from catalog.labels import LabelEncoder
-    from catalog.store import Catalog
     from encoders.bundle import MultiModalModel
-    from encoders.train import CachedFeatures, TrainConfig, load_training_data
+    from encoders.train import CachedFeatures, TrainConfig, load_workspace_training_data
     from marketsearch.workspace import Workspace
 
     torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()
     workspace = Workspace.at(args.workspace)
     config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
-    catalog = Catalog(workspace.db_url, root=workspace.root)
-    try:
-        data = load_training_data(catalog, LabelEncoder.from_json(workspace.labels_path), config.seed,
-                                  config.val_fraction, config.test_fraction)
-    finally:
-        catalog.close()
+    data = load_workspace_training_data(workspace, LabelEncoder.from_json(workspace.labels_path), config)
     model = MultiModalModel.load(args.run / "model")
     features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.root / "cache" / "features",
                               torch.device("cpu"), config.feature_batch_size, progress=True)

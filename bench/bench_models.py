@@ -34,17 +34,12 @@ def logistic_baseline(workspace, run_dir: Path) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from catalog.labels import LabelEncoder
-    from catalog.store import Catalog
-    from encoders.train import CachedFeatures, TrainConfig, _build, load_training_data
+    from encoders.train import CachedFeatures, TrainConfig, _build, load_workspace_training_data
     from fusion.evaluate import classification_metrics
 
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     labels = LabelEncoder.from_json(workspace.labels_path)
-    catalog = Catalog(workspace.db_url, root=workspace.root)
-    try:
-        data = load_training_data(catalog, labels, config.seed, config.val_fraction, config.test_fraction)
-    finally:
-        catalog.close()
+    data = load_workspace_training_data(workspace, labels, config)
     model = _build(config, labels, torch.device("cpu"))
     features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.root / "cache" / "features",
                               torch.device("cpu"), config.feature_batch_size, progress=True)

@@ -33,7 +33,6 @@ def main() -> None:
     import torch
 
     from catalog.labels import LabelEncoder
-    from catalog.store import Catalog
     from encoders.train import (
         BACKBONE_PREFIXES,
         CachedFeatures,
@@ -41,7 +40,7 @@ def main() -> None:
         _build,
         _optimizer,
         evaluate_rows,
-        load_training_data,
+        load_workspace_training_data,
         train_one_epoch,
     )
     from marketsearch.workspace import Workspace
@@ -50,9 +49,7 @@ def main() -> None:
     workspace = Workspace.at(args.workspace)
     labels = LabelEncoder.from_json(workspace.labels_path)
     base = TrainConfig(allow_download=False, progress=False)
-    catalog = Catalog(workspace.db_url, root=workspace.root)
-    data = load_training_data(catalog, labels, base.seed, base.val_fraction, base.test_fraction)
-    catalog.close()
+    data = load_workspace_training_data(workspace, labels, base)
     cpu = torch.device("cpu")
     reference = _build(base, labels, cpu)
     features = CachedFeatures(data, reference.image_tower, reference.text_tower,

@@ -162,6 +162,15 @@ def load_training_data(catalog: Catalog, labels: LabelEncoder, seed: int, val_fr
     )
 
 
+def load_workspace_training_data(workspace, labels: LabelEncoder, config: TrainConfig) -> TrainingData:
+    """``load_training_data`` over a workspace's catalogue, split by ``config``'s seed and fractions."""
+    catalog = Catalog(workspace.db_url, root=workspace.root)
+    try:
+        return load_training_data(catalog, labels, config.seed, config.val_fraction, config.test_fraction)
+    finally:
+        catalog.close()
+
+
 def load_photo(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
@@ -461,11 +470,7 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
     torch.manual_seed(config.seed)
 
     labels = LabelEncoder.from_json(workspace.labels_path)
-    catalog = Catalog(workspace.db_url, root=workspace.root)
-    try:
-        data = load_training_data(catalog, labels, config.seed, config.val_fraction, config.test_fraction)
-    finally:
-        catalog.close()
+    data = load_workspace_training_data(workspace, labels, config)
     counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
     if counts["train"] < 2 or counts["val"] < 1:
         raise ValueError(f"too few listings to train: split sizes {counts}; ingest more data")
