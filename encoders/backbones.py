@@ -101,6 +101,20 @@ def _bounded_socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
+@contextlib.contextmanager
+def _quiet_weight_loading():
+    """Hide transformers' per-load "Loading weights" bar (a local load is instant; the bar is log noise)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 # ------------------------------------------------------------------------------------------ image nets
 
 
@@ -363,7 +377,8 @@ def load_hf_folder(folder: Path):
             f"{folder} is not a Hugging Face checkpoint folder (no config.json); pass a folder written by "
             f"save_pretrained, or a backbone name from {TEXT_BACKBONES}."
         )
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    with _quiet_weight_loading():
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return model, tokenizer
 
