@@ -45,6 +45,7 @@ from encoders.loss import ClipLoss
 from encoders.towers import Tower, build_towers, get_model_config
 from fusion.classifier import FusionClassifier, fit_expert_weights
 from fusion.evaluate import evaluate_fusion, save_confusion_matrix
+from marketsearch.workspace import new_stamped_dir
 
 logger = logging.getLogger(__name__)
 
@@ -431,17 +432,6 @@ def _jsonable(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "predictions"}
 
 
-def new_run_dir(runs_dir: Path) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(runs_dir) / stamp
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = Path(runs_dir) / f"{stamp}-{suffix}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
 def latest_run(runs_dir: Path) -> Path:
     runs = sorted(p for p in Path(runs_dir).glob("*") if (p / "config.json").is_file())
     if not runs:
@@ -463,7 +453,7 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
         logger.info("resuming run %s", run_dir)
     else:
         config = config or TrainConfig()
-        run_dir = new_run_dir(workspace.runs_dir)
+        run_dir = new_stamped_dir(workspace.runs_dir, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     device = pick_device(config.device)
     random.seed(config.seed)
     np.random.seed(config.seed)

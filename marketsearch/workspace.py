@@ -13,6 +13,20 @@ def default_root() -> Path:
     return Path(os.environ.get(DEFAULT_ROOT_ENV, "workspace"))
 
 
+def new_stamped_dir(parent: str | os.PathLike, stamp: str) -> Path:
+    """Create and return ``parent/stamp``, or ``parent/stamp-2``, ``-3``, ... when that name is taken."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while True:
+        path = parent / (stamp if suffix == 1 else f"{stamp}-{suffix}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            suffix += 1
+
+
 @dataclass(frozen=True)
 class Workspace:
     """One folder holding the catalogue database, cleaned images, models and indexes."""

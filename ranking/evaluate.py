@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from marketsearch.workspace import new_stamped_dir
 from ranking.features import build_features
 from ranking.judgments import EvalQuery, Qrels, write_qrels, write_queries
 from search.types import Candidates, ListingTable, QueryContext
@@ -279,14 +280,7 @@ def _clean_p(value: float) -> float:
 # -- writing --------------------------------------------------------------------------------------
 def new_eval_dir(eval_root: str | os.PathLike) -> Path:
     """A fresh ``<eval_root>/<UTC timestamp>/`` folder."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = Path(eval_root) / stamp
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path(eval_root) / f"{stamp}-{suffix}"
-    path.mkdir(parents=True)
-    return path
+    return new_stamped_dir(eval_root, dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
 
 
 def write_runs(runs: Mapping[str, Mapping[str, Mapping[str, float]]], out_dir: str | os.PathLike,
