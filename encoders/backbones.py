@@ -102,8 +102,8 @@ def _bounded_socket_timeout(seconds: float):
 
 
 @contextlib.contextmanager
-def _quiet_weight_loading():
-    """Hide transformers' per-load "Loading weights" bar (a local load is instant; the bar is log noise)."""
+def quiet_transformers_progress():
+    """Hide transformers' "Loading weights" / "Writing model shards" bars: local, near-instant, log noise."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -377,7 +377,7 @@ def load_hf_folder(folder: Path):
             f"{folder} is not a Hugging Face checkpoint folder (no config.json); pass a folder written by "
             f"save_pretrained, or a backbone name from {TEXT_BACKBONES}."
         )
-    with _quiet_weight_loading():
+    with quiet_transformers_progress():
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return model, tokenizer

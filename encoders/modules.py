@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from encoders.backbones import ImagePreprocessing, build_image_net
+from encoders.backbones import ImagePreprocessing, build_image_net, quiet_transformers_progress
 from encoders.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ class TextBackbone(SaveableModule):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / "backbone_config.json", self.get_config_dict())
-        self.model.save_pretrained(str(folder), safe_serialization=True)
+        with quiet_transformers_progress():
+            self.model.save_pretrained(str(folder), safe_serialization=True)
         self.tokenizer.save_pretrained(str(folder))
 
     @classmethod
