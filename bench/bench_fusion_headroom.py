@@ -96,7 +96,7 @@ def main() -> None:
     config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     data = load_workspace_training_data(workspace, LabelEncoder.from_json(workspace.labels_path), config)
     model = MultiModalModel.load(args.run / "model")
-    features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.root / "cache" / "features",
+    features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
                               torch.device("cpu"), config.feature_batch_size, progress=True)
     n = len(data.ids)
     text, image = tower_embeddings(model, features.text_full.numpy(), features.image.numpy(), data.photo_owner, n)

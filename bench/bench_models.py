@@ -41,7 +41,7 @@ def logistic_baseline(workspace, run_dir: Path) -> dict:
     labels = LabelEncoder.from_json(workspace.labels_path)
     data = load_workspace_training_data(workspace, labels, config)
     model = _build(config, labels, torch.device("cpu"))
-    features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.root / "cache" / "features",
+    features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
                               torch.device("cpu"), config.feature_batch_size, progress=True)
     text = features.text_full.numpy()
     image = np.zeros((len(data.ids), features.image.shape[1]), np.float32)
@@ -125,7 +125,7 @@ def main() -> None:
     load_before = os.getloadavg()
     if args.run is None:
         if args.fresh_cache:
-            shutil.rmtree(workspace.root / "cache" / "features", ignore_errors=True)
+            shutil.rmtree(workspace.feature_cache_dir, ignore_errors=True)
         result = train(workspace, TrainConfig(model_config=args.config))
         run_dir, report = result.run_dir, result.report
     else:

@@ -53,7 +53,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     reference = _build(base, labels, cpu)
     features = CachedFeatures(data, reference.image_tower, reference.text_tower,
-                              workspace.root / "cache" / "features", cpu, 32, False)
+                              workspace.feature_cache_dir, cpu, 32, False)
     rebuild = {"head_dropout", "fusion_hidden_dim", "fusion_dropout", "embed_dim", "modality_dropout"}
     for name, overrides in json.loads(args.settings).items():
         config = dataclasses.replace(base, **overrides)

@@ -106,6 +106,8 @@ def embed(
     """Encode new and changed listings with the current model and store their vectors in the catalogue.
 
     Incremental and resumable: listings already embedded with the same model and content are skipped.
+    Photos whose frozen-backbone features training already cached (WORKSPACE/cache/features) only go
+    through the trained head.
     """
     import torch
 
@@ -122,7 +124,8 @@ def embed(
         raise typer.Exit(2) from error
     catalog = Catalog(ws.db_url, root=ws.root)
     try:
-        stats = embed_catalog(model, catalog, batch_size=batch_size, image_batch_size=image_batch_size)
+        stats = embed_catalog(model, catalog, batch_size=batch_size, image_batch_size=image_batch_size,
+                              feature_cache=ws.feature_cache_dir)
     finally:
         catalog.close()
     if as_json:
@@ -130,7 +133,8 @@ def embed(
         return
     typer.echo(f"model {model.fingerprint[:12]}: {stats.listings} listings, {stats.encoded} encoded, "
                f"{stats.up_to_date} up to date, {stats.removed} removed")
-    typer.echo(f"{stats.images_encoded} photos encoded, {stats.image_errors} unreadable, "
+    typer.echo(f"{stats.images_encoded} photos encoded ({stats.images_from_cache} from the training feature "
+               f"cache), {stats.image_errors} unreadable, "
                f"{stats.text_only} text-only listings")
     typer.echo(f"{stats.seconds:.1f} s, {stats.listings_per_s:.1f} listings/s (batch {batch_size}, "
                f"image batch {image_batch_size}, {threads} threads)")

@@ -4,7 +4,9 @@ Per listing: the text vector (title + description), the image vector (mean of th
 embeddings, re-normalised) and the listing vector the index holds (normalised sum of the two, or
 whichever exists). Rows are keyed by (listing id, model fingerprint) and carry a content hash, so a
 re-run encodes only new or changed listings and an interrupted run resumes where it stopped (each batch
-is committed in its own transaction).
+is committed in its own transaction). With frozen backbones (the default profile), photos whose pooled
+features training already computed are read from the workspace's feature cache and only go through
+the trained head, so embedding right after training does not run the image backbone again.
 
 Beside them, from the same forward pass, the listing's *photo vector*: the image tower's pooled
 backbone output (before the projection head) of each photo, L2-normalised, averaged over the listing's
@@ -19,8 +21,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -37,6 +41,8 @@ from sqlalchemy import (
     select,
 )
 from tqdm.auto import tqdm
+
+from encoders.features import FeatureCache, backbone_key, photo_key
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +114,7 @@ class EmbedStats:
     up_to_date: int = 0  # skipped: same content, same model
     removed: int = 0  # rows of listings no longer in the catalogue
     images_encoded: int = 0
+    images_from_cache: int = 0  # of images_encoded: pooled features read from the training feature cache
     image_errors: int = 0  # unreadable / missing photo files (logged, listing keeps its other photos)
     text_only: int = 0  # encoded listings without a usable photo
     seconds: float = 0.0
@@ -177,50 +184,81 @@ def _load_photo(path) -> Image.Image:
         return image.convert("RGB")
 
 
-def _encode_chunk(model, catalog, listings, image_batch_size: int, text_batch_size: int, stats: EmbedStats):
+def _encode_chunk(model, catalog, listings, image_batch_size: int, text_batch_size: int, stats: EmbedStats,
+                  photo_cache: FeatureCache | None = None):
     text = model.encode_texts([listing.text for listing in listings], batch_size=text_batch_size)
-    photos, owners = [], []
+    photos, owners, cached_keys, cached_owners = [], [], [], []
     for row, listing in enumerate(listings):
         for image_id in listing.image_ids:
             path = catalog.image_path(image_id)
             try:
                 if path is None:
                     raise FileNotFoundError(f"image {image_id} is not in the catalogue")
-                photos.append(_load_photo(path))
-                owners.append(row)
+                key = photo_key(image_id, path) if photo_cache is not None else None
+                if key is not None and key in photo_cache.row_of:
+                    cached_keys.append(key)
+                    cached_owners.append(row)
+                else:
+                    photos.append(_load_photo(path))
+                    owners.append(row)
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 stats.image_errors += 1
                 message = f"listing {listing.id}: photo {image_id} skipped ({type(error).__name__}: {error})"
                 stats.errors.append(message)
                 logger.warning(message)
+    embeddings, photo_vectors = [], []
+    if photos:
+        fresh_embeddings, fresh_vectors = encode_images_with_photo_vectors(model, photos, batch_size=image_batch_size)
+        embeddings.append(fresh_embeddings)
+        photo_vectors.append(fresh_vectors)
+    if cached_keys:
+        pooled = photo_cache.get(cached_keys)
+        embeddings.append(model.image_tower.embed_pooled(pooled))
+        photo_vectors.append(normalize_rows(pooled))
+        stats.images_from_cache += len(cached_keys)
     image = np.zeros_like(text)
     counts = np.zeros(len(listings), np.int64)
     photo = None
-    if photos:
-        embeddings, photo_vectors = encode_images_with_photo_vectors(model, photos, batch_size=image_batch_size)
-        owners_array = np.asarray(owners)
-        np.add.at(image, owners_array, embeddings)
+    if embeddings:
+        owners_array = np.asarray(owners + cached_owners, np.int64)
+        np.add.at(image, owners_array, np.concatenate(embeddings))
         np.add.at(counts, owners_array, 1)
-        photo = mean_photo_vectors(photo_vectors, owners_array, len(listings))
-        stats.images_encoded += len(photos)
+        photo = mean_photo_vectors(np.concatenate(photo_vectors), owners_array, len(listings))
+        stats.images_encoded += len(owners_array)
     has_image = counts > 0
     image[has_image] = normalize_rows(image[has_image])
     return text, image, has_image, counts, photo
 
 
+def open_photo_cache(model, feature_cache: str | os.PathLike | None) -> FeatureCache | None:
+    """The training run's cache of this image backbone's pooled photo features, read-only, if it exists.
+
+    The cache folder is named by ``backbone_key`` (architecture, preprocessing, pooling and a hash of the
+    weights), so a fine-tuned or different backbone never reads features that are not its own.
+    """
+    if feature_cache is None:
+        return None
+    cache = FeatureCache(Path(feature_cache) / backbone_key(model.image_tower))
+    return cache if cache.keys else None
+
+
 def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int = 32, progress: bool = True,
-                  prune: bool = True) -> EmbedStats:
+                  prune: bool = True, feature_cache: str | os.PathLike | None = None) -> EmbedStats:
     """Encode new and changed listings of ``catalog`` with ``model`` and store them (incremental, resumable).
 
     batch_size: listings per encoding step and per database transaction (their photos are encoded in
     batches of image_batch_size). prune: delete stored rows (of this model) for listings no longer in the
-    catalogue. Returns counts and throughput.
+    catalogue. feature_cache: the workspace's frozen-feature cache (``Workspace.feature_cache_dir``):
+    photos whose pooled features training already computed with this very backbone skip the backbone
+    and go through the trained head only (read-only: photos not in it are encoded as usual, not added).
+    Returns counts and throughput.
     """
     if batch_size < 1 or image_batch_size < 1:
         raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, image_batch_size={image_batch_size}")
     started = time.perf_counter()
     ensure_table(catalog)
     fingerprint = model.fingerprint
+    photo_cache = open_photo_cache(model, feature_cache)
     table, photo_table = listing_embeddings, listing_photo_vectors
     with catalog.engine.connect() as conn:
         stored = dict(conn.execute(
@@ -249,7 +287,7 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
         chunk = todo[start : start + batch_size]
         listings = [listing for listing, _ in chunk]
         text, image, has_image, counts, photo = _encode_chunk(model, catalog, listings, image_batch_size,
-                                                              batch_size, stats)
+                                                              batch_size, stats, photo_cache)
         vectors = combine_embeddings(text, image, has_image)
         now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
         rows = [{
@@ -288,9 +326,9 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
         stats.removed = len(stale)
     stats.seconds = time.perf_counter() - started
     stats.listings_per_s = stats.encoded / stats.seconds if stats.encoded and stats.seconds > 0 else 0.0
-    logger.info("embed: encoded %d listings (%d photos, %d unreadable) in %.1fs, %.1f listings/s; removed %d",
-                stats.encoded, stats.images_encoded, stats.image_errors, stats.seconds, stats.listings_per_s,
-                stats.removed)
+    logger.info("embed: encoded %d listings (%d photos, %d of them from the feature cache, %d unreadable) in %.1fs, "
+                "%.1f listings/s; removed %d", stats.encoded, stats.images_encoded, stats.images_from_cache,
+                stats.image_errors, stats.seconds, stats.listings_per_s, stats.removed)
     return stats
 
 

@@ -49,6 +49,11 @@ def backbone_key(tower) -> str:
     return f"{tower.modality}-{name}-{digest.hexdigest()[:16]}"
 
 
+def photo_key(image_id: str, path: Path) -> str:
+    """Cache key of a photo file: its id and byte size (a replaced file gets a new key)."""
+    return f"{image_id}:{Path(path).stat().st_size}"
+
+
 def text_key(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 

@@ -164,6 +164,22 @@ class Tower(nn.Module):
         """Pooled backbone features (float32 (n, pooled_dim)) in eval mode."""
         return self._batched(items, batch_size, self.trunk, self.pooled_dim)
 
+    def embed_pooled(self, pooled: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Embeddings (as ``encode``) of pooled backbone features already computed, e.g. read from the
+        frozen-feature cache: float32 (n, pooled_dim) -> float32 (n, embed_dim)."""
+        pooled = np.asarray(pooled, np.float32)
+        out = np.empty((len(pooled), self.embed_dim), np.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(pooled), batch_size):
+                    batch = torch.as_tensor(pooled[s : s + batch_size], device=self.device)
+                    out[s : s + batch_size] = self.head(batch).float().cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
     def encode(self, items: list, batch_size: int = 32) -> np.ndarray:
         """L2-normalised embeddings, float32 (n, embed_dim)."""
         return self._batched(items, batch_size, lambda features: self.forward(features)["embedding"], self.embed_dim)

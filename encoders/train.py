@@ -39,7 +39,7 @@ from catalog.labels import LabelEncoder
 from catalog.split import assign_split
 from catalog.store import Catalog
 from encoders.bundle import MultiModalModel
-from encoders.features import cached_pooled_features, text_key
+from encoders.features import cached_pooled_features, photo_key, text_key
 from encoders.io import copy_dir_atomic, torch_save_atomic, write_json_atomic
 from encoders.loss import ClipLoss
 from encoders.towers import Tower, build_towers, get_model_config
@@ -183,7 +183,7 @@ class CachedFeatures:
 
     def __init__(self, data: TrainingData, image_tower: Tower, text_tower: Tower, cache_root: Path,
                  device: torch.device, batch_size: int, progress: bool):
-        photo_keys = [f"{image_id}:{path.stat().st_size}" for image_id, path in zip(data.photo_ids, data.photo_paths)]
+        photo_keys = [photo_key(image_id, path) for image_id, path in zip(data.photo_ids, data.photo_paths)]
         path_of = dict(zip(photo_keys, data.photo_paths))
         image = cached_pooled_features(image_tower, cache_root, photo_keys, lambda key: load_photo(path_of[key]),
                                        batch_size=batch_size, progress=progress)
@@ -476,7 +476,7 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
     if config.finetune_blocks > 0:
         features = LiveFeatures(data, model.image_tower, model.text_tower)
     else:
-        features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.root / "cache" / "features",
+        features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
                                   device, config.feature_batch_size, config.progress)
     optimizer = _optimizer(model, config)
     from torch.utils.tensorboard import SummaryWriter

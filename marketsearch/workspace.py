@@ -58,6 +58,11 @@ class Workspace:
         return self.root / "labels.json"
 
     @property
+    def feature_cache_dir(self) -> Path:
+        """Frozen-backbone features (``encoders.features``), shared by training, embedding and evaluation."""
+        return self.root / "cache" / "features"
+
+    @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
 

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from encoders.features import photo_key
 from ranking.evaluate import Runs, scores_from_ranking
 from ranking.judgments import EvalQuery, Qrels, known_item_image, known_item_text
 from search.types import ListingTable
@@ -164,7 +165,7 @@ class ProtocolBuilder:
         # frozen backbones (the default CPU training profile): reuse the encoders' pooled-feature cache
         config = dict(self.model.info.get("config") or {})
         self.frozen_backbones = config.get("finetune_blocks", None) == 0
-        self.feature_cache_root = Path(workspace.root) / "cache" / "features"
+        self.feature_cache_root = workspace.feature_cache_dir
         self.split_of = self._split_assignment()
         self._listings = {listing.id: listing for batch in self.catalog.iter_listings() for listing in batch}
         try:
@@ -213,17 +214,12 @@ class ProtocolBuilder:
                      with_pooled: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Embeddings through the encoders' cache of frozen-backbone features, then the trained head
         (and, ``with_pooled``, the L2-normalised pooled features themselves)."""
-        import torch
-
         from encoders.embed import normalize_rows
         from encoders.features import cached_pooled_features
 
         pooled = cached_pooled_features(tower, self.feature_cache_root, keys, load,
                                         batch_size=self.image_batch_size, progress=self.progress)
-        with torch.inference_mode():
-            out = [tower.head(torch.as_tensor(pooled[s : s + 1024])).float().cpu().numpy()
-                   for s in range(0, len(pooled), 1024)]
-        embeddings = np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
+        embeddings = tower.embed_pooled(pooled)
         if with_pooled:
             return embeddings, normalize_rows(pooled) if len(pooled) else np.zeros((0, tower.pooled_dim), np.float32)
         return embeddings
@@ -254,7 +250,7 @@ class ProtocolBuilder:
                        encoder: Callable[[list[Image.Image]], np.ndarray] | None = None) -> np.ndarray:
         if encoder is None and self.frozen_backbones:
             paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
-            keys = [f"{image_id}:{paths[image_id].stat().st_size}" for image_id in image_ids]
+            keys = [photo_key(image_id, paths[image_id]) for image_id in image_ids]
             path_of = {key: paths[image_id] for key, image_id in zip(keys, image_ids)}
             return self._frozen_head(self.model.image_tower, keys, lambda key: load_photo(path_of[key]))
         encoder = encoder or (lambda images: self.model.encode_images(images, batch_size=self.image_batch_size))
@@ -277,7 +273,7 @@ class ProtocolBuilder:
             return np.zeros((0, self.model.embed_dim), np.float32), np.zeros((0, tower.pooled_dim), np.float32)
         if self.frozen_backbones:
             paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
-            keys = [f"{image_id}:{paths[image_id].stat().st_size}" for image_id in image_ids]
+            keys = [photo_key(image_id, paths[image_id]) for image_id in image_ids]
             path_of = {key: paths[image_id] for key, image_id in zip(keys, image_ids)}
             return self._frozen_head(tower, keys, lambda key: load_photo(path_of[key]), with_pooled=True)
         from encoders.embed import encode_images_with_photo_vectors
@@ -449,7 +445,7 @@ class ProtocolBuilder:
             from encoders.features import cached_pooled_features
 
             paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
-            keys = [f"{image_id}:{paths[image_id].stat().st_size}" for image_id in image_ids]
+            keys = [photo_key(image_id, paths[image_id]) for image_id in image_ids]
             path_of = {key: paths[image_id] for key, image_id in zip(keys, image_ids)}
             pooled = cached_pooled_features(tower, self.feature_cache_root, keys,
                                             lambda key: load_photo(path_of[key]), progress=self.progress)

@@ -180,3 +180,45 @@ def test_embeddings_stored_before_photo_vectors_existed_are_redone(workspace_cop
         assert embed_catalog(trained_model, catalog, progress=False).encoded == 0
     finally:
         catalog.close()
+
+
+def test_embed_reads_photo_features_from_the_training_cache(workspace_copy, trained_model, tmp_path):
+    from sqlalchemy import delete
+
+    from encoders.embed import listing_embeddings, listing_photo_vectors, open_photo_cache
+    from encoders.features import FeatureCache
+
+    catalog = Catalog(workspace_copy.db_url, root=workspace_copy.root)
+    try:
+        before = load_embeddings(catalog, trained_model.fingerprint)  # encoded by the backbone itself
+
+        def embed_again(feature_cache):
+            with catalog.engine.begin() as conn:
+                conn.execute(delete(listing_embeddings))
+                conn.execute(delete(listing_photo_vectors))
+            stats = embed_catalog(trained_model, catalog, progress=False, feature_cache=feature_cache)
+            return stats, load_embeddings(catalog, trained_model.fingerprint)
+
+        # training cached every photo of the catalogue: embedding runs no photo through the backbone
+        stats, after = embed_again(workspace_copy.feature_cache_dir)
+        assert stats.images_encoded > 0 and stats.images_from_cache == stats.images_encoded
+        photos = stats.images_encoded
+        np.testing.assert_allclose(after.image, before.image, atol=1e-5)
+        np.testing.assert_allclose(after.listing, before.listing, atol=1e-5)
+        np.testing.assert_allclose(after.photo.astype(np.float32), before.photo.astype(np.float32), atol=2e-3)
+
+        # a cache holding only part of the photos: the rest go through the backbone, same vectors
+        full = open_photo_cache(trained_model, workspace_copy.feature_cache_dir)
+        partial = FeatureCache(tmp_path / "partial" / full.folder.name)
+        half = len(full.keys) // 2
+        partial.add(full.keys[:half], full.features[:half])
+        stats, mixed = embed_again(tmp_path / "partial")
+        assert 0 < stats.images_from_cache < stats.images_encoded == photos
+        np.testing.assert_allclose(mixed.image, before.image, atol=1e-5)
+        np.testing.assert_array_equal(mixed.has_image, before.has_image)
+
+        # another backbone (here: no cache folder for this model's backbone key) reads nothing
+        stats, _ = embed_again(tmp_path / "elsewhere")
+        assert stats.images_from_cache == 0 and stats.images_encoded == photos
+    finally:
+        catalog.close()
