@@ -41,6 +41,7 @@ def main() -> None:
         _optimizer,
         evaluate_rows,
         load_workspace_training_data,
+        selection_score,
         train_one_epoch,
     )
     from marketsearch.workspace import Workspace
@@ -65,15 +66,16 @@ def main() -> None:
         for epoch in range(config.epochs):
             train_one_epoch(model, features, data, optimizer, config, epoch, rng)
             val = evaluate_rows(model, features, data, data.rows("val"))
-            if val["fused"]["accuracy"] > best_score:
-                best_score, best_epoch, best_val = val["fused"]["accuracy"], epoch, val
+            if selection_score(val) > best_score:  # the checkpoint rule of `marketsearch train`
+                best_score, best_epoch, best_val = selection_score(val), epoch, val
                 best_state = {k: v.clone() for k, v in model.state_dict().items()
                               if not k.startswith(BACKBONE_PREFIXES)}
             elif epoch - best_epoch > config.patience:
                 break
         model.load_state_dict(best_state, strict=False)
         line = (f"{name}: best epoch {best_epoch} | val fused {best_val['fused']['accuracy']:.3f} "
-                f"text {best_val['text_only']['accuracy']:.3f} image {best_val['image_only']['accuracy']:.3f}")
+                f"text {best_val['text_only']['accuracy']:.3f} image {best_val['image_only']['accuracy']:.3f} "
+                f"title->photo R@10 (val gallery) {best_val['title_to_photo_recall@10']:.3f}")
         if args.report_test:
             test = evaluate_rows(model, features, data, data.rows("test"))
             line += (f" | test fused {test['fused']['accuracy']:.3f} text {test['text_only']['accuracy']:.3f} "
