@@ -27,11 +27,8 @@ import numpy as np
 
 def tower_embeddings(model, text_pooled: np.ndarray, photo_pooled: np.ndarray, photo_owner: np.ndarray, n: int):
     """Listing text embeddings and image embeddings (mean of the listing's photos, L2-normalised)."""
-    import torch
-
-    with torch.no_grad():
-        text = model.text_tower.head(torch.as_tensor(text_pooled)).numpy()
-        photos = model.image_tower.head(torch.as_tensor(photo_pooled)).numpy()
+    text = model.text_tower.embed_pooled(text_pooled)
+    photos = model.image_tower.embed_pooled(photo_pooled)
     image = np.zeros((n, photos.shape[1]), np.float32)
     np.add.at(image, photo_owner, photos)
     norms = np.linalg.norm(image, axis=1, keepdims=True)

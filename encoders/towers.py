@@ -6,6 +6,7 @@ A tower is an ordered list of saveable modules (see ``encoders.modules``). ``sav
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -149,16 +150,22 @@ class Tower(nn.Module):
         order = (np.argsort([-len(str(t)) for t in items], kind="stable") if self.modality == "text"
                  else np.arange(len(items)))
         out = np.empty((len(items), dim), np.float32)
+        with self._inference():
+            for s in range(0, len(items), batch_size):
+                rows = order[s : s + batch_size]
+                out[rows] = run(self.prepare([items[i] for i in rows])).float().cpu().numpy()
+        return out
+
+    @contextlib.contextmanager
+    def _inference(self):
+        """Eval mode without autograd, restoring the previous mode afterwards."""
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                for s in range(0, len(items), batch_size):
-                    rows = order[s : s + batch_size]
-                    out[rows] = run(self.prepare([items[i] for i in rows])).float().cpu().numpy()
+                yield
         finally:
             self.train(was_training)
-        return out
 
     def encode_pooled(self, items: list, batch_size: int = 32) -> np.ndarray:
         """Pooled backbone features (float32 (n, pooled_dim)) in eval mode."""
@@ -169,15 +176,10 @@ class Tower(nn.Module):
         frozen-feature cache: float32 (n, pooled_dim) -> float32 (n, embed_dim)."""
         pooled = np.asarray(pooled, np.float32)
         out = np.empty((len(pooled), self.embed_dim), np.float32)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                for s in range(0, len(pooled), batch_size):
-                    batch = torch.as_tensor(pooled[s : s + batch_size], device=self.device)
-                    out[s : s + batch_size] = self.head(batch).float().cpu().numpy()
-        finally:
-            self.train(was_training)
+        with self._inference():
+            for s in range(0, len(pooled), batch_size):
+                batch = torch.as_tensor(pooled[s : s + batch_size], device=self.device)
+                out[s : s + batch_size] = self.head(batch).float().cpu().numpy()
         return out
 
     def encode(self, items: list, batch_size: int = 32) -> np.ndarray:
