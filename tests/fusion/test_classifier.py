@@ -78,17 +78,22 @@ def _xor_data(n: int, rng: np.random.Generator):
     return image.astype(np.float32), text.astype(np.float32), (2 * a + b).astype(np.int64)
 
 
+def _fit(head: FusionClassifier, image: np.ndarray, text: np.ndarray, y: np.ndarray, steps: int) -> None:
+    """Full-batch Adam on the joint head's cross-entropy (modality dropout on, as in training)."""
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(head(torch.from_numpy(image), torch.from_numpy(text)), torch.from_numpy(y))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def test_fusion_beats_each_modality_alone_when_they_carry_different_information():
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     image, text, y = _xor_data(1024, rng)
     head = FusionClassifier(2, 2, 4, hidden_dim=32, dropout=0.0, modality_dropout=0.3)
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(300):
-        loss = F.cross_entropy(head(torch.from_numpy(image), torch.from_numpy(text)), torch.from_numpy(y))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _fit(head, image, text, y, steps=300)
     image_t, text_t, y_t = _xor_data(512, rng)
     fused = (head.predict_proba(image_t, text_t).argmax(1) == y_t).mean()
     image_only = (head.predict_proba(image_t, None).argmax(1) == y_t).mean()
@@ -111,12 +116,7 @@ def _trained_on_clean_images(rng: np.random.Generator) -> FusionClassifier:
     torch.manual_seed(0)
     image, text, y = _overfit_image_data(2048, rng, image_noise=0.1)
     head = FusionClassifier(4, 4, 4, hidden_dim=32, dropout=0.0, modality_dropout=0.3)
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = F.cross_entropy(head(torch.from_numpy(image), torch.from_numpy(text)), torch.from_numpy(y))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _fit(head, image, text, y, steps=200)
     return head
 
 
