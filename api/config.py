@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from marketsearch.workspace import default_root
+from core.workspace import default_root
 
 MEGABYTE = 1024 * 1024
 

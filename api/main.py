@@ -7,6 +7,8 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import faiss
+import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
@@ -91,8 +93,6 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 def _set_torch_threads(threads: int) -> None:
     # One query is a small batch: a thread pool per call costs more than it saves on a few shared cores,
     # and concurrent requests already use the other cores. FAISS gets the same budget.
-    import faiss
-    import torch
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)

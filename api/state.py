@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from api.config import Settings
-from marketsearch.workspace import Workspace
+from core.workspace import Workspace
 
 if TYPE_CHECKING:
     from catalog.store import Catalog

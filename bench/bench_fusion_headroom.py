@@ -83,9 +83,9 @@ def main() -> None:
     import torch
 
     from catalog.labels import LabelEncoder
+    from core.workspace import Workspace
     from encoders.bundle import MultiModalModel
     from encoders.train import CachedFeatures, TrainConfig, load_workspace_training_data
-    from marketsearch.workspace import Workspace
 
     torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()

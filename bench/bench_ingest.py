@@ -19,7 +19,7 @@ from pathlib import Path
 from catalog.export import PRODUCT_COLUMNS, read_raw_csv
 from catalog.ingest import ingest_export
 from catalog.quarantine import read_quarantine_report
-from marketsearch.workspace import Workspace
+from core.workspace import Workspace
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,8 +117,8 @@ def main() -> None:
 
     import torch
 
+    from core.workspace import Workspace
     from encoders.train import TrainConfig, train
-    from marketsearch.workspace import Workspace
 
     torch.set_num_threads(args.threads)
     workspace = Workspace.at(args.workspace)

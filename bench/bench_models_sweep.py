@@ -33,6 +33,7 @@ def main() -> None:
     import torch
 
     from catalog.labels import LabelEncoder
+    from core.workspace import Workspace
     from encoders.train import (
         BACKBONE_PREFIXES,
         CachedFeatures,
@@ -44,7 +45,6 @@ def main() -> None:
         selection_score,
         train_one_epoch,
     )
-    from marketsearch.workspace import Workspace
 
     torch.set_num_threads(args.threads)
     workspace = Workspace.at(args.workspace)

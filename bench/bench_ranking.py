@@ -24,7 +24,7 @@ import numpy as np
 
 from ranking.features import FEATURE_NAMES, build_features
 from ranking.reranker import Reranker
-from search.types import Candidates, ListingTable, QueryContext
+from ranking.types import Candidates, ListingTable, QueryContext
 
 WORDS = ("red blue green black white bike chair table lamp sofa phone laptop drill dress shoes kids garden "
          "oak steel vintage new used large small electric wooden leather").split()
@@ -125,8 +125,8 @@ def time_cases(cases, listings: ListingTable, ranker: Reranker, repeats: int,
 
 
 def workspace_cases(workspace_root: str, n_queries: int, depth: int):
-    from marketsearch.workspace import Workspace
-    from ranking.protocol import ProtocolBuilder
+    from core.workspace import Workspace
+    from evaluation.protocol import ProtocolBuilder
 
     workspace = Workspace.at(workspace_root)
     ranker = Reranker.load(workspace.ranker_dir)

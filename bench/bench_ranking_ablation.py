@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from ranking.evaluate import compare_runs, iter_query_candidates, stage_scores
+from evaluation.evaluate import compare_runs, iter_query_candidates, stage_scores
+from evaluation.train import TrainingData, TrainRankerConfig, protocol_training_data, split_queries
 from ranking.features import FEATURE_NAMES
 from ranking.reranker import Reranker
-from ranking.train import TrainingData, TrainRankerConfig, protocol_training_data, split_queries
 
 # The columns new in feature set 3, by what they need.
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -84,8 +84,8 @@ def main() -> None:
 
     import torch
 
-    from marketsearch.workspace import Workspace
-    from ranking.protocol import ProtocolBuilder
+    from core.workspace import Workspace
+    from evaluation.protocol import ProtocolBuilder
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

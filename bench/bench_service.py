@@ -93,7 +93,7 @@ def build_bench_workspace(config: BuildConfig):
         load_embeddings,
     )
     from index.update import update_indexes
-    from marketsearch.workspace import Workspace
+    from core.workspace import Workspace
 
     base_ws, target_ws = Workspace.at(config.base), Workspace.at(config.target)
     if not base_ws.model_dir.exists() or not base_ws.db_path.exists():
@@ -386,7 +386,7 @@ class Sample:
 def text_queries(workspace: Path, n: int, seed: int) -> list[dict]:
     """Queries like buyers type: 2-3 title words, a full title, a brand or item noun; a quarter filtered."""
     from catalog.store import Catalog
-    from marketsearch.workspace import Workspace
+    from core.workspace import Workspace
 
     catalog = Catalog(Workspace.at(workspace).db_url)
     rng = random.Random(seed)
@@ -416,7 +416,7 @@ def text_queries(workspace: Path, n: int, seed: int) -> list[dict]:
 
 def photo_uploads(workspace: Path, n: int, seed: int, size: tuple[int, int]) -> list[bytes]:
     """Catalogue photos re-encoded at ``size`` (a phone photo after the browser shrank it)."""
-    from marketsearch.workspace import Workspace
+    from core.workspace import Workspace
 
     rng = random.Random(seed)
     files = sorted(Workspace.at(workspace).images_dir.glob("*.jpg"))

@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
-from marketsearch.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+from core.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+
+# Commands import their workers inside the function body, not at the top: `marketsearch --help` imports
+# every cli module, and the workers pull in torch, FAISS, pandas or SQLAlchemy (seconds of start-up).
 
 catalog_app = typer.Typer(name="catalog", help="Inspect the catalogue database.", no_args_is_help=True)
 
@@ -94,7 +97,7 @@ def stats(
 ) -> None:
     """Counts of the catalogue: listings, images, text-only listings, prices, listings per category."""
     from catalog.store import Catalog
-    from marketsearch.workspace import Workspace
+    from core.workspace import Workspace
 
     ws = Workspace.at(workspace)
     if db is None and not ws.db_path.is_file():

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from catalog.demo_draw import SHAPES, draw_photo
@@ -137,7 +138,6 @@ def _bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
 def _corrupt_png(jpeg: bytes) -> bytes:
     """The photo re-encoded as PNG (under a .jpg name) with one byte of its pixel data flipped, so the
     chunk checksum no longer matches and Pillow's verify() rejects it."""
-    from PIL import Image
 
     buffer = io.BytesIO()
     Image.open(io.BytesIO(jpeg)).save(buffer, format="PNG")

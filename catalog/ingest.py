@@ -24,7 +24,7 @@ from catalog.quarantine import (
     write_text_only_report,
 )
 from catalog.store import Catalog
-from marketsearch.workspace import Workspace
+from core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

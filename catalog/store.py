@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 
 from catalog import schema
@@ -92,10 +93,7 @@ def _upsert(conn: Connection, table, rows: list[dict]) -> None:
         return
     dialect = conn.dialect.name
     if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
         stmt = insert(table)
         keys = [c.name for c in table.primary_key.columns]
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}

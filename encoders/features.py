@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from encoders.io import write_json_atomic
+from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

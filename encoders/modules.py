@@ -23,9 +23,18 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torchvision.transforms import InterpolationMode, v2
 
-from encoders.backbones import ImagePreprocessing, build_image_net, quiet_transformers_progress
-from encoders.io import write_json_atomic
+from core.files import write_json_atomic
+from core.weights import load_strict
+from encoders.backbones import (
+    ImagePreprocessing,
+    build_image_net,
+    load_hf_folder,
+    onnx_text_session,
+    quiet_transformers_progress,
+    text_blocks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +68,6 @@ class SaveableModule(nn.Module):
         return module
 
 
-def load_strict(module: nn.Module, state: dict, where: Path | str) -> None:
-    """load_state_dict(strict) with one readable error listing every offending key."""
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise ValueError(f"weights in {where} do not match {type(module).__name__}: {error}") from error
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"weights in {where} do not match {type(module).__name__}: missing keys {result.missing_keys}, "
-            f"unexpected keys {result.unexpected_keys}; the folder was written by a different architecture"
-        )
-
-
 class ImageBackbone(SaveableModule):
     """A torchvision-style conv trunk plus the preprocessing that belongs to its weights."""
 
@@ -99,7 +95,6 @@ class ImageBackbone(SaveableModule):
 
     def transforms(self, train: bool = False):
         """torchvision v2 transform turning a PIL image into a normalised float tensor."""
-        from torchvision.transforms import InterpolationMode, v2
 
         p = ImagePreprocessing(**self.preprocessing)
         interpolation = InterpolationMode(p.interpolation)
@@ -149,7 +144,6 @@ class TextBackbone(SaveableModule):
         of the loaded weights, checked against torch on a padded probe batch (fp32, equal to ~1e-6).
         Training forwards stay in torch, and switching to train mode drops the session (the weights may
         change). Raises ``encoders.backbones.TextRuntimeError`` when it cannot be used."""
-        from encoders.backbones import onnx_text_session
 
         self._onnx_session = None
         probe = self.tokenize(["a short query", "a longer query, so that the probe batch has padding in it"])
@@ -167,7 +161,6 @@ class TextBackbone(SaveableModule):
 
     @property
     def blocks(self) -> list[nn.Module]:
-        from encoders.backbones import text_blocks
 
         return text_blocks(self.model)
 
@@ -197,7 +190,6 @@ class TextBackbone(SaveableModule):
 
     @classmethod
     def load(cls, folder: Path) -> TextBackbone:
-        from encoders.backbones import load_hf_folder
 
         folder = Path(folder)
         config = json.loads((folder / "backbone_config.json").read_text())

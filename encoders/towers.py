@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from PIL import Image
 from torch import nn
 
+from core.files import write_json_atomic
 from encoders.backbones import BackboneChoice, resolve_image_backbone, resolve_text_backbone
-from encoders.io import write_json_atomic
 from encoders.modules import ImageBackbone, Normalize, Pooling, Projection, TextBackbone, module_type
 
 logger = logging.getLogger(__name__)
@@ -246,7 +247,6 @@ def _rgb(image) -> Image.Image:
 
 
 def library_versions() -> dict:
-    import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}

@@ -33,19 +33,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from catalog.labels import LabelEncoder
 from catalog.split import assign_split
 from catalog.store import Catalog
+from core.files import copy_dir_atomic, write_atomic, write_json_atomic
+from core.workspace import new_stamped_dir
 from encoders.bundle import MultiModalModel
 from encoders.features import cached_pooled_features, photo_key, text_key
-from encoders.io import copy_dir_atomic, torch_save_atomic, write_json_atomic
 from encoders.loss import ClipLoss
 from encoders.towers import Tower, build_towers, get_model_config
 from fusion.classifier import FusionClassifier, fit_expert_weights
 from fusion.evaluate import evaluate_fusion, save_confusion_matrix
-from marketsearch.workspace import new_stamped_dir
 
 logger = logging.getLogger(__name__)
 
@@ -479,7 +480,6 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
         features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
                                   device, config.feature_batch_size, config.progress)
     optimizer = _optimizer(model, config)
-    from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     history, start_epoch, best_score, best_epoch = [], 0, -math.inf, -1
@@ -514,8 +514,8 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
                  "best_epoch": epoch if improved else best_epoch, "config": dataclasses.asdict(config)}
         if improved:
             best_score, best_epoch = score, epoch
-            torch_save_atomic(state, best_path)
-        torch_save_atomic(state, last_path)
+            write_atomic(best_path, lambda tmp: torch.save(state, tmp))
+        write_atomic(last_path, lambda tmp: torch.save(state, tmp))
         write_json_atomic(run_dir / "metrics.json", {"history": history, "best_epoch": best_epoch})
         bar.set_postfix(loss=f"{train_stats['loss']:.3f}", fused=f"{val['fused']['accuracy']:.3f}",
                         r10=f"{val['title_to_photo_recall@10']:.3f}")

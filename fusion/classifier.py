@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from encoders.io import write_json_atomic
+from core.files import write_json_atomic
+from core.weights import load_strict
 
 
 class FusionClassifier(nn.Module):
@@ -162,8 +163,6 @@ class FusionClassifier(nn.Module):
 
     @classmethod
     def load(cls, folder: Path) -> FusionClassifier:
-        from encoders.modules import load_strict
-
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder / 'config.json'} not found: not a saved FusionClassifier")

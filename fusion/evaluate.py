@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 logger = logging.getLogger(__name__)
@@ -52,16 +53,12 @@ def evaluate_fusion(classifier, image_emb: np.ndarray, text_emb: np.ndarray, has
 def save_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], path: Path,
                           title: str = "Fused classifier, test products") -> np.ndarray:
     """Row-normalised confusion matrix as a PNG (written atomically); returns the raw count matrix."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = list(range(len(class_names)))
     counts = confusion_matrix(y_true, y_pred, labels=labels)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(6.0, 0.55 * len(class_names) + 3)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(labels, [name[:24] for name in class_names], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(labels, [name[:24] for name in class_names], fontsize=8)
@@ -78,6 +75,5 @@ def save_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: l
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(path)
     return counts

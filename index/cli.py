@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
-from marketsearch.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+from core.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+
+# Commands import their workers inside the function body, not at the top: `marketsearch --help` imports
+# every cli module, and the workers pull in torch, FAISS, pandas or SQLAlchemy (seconds of start-up).
 
 
 def index(

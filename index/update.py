@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.store import Catalog
+from encoders.bundle import MultiModalModel
+from encoders.embed import load_embeddings
 from index.bm25 import BM25Index, listing_text
 from index.storage import IndexLoadError
 from index.vector_index import VectorIndex
@@ -63,7 +66,6 @@ def read_model_fingerprint(model_dir: str | Path) -> str:
     ``bundle.json`` also records it, but a bundle whose files were edited (or written by an older
     version) would then disagree with what ``embed`` and the service compute, so the bundle is loaded.
     """
-    from encoders.bundle import MultiModalModel
 
     if not (Path(model_dir) / "bundle.json").is_file():
         raise FileNotFoundError(f"no model bundle at {model_dir} (bundle.json missing); run `marketsearch train`")
@@ -91,8 +93,6 @@ def update_indexes(
     The vector index covers listings embedded with the current model; BM25 covers every listing.
     An existing vector index built with another model (or corrupt) is rebuilt from scratch.
     """
-    from catalog.store import Catalog
-    from encoders.embed import load_embeddings
 
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -9,9 +9,9 @@ import typer
 from api import cli as api_cli
 from catalog import cli as catalog_cli
 from encoders import cli as encoders_cli
+from evaluation import cli as evaluation_cli
 from index import cli as index_cli
 from marketsearch import jobs
-from ranking import cli as ranking_cli
 
 app = typer.Typer(
     name="marketsearch",
@@ -46,6 +46,6 @@ app.add_typer(catalog_cli.catalog_app, name="catalog")
 app.command("train")(encoders_cli.train)
 app.command("embed")(encoders_cli.embed)
 app.command("index")(index_cli.index)
-app.command("train-ranker")(ranking_cli.train_ranker)
-app.command("evaluate")(ranking_cli.evaluate)
+app.command("train-ranker")(evaluation_cli.train_ranker)
+app.command("evaluate")(evaluation_cli.evaluate)
 app.command("serve")(api_cli.serve)

@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from marketsearch.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+from api import cli as api_cli
+from catalog import cli as catalog_cli
+from core.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+from encoders import cli as encoders_cli
+from evaluation import cli as evaluation_cli
+from index import cli as index_cli
+
+# Commands import their workers inside the function body, not at the top: `marketsearch --help` imports
+# every cli module, and the workers pull in torch, FAISS, pandas or SQLAlchemy (seconds of start-up).
 
 ConfigOption = Annotated[
     str,
@@ -56,9 +64,6 @@ def build_steps(
     offline: bool,
     ranker: bool,
 ) -> list[tuple[str, Callable[[], None]]]:
-    from catalog import cli as catalog_cli
-    from encoders import cli as encoders_cli
-    from index import cli as index_cli
 
     steps = [
         ("ingest", lambda: catalog_cli.ingest(products=products, images=images, image_dir=image_dir,
@@ -68,9 +73,8 @@ def build_steps(
         ("index", lambda: index_cli.index(workspace=workspace)),
     ]
     if ranker:
-        from ranking import cli as ranking_cli
 
-        steps.append(("train-ranker", lambda: ranking_cli.train_ranker(workspace=workspace)))
+        steps.append(("train-ranker", lambda: evaluation_cli.train_ranker(workspace=workspace)))
     return steps
 
 
@@ -133,12 +137,10 @@ def demo(
     steps += build_steps(workspace, products, images, image_dir, config=config, epochs=epochs,
                          offline=offline, ranker=True)
     if evaluate:
-        from ranking import cli as ranking_cli
 
-        steps.append(("evaluate", lambda: ranking_cli.evaluate(workspace=workspace)))
+        steps.append(("evaluate", lambda: evaluation_cli.evaluate(workspace=workspace)))
     run_steps(steps)
     if serve:
-        from api import cli as api_cli
 
         typer.secho(f"\nserving http://{host}:{port}/  (API docs at /docs; Ctrl-C to stop)", bold=True)
         api_cli.serve(workspace=workspace, host=host, port=port)

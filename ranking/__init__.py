@@ -1,1 +1,2 @@
-"""Learning-to-rank re-ranker and offline ranking evaluation."""
+"""The learning-to-rank re-ranker the pipeline serves with: candidate types, features, the LightGBM model
+and the served-feature log."""

@@ -3,7 +3,7 @@
 Every served search can append one JSON line per candidate to ``<logs_dir>/features/features-<date>.jsonl``:
 ``{"query_id", "listing_id", "position", "logged_at", "query_text", "query_has_image",
 "feature_set_version", "features": {name: value or null}}``. Later, interactions keyed by the same
-``query_id`` (see ``ranking.judgments.read_interactions``) label those rows, and the re-ranker is
+``query_id`` (see ``evaluation.judgments.read_interactions``) label those rows, and the re-ranker is
 trained on exactly the features the service computed.
 """
 
@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ranking.features import FEATURE_NAMES, FEATURE_SET_VERSION
-from ranking.judgments import Qrels
-from search.types import Candidates, QueryContext
+from ranking.types import Candidates, QueryContext
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ def read_feature_logs(
 
 
 def training_data_from_logs(
-    logged: LoggedCandidates, labels: Mapping[str, Mapping[str, int]] | Qrels, *, require_positive: bool = True
+    logged: LoggedCandidates, labels: Mapping[str, Mapping[str, int]], *, require_positive: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Label logged rows with graded relevance (0 when a shown candidate got no interaction).
 

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from search.types import Candidates, ListingTable, QueryContext
+from ranking.types import Candidates, ListingTable, QueryContext
 
 FEATURE_SET_VERSION = "3"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from search.types import ListingTable
+from ranking.types import ListingTable
 
 
 @dataclass(frozen=True)

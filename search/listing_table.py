@@ -9,7 +9,7 @@ import numpy as np
 
 from catalog.labels import LabelEncoder
 from catalog.store import Catalog
-from search.types import ListingTable
+from ranking.types import ListingTable
 
 logger = logging.getLogger(__name__)
 

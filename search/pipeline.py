@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 
 from index.fusion import reciprocal_rank_fusion
+from ranking.types import Candidates, ListingTable, QueryContext
 from search.filters import FilterMasks, SearchFilters
-from search.types import Candidates, ListingTable, QueryContext
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from core.workspace import Workspace
     from encoders.bundle import MultiModalModel
     from encoders.embed import EmbeddingTable
     from index.bm25 import BM25Index
     from index.vector_index import VectorIndex
-    from marketsearch.workspace import Workspace
     from ranking.feature_log import FeatureLogger
     from ranking.reranker import Reranker
 

@@ -12,7 +12,7 @@ from PIL import Image
 from api.config import Settings
 from api.main import create_app
 from api.state import ServiceState
-from marketsearch.workspace import Workspace
+from core.workspace import Workspace
 from tests.api.fakes import RecordingSearcher, tiny_catalog
 
 

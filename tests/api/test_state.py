@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.config import Settings
 from api.main import create_app
-from marketsearch.workspace import Workspace
+from core.workspace import Workspace
 
 
 def test_broken_ranker_serves_without_reranking(indexed_workspace, tmp_path):

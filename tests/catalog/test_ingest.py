@@ -10,7 +10,7 @@ from catalog.ingest import ingest_export
 from catalog.labels import LabelEncoder
 from catalog.quarantine import read_quarantine_report
 from catalog.store import Catalog
-from marketsearch.workspace import Workspace
+from core.workspace import Workspace
 
 
 def all_listings(catalog):

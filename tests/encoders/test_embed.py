@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from catalog.store import Catalog
+from core.workspace import Workspace
 from encoders.embed import combine_embeddings, embed_catalog, load_embeddings
-from marketsearch.workspace import Workspace
 
 
 @pytest.fixture()

@@ -62,7 +62,7 @@ def test_run_folder_holds_checkpoints_metrics_report_and_split(trained_run):
 
 def test_resume_continues_from_the_last_checkpoint(demo_workspace, tmp_path):
     shutil.copytree(demo_workspace.root, tmp_path / "ws")
-    from marketsearch.workspace import Workspace
+    from core.workspace import Workspace
 
     workspace = Workspace.at(tmp_path / "ws")
     first = train(workspace, TrainConfig(model_config="tiny", epochs=2, patience=10, progress=False,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from core.workspace import Workspace
 from index.bm25 import BM25Index
 from index.update import bm25_dir, read_model_fingerprint, update_indexes, vector_index_dir
 from index.vector_index import VectorIndex
 from marketsearch.cli import app
-from marketsearch.workspace import Workspace
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.types import Candidates, ListingTable, QueryContext
+from ranking.types import Candidates, ListingTable, QueryContext
 
 NAN = np.nan
 

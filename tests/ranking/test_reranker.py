@@ -4,7 +4,7 @@ import lightgbm
 import numpy as np
 import pytest
 
-from ranking.evaluate import compare_runs, scores_from_ranking
+from evaluation.evaluate import compare_runs, scores_from_ranking
 from ranking.features import FEATURE_NAMES
 from ranking.reranker import NotFittedError, Reranker, RerankerVersionError
 

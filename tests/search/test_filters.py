@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from ranking.types import ListingTable
 from search.filters import FilterMasks, SearchFilters
-from search.types import ListingTable
 
 
 def make_table() -> ListingTable:

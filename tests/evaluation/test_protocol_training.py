@@ -5,11 +5,11 @@ import shutil
 import numpy as np
 import pytest
 
-from marketsearch.workspace import Workspace
-from ranking.evaluate import collect_runs, compare_runs
+from core.workspace import Workspace
+from evaluation.evaluate import collect_runs, compare_runs
+from evaluation.train import TrainRankerConfig, split_queries, train_from_protocol, training_data
 from ranking.feature_log import FeatureLogger, log_files, read_feature_logs
 from ranking.features import FEATURE_NAMES
-from ranking.train import TrainRankerConfig, split_queries, train_from_protocol, training_data
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def ranking_workspace(indexed_workspace, tmp_path_factory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def builder(ranking_workspace):
-    from ranking.protocol import ProtocolBuilder
+    from evaluation.protocol import ProtocolBuilder
 
     builder = ProtocolBuilder(ranking_workspace, progress=False)
     yield builder

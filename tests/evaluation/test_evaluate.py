@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from ranking.evaluate import compare_runs, scores_from_ranking, stage_scores, write_evaluation, write_runs
-from ranking.judgments import read_qrels
+from evaluation.evaluate import compare_runs, scores_from_ranking, stage_scores, write_evaluation, write_runs
+from evaluation.judgments import read_qrels
 from tests.ranking.helpers import small_candidates
 
 

@@ -269,7 +269,7 @@ def known_item_text(
     """Known-item text protocol: one query per listing with a title, the title itself.
 
     ``corpus`` (default: ``listings``) is what is searched; it must contain ``listings`` and index
-    each listing by its description only (``ranking.protocol``), otherwise the title would find itself.
+    each listing by its description only (``evaluation.protocol``), otherwise the title would find itself.
     """
     groups = _same_path_groups(corpus if corpus is not None else listings)
     queries: dict[str, EvalQuery] = {}
@@ -290,7 +290,7 @@ def known_item_image(
     """Known-item image protocol: for each listing with at least two photos, its first photo is the query.
 
     ``corpus`` (default: ``listings``) must represent that listing by its other photos only
-    (``ranking.protocol``).
+    (``evaluation.protocol``).
     """
     groups = _same_path_groups(corpus if corpus is not None else listings)
     queries: dict[str, EvalQuery] = {}

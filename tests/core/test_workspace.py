@@ -1,4 +1,4 @@
-from marketsearch.workspace import new_stamped_dir
+from core.workspace import new_stamped_dir
 
 
 def test_new_stamped_dir_never_reuses_a_taken_name(tmp_path):

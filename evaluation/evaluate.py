@@ -24,12 +24,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from matplotlib.figure import Figure
+from ranx import Qrels as RanxQrels
+from ranx import Run as RanxRun
+from ranx import compare, evaluate
 from tqdm.auto import tqdm
 
-from marketsearch.workspace import new_stamped_dir
+from core.workspace import new_stamped_dir
+from evaluation.judgments import EvalQuery, Qrels, write_qrels, write_queries
 from ranking.features import build_features
-from ranking.judgments import EvalQuery, Qrels, write_qrels, write_queries
-from search.types import Candidates, ListingTable, QueryContext
+from ranking.types import Candidates, ListingTable, QueryContext
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +227,6 @@ def compare_runs(
     Queries of ``qrels`` missing from a run count as empty rankings (score 0); run queries without
     judgments are ignored. Inputs are not modified.
     """
-    from ranx import Qrels as RanxQrels
-    from ranx import Run as RanxRun
-    from ranx import compare, evaluate
 
     if not qrels:
         raise ValueError("qrels are empty: nothing to evaluate against")
@@ -307,14 +308,10 @@ def write_runs(runs: Mapping[str, Mapping[str, Mapping[str, float]]], out_dir: s
 
 def plot_report(report: EvaluationReport, out_dir: str | os.PathLike, prefix: str = "") -> list[Path]:
     """Bar chart of every metric per stage and the per-query NDCG@10 distribution per stage (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     paths = []
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(report.stages)
     positions = np.arange(len(report.metrics))
     for i, stage in enumerate(report.stages):
@@ -329,11 +326,11 @@ def plot_report(report: EvaluationReport, out_dir: str | os.PathLike, prefix: st
     fig.tight_layout()
     path = out_dir / f"{prefix}metrics.png"
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     paths.append(path)
 
     metric = "ndcg@10" if "ndcg@10" in report.metrics else report.metrics[0]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     ax.boxplot([report.per_query[stage][metric] for stage in report.stages], showmeans=True)
     ax.set_xticks(np.arange(1, len(report.stages) + 1), report.stages)
     ax.set_ylabel(f"per-query {metric}")
@@ -341,7 +338,6 @@ def plot_report(report: EvaluationReport, out_dir: str | os.PathLike, prefix: st
     fig.tight_layout()
     path = out_dir / f"{prefix}per_query_{metric.replace('@', '_at_')}.png"
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     paths.append(path)
     return paths
 

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ranking.judgments import (
+from evaluation.judgments import (
     EVENT_GRADES,
     EvalQuery,
     known_item_image,

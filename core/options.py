@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from marketsearch.workspace import DEFAULT_ROOT_ENV, Workspace
+from core.workspace import DEFAULT_ROOT_ENV, Workspace
 
 WorkspaceOption = Annotated[
     Path,

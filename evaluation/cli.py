@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
-from marketsearch.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+from core.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
+
+# Commands import their workers inside the function body, not at the top: `marketsearch --help` imports
+# every cli module, and the workers pull in torch, FAISS, pandas or SQLAlchemy (seconds of start-up).
 
 ThreadsOption = Annotated[
     int, typer.Option("--threads", min=1, help="CPU threads for torch encoding and LightGBM training. One query "
@@ -86,7 +89,7 @@ def train_ranker(
     held-out fifth of the queries (or --valid-splits products); the test products stay unseen for
     `marketsearch evaluate`.
     """
-    from ranking.train import TrainRankerConfig
+    from evaluation.train import TrainRankerConfig
 
     ws = open_workspace(workspace)
     _set_threads(threads)
@@ -96,9 +99,9 @@ def train_ranker(
         raise typer.BadParameter("give --judgments or --interactions, not both")
     try:
         if interactions is not None:
+            from evaluation.judgments import read_interactions
+            from evaluation.train import train_from_interactions
             from ranking.feature_log import FeatureLogger, log_files
-            from ranking.judgments import read_interactions
-            from ranking.train import train_from_interactions
 
             paths = log_files(FeatureLogger.for_workspace(ws).directory)
             if not paths:
@@ -111,8 +114,8 @@ def train_ranker(
         elif judgments is not None:
             if queries is None:
                 raise typer.BadParameter("--judgments needs --queries (the query texts or images)")
-            from ranking.judgments import read_qrels, read_queries
-            from ranking.train import train_from_judgments
+            from evaluation.judgments import read_qrels, read_queries
+            from evaluation.train import train_from_judgments
             from search.pipeline import Searcher
 
             searcher = Searcher.from_workspace(ws, load_ranker=False)
@@ -121,7 +124,7 @@ def train_ranker(
                 load_image=_query_image_loader(), reranker_params=params,
             )
         else:
-            from ranking.train import train_from_protocol
+            from evaluation.train import train_from_protocol
 
             config = TrainRankerConfig(
                 train_splits=_splits(train_splits),
@@ -149,7 +152,7 @@ def train_ranker(
 
 
 def _query_image_loader():
-    from ranking.protocol import load_photo
+    from evaluation.protocol import load_photo
 
     def load(query):
         if query.image_path is None:
@@ -192,7 +195,7 @@ def evaluate(
     qrels, report.json, report.md and PNG plots to WORKSPACE/eval/TIMESTAMP/ (one set per protocol,
     prefixed text. / image.), and prints a summary table.
     """
-    from ranking.evaluate import collect_runs, compare_runs, new_eval_dir, write_evaluation
+    from evaluation.evaluate import collect_runs, compare_runs, new_eval_dir, write_evaluation
     from ranking.reranker import Reranker
 
     if stat_test not in ("student", "fisher"):
@@ -214,7 +217,7 @@ def evaluate(
         out_dir = new_eval_dir(ws.eval_dir)
         reports = []
         if queries is not None:
-            from ranking.judgments import read_qrels, read_queries
+            from evaluation.judgments import read_qrels, read_queries
             from search.pipeline import Searcher
 
             searcher = Searcher.from_workspace(ws, load_ranker=False)
@@ -227,7 +230,7 @@ def evaluate(
             write_evaluation(out_dir, report, runs, judged, query_set)
             reports.append(report)
         else:
-            from ranking.protocol import ProtocolBuilder
+            from evaluation.protocol import ProtocolBuilder
 
             builder = ProtocolBuilder(ws)
             try:

@@ -19,14 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from ranking.evaluate import DEFAULT_DEPTH, CandidateSource, iter_query_candidates
-from ranking.judgments import (
+from evaluation.evaluate import DEFAULT_DEPTH, CandidateSource, iter_query_candidates
+from evaluation.judgments import (
     INTERACTION_LABEL_DEFINITION,
     KNOWN_ITEM_LABEL_DEFINITION,
     QRELS_LABEL_DEFINITION,
     EvalQuery,
     Qrels,
 )
+from evaluation.protocol import ProtocolBuilder
+from ranking.feature_log import read_feature_logs, training_data_from_logs
 from ranking.reranker import Reranker
 
 logger = logging.getLogger(__name__)
@@ -162,7 +164,6 @@ def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerCo
 
 def train_from_protocol(workspace, config: TrainRankerConfig | None = None, *, builder=None) -> tuple[Reranker, dict]:
     """Train the re-ranker with the known-item protocols on the model's non-test products (``config``)."""
-    from ranking.protocol import ProtocolBuilder
 
     config = config or TrainRankerConfig()
     own_builder = builder is None
@@ -198,7 +199,6 @@ def train_from_judgments(source: CandidateSource, queries: Mapping[str, EvalQuer
 def train_from_interactions(log_paths, interactions: Qrels, *, valid_fraction: float = 0.2, seed: int = 0,
                             reranker_params: dict | None = None) -> tuple[Reranker, dict]:
     """Train on served searches: the feature log labelled with logged interactions."""
-    from ranking.feature_log import read_feature_logs, training_data_from_logs
 
     logged = read_feature_logs(log_paths)
     X, y, group, query_ids = training_data_from_logs(logged, interactions)

@@ -6,9 +6,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -20,12 +19,17 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def torch_save_atomic(obj, path: Path) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    torch.save(obj, tmp)
+    try:
+        write(Path(tmp))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
