@@ -1,0 +1,211 @@
+"""HTTP load against `marketsearch serve`: start the server, send bounded request sets, summarise them.
+
+    with serving(workspace, free_port()) as (url, health):
+        summary = summarize(run_text(url, bodies, 500))
+
+`serving` starts `marketsearch serve` (uvicorn, ``workers`` processes) on 127.0.0.1 in a subprocess
+(its output goes to ``<workspace>/bench-server.log``) and yields once /health says ok. The load functions
+send a bounded number of requests with httpx (keep-alive, one connection per client): text search at one
+client (`run_text`), at several concurrent clients (`run_concurrent_text`: samples and wall time) and
+photo search, optionally with words (`run_image`). Each request becomes a `Sample`; `summarize` gives
+errors, p50/p90/p99 latency and the per-stage timings the service returns (``timings_ms``), and
+`dominant` names the top stages of a summary.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(workspace: Path, port: int, workers: int = 1, startup_timeout: float = 600.0):
+    """`marketsearch serve` in a subprocess; yields its base URL once /health says ok."""
+    executable = Path(sys.executable).parent / "marketsearch"
+    log_path = Path(workspace) / "bench-server.log"
+    command = [
+        str(executable),
+        "serve",
+        "--workspace",
+        str(workspace),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--workers",
+        str(workers),
+    ]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        deadline = started + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"the server exited with {process.returncode}; see {log_path}")
+            try:
+                response = httpx.get(url + "/health", timeout=5)
+                if response.status_code == 200:
+                    break
+                if response.status_code == 503:
+                    raise SystemExit(f"the server cannot search: {response.json().get('detail')}")
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the server did not become healthy in {startup_timeout:.0f}s; see {log_path}")
+            time.sleep(0.5)
+        if workers > 1:
+            # Workers load in parallel and only accept connections once loaded; give the others the
+            # time the first one needed (plus a margin) before measuring.
+            time.sleep(0.5 * (time.monotonic() - started) + 5)
+        yield url, response.json()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class Sample:
+    ok: bool
+    status: int
+    client_ms: float
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    filtered: bool = False
+
+
+def _measure(send) -> Sample:
+    start = time.perf_counter()
+    try:
+        response = send()
+    except httpx.HTTPError as exc:
+        return Sample(False, 0, (time.perf_counter() - start) * 1000, error=f"{type(exc).__name__}: {exc}")
+    elapsed = (time.perf_counter() - start) * 1000
+    if response.status_code != 200:
+        return Sample(False, response.status_code, elapsed, error=response.text[:200])
+    return Sample(True, 200, elapsed, response.json().get("timings_ms", {}))
+
+
+def run_text(url: str, bodies: list[dict], requests: int) -> list[Sample]:
+    samples = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(requests):
+            body = bodies[i % len(bodies)]
+            sample = _measure(lambda: client.post("/search/text", json=body))
+            sample.filtered = "filters" in body
+            samples.append(sample)
+    return samples
+
+
+def run_concurrent_text(url: str, bodies: list[dict], clients: int, requests_per_client: int):
+    samples: list[list[Sample]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def worker(slot: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            barrier.wait()
+            for i in range(requests_per_client):
+                body = bodies[(slot * requests_per_client + i) % len(bodies)]
+                samples[slot].append(_measure(lambda: client.post("/search/text", json=body)))
+
+    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return [s for per_client in samples for s in per_client], wall
+
+
+def run_image(url: str, uploads: list[bytes], requests: int, text: str | None = None) -> list[Sample]:
+    data = {"text": text} if text else {}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return [
+            _measure(
+                lambda u=uploads[i % len(uploads)]: client.post(
+                    "/search/image", files={"file": ("photo.jpg", u, "image/jpeg")}, data=data
+                )
+            )
+            for i in range(requests)
+        ]
+
+
+# -------------------------------------------------------------------------------------------- summary
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def summarize(samples: list[Sample]) -> dict:
+    ok = [s for s in samples if s.ok]
+    latencies = [s.client_ms for s in ok]
+    stages: dict[str, list[float]] = defaultdict(list)
+    for s in ok:
+        for name, value in s.timings.items():
+            stages[name].append(value)
+        if "service_total" in s.timings:
+            stages["http_and_framework"].append(s.client_ms - s.timings["service_total"])
+        if "total" in s.timings:  # not in a named stage: the filter mask and allowed-id list, query glue
+            named = sum(s.timings.get(name, 0.0) for name in ("encode", "vector", "bm25", "fuse", "rerank"))
+            stages["pipeline_other"].append(s.timings["total"] - named)
+    return {
+        "requests": len(samples),
+        "errors": len(samples) - len(ok),
+        "error_examples": sorted({s.error or str(s.status) for s in samples if not s.ok})[:5],
+        "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99),
+        "mean_ms": statistics.fmean(latencies) if latencies else float("nan"),
+        "stage_p50_ms": {name: round(percentile(values, 50), 2) for name, values in stages.items()},
+    }
+
+
+PIPELINE_STAGES = (
+    "decode",
+    "encode",
+    "vector",
+    "bm25",
+    "fuse",
+    "rerank",
+    "pipeline_other",
+    "hydrate",
+    "http_and_framework",
+)
+
+
+def dominant(summary: dict) -> str:
+    stages = {k: v for k, v in summary["stage_p50_ms"].items() if k in PIPELINE_STAGES}
+    if not stages:
+        return "n/a"
+    ranked = sorted(stages.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {value:.1f}" for name, value in ranked[:3])
