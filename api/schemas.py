@@ -225,7 +225,7 @@ class RankerInfo(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
     detail: str | None = Field(None, description="Why search is unavailable and which command fixes it.")
-    workspace: str
+    workspace: str = Field(description="The workspace folder's name (no absolute server path is ever shown).")
     listings: int | None = Field(None, description="Listings in the catalogue database.")
     model: ModelInfo | None = None
     index: dict[str, Any] | None = Field(None, description="Vector index manifest: counts, nlist, nprobe, ...")
