@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.config import Settings, get_settings
@@ -45,7 +46,9 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
             if state is None:
                 loaded.close()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the fastapi-offline package (under
+    # /static-offline-docs), not from a CDN: the docs work on a machine without internet access.
+    app = FastAPIOffline(
         title="marketsearch",
         summary="Multi-modal search over a second-hand marketplace: words, photos, or both.",
         version="0.1.0",

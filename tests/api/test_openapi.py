@@ -1,6 +1,10 @@
-"""The OpenAPI schema lists every status a route can answer, in the shape it is sent."""
+"""The OpenAPI schema lists every status a route can answer, and /docs, /redoc work without internet."""
 
 from __future__ import annotations
+
+import re
+
+import pytest
 
 EXPECTED_STATUSES = {
     ("post", "/search/text"): {"200", "413", "422", "503"},
@@ -37,3 +41,16 @@ def test_search_hits_link_to_their_listing_and_listings_to_their_photos(fake_cli
         assert link["parameters"] == {"listing_id": "$response.body#/hits/0/listing/id"}
     link = paths["/listings/{listing_id}"]["get"]["responses"]["200"]["links"]["photo"]
     assert link["parameters"] == {"image_id": "$response.body#/photos/0/id"}
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_reference_no_external_urls(fake_client, page):
+    response = fake_client.get(page)
+    assert response.status_code == 200
+    assert re.findall(r"https?://", response.text) == [], response.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+    assert assets
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        served = fake_client.get(asset)
+        assert served.status_code == 200 and served.content, asset
