@@ -12,10 +12,13 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.config import Settings, get_settings
 from api.limits import BodySizeLimitMiddleware
@@ -45,7 +48,9 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
             if state is None:
                 loaded.close()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the fastapi-offline package (under
+    # /static-offline-docs), not from a CDN: the docs work on a machine without internet access.
+    app = FastAPIOffline(
         title="marketsearch",
         summary="Multi-modal search over a second-hand marketplace: words, photos, or both.",
         version="0.1.0",
@@ -67,8 +72,27 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Every 422 in FastAPI's list shape (the one the schema documents), and no 400s.
+
+    A 422 raised with a message (an empty or corrupt upload, the pipeline refusing a query) becomes one
+    ``value_error`` item. The routes raise no 400 of their own: a 400 is the framework failing to parse the
+    body (JSON that is not UTF-8, nested too deeply or with a number too long to convert; multipart without a
+    boundary), which the docs and the schema call 422 like any other invalid request."""
+    if exc.status_code == 422 and isinstance(exc.detail, str):
+        error = {"type": "value_error", "loc": ("body",), "msg": exc.detail}
+    elif exc.status_code == 400:
+        cause = exc.__cause__
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc.detail)
+        error = {"type": "body_invalid", "loc": ("body",), "msg": f"the request body could not be parsed ({reason})"}
+    else:
+        return await http_exception_handler(request, exc)
+    return await _validation_error(request, RequestValidationError([error]))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
 
 MAX_QUERY_CHARS = 512
 MAX_K = 100
+MAX_FILTER_CHARS = 200
+MAX_PRICE = 1e9
 
 
 def _valid_unicode(value: str) -> str:
@@ -18,14 +30,44 @@ def _valid_unicode(value: str) -> str:
     return value
 
 
+# Letters, marks, numbers, punctuation and symbols; not separators (Z*) nor control, format, private-use,
+# surrogate or unassigned code points (C*): zero-width spaces, NUL, bidi marks and the like.
+_VISIBLE_CATEGORIES = frozenset("LMNPS")
+
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer: ``10`` and ``10.0``, but not ``true`` nor ``"10"`` (lax pydantic takes both)."""
+    if isinstance(value, bool | str):
+        raise ValueError("k must be a JSON integer (1..100), not a boolean or a string")
+    return value
+
+
+def has_visible_character(value: str) -> bool:
+    return any(unicodedata.category(char)[0] in _VISIBLE_CATEGORIES for char in value)
+
+
+def _has_visible_character(value: str) -> str:
+    if value and not has_visible_character(value):
+        raise ValueError(
+            "the text has no visible characters (only spaces, zero-width, control or format characters); "
+            "type some words"
+        )
+    return value
+
+
 SortOrder = Literal["relevance", "price_asc", "price_desc", "newest"]
 QueryText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS),
     AfterValidator(_valid_unicode),
+    AfterValidator(_has_visible_character),
 ]
-OptionalText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_valid_unicode)]
-Price = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+OptionalText = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=MAX_FILTER_CHARS), AfterValidator(_valid_unicode)
+]
+# Strict: JSON `false` is not a price, `true` is not a `k` (pydantic's lax mode would take them as 0 and 1);
+# an integer is still a price. Multipart form fields arrive as strings and are parsed before these models.
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False, strict=True)]
 
 
 class SearchFiltersIn(BaseModel):
@@ -54,13 +96,18 @@ class SearchOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int | None = Field(None, ge=1, le=MAX_K, description="Number of results (1..100; default from settings).")
+    k: Annotated[int, Field(ge=1, le=MAX_K), BeforeValidator(_json_integer)] | None = Field(
+        None, description="Number of results (1..100; default from settings)."
+    )
     sort: SortOrder = Field("relevance", description="relevance, price_asc, price_desc or newest.")
-    rerank: bool | None = Field(None, description="Use the learned re-ranker (default from settings).")
+    rerank: StrictBool | None = Field(None, description="Use the learned re-ranker (default from settings).")
 
 
 class TextSearchRequest(SearchOptions):
-    query: QueryText = Field(description="What the buyer typed (1..512 characters).")
+    query: QueryText = Field(
+        description="What the buyer typed (1..512 characters, at least one of them visible: not only spaces, "
+        "zero-width, control or format characters)."
+    )
     filters: SearchFiltersIn = Field(default_factory=SearchFiltersIn)
 
 
@@ -71,7 +118,10 @@ class ImageSearchForm(SearchOptions):
 
     text: (
         Annotated[
-            str, StringConstraints(strip_whitespace=True, max_length=MAX_QUERY_CHARS), AfterValidator(_valid_unicode)
+            str,
+            StringConstraints(strip_whitespace=True, max_length=MAX_QUERY_CHARS),
+            AfterValidator(_valid_unicode),
+            AfterValidator(_has_visible_character),
         ]
         | None
     ) = Field(None, description='Optional words that go with the photo ("in red").')
@@ -175,7 +225,7 @@ class RankerInfo(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
     detail: str | None = Field(None, description="Why search is unavailable and which command fixes it.")
-    workspace: str
+    workspace: str = Field(description="The workspace folder's name (no absolute server path is ever shown).")
     listings: int | None = Field(None, description="Listings in the catalogue database.")
     model: ModelInfo | None = None
     index: dict[str, Any] | None = Field(None, description="Vector index manifest: counts, nlist, nprobe, ...")
@@ -185,3 +235,35 @@ class HealthResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+class ValidationErrorItem(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = Field(None, description="The offending value, echoed only when short and JSON-safe.")
+
+
+class ValidationErrorResponse(BaseModel):
+    """Every 422: invalid parameters, an unparsable body or the pipeline refusing a query."""
+
+    detail: list[ValidationErrorItem]
+
+
+_ERROR_DESCRIPTIONS = {
+    404: "Unknown listing or image (the detail says which).",
+    413: "Body over the limit, file over the upload limit, or an image with too many pixels.",
+    415: "The file is not an image in an accepted format.",
+    422: "Invalid parameters or an unparsable body (the detail says which and why).",
+    503: "The workspace lacks the catalogue, model or index; the detail names the command that builds them.",
+}
+
+
+def error_responses(*statuses: int, descriptions: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error statuses a route can answer, each with its body model
+    (``descriptions`` overrides the generic description of a status)."""
+    descriptions = {**_ERROR_DESCRIPTIONS, **(descriptions or {})}
+    return {
+        code: {"model": ValidationErrorResponse if code == 422 else ErrorResponse, "description": descriptions[code]}
+        for code in statuses
+    }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from api.config import Settings
@@ -34,6 +36,27 @@ class ServiceState:
             self.catalog.close()
 
 
+# An absolute POSIX path inside a message (not the path part of a URL, not an API path like "/categories":
+# its first component must exist on this machine).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s'\"`:;,()<>\[\]{}]+")
+
+
+def public_text(text: str, root: Path) -> str:
+    """``text`` without this machine's absolute paths, for answers anyone can read (/health, 503 details, the
+    page's banner): paths in the workspace become workspace-relative (``catalog.db``, ``model/config.json``),
+    the workspace itself its folder name, any other absolute path its file name. The log keeps the full text."""
+    for prefix in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
+        text = text.replace(prefix + "/", "").replace(prefix, root.name)
+
+    def redact(match: re.Match[str]) -> str:
+        path = PurePosixPath(match.group())
+        if len(path.parts) < 2 or not Path("/", path.parts[1]).exists():
+            return match.group()
+        return path.name
+
+    return _ABSOLUTE_PATH.sub(redact, text)
+
+
 def build_hint(workspace: Workspace) -> str:
     return f"run `marketsearch build --workspace {workspace.root}`"
 
@@ -42,6 +65,16 @@ def load_state(settings: Settings) -> ServiceState:
     """Open the catalogue and load the search pipeline; failures are recorded, not raised, so the
     service still starts and can say what is missing."""
     workspace = Workspace.at(settings.workspace)
+    state = _load(settings, workspace)
+    # what was logged names full paths; what the API tells its callers does not
+    for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error"):
+        message = getattr(state, name)
+        if message:
+            setattr(state, name, public_text(message, workspace.root))
+    return state
+
+
+def _load(settings: Settings, workspace: Workspace) -> ServiceState:
     state = ServiceState(settings=settings, workspace=workspace)
     if not workspace.db_path.exists():
         state.catalog_error = f"no catalogue database at {workspace.db_path}; {build_hint(workspace)}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Response, status
 
 from api.deps import StateDep
 from api.schemas import HealthResponse, ModelInfo, RankerInfo
+from api.state import public_text
 
 logger = logging.getLogger(__name__)
 
@@ -17,52 +19,61 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 @router.get("", responses={503: {"model": HealthResponse, "description": "Search is not available."}})
 def health(state: StateDep, response: Response) -> HealthResponse:
-    """200 when search is ready, 503 (same body) when artefacts are missing; ``detail`` names the fix."""
+    """200 when search is ready, 503 (same body) when artefacts are missing; ``detail`` names the fix.
+    No absolute server path leaves here: the workspace is named by its folder, artefacts relative to it."""
+    root = state.workspace.root
+
+    def public(value: Any) -> Any:
+        return _json_safe(value, lambda text: public_text(text, root))
+
     listings = state.catalog.count() if state.catalog is not None else None
     searcher = state.searcher
     if searcher is None:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return HealthResponse(
             status="unavailable",
-            detail=state.searcher_error,
-            workspace=str(state.workspace.root),
+            detail=public(state.searcher_error),
+            workspace=root.name,
             listings=listings,
         )
     model = searcher.model
     ranker = searcher.ranker
     return HealthResponse(
         status="ok",
-        workspace=str(state.workspace.root),
+        workspace=root.name,
         listings=listings,
         model=ModelInfo(
             fingerprint=model.fingerprint,
             embed_dim=model.embed_dim,
             num_classes=len(model.labels.classes),
             text_runtime=model.text_tower.backbone.runtime,
-            text_runtime_error=state.text_runtime_error,
-            details=_json_safe({"backbones": model.backbones, **model.info}),
+            text_runtime_error=public(state.text_runtime_error),
+            details=public({"backbones": model.backbones, **model.info}),
         ),
-        index=_json_safe(searcher.vector_index.manifest),
+        index=public(searcher.vector_index.manifest),
         bm25_documents=len(searcher.bm25),
         ranker=RankerInfo(
             loaded=ranker is not None,
-            error=state.ranker_error,
-            details=_json_safe(ranker.meta_) if ranker else {},
+            error=public(state.ranker_error),
+            details=public(ranker.meta_) if ranker else {},
         ),
     )
 
 
-def _json_safe(value: Any) -> Any:
-    """Manifests may hold numpy scalars or paths; keep what JSON can carry, stringify the rest."""
+def _json_safe(value: Any, text: Callable[[str], str]) -> Any:
+    """Manifests may hold numpy scalars or paths; keep what JSON can carry, stringify the rest, and pass every
+    string through ``text``."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): _json_safe(v, text) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, bool | int | str):
+        return [_json_safe(v, text) for v in value]
+    if isinstance(value, str):
+        return text(value)
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if value == value and abs(value) != float("inf") else None
     try:
-        return _json_safe(value.item())  # numpy scalar
+        return _json_safe(value.item(), text)  # numpy scalar
     except AttributeError:
-        return str(value)
+        return text(str(value))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import FileResponse
 
 from api.deps import CatalogDep
-from api.schemas import ErrorResponse
+from api.schemas import error_responses
 
 router = APIRouter(prefix="/images", tags=["listings"])
 
@@ -20,7 +20,7 @@ ImageId = Annotated[str, Path(min_length=1, max_length=200, description="Image i
     response_class=FileResponse,
     responses={
         200: {"content": {"image/jpeg": {}}, "description": "The cleaned JPEG."},
-        404: {"model": ErrorResponse, "description": "Unknown image, or its file is missing."},
+        **error_responses(404, 422, 503, descriptions={404: "Unknown image, or its file is missing."}),
     },
 )
 def get_image(image_id: ImageId, catalog: CatalogDep) -> FileResponse:

@@ -8,14 +8,29 @@ from fastapi import APIRouter, HTTPException, Path, status
 
 from api.deps import CatalogDep
 from api.routes.search import image_url
-from api.schemas import ErrorResponse, ListingPublic, PhotoPublic
+from api.schemas import ListingPublic, PhotoPublic, error_responses
 
 router = APIRouter(prefix="/listings", tags=["listings"])
 
 ListingId = Annotated[str, Path(min_length=1, max_length=200, description="Listing id.")]
 
 
-@router.get("/{listing_id}", responses={404: {"model": ErrorResponse, "description": "Unknown listing."}})
+_PHOTO_LINK = {
+    "photo": {
+        "operationRef": "#/paths/~1images~1{image_id}/get",
+        "parameters": {"image_id": "$response.body#/photos/0/id"},
+        "description": "The listing's first photo (any photo: `photos/N/id`).",
+    }
+}
+
+
+@router.get(
+    "/{listing_id}",
+    responses={
+        200: {"links": _PHOTO_LINK},
+        **error_responses(404, 422, 503, descriptions={404: "Unknown listing."}),
+    },
+)
 def get_listing(listing_id: ListingId, catalog: CatalogDep) -> ListingPublic:
     """A listing with its full description and the URLs of its cleaned photos."""
     listing = catalog.get_listing(listing_id)

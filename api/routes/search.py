@@ -7,18 +7,20 @@ import time
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 from api.config import Settings
 from api.deps import CatalogDep, SearcherDep, SettingsDep
 from api.schemas import (
+    MAX_FILTER_CHARS,
     MAX_K,
+    MAX_PRICE,
+    MAX_QUERY_CHARS,
     CategoryProbability,
-    ErrorResponse,
     ImageSearchForm,
     ListingSummary,
     SearchFiltersIn,
@@ -27,8 +29,9 @@ from api.schemas import (
     SearchResponse,
     SortOrder,
     TextSearchRequest,
+    error_responses,
 )
-from api.uploads import decode_image, read_upload
+from api.uploads import ACCEPTED_FORMATS, decode_image, read_upload
 from catalog.models import Listing
 from catalog.store import Catalog
 from search.filters import SearchFilters
@@ -36,15 +39,16 @@ from search.pipeline import Searcher, SearchResult
 
 router = APIRouter(prefix="/search", tags=["search"])
 
-_ERRORS = {
-    422: {"description": "Invalid parameters (the detail says which and why)."},
-    503: {"model": ErrorResponse, "description": "Search artefacts are not built; the detail names the command."},
+# Each hit links to its listing (OpenAPI links: clients and stateful schemathesis runs follow them).
+_LISTING_LINK = {
+    "listing": {
+        "operationRef": "#/paths/~1listings~1{listing_id}/get",
+        "parameters": {"listing_id": "$response.body#/hits/0/listing/id"},
+        "description": "The first hit's listing (any hit: `hits/N/listing/id`).",
+    }
 }
-_UPLOAD_ERRORS = {
-    413: {"model": ErrorResponse, "description": "Upload larger than the limit, or an image with too many pixels."},
-    415: {"model": ErrorResponse, "description": "The file is not an image in an accepted format."},
-    **_ERRORS,
-}
+_TEXT_RESPONSES = {200: {"links": _LISTING_LINK}, **error_responses(413, 422, 503)}
+_IMAGE_RESPONSES = {200: {"links": _LISTING_LINK}, **error_responses(413, 415, 422, 503)}
 
 
 # The search routes are ``async def`` and hand all blocking work (decode, pipeline, catalogue lookup) to the
@@ -52,7 +56,7 @@ _UPLOAD_ERRORS = {
 # returned model in the thread pool. Each hop is a thread wake-up on a busy 2-core machine.
 
 
-@router.post("/text", responses=_ERRORS)
+@router.post("/text", responses=_TEXT_RESPONSES)
 async def search_text(
     body: TextSearchRequest, searcher: SearcherDep, catalog: CatalogDep, settings: SettingsDep
 ) -> SearchResponse:
@@ -66,18 +70,47 @@ def _text_search(body: TextSearchRequest, searcher: Searcher, catalog: Catalog, 
     return _response(result, "text", catalog, start, {})
 
 
-def image_search_form(
-    text: Annotated[str | None, Form(description='Optional words with the photo ("in red"), up to 512 chars.')] = None,
-    k: Annotated[int | None, Form(ge=1, le=MAX_K, description="Number of results (1..100).")] = None,
+def _form_null(value: object) -> object:
+    """Multipart has no null: the schema's nullable number and boolean fields take ``null`` (what a browser's
+    ``FormData.append(name, null)`` and schema-driven clients send) or an empty value as "not given"."""
+    return None if isinstance(value, str) and value.strip() in ("", "null") else value
+
+
+FormNull = BeforeValidator(_form_null)
+
+
+FORM_FIELDS = ("text", "k", "sort", "rerank", "category", "min_price", "max_price", "location")
+
+
+async def image_search_form(
+    request: Request,
+    text: Annotated[
+        str | None,
+        Form(max_length=MAX_QUERY_CHARS, description='Optional words with the photo ("in red"), up to 512 chars.'),
+    ] = None,
+    k: Annotated[int | None, Form(ge=1, le=MAX_K, description="Number of results (1..100)."), FormNull] = None,
     sort: Annotated[SortOrder, Form(description="relevance, price_asc, price_desc or newest.")] = "relevance",
-    rerank: Annotated[bool | None, Form(description="Use the learned re-ranker.")] = None,
-    category: Annotated[str | None, Form(description='Top-level category or a prefix of "A / B / C".')] = None,
-    min_price: Annotated[float | None, Form(ge=0, description="Lowest price in GBP.")] = None,
-    max_price: Annotated[float | None, Form(ge=0, description="Highest price in GBP.")] = None,
-    location: Annotated[str | None, Form(description="Town or county.")] = None,
+    rerank: Annotated[bool | None, Form(description="Use the learned re-ranker."), FormNull] = None,
+    category: Annotated[
+        str | None, Form(max_length=MAX_FILTER_CHARS, description='Top-level category or a prefix of "A / B / C".')
+    ] = None,
+    min_price: Annotated[float | None, Form(ge=0, le=MAX_PRICE, description="Lowest price in GBP."), FormNull] = None,
+    max_price: Annotated[float | None, Form(ge=0, le=MAX_PRICE, description="Highest price in GBP."), FormNull] = None,
+    location: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS, description="Town or county.")] = None,
 ) -> ImageSearchForm:
     """The form fields next to the photo, declared one by one so that they appear in the OpenAPI docs,
-    then validated together (inverted price range, non-finite prices, text limits) like the JSON body."""
+    then validated together (inverted price range, non-finite prices, text limits) like the JSON body.
+    Form values are strings, so ``k=10``, ``rerank=true`` and ``min_price=5.5`` are parsed here. A field sent
+    twice is refused: the framework would silently keep the last value (the form is already parsed and cached,
+    so reading it here costs nothing)."""
+    submitted = await request.form()
+    repeated = [
+        {"type": "value_error", "loc": ("body", name), "msg": f"the field {name!r} is given more than once"}
+        for name in FORM_FIELDS + ("file",)
+        if len(submitted.getlist(name)) > 1
+    ]
+    if repeated:
+        raise RequestValidationError(repeated)
     fields = dict(
         text=text,
         k=k,
@@ -96,7 +129,19 @@ def image_search_form(
         ) from None
 
 
-@router.post("/image", responses=_UPLOAD_ERRORS)
+# The photo part's accepted types (the bytes are sniffed; the declared type is ignored, see api.uploads).
+_PHOTO_ENCODING = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "encoding": {"file": {"contentType": ", ".join(f"image/{name.lower()}" for name in ACCEPTED_FORMATS)}}
+            }
+        }
+    }
+}
+
+
+@router.post("/image", responses=_IMAGE_RESPONSES, openapi_extra=_PHOTO_ENCODING)
 async def search_image(
     file: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WEBP, GIF or BMP).")],
     form: Annotated[ImageSearchForm, Depends(image_search_form)],

@@ -185,3 +185,28 @@ def _keep_screenshot(path: Path) -> None:
     if target:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(target) / path.name)
+
+
+def test_api_docs_render_offline(browser, server_url):
+    """/docs draws every operation with nothing but this server: requests to any other host are refused."""
+    context = browser.new_context()
+    page = context.new_page()
+    outside: list[str] = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server_url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server_url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=15_000)
+    paths = {text.strip().replace("\u200b", "") for text in page.locator(".opblock-summary-path").all_inner_texts()}
+    assert {"/search/text", "/search/image", "/listings/{listing_id}", "/images/{image_id}", "/health"} <= paths
+    context.close()
+    assert outside == [], f"/docs fetched from other hosts: {outside}"
+    assert errors == [], f"JavaScript errors on /docs: {errors}"

@@ -94,7 +94,7 @@ def test_truncated_jpeg_is_422(fake_client):
     data = jpeg_bytes((400, 300))
     response = upload(fake_client, data[: len(data) // 2])
     assert response.status_code == 422, response.text
-    assert "truncated or corrupt" in response.json()["detail"]
+    assert "truncated or corrupt" in response.json()["detail"][0]["msg"]
 
 
 def test_corrupt_png_is_422(fake_client):
@@ -110,7 +110,7 @@ def test_corrupt_png_is_422(fake_client):
 def test_empty_file_is_422(fake_client):
     response = upload(fake_client, b"")
     assert response.status_code == 422
-    assert "empty" in response.json()["detail"]
+    assert "empty" in response.json()["detail"][0]["msg"]
 
 
 def test_missing_file_is_422(fake_client):

@@ -155,3 +155,11 @@ def test_health_reports_model_index_and_counts(client, demo_state):
     assert {"nlist", "nprobe", "model_fingerprint"} <= set(body["index"])
     assert body["bm25_documents"] == len(searcher.bm25)
     assert body["ranker"]["loaded"] is (searcher.ranker is not None)
+
+
+def test_health_prints_no_absolute_server_path(client, demo_state):
+    response = client.get("/health")
+    root = demo_state.workspace.root
+    assert response.json()["workspace"] == root.name
+    for path in {str(root), str(root.resolve()), str(root.parent), "/tmp/", "/root/", "/work/"}:
+        assert path not in response.text, path

@@ -69,3 +69,17 @@ def test_text_runtime_torch_is_not_an_error(indexed_workspace, tmp_path):
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         model = client.get("/health").json()["model"]
         assert model["text_runtime"] == "torch" and model["text_runtime_error"] is None
+
+
+def test_public_text_keeps_workspace_relative_names_and_drops_other_absolute_paths(tmp_path):
+    from api.state import public_text
+
+    root = tmp_path / "ws"
+    message = (
+        f"no catalogue database at {root}/catalog.db; run `marketsearch build --workspace {root}`; "
+        f"cache at {tmp_path}/hf/model.safetensors; use GET /categories; see https://example.org/a/b"
+    )
+    assert public_text(message, root) == (
+        "no catalogue database at catalog.db; run `marketsearch build --workspace ws`; "
+        "cache at model.safetensors; use GET /categories; see https://example.org/a/b"
+    )

@@ -96,7 +96,7 @@ def test_pipeline_value_error_is_422_not_500(fake_client, fake_state):
     fake_state.searcher.error = ValueError("category 'Nope' is not known; use GET /categories")
     response = fake_client.post("/search/text", json=VALID)
     assert response.status_code == 422
-    assert "GET /categories" in response.json()["detail"]
+    assert "GET /categories" in response.json()["detail"][0]["msg"]  # the documented 422 shape, as a list
 
 
 def test_json_body_over_the_limit_is_413(fake_client, fake_settings):
@@ -104,3 +104,63 @@ def test_json_body_over_the_limit_is_413(fake_client, fake_settings):
     response = fake_client.post("/search/text", json=body)
     assert response.status_code == 413
     assert "limit" in response.json()["detail"]
+
+
+# -- found by schemathesis (tests/api/test_contract.py) and by hand -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"query": "caf\xe9"}',  # Latin-1, not UTF-8
+        b"[" * 30_000,  # nested deeper than the JSON decoder's recursion limit
+        b'{"query": "a", "k": ' + b"9" * 5000 + b"}",  # an integer too long to convert
+    ],
+    ids=["not-utf8", "too-deep", "huge-integer"],
+)
+def test_unparsable_json_is_422_not_400(fake_client, fake_state, body):
+    response = fake_client.post("/search/text", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body"] and "could not be parsed" in error["msg"]
+    assert fake_state.searcher.calls == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**VALID, "k": True}, "k"),
+        ({**VALID, "k": "10"}, "k"),
+        ({**VALID, "rerank": 1}, "rerank"),
+        ({**VALID, "rerank": "true"}, "rerank"),
+        ({**VALID, "filters": {"min_price": False}}, "min_price"),
+        ({**VALID, "filters": {"max_price": True}}, "max_price"),
+        ({**VALID, "filters": {"max_price": "10"}}, "max_price"),
+    ],
+)
+def test_json_numbers_and_booleans_are_strict(fake_client, fake_state, body, field):
+    response = fake_client.post("/search/text", json=body)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"][0]["loc"]
+    assert fake_state.searcher.calls == []
+
+
+def test_integral_numbers_are_still_accepted(fake_client, fake_state):
+    """JSON Schema's integer includes 10.0, and an integer is a number."""
+    body = {**VALID, "k": 10.0, "rerank": False, "filters": {"min_price": 5, "max_price": 10}}
+    assert fake_client.post("/search/text", json=body).status_code == 200
+    call = fake_state.searcher.calls[-1]
+    assert call["k"] == 10 and call["rerank"] is False
+    assert (call["filters"].min_price, call["filters"].max_price) == (5.0, 10.0)
+
+
+@pytest.mark.parametrize("query", ["\u200b\u200b", "\x00", "\u200b \ufeff\u2060", "\x07\x1b", "\u202e\u200e", "\u00ad"])
+def test_query_of_only_invisible_characters_is_422(fake_client, fake_state, query):
+    response = fake_client.post("/search/text", json={"query": query})
+    assert response.status_code == 422, response.text
+    assert "no visible characters" in response.json()["detail"][0]["msg"]
+    assert fake_state.searcher.calls == []
+
+
+def test_query_with_visible_characters_and_invisible_ones_is_accepted(fake_client):
+    assert fake_client.post("/search/text", json={"query": "oak\u200b table"}).status_code == 200

@@ -22,7 +22,17 @@ def test_health_is_503_and_names_the_build_command(empty_client, tmp_path):
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
-    assert f"marketsearch build --workspace {tmp_path / 'nothing-built'}" in body["detail"]
+    assert "marketsearch build --workspace nothing-built" in body["detail"]
+
+
+def test_no_absolute_server_path_in_public_answers(empty_client, tmp_path):
+    """The workspace is named by its folder, artefacts relative to it: /health, the 503 details (which the
+    page's banner shows) and the listing routes never print where the service lives on disk."""
+    health = empty_client.get("/health")
+    assert health.json()["workspace"] == "nothing-built"
+    assert "catalog.db" in health.json()["detail"]
+    for response in (health, empty_client.get("/categories"), empty_client.post("/search/text", json={"query": "a"})):
+        assert str(tmp_path) not in response.text and str(tmp_path.resolve()) not in response.text
 
 
 @pytest.mark.parametrize(
