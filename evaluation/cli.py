@@ -35,12 +35,22 @@ def _splits(value: str) -> tuple[str, ...]:
     return parts
 
 
+PROTOCOL_NAMES = ("text", "image", "self-photo")
+
+
 def _protocols(value: str) -> tuple[str, ...]:
+    """``text``, ``image``, ``self-photo``, a comma-separated list of them, ``both`` (text and image) or ``all``."""
     if value == "both":
         return ("text", "image")
-    if value in ("text", "image"):
-        return (value,)
-    raise typer.BadParameter(f"expected text, image or both; got {value!r}")
+    if value == "all":
+        return PROTOCOL_NAMES
+    parts = tuple(part.strip() for part in value.split(",") if part.strip())
+    bad = [part for part in parts if part not in PROTOCOL_NAMES]
+    if bad or not parts:
+        raise typer.BadParameter(
+            f"expected text, image, self-photo (comma-separated), both or all; got {value!r}"
+        )
+    return tuple(dict.fromkeys(parts))
 
 
 def _set_threads(threads: int) -> None:
@@ -62,7 +72,8 @@ def train_ranker(
         "purchase -> grades 0-3), joined with the feature log WORKSPACE/logs/features/ of served searches.")] = None,
     protocol: Annotated[str, typer.Option(
         "--protocol", help="Self-supervised known-item protocol(s) used when neither --judgments nor "
-        "--interactions is given: text, image or both.")] = "both",
+        "--interactions is given: text, image, self-photo (a near-duplicate of the listing's own photo: "
+        "crop, resize, brightness, JPEG, seeded), a comma-separated list, both (text,image) or all.")] = "all",
     train_splits: Annotated[str, typer.Option(
         "--train-splits", help="Model split(s) whose products give the training queries (comma-separated; "
         "'test' is refused: it is kept for evaluation). They search a corpus of the train and val products. "
@@ -172,7 +183,8 @@ def evaluate(
         "relevance).")] = None,
     protocol: Annotated[str, typer.Option(
         "--protocol", help="Built-in known-item protocol on the model's test products (used without --queries): "
-        "text, image or both.")] = "both",
+        "text, image, self-photo (the listing's own catalogue photo as the query), a comma-separated list, "
+        "both (text,image) or all.")] = "all",
     splits: Annotated[str, typer.Option(
         "--splits", help="Model split(s) whose products the protocol uses. Keep 'test' for honest figures.")] = "test",
     max_queries: MaxQueriesOption = None,
@@ -195,7 +207,7 @@ def evaluate(
     qrels, report.json, report.md and PNG plots to WORKSPACE/eval/TIMESTAMP/ (one set per protocol,
     prefixed text. / image.), and prints a summary table.
     """
-    from evaluation.evaluate import collect_runs, compare_runs, new_eval_dir, write_evaluation
+    from evaluation.evaluate import collect_runs, compare_runs, new_eval_dir, target_scores, write_evaluation
     from ranking.reranker import Reranker
 
     if stat_test not in ("student", "fisher"):
@@ -237,12 +249,14 @@ def evaluate(
                 for name in _protocols(protocol):
                     if name == "text":
                         prot = builder.text_protocol(_splits(splits), max_queries=max_queries)
-                    else:
+                    elif name == "image":
                         prot = builder.image_protocol(_splits(splits), max_queries=max_queries,
                                                       frozen_baseline=frozen_baseline)
+                    else:
+                        prot = builder.self_photo_protocol(_splits(splits), max_queries=max_queries)
                     runs = collect_runs(prot.searcher, prot.queries, ranker=ranker, depth=depth,
                                         load_image=prot.load_image)
-                    if name == "image":
+                    if name != "text":
                         # image queries have no BM25 list, and hybrid is then the vector ranking itself
                         runs.pop("bm25", None)
                         runs.pop("hybrid", None)
@@ -252,7 +266,8 @@ def evaluate(
                     report.info.update({"corpus_size": prot.corpus_size, "splits": list(prot.splits),
                                         "model_fingerprint": builder.model.fingerprint,
                                         "ranker": None if ranker is None else ranker.meta_.get("trained_at"),
-                                        "ratios": final_ratios(report)})
+                                        "ratios": final_ratios(report),
+                                        "target": target_scores(runs, prot.queries)})
                     write_evaluation(out_dir, report, runs, prot.qrels, prot.queries, prefix=f"{name}.")
                     reports.append(report)
             finally:
@@ -293,10 +308,15 @@ def final_ratios(report) -> dict:
 
 def _ratio_lines(report) -> list[str]:
     ratios = report.info.get("ratios") or final_ratios(report)
-    return [
+    lines = [
         f"  NDCG@10 {value['final']} / {other}: {value['ratio']:.3f}x (p = {value['p_value']:.2g})"
         for other, value in ratios.items()
     ]
+    target = report.info.get("target") or {}
+    if target:
+        lines.append("  wanted listing first / MRR@10: " + ", ".join(
+            f"{stage} {value['found_first']:.3f} / {value['mrr@10']:.3f}" for stage, value in target.items()))
+    return lines
 
 
 def _write_summary(out_dir: Path, reports) -> None:

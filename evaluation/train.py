@@ -27,7 +27,7 @@ from evaluation.judgments import (
     EvalQuery,
     Qrels,
 )
-from evaluation.protocol import ProtocolBuilder
+from evaluation.protocol import PROTOCOLS, ProtocolBuilder
 from ranking.feature_log import read_feature_logs, training_data_from_logs
 from ranking.reranker import Reranker
 
@@ -135,7 +135,9 @@ class TrainRankerConfig:
     valid_splits: tuple[str, ...] = ()
     corpus_splits: tuple[str, ...] = ("train", "val")
     valid_fraction: float = 0.2
-    protocols: tuple[str, ...] = ("text", "image")
+    # "self-photo": near-duplicates of the listings' own photos (crop, resize, brightness, JPEG), so the
+    # re-ranker learns that a near-identical photo is the wanted listing
+    protocols: tuple[str, ...] = ("text", "image", "self-photo")
     max_queries: int | None = 2000  # per protocol and split set, sampled with `seed`
     depth: int = DEFAULT_DEPTH
     seed: int = 0
@@ -144,9 +146,9 @@ class TrainRankerConfig:
     def __post_init__(self) -> None:
         if "test" in (*self.train_splits, *self.valid_splits, *self.corpus_splits):
             raise ValueError("the test products are reserved for evaluation; train on 'train' and/or 'val'")
-        unknown = set(self.protocols) - {"text", "image"}
+        unknown = set(self.protocols) - set(PROTOCOLS)
         if unknown or not self.protocols:
-            raise ValueError(f"protocols must be a non-empty subset of ('text', 'image'), got {self.protocols}")
+            raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {self.protocols}")
         if not self.train_splits:
             raise ValueError("train_splits must name at least one split")
 
@@ -154,8 +156,13 @@ class TrainRankerConfig:
 def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerConfig, what: str) -> TrainingData:
     data = None
     for protocol in config.protocols:
-        make = builder.text_protocol if protocol == "text" else builder.image_protocol
-        prot = make(splits, corpus_splits=config.corpus_splits, max_queries=config.max_queries, seed=config.seed)
+        options = {"corpus_splits": config.corpus_splits, "max_queries": config.max_queries, "seed": config.seed}
+        if protocol == "text":
+            prot = builder.text_protocol(splits, **options)
+        elif protocol == "image":
+            prot = builder.image_protocol(splits, **options)
+        else:
+            prot = builder.self_photo_protocol(splits, transform=True, **options)
         part = training_data(prot.searcher, prot.queries, prot.qrels, depth=config.depth,
                              load_image=prot.load_image, description=f"{what} {protocol} queries")
         data = part if data is None else data + part
