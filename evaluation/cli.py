@@ -27,6 +27,11 @@ MaxQueriesOption = Annotated[
 ]
 
 
+# `marketsearch train-ranker` exits with this code when the trained model ranks worse than the first stage
+# on its validation queries (and is not installed); 2 is bad input, as everywhere in the CLI.
+GATE_REFUSED_EXIT_CODE = 3
+
+
 def _splits(value: str) -> tuple[str, ...]:
     parts = tuple(part.strip() for part in value.split(",") if part.strip())
     bad = [part for part in parts if part not in ("train", "val", "test")]
@@ -96,9 +101,13 @@ def train_ranker(
     Labels come from --judgments (+ --queries), from --interactions (+ the feature log), or by default from
     the known-item protocols on the model's validation products: the query is a listing's title (its
     indexed text is then the description only) or one of its photos (represented by its other photos);
-    grade 2 for that listing, 1 for listings with the same full category path. Early stopping uses a
-    held-out fifth of the queries (or --valid-splits products); the test products stay unseen for
-    `marketsearch evaluate`.
+    grade 2 for that listing, 1 for listings with the same full category path; self-photo queries are
+    near-duplicates of a listing's own photo. Early stopping uses a held-out fifth of the queries (or
+    --valid-splits products); the test products stay unseen for `marketsearch evaluate`.
+
+    Gate: the model is installed only when, for every query type (text, image, self-photo), its validation
+    NDCG@10 is at least that of the first stage it re-ranks (hybrid RRF for text, the vector ranking for
+    photos). Otherwise nothing is written, the installed re-ranker stays, and the command exits with code 3.
     """
     from evaluation.train import TrainRankerConfig
 
@@ -146,6 +155,25 @@ def train_ranker(
     except (FileNotFoundError, ValueError, LookupError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    from evaluation.train import gate_lines
+
+    gate = summary["gate"]
+    summary["installed"] = bool(gate["passed"])
+    if not gate["passed"]:
+        # never serve a model that does worse than the first stage it re-ranks: keep the installed one
+        summary["saved_to"] = None
+        previous = "the previously installed re-ranker is left in place" if (ws.ranker_dir / "model.txt").is_file() \
+            else "no re-ranker is installed, so searches keep the first-stage order"
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2, default=str))
+        typer.echo(f"error: re-ranker NOT installed in {ws.ranker_dir}: on the validation queries it ranks worse "
+                   f"than the first stage it re-ranks; {previous}.", err=True)
+        for line in gate_lines(gate):
+            typer.echo(f"  {line}", err=True)
+        if gate.get("reason"):
+            typer.echo(f"  {gate['reason']}", err=True)
+        typer.echo("  More or other training queries (--max-queries, --protocol, --judgments) may fix it.", err=True)
+        raise typer.Exit(GATE_REFUSED_EXIT_CODE)
     ranker.save(ws.ranker_dir)
     summary["saved_to"] = str(ws.ranker_dir)
     if as_json:
@@ -153,6 +181,8 @@ def train_ranker(
         return
     valid = summary["best_score"].get("valid_0", {})
     typer.echo(f"re-ranker saved to {ws.ranker_dir}")
+    for line in gate_lines(gate):
+        typer.echo(f"  gate:            {line}")
     typer.echo(f"  labels:          {summary['source']}")
     typer.echo(f"  training:        {summary['train_queries']} queries, {summary['train_rows']} candidate rows")
     typer.echo(f"  early stopping:  {summary['valid_queries']} queries; best iteration {summary['best_iteration']}"
