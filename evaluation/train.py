@@ -313,7 +313,8 @@ def gate_lines(gate: dict) -> list[str]:
 
 def _fit(train: TrainingData, valid: TrainingData, label_definition: dict, info: dict,
          params: dict | None) -> tuple[Reranker, dict]:
-    info = {**info, "train_queries": train.queries, "train_rows": int(len(train.X)),
+    counts = {kind: train.query_types.count(kind) for kind in sorted(set(train.query_types))}
+    info = {**info, "train_query_types": counts, "train_queries": train.queries, "train_rows": int(len(train.X)),
             "valid_queries": valid.queries, "valid_rows": int(len(valid.X))}
     logger.info("training the re-ranker on %d queries (%d rows), early stopping on %d queries",
                 train.queries, len(train.X), valid.queries)
@@ -321,7 +322,6 @@ def _fit(train: TrainingData, valid: TrainingData, label_definition: dict, info:
     eval_args = (valid.X, valid.y, valid.group) if valid.queries else (None, None, None)
     ranker.fit(train.X, train.y, train.group, *eval_args, feature_names=train.feature_names,
                label_definition=label_definition, training_info=info)
-    info["train_query_types"] = {kind: train.query_types.count(kind) for kind in sorted(set(train.query_types))}
     gate = validation_gate(ranker, valid) if valid.queries else {"passed": False, "metric": GATE_METRIC,
                                                                   "types": {}, "reason": "no validation queries"}
     summary = {**info, "gate": gate, "best_iteration": ranker.best_iteration_, "best_score": ranker.best_score_,
