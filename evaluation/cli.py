@@ -27,6 +27,11 @@ MaxQueriesOption = Annotated[
 ]
 
 
+# `marketsearch train-ranker` exits with this code when the trained model ranks worse than the first stage
+# on its validation queries (and is not installed); 2 is bad input, as everywhere in the CLI.
+GATE_REFUSED_EXIT_CODE = 3
+
+
 def _splits(value: str) -> tuple[str, ...]:
     parts = tuple(part.strip() for part in value.split(",") if part.strip())
     bad = [part for part in parts if part not in ("train", "val", "test")]
@@ -35,12 +40,22 @@ def _splits(value: str) -> tuple[str, ...]:
     return parts
 
 
+PROTOCOL_NAMES = ("text", "image", "self-photo")
+
+
 def _protocols(value: str) -> tuple[str, ...]:
+    """``text``, ``image``, ``self-photo``, a comma-separated list of them, ``both`` (text and image) or ``all``."""
     if value == "both":
         return ("text", "image")
-    if value in ("text", "image"):
-        return (value,)
-    raise typer.BadParameter(f"expected text, image or both; got {value!r}")
+    if value == "all":
+        return PROTOCOL_NAMES
+    parts = tuple(part.strip() for part in value.split(",") if part.strip())
+    bad = [part for part in parts if part not in PROTOCOL_NAMES]
+    if bad or not parts:
+        raise typer.BadParameter(
+            f"expected text, image, self-photo (comma-separated), both or all; got {value!r}"
+        )
+    return tuple(dict.fromkeys(parts))
 
 
 def _set_threads(threads: int) -> None:
@@ -62,7 +77,8 @@ def train_ranker(
         "purchase -> grades 0-3), joined with the feature log WORKSPACE/logs/features/ of served searches.")] = None,
     protocol: Annotated[str, typer.Option(
         "--protocol", help="Self-supervised known-item protocol(s) used when neither --judgments nor "
-        "--interactions is given: text, image or both.")] = "both",
+        "--interactions is given: text, image, self-photo (a near-duplicate of the listing's own photo: "
+        "crop, resize, brightness, JPEG, seeded), a comma-separated list, both (text,image) or all.")] = "all",
     train_splits: Annotated[str, typer.Option(
         "--train-splits", help="Model split(s) whose products give the training queries (comma-separated; "
         "'test' is refused: it is kept for evaluation). They search a corpus of the train and val products. "
@@ -85,9 +101,13 @@ def train_ranker(
     Labels come from --judgments (+ --queries), from --interactions (+ the feature log), or by default from
     the known-item protocols on the model's validation products: the query is a listing's title (its
     indexed text is then the description only) or one of its photos (represented by its other photos);
-    grade 2 for that listing, 1 for listings with the same full category path. Early stopping uses a
-    held-out fifth of the queries (or --valid-splits products); the test products stay unseen for
-    `marketsearch evaluate`.
+    grade 2 for that listing, 1 for listings with the same full category path; self-photo queries are
+    near-duplicates of a listing's own photo. Early stopping uses a held-out fifth of the queries (or
+    --valid-splits products); the test products stay unseen for `marketsearch evaluate`.
+
+    Gate: the model is installed only when, for every query type (text, image, self-photo), its validation
+    NDCG@10 is at least that of the first stage it re-ranks (hybrid RRF for text, the vector ranking for
+    photos). Otherwise nothing is written, the installed re-ranker stays, and the command exits with code 3.
     """
     from evaluation.train import TrainRankerConfig
 
@@ -135,6 +155,25 @@ def train_ranker(
     except (FileNotFoundError, ValueError, LookupError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    from evaluation.train import gate_lines
+
+    gate = summary["gate"]
+    summary["installed"] = bool(gate["passed"])
+    if not gate["passed"]:
+        # never serve a model that does worse than the first stage it re-ranks: keep the installed one
+        summary["saved_to"] = None
+        previous = "the previously installed re-ranker is left in place" if (ws.ranker_dir / "model.txt").is_file() \
+            else "no re-ranker is installed, so searches keep the first-stage order"
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2, default=str))
+        typer.echo(f"error: re-ranker NOT installed in {ws.ranker_dir}: on the validation queries it ranks worse "
+                   f"than the first stage it re-ranks; {previous}.", err=True)
+        for line in gate_lines(gate):
+            typer.echo(f"  {line}", err=True)
+        if gate.get("reason"):
+            typer.echo(f"  {gate['reason']}", err=True)
+        typer.echo("  More or other training queries (--max-queries, --protocol, --judgments) may fix it.", err=True)
+        raise typer.Exit(GATE_REFUSED_EXIT_CODE)
     ranker.save(ws.ranker_dir)
     summary["saved_to"] = str(ws.ranker_dir)
     if as_json:
@@ -142,6 +181,8 @@ def train_ranker(
         return
     valid = summary["best_score"].get("valid_0", {})
     typer.echo(f"re-ranker saved to {ws.ranker_dir}")
+    for line in gate_lines(gate):
+        typer.echo(f"  gate:            {line}")
     typer.echo(f"  labels:          {summary['source']}")
     typer.echo(f"  training:        {summary['train_queries']} queries, {summary['train_rows']} candidate rows")
     typer.echo(f"  early stopping:  {summary['valid_queries']} queries; best iteration {summary['best_iteration']}"
@@ -172,7 +213,8 @@ def evaluate(
         "relevance).")] = None,
     protocol: Annotated[str, typer.Option(
         "--protocol", help="Built-in known-item protocol on the model's test products (used without --queries): "
-        "text, image or both.")] = "both",
+        "text, image, self-photo (the listing's own catalogue photo as the query), a comma-separated list, "
+        "both (text,image) or all.")] = "all",
     splits: Annotated[str, typer.Option(
         "--splits", help="Model split(s) whose products the protocol uses. Keep 'test' for honest figures.")] = "test",
     max_queries: MaxQueriesOption = None,
@@ -195,7 +237,7 @@ def evaluate(
     qrels, report.json, report.md and PNG plots to WORKSPACE/eval/TIMESTAMP/ (one set per protocol,
     prefixed text. / image.), and prints a summary table.
     """
-    from evaluation.evaluate import collect_runs, compare_runs, new_eval_dir, write_evaluation
+    from evaluation.evaluate import collect_runs, compare_runs, new_eval_dir, target_scores, write_evaluation
     from ranking.reranker import Reranker
 
     if stat_test not in ("student", "fisher"):
@@ -237,12 +279,14 @@ def evaluate(
                 for name in _protocols(protocol):
                     if name == "text":
                         prot = builder.text_protocol(_splits(splits), max_queries=max_queries)
-                    else:
+                    elif name == "image":
                         prot = builder.image_protocol(_splits(splits), max_queries=max_queries,
                                                       frozen_baseline=frozen_baseline)
+                    else:
+                        prot = builder.self_photo_protocol(_splits(splits), max_queries=max_queries)
                     runs = collect_runs(prot.searcher, prot.queries, ranker=ranker, depth=depth,
                                         load_image=prot.load_image)
-                    if name == "image":
+                    if name != "text":
                         # image queries have no BM25 list, and hybrid is then the vector ranking itself
                         runs.pop("bm25", None)
                         runs.pop("hybrid", None)
@@ -252,7 +296,8 @@ def evaluate(
                     report.info.update({"corpus_size": prot.corpus_size, "splits": list(prot.splits),
                                         "model_fingerprint": builder.model.fingerprint,
                                         "ranker": None if ranker is None else ranker.meta_.get("trained_at"),
-                                        "ratios": final_ratios(report)})
+                                        "ratios": final_ratios(report),
+                                        "target": target_scores(runs, prot.queries)})
                     write_evaluation(out_dir, report, runs, prot.qrels, prot.queries, prefix=f"{name}.")
                     reports.append(report)
             finally:
@@ -293,10 +338,15 @@ def final_ratios(report) -> dict:
 
 def _ratio_lines(report) -> list[str]:
     ratios = report.info.get("ratios") or final_ratios(report)
-    return [
+    lines = [
         f"  NDCG@10 {value['final']} / {other}: {value['ratio']:.3f}x (p = {value['p_value']:.2g})"
         for other, value in ratios.items()
     ]
+    target = report.info.get("target") or {}
+    if target:
+        lines.append("  wanted listing first / MRR@10: " + ", ".join(
+            f"{stage} {value['found_first']:.3f} / {value['mrr@10']:.3f}" for stage, value in target.items()))
+    return lines
 
 
 def _write_summary(out_dir: Path, reports) -> None:

@@ -273,6 +273,30 @@ def compare_runs(
     )
 
 
+def target_scores(runs: Mapping[str, Mapping[str, Mapping[str, float]]], queries: Mapping[str, EvalQuery],
+                  k: int = 10) -> dict[str, dict[str, float]]:
+    """How each stage ranks the wanted listing itself (``EvalQuery.target_id``), other relevant listings aside.
+
+    Per stage: ``found_first`` (share of the queries whose top result is the target) and ``mrr@k`` (mean
+    reciprocal rank of the target, 0 beyond rank ``k``), over the queries that name a target; a query
+    missing from a run counts as not found. Empty when no query names a target.
+    """
+    targeted = {q: query.target_id for q, query in queries.items() if query.target_id is not None}
+    if not targeted:
+        return {}
+    scores = {}
+    for stage, run in runs.items():
+        first, reciprocal = 0, 0.0
+        for query_id, target in targeted.items():
+            ranked = sorted(run.get(query_id, {}).items(), key=lambda item: (-item[1], item[0]))[:k]
+            position = next((i for i, (listing_id, _) in enumerate(ranked, start=1) if listing_id == target), None)
+            if position is not None:
+                first += position == 1
+                reciprocal += 1.0 / position
+        scores[stage] = {"found_first": first / len(targeted), f"mrr@{k}": reciprocal / len(targeted)}
+    return scores
+
+
 def _clean_p(value: float) -> float:
     value = float(value)
     return 1.0 if math.isnan(value) else value  # identical runs: no evidence of a difference

@@ -7,7 +7,9 @@
 3. The self-supervised known-item protocol on the catalogue itself, for when neither exists:
    text (the query is a listing's title, every listing is indexed by its description only) and
    image (the query is one photo of a listing with several, which is represented by its other
-   photos). Grade 2 for the listing itself, 1 for listings with the same full category path.
+   photos), and self-photo (the query is one of the listing's own catalogue photos, as when a
+   buyer searches with a saved picture of a listing; the listing keeps all its photos).
+   Grade 2 for the listing itself, 1 for listings with the same full category path.
 
 Qrels are plain ``dict[query_id, dict[listing_id, grade]]`` (the shape ``ranx.Qrels.from_dict`` takes).
 Queries are ``dict[query_id, EvalQuery]``.
@@ -302,6 +304,28 @@ def known_item_image(
         queries[query_id] = EvalQuery(query_id, image_id=listing.image_ids[0], target_id=listing.id)
         qrels[query_id] = _known_item_qrels(listing, groups)
     logger.info("known-item image protocol: %d queries over %d listings", len(queries), len(listings))
+    return queries, qrels
+
+
+def known_item_self_photo(
+    listings: list[ListingLike], corpus: list[ListingLike] | None = None
+) -> tuple[dict[str, EvalQuery], Qrels]:
+    """Self-photo protocol: for each listing with a photo, its first photo is the query.
+
+    Unlike ``known_item_image``, the corpus represents the listing by all its photos, the query photo
+    included: the query is (a near-duplicate of) a photo the catalogue holds. ``evaluation.protocol``
+    serves the photo as it is for evaluation and lightly transformed for training.
+    """
+    groups = _same_path_groups(corpus if corpus is not None else listings)
+    queries: dict[str, EvalQuery] = {}
+    qrels: Qrels = {}
+    for listing in listings:
+        if not listing.image_ids:
+            continue
+        query_id = f"self-photo-{listing.id}"
+        queries[query_id] = EvalQuery(query_id, image_id=listing.image_ids[0], target_id=listing.id)
+        qrels[query_id] = _known_item_qrels(listing, groups)
+    logger.info("self-photo protocol: %d queries over %d listings", len(queries), len(listings))
     return queries, qrels
 
 

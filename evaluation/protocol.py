@@ -9,6 +9,10 @@ products) whose listings are represented the way the protocol demands:
 - known-item image: a listing with several photos is represented by its other photos (its image
   vector and its raw-backbone photo vector are the means over those photos); the query is its first
   photo.
+- self-photo: the corpus is the catalogue as stored (every listing keeps all its photos) and the query
+  is a listing's first photo: as served for evaluation, or lightly transformed (``near_duplicate``: crop,
+  resize, brightness, JPEG re-encode, seeded per query) for training, so the re-ranker sees what a
+  near-duplicate photo looks like.
 
 The candidates, features and re-ranker are then exactly the serving ones (``Searcher.candidates``,
 ``build_features``). Encodings that the catalogue does not store (descriptions alone, single photos,
@@ -18,6 +22,7 @@ frozen MobileNetV2 features) are cached under ``<eval_dir>/cache/<model fingerpr
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -44,7 +49,7 @@ from encoders.embed import (
 )
 from encoders.features import cached_pooled_features, photo_key
 from evaluation.evaluate import Runs, scores_from_ranking
-from evaluation.judgments import EvalQuery, Qrels, known_item_image, known_item_text
+from evaluation.judgments import EvalQuery, Qrels, known_item_image, known_item_self_photo, known_item_text
 from index.bm25 import BM25Index, listing_text
 from index.vector_index import VectorIndex
 from ranking.types import ListingTable
@@ -53,7 +58,7 @@ from search.pipeline import Searcher
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("text", "image")
+PROTOCOLS = ("text", "image", "self-photo")
 FROZEN_BASELINE = "frozen_mobilenet_v2"
 
 
@@ -139,6 +144,36 @@ def load_photo(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return image.convert("RGB")
+
+
+def near_duplicate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A lightly transformed copy of a photo, as a re-shared or re-uploaded picture looks.
+
+    Keeps 85-100% of each side (random offset), resizes to 60-130% of that, scales brightness by
+    0.85-1.15 and re-encodes as JPEG at quality 60-90; every draw comes from ``rng``.
+    """
+    image = image.convert("RGB")
+    width, height = image.size
+    keep = rng.uniform(0.85, 1.0)
+    crop_w, crop_h = max(1, round(width * keep)), max(1, round(height * keep))
+    left = int(rng.integers(0, width - crop_w + 1))
+    top = int(rng.integers(0, height - crop_h + 1))
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    scale = rng.uniform(0.6, 1.3)
+    image = image.resize((max(8, round(crop_w * scale)), max(8, round(crop_h * scale))), Image.Resampling.BICUBIC)
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(rng.integers(60, 91)))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        decoded.load()
+        return decoded.convert("RGB")
+
+
+def query_rng(seed: int, query_id: str) -> np.random.Generator:
+    """A generator for one query that depends only on ``seed`` and the query id (not on query order)."""
+    digest = int(hashlib.sha1(query_id.encode("utf-8")).hexdigest()[:15], 16)
+    return np.random.default_rng([seed, digest])
 
 
 def subset_listing_table(table: ListingTable, ids: Sequence[str], *, hide_titles: bool = False,
@@ -416,6 +451,30 @@ class ProtocolBuilder:
         logger.info("known-item image on %s: %d queries, corpus of %d listings", "+".join(splits), len(queries),
                     len(ids))
         return protocol
+
+    def self_photo_protocol(self, splits: Iterable[str], *, corpus_splits: Iterable[str] | None = None,
+                            max_queries: int | None = None, seed: int = 0, transform: bool = False) -> ProtocolSet:
+        """Self-photo: a listing's own first photo against the catalogue as stored (the listing keeps all its
+        photos). ``transform``: each query photo is a ``near_duplicate`` of it (seeded by ``seed`` and the
+        query id), as for training. The corpus is the products of ``splits`` plus ``corpus_splits``."""
+
+        splits = tuple(splits)
+        listings = self.listings(set(splits) | set(corpus_splits or ()))
+        ids = [listing.id for listing in listings]
+        queries, qrels = known_item_self_photo(self.listings(splits), listings)
+        queries, qrels = _sample(queries, qrels, max_queries, seed)
+        stored = self._stored(ids)
+        table = subset_listing_table(self.table, ids)
+        searcher = self._searcher(ids, table, stored.text, stored.image, stored.has_image,
+                                  [listing_text(x.title, x.description) for x in listings], stored.photo,
+                                  stored.has_photo)
+        load_image = self.load_query_image
+        if transform:
+            def load_image(query: EvalQuery) -> Image.Image:
+                return near_duplicate(self.load_query_image(query), query_rng(seed, query.query_id))
+        logger.info("self-photo on %s: %d queries%s, corpus of %d listings", "+".join(splits), len(queries),
+                    " (near-duplicates)" if transform else "", len(ids))
+        return ProtocolSet("known-item-self-photo", splits, searcher, queries, qrels, load_image=load_image)
 
     def frozen_image_run(self, listings: list, queries: dict[str, EvalQuery], other_photos: dict[str, list[str]],
                          depth: int = 100) -> dict[str, dict[str, float]]:

@@ -18,8 +18,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from ranx import Qrels as RanxQrels
+from ranx import Run as RanxRun
+from ranx import evaluate as ranx_evaluate
 
-from evaluation.evaluate import DEFAULT_DEPTH, CandidateSource, iter_query_candidates
+from evaluation.evaluate import DEFAULT_DEPTH, CandidateSource, _ordered_scores, iter_query_candidates
 from evaluation.judgments import (
     INTERACTION_LABEL_DEFINITION,
     KNOWN_ITEM_LABEL_DEFINITION,
@@ -27,7 +30,7 @@ from evaluation.judgments import (
     EvalQuery,
     Qrels,
 )
-from evaluation.protocol import ProtocolBuilder
+from evaluation.protocol import PROTOCOLS, ProtocolBuilder
 from ranking.feature_log import read_feature_logs, training_data_from_logs
 from ranking.reranker import Reranker
 
@@ -36,15 +39,28 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainingData:
+    """Query-grouped feature rows and grades; ``query_types`` names each query's kind (see ``query_types_of``)."""
+
     X: np.ndarray
     y: np.ndarray
     group: np.ndarray
     query_ids: list[str]
     feature_names: list[str]
+    query_types: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.query_types:
+            self.query_types = query_types_of(self.X, self.group, self.feature_names)
+        if len(self.query_types) != len(self.group):
+            raise ValueError(f"{len(self.query_types)} query types for {len(self.group)} queries")
 
     @property
     def queries(self) -> int:
         return len(self.group)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.group)[:-1]]).astype(np.int64)
 
     def __add__(self, other: TrainingData) -> TrainingData:
         if self.feature_names != other.feature_names:
@@ -52,15 +68,28 @@ class TrainingData:
         return TrainingData(
             np.concatenate([self.X, other.X]), np.concatenate([self.y, other.y]),
             np.concatenate([self.group, other.group]), self.query_ids + other.query_ids, self.feature_names,
+            self.query_types + other.query_types,
         )
 
     def select(self, query_ids: set[str]) -> TrainingData:
-        starts = np.concatenate([[0], np.cumsum(self.group)[:-1]])
+        starts = self.starts
         keep = [i for i, q in enumerate(self.query_ids) if q in query_ids]
         rows = np.concatenate([np.arange(starts[i], starts[i] + self.group[i]) for i in keep]) if keep else \
             np.zeros(0, np.int64)
         return TrainingData(self.X[rows], self.y[rows], self.group[keep], [self.query_ids[i] for i in keep],
-                            self.feature_names)
+                            self.feature_names, [self.query_types[i] for i in keep])
+
+
+def query_types_of(X: np.ndarray, group: np.ndarray, feature_names: Sequence[str]) -> list[str]:
+    """``text``, ``image`` or ``text+image`` per query, from its ``query_has_text`` / ``query_has_image`` columns
+    (``unknown`` when the features lack them)."""
+    names = list(feature_names)
+    if "query_has_text" not in names or "query_has_image" not in names or not len(group):
+        return ["unknown"] * len(group)
+    starts = np.concatenate([[0], np.cumsum(group)[:-1]]).astype(np.int64)
+    text = np.nan_to_num(X[starts, names.index("query_has_text")]) > 0
+    image = np.nan_to_num(X[starts, names.index("query_has_image")]) > 0
+    return ["text+image" if t and i else "text" if t else "image" if i else "unknown" for t, i in zip(text, image)]
 
 
 def training_data(
@@ -135,7 +164,9 @@ class TrainRankerConfig:
     valid_splits: tuple[str, ...] = ()
     corpus_splits: tuple[str, ...] = ("train", "val")
     valid_fraction: float = 0.2
-    protocols: tuple[str, ...] = ("text", "image")
+    # "self-photo": near-duplicates of the listings' own photos (crop, resize, brightness, JPEG), so the
+    # re-ranker learns that a near-identical photo is the wanted listing
+    protocols: tuple[str, ...] = ("text", "image", "self-photo")
     max_queries: int | None = 2000  # per protocol and split set, sampled with `seed`
     depth: int = DEFAULT_DEPTH
     seed: int = 0
@@ -144,9 +175,9 @@ class TrainRankerConfig:
     def __post_init__(self) -> None:
         if "test" in (*self.train_splits, *self.valid_splits, *self.corpus_splits):
             raise ValueError("the test products are reserved for evaluation; train on 'train' and/or 'val'")
-        unknown = set(self.protocols) - {"text", "image"}
+        unknown = set(self.protocols) - set(PROTOCOLS)
         if unknown or not self.protocols:
-            raise ValueError(f"protocols must be a non-empty subset of ('text', 'image'), got {self.protocols}")
+            raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {self.protocols}")
         if not self.train_splits:
             raise ValueError("train_splits must name at least one split")
 
@@ -154,10 +185,16 @@ class TrainRankerConfig:
 def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerConfig, what: str) -> TrainingData:
     data = None
     for protocol in config.protocols:
-        make = builder.text_protocol if protocol == "text" else builder.image_protocol
-        prot = make(splits, corpus_splits=config.corpus_splits, max_queries=config.max_queries, seed=config.seed)
+        options = {"corpus_splits": config.corpus_splits, "max_queries": config.max_queries, "seed": config.seed}
+        if protocol == "text":
+            prot = builder.text_protocol(splits, **options)
+        elif protocol == "image":
+            prot = builder.image_protocol(splits, **options)
+        else:
+            prot = builder.self_photo_protocol(splits, transform=True, **options)
         part = training_data(prot.searcher, prot.queries, prot.qrels, depth=config.depth,
                              load_image=prot.load_image, description=f"{what} {protocol} queries")
+        part.query_types = [protocol] * part.queries
         data = part if data is None else data + part
     return data
 
@@ -209,9 +246,75 @@ def train_from_interactions(log_paths, interactions: Qrels, *, valid_fraction: f
                 reranker_params)
 
 
+# -- the gate: a re-ranker must not do worse than the first stage it re-ranks --------------------------------
+# The first stage of each query type, as `marketsearch evaluate` names it: text queries get the hybrid (RRF)
+# ranking; image-only queries have no BM25 list, so their RRF ranking is the vector ranking itself.
+FIRST_STAGE = {"text": "hybrid", "text+image": "hybrid", "image": "vector", "self-photo": "vector", "unknown": "hybrid"}
+GATE_METRIC = "ndcg@10"
+
+
+def first_stage_scores(X: np.ndarray, feature_names: Sequence[str], stage: str) -> np.ndarray:
+    """One query's first-stage order as scores (higher first): RRF for ``hybrid``, vector rank for ``vector``."""
+    names = list(feature_names)
+    rrf = X[:, names.index("rrf_score")].astype(np.float64)
+    if stage == "vector":
+        rank = X[:, names.index("vector_rank")].astype(np.float64)
+        return np.where(np.isfinite(rank), -rank, -np.inf)
+    return rrf
+
+
+def validation_gate(ranker, valid: TrainingData, *, metric: str = GATE_METRIC, tolerance: float = 1e-9) -> dict:
+    """Validation NDCG@10 of the re-ranked order against the first stage it re-orders, per query type.
+
+    Both orders rank the same candidates of each validation query, labelled with its grades (ranx, linear
+    gain, as in ``marketsearch evaluate``); re-ranker ties are broken by the RRF score, as served. The gate
+    passes when, for every query type, the re-ranked NDCG@10 is at least the first stage's (``tolerance``
+    for rounding). Returns ``{"passed", "metric", "types": {type: {"queries", "first_stage",
+    "first_stage_score", "reranked_score", "passed"}}}``.
+    """
+    names = list(valid.feature_names)
+    rrf_column = names.index("rrf_score")
+    by_type: dict[str, tuple[dict, dict, dict]] = {}
+    starts = valid.starts
+    for i, query_id in enumerate(valid.query_ids):
+        rows = slice(starts[i], starts[i] + valid.group[i])
+        X, y = valid.X[rows], valid.y[rows]
+        if not (y > 0).any():
+            continue
+        kind = valid.query_types[i]
+        qrels, first, reranked = by_type.setdefault(kind, ({}, {}, {}))
+        ids = [str(j) for j in range(len(y))]
+        everything = np.ones(len(y), dtype=bool)
+        rrf = X[:, rrf_column].astype(np.float64)
+        qrels[query_id] = {ids[j]: int(y[j]) for j in np.flatnonzero(y > 0)}
+        first[query_id] = _ordered_scores(ids, [first_stage_scores(X, names, FIRST_STAGE.get(kind, "hybrid")), rrf],
+                                          everything)
+        reranked[query_id] = _ordered_scores(ids, [np.asarray(ranker.predict(X), np.float64), rrf], everything)
+    types = {}
+    for kind, (qrels, first, reranked) in sorted(by_type.items()):
+        judged = RanxQrels.from_dict(qrels)
+        first_score = float(ranx_evaluate(judged, RanxRun.from_dict(first), metric))
+        reranked_score = float(ranx_evaluate(judged, RanxRun.from_dict(reranked), metric))
+        types[kind] = {"queries": len(qrels), "first_stage": FIRST_STAGE.get(kind, "hybrid"),
+                       "first_stage_score": first_score, "reranked_score": reranked_score,
+                       "passed": reranked_score >= first_score - tolerance}
+    return {"passed": all(t["passed"] for t in types.values()), "metric": metric, "types": types}
+
+
+def gate_lines(gate: dict) -> list[str]:
+    """One line per query type: both validation scores and the verdict."""
+    metric = gate.get("metric", GATE_METRIC).replace("ndcg", "NDCG")
+    return [
+        f"{kind}: {metric} re-ranked {t['reranked_score']:.4f} vs {t['first_stage']} {t['first_stage_score']:.4f} "
+        f"({t['queries']} validation queries): {'ok' if t['passed'] else 'WORSE than the first stage'}"
+        for kind, t in gate.get("types", {}).items()
+    ]
+
+
 def _fit(train: TrainingData, valid: TrainingData, label_definition: dict, info: dict,
          params: dict | None) -> tuple[Reranker, dict]:
-    info = {**info, "train_queries": train.queries, "train_rows": int(len(train.X)),
+    counts = {kind: train.query_types.count(kind) for kind in sorted(set(train.query_types))}
+    info = {**info, "train_query_types": counts, "train_queries": train.queries, "train_rows": int(len(train.X)),
             "valid_queries": valid.queries, "valid_rows": int(len(valid.X))}
     logger.info("training the re-ranker on %d queries (%d rows), early stopping on %d queries",
                 train.queries, len(train.X), valid.queries)
@@ -219,7 +322,9 @@ def _fit(train: TrainingData, valid: TrainingData, label_definition: dict, info:
     eval_args = (valid.X, valid.y, valid.group) if valid.queries else (None, None, None)
     ranker.fit(train.X, train.y, train.group, *eval_args, feature_names=train.feature_names,
                label_definition=label_definition, training_info=info)
-    summary = {**info, "best_iteration": ranker.best_iteration_, "best_score": ranker.best_score_,
+    gate = validation_gate(ranker, valid) if valid.queries else {"passed": False, "metric": GATE_METRIC,
+                                                                  "types": {}, "reason": "no validation queries"}
+    summary = {**info, "gate": gate, "best_iteration": ranker.best_iteration_, "best_score": ranker.best_score_,
                "feature_importance": dict(sorted(zip(ranker.feature_names_, ranker.feature_importances_.tolist()),
                                                  key=lambda kv: -kv[1]))}
     return ranker, summary

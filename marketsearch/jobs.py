@@ -74,7 +74,15 @@ def build_steps(
     ]
     if ranker:
 
-        steps.append(("train-ranker", lambda: evaluation_cli.train_ranker(workspace=workspace)))
+        def train_ranker() -> None:
+            try:
+                evaluation_cli.train_ranker(workspace=workspace)
+            except typer.Exit as refused:  # the gate kept a model worse than the first stage out
+                if refused.exit_code != evaluation_cli.GATE_REFUSED_EXIT_CODE:
+                    raise
+                typer.echo("continuing without a new re-ranker (see above)")
+
+        steps.append(("train-ranker", train_ranker))
     return steps
 
 

@@ -4,7 +4,14 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.evaluate import compare_runs, scores_from_ranking, stage_scores, write_evaluation, write_runs
+from evaluation.evaluate import (
+    compare_runs,
+    scores_from_ranking,
+    stage_scores,
+    target_scores,
+    write_evaluation,
+    write_runs,
+)
 from evaluation.judgments import read_qrels
 from tests.ranking.helpers import small_candidates
 
@@ -93,3 +100,15 @@ def test_compare_refuses_empty_inputs():
         compare_runs({}, {"x": {"q": {"a": 1.0}}})
     with pytest.raises(ValueError, match="no ranked listing"):
         compare_runs({"q": {"a": 1}}, {"x": {"other": {"a": 1.0}}})
+
+
+def test_target_scores_count_only_the_wanted_listing():
+    from evaluation.judgments import EvalQuery
+
+    queries = {"q1": EvalQuery("q1", text="a", target_id="a"), "q2": EvalQuery("q2", text="b", target_id="b"),
+               "q3": EvalQuery("q3", text="c")}  # no target: left out
+    runs = {"s": {"q1": scores_from_ranking(["a", "x"]), "q2": scores_from_ranking(["x", "y", "b"])}}
+    scores = target_scores(runs, queries)["s"]
+    assert scores["found_first"] == pytest.approx(1 / 2)
+    assert scores["mrr@10"] == pytest.approx((1 + 1 / 3) / 2)
+    assert target_scores(runs, queries, k=2)["s"]["mrr@2"] == pytest.approx(1 / 2)  # b at rank 3 is beyond k

@@ -28,6 +28,10 @@ def test_hand_made_case_gives_known_values_and_nan_for_missing():
         "photo_sim": [0.6, 0.9, NAN, 0.2],
         "photo_sim_gap": [0.3, 0.0, NAN, 0.7],
         "photo_sim_rank": [2, 1, NAN, 3],  # the lamp has no photo: no rank, not last
+        "photo_sim_lead": [-0.3, 0.3, NAN, -0.7],  # bike-2 leads the runner-up bike-1 by 0.9 - 0.6
+        "photo_near_duplicate": [0, 0, NAN, 0],  # no photo_sim reaches 0.95
+        "image_sim_lead": [0.1, -0.1, NAN, -0.2],
+        "best_photo_sim": [0.9, 0.9, 0.9, 0.9],
         "title_overlap": [1.0, 0.5, 0.0, NAN],  # {"red", "bike"}; the sofa has no title
         "term_coverage": [1.0, 0.5, 0.5, NAN],
         "term_coverage_gap": [0.0, 0.5, 0.5, NAN],
@@ -88,9 +92,31 @@ def test_columns_the_first_stage_did_not_compute_are_missing_not_zero():
     f = as_dict(X, names)
     for name in ("photo_sim", "photo_sim_gap", "photo_sim_rank", "term_coverage", "term_coverage_gap",
                  "idf_coverage", "term_bm25_score", "term_bm25_ratio", "category_path_share_photo_top10",
-                 "same_path_as_photo_top1", "photo_top_margin"):
+                 "same_path_as_photo_top1", "photo_top_margin", "photo_sim_lead", "photo_near_duplicate",
+                 "best_photo_sim"):
         assert np.isnan(f[name]).all(), name
     assert np.isfinite(f["vector_rank"][:2]).all()  # the other columns are unaffected
+
+
+def test_near_duplicate_photo_features():
+    from ranking.features import NEAR_DUPLICATE_PHOTO_SIM
+
+    candidates = small_candidates()
+    candidates.photo_sim = np.array([0.97, 0.9, NAN, NEAR_DUPLICATE_PHOTO_SIM], dtype=np.float32)
+    X, names = build_features(small_query(text=None, has_image=True), candidates, small_listings(), now_days=19100.0)
+    f = as_dict(X, names)
+    np.testing.assert_array_equal(f["photo_near_duplicate"], np.array([1, 0, NAN, 1], np.float32))
+    np.testing.assert_allclose(f["photo_sim_lead"], [0.97 - NEAR_DUPLICATE_PHOTO_SIM, -0.07, NAN,
+                                                      NEAR_DUPLICATE_PHOTO_SIM - 0.97], atol=1e-6)
+    np.testing.assert_allclose(f["best_photo_sim"], 0.97, atol=1e-6)
+    # a tie at the top: nobody leads
+    candidates.photo_sim = np.array([0.8, 0.8, NAN, 0.5], dtype=np.float32)
+    X, _ = build_features(small_query(), candidates, small_listings(), now_days=19100.0)
+    np.testing.assert_allclose(as_dict(X, names)["photo_sim_lead"], [0.0, 0.0, NAN, -0.3], atol=1e-6)
+    # a single photo: no runner-up to lead
+    candidates.photo_sim = np.array([0.8, NAN, NAN, NAN], dtype=np.float32)
+    X, _ = build_features(small_query(), candidates, small_listings(), now_days=19100.0)
+    assert np.isnan(as_dict(X, names)["photo_sim_lead"]).all()
 
 
 def test_features_follow_candidate_order():

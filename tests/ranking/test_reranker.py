@@ -79,15 +79,17 @@ def test_load_refuses_other_features(fitted, tmp_path):
 def test_load_refuses_a_ranker_of_an_older_feature_set(fitted, tmp_path):
     from ranking.features import FEATURE_SET_VERSION
 
-    assert FEATURE_SET_VERSION == "3"
+    assert FEATURE_SET_VERSION == "4"
     fitted.save(tmp_path / "ranker")
     meta_path = tmp_path / "ranker" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    # a feature-set-2 ranker: no photo or term-coverage columns
-    meta["feature_set_version"] = "2"
-    meta["feature_names"] = [n for n in FEATURE_NAMES if not n.startswith(("photo_sim", "term_", "idf_"))]
+    # a feature-set-3 ranker (the demo's before near-duplicate features): no lead / near-duplicate columns
+    meta["feature_set_version"] = "3"
+    new_in_4 = ["photo_sim_lead", "photo_near_duplicate", "image_sim_lead", "best_photo_sim"]
+    meta["feature_names"] = [n for n in FEATURE_NAMES if n not in new_in_4]
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(RerankerVersionError, match=r"feature set version '2'.*missing \['photo_sim'.*train-ranker"):
+    with pytest.raises(RerankerVersionError,
+                       match=r"feature set version '3'.*missing \['photo_sim_lead'.*train-ranker"):
         Reranker.load(tmp_path / "ranker")
     # same names but written for another definition of them
     meta["feature_names"] = list(FEATURE_NAMES)

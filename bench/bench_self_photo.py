@@ -1,0 +1,65 @@
+"""Self-photo search through the served pipeline: does a listing's own catalogue photo find that listing first?
+
+    .venv/bin/python -m bench.bench_self_photo --workspace workspace/demo
+
+For every catalogue listing with a photo, its first photo (as stored, or with ``--near-duplicate`` a
+seeded light transform of it: crop, resize, brightness, JPEG) is searched over the whole catalogue with
+``Searcher.search`` (the service's code path, the workspace's installed re-ranker), with and without
+re-ranking. Prints, per stage, the share of queries whose top hit is the listing itself and the mean
+reciprocal rank of the listing in the top 10; ``--json`` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", required=True)
+    parser.add_argument("--near-duplicate", action="store_true", help="Search a lightly transformed copy.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+
+    import torch
+
+    from catalog.store import Catalog
+    from core.workspace import Workspace
+    from evaluation.protocol import load_photo, near_duplicate, query_rng
+    from search.pipeline import Searcher
+
+    torch.set_num_threads(args.threads)
+    workspace = Workspace.at(args.workspace)
+    searcher = Searcher.from_workspace(workspace)
+    if searcher.ranker is None:
+        raise SystemExit(f"no re-ranker in {workspace.ranker_dir}; run `marketsearch train-ranker` first")
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:
+        listings = [x for batch in catalog.iter_listings() for x in batch if x.image_ids]
+        paths = {x.id: catalog.image_path(x.image_ids[0]) for x in listings}
+    positions: dict[str, list[int]] = {"first stage": [], "reranked": []}
+    for listing in listings:
+        image = load_photo(paths[listing.id])
+        if args.near_duplicate:
+            image = near_duplicate(image, query_rng(args.seed, f"self-photo-{listing.id}"))
+        for stage, rerank in (("first stage", False), ("reranked", True)):
+            hits = [hit.listing_id for hit in searcher.search(image=image, k=10, rerank=rerank).hits]
+            positions[stage].append(hits.index(listing.id) + 1 if listing.id in hits else 0)
+    result = {"queries": len(listings), "near_duplicate": args.near_duplicate, "stages": {}}
+    for stage, found in positions.items():
+        found = np.asarray(found)
+        result["stages"][stage] = {"found_first": float((found == 1).mean()),
+                                   "mrr@10": float(np.where(found > 0, 1.0 / np.maximum(found, 1), 0.0).mean())}
+        print(f"{stage:12s} {len(found)} queries: own listing first {result['stages'][stage]['found_first']:.3f}, "
+              f"MRR@10 {result['stages'][stage]['mrr@10']:.3f}")
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

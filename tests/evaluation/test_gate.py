@@ -1,0 +1,90 @@
+"""The train-ranker gate on hand-made validation queries: NDCG@10 re-ranked vs first stage, per query type."""
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluation.train import TrainingData, gate_lines, query_types_of, validation_gate
+from ranking.features import FEATURE_NAMES
+
+COLUMN = {name: j for j, name in enumerate(FEATURE_NAMES)}
+
+
+def dcg(grades) -> float:
+    return sum(g / math.log2(i + 2) for i, g in enumerate(grades))
+
+
+def query_rows(rrf, vector_rank, has_text: bool, has_image: bool) -> np.ndarray:
+    X = np.full((len(rrf), len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+    X[:, COLUMN["rrf_score"]] = rrf
+    X[:, COLUMN["vector_rank"]] = vector_rank
+    X[:, COLUMN["query_has_text"]] = float(has_text)
+    X[:, COLUMN["query_has_image"]] = float(has_image)
+    return X
+
+
+def validation_set() -> TrainingData:
+    # text query: RRF order a, b, c with grades 0, 2, 1; image query: vector order d, e with grades 0, 2
+    # (its RRF score says e first, so the image gate must use the vector rank, not RRF)
+    text = query_rows([0.3, 0.2, 0.1], [1, 2, 3], True, False)
+    image = query_rows([0.1, 0.2], [1, 2], False, True)
+    return TrainingData(np.concatenate([text, image]), np.array([0, 2, 1, 0, 2]), np.array([3, 2]),
+                        ["t1", "i1"], list(FEATURE_NAMES))
+
+
+class ScoresFromLabels:
+    """A perfect re-ranker on the validation set: scores are the grades."""
+
+    def __init__(self, labels):
+        self.labels = np.asarray(labels, dtype=np.float64)
+        self.position = 0
+
+    def predict(self, X):
+        scores = self.labels[self.position : self.position + len(X)]
+        self.position += len(X)
+        return scores
+
+
+class Constant:
+    def predict(self, X):
+        return np.zeros(len(X))
+
+
+def test_query_types_come_from_the_query_columns():
+    data = validation_set()
+    assert data.query_types == ["text", "image"]
+    assert query_types_of(data.X[:1], np.array([1]), ["rrf_score"]) == ["unknown"]
+
+
+def test_a_perfect_ranker_passes_with_hand_computed_scores():
+    data = validation_set()
+    gate = validation_gate(ScoresFromLabels(data.y), data)
+    assert gate["passed"]
+    text, image = gate["types"]["text"], gate["types"]["image"]
+    assert text["first_stage"] == "hybrid" and image["first_stage"] == "vector"
+    assert text["first_stage_score"] == pytest.approx(dcg([0, 2, 1]) / dcg([2, 1]))
+    assert image["first_stage_score"] == pytest.approx(dcg([0, 2]) / dcg([2]))
+    assert text["reranked_score"] == pytest.approx(1.0) and image["reranked_score"] == pytest.approx(1.0)
+
+
+def test_a_ranker_worse_than_the_first_stage_fails_and_the_lines_say_where():
+    data = validation_set()
+    # scores = minus the grades: the wanted listing last
+    gate = validation_gate(ScoresFromLabels(-data.y), data)
+    assert not gate["passed"]
+    text = gate["types"]["text"]
+    assert text["reranked_score"] == pytest.approx(dcg([0, 1, 2]) / dcg([2, 1]))
+    assert not text["passed"] and text["reranked_score"] < text["first_stage_score"]
+    lines = gate_lines(gate)
+    assert any(line.startswith("text: NDCG@10 re-ranked") and "WORSE" in line and
+               f"{text['first_stage_score']:.4f}" in line for line in lines), lines
+
+
+def test_ties_keep_the_first_stage_order_so_a_constant_ranker_is_level():
+    # a re-ranker that cannot tell candidates apart is broken by the RRF score, as served: the text query
+    # keeps its first-stage order (level, passes); the image query follows RRF (e first), not the vector order
+    gate = validation_gate(Constant(), validation_set())
+    text, image = gate["types"]["text"], gate["types"]["image"]
+    assert text["reranked_score"] == pytest.approx(text["first_stage_score"]) and text["passed"]
+    assert image["reranked_score"] == pytest.approx(1.0) and image["passed"]
