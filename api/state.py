@@ -6,14 +6,14 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from api.config import Settings
+from catalog.store import Catalog
 from core.workspace import Workspace
-
-if TYPE_CHECKING:
-    from catalog.store import Catalog
-    from search.pipeline import Searcher
+from encoders.backbones import TextRuntimeError
+from ranking.feature_log import FeatureLogger
+from ranking.reranker import Reranker
+from search.pipeline import Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,6 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         logger.warning(state.catalog_error)
         return state
 
-    from catalog.store import Catalog
-    from search.pipeline import Searcher
 
     state.catalog = Catalog(workspace.db_url)
     try:
@@ -104,7 +102,6 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
     if settings.text_runtime == "onnxruntime":
         _use_onnxruntime(state, settings)
     if workspace.ranker_dir.exists():
-        from ranking.reranker import Reranker
 
         try:
             state.searcher.ranker = Reranker.load(workspace.ranker_dir)
@@ -119,7 +116,6 @@ def _use_onnxruntime(state: ServiceState, settings: Settings) -> None:
     """Encode queries with ONNX Runtime: the text backbone's forward for one short query is the largest stage
     of a text search, and ONNX Runtime runs it about twice as fast as torch with the same fp32 result
     (docs/benchmarks.md, "Service")."""
-    from encoders.backbones import TextRuntimeError
 
     try:
         state.searcher.model.text_tower.use_onnxruntime(threads=settings.torch_threads)
@@ -131,6 +127,5 @@ def _use_onnxruntime(state: ServiceState, settings: Settings) -> None:
 def _feature_logger(settings: Settings, workspace: Workspace):
     if not settings.feature_logging:
         return None
-    from ranking.feature_log import FeatureLogger
 
     return FeatureLogger.for_workspace(workspace)

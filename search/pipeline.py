@@ -15,20 +15,25 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
+from catalog.store import Catalog
+from encoders.bundle import MultiModalModel
+from encoders.embed import encode_images_with_photo_vectors, load_embeddings
+from index.bm25 import BM25Index
 from index.fusion import reciprocal_rank_fusion
+from index.update import bm25_dir, vector_index_dir
+from index.vector_index import VectorIndex
+from ranking.features import build_features
+from ranking.reranker import Reranker
 from ranking.types import Candidates, ListingTable, QueryContext
 from search.filters import FilterMasks, SearchFilters
+from search.listing_table import build_listing_table
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from core.workspace import Workspace
-    from encoders.bundle import MultiModalModel
     from encoders.embed import EmbeddingTable
-    from index.bm25 import BM25Index
-    from index.vector_index import VectorIndex
     from ranking.feature_log import FeatureLogger
-    from ranking.reranker import Reranker
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +107,6 @@ class Searcher:
         candidate_depth: int = DEFAULT_CANDIDATE_DEPTH,
     ) -> Searcher:
         """Load model bundle, catalogue table, embeddings, indexes and (if trained) the re-ranker."""
-        from catalog.store import Catalog
-        from encoders.bundle import MultiModalModel
-        from encoders.embed import load_embeddings
-        from index.bm25 import BM25Index
-        from index.update import bm25_dir, vector_index_dir
-        from index.vector_index import VectorIndex
-        from search.listing_table import build_listing_table
 
         if not (workspace.model_dir).exists():
             raise FileNotFoundError(
@@ -122,7 +120,6 @@ class Searcher:
         bm25 = BM25Index.load(bm25_dir(workspace))
         ranker = None
         if load_ranker and workspace.ranker_dir.exists():
-            from ranking.reranker import Reranker
 
             ranker = Reranker.load(workspace.ranker_dir)
         return cls(
@@ -145,7 +142,6 @@ class Searcher:
         text_emb = self.model.encode_texts([text]) if text else None
         image_emb = photo_vector = None
         if image is not None:
-            from encoders.embed import encode_images_with_photo_vectors
 
             # one forward pass gives the shared-space embedding and the raw backbone vector (photo_sim)
             image_emb, photo_vectors = encode_images_with_photo_vectors(self.model, [image])
@@ -324,7 +320,6 @@ class Searcher:
         reranked = False
         features = None
         if len(candidates) and ((self.ranker is not None and rerank) or self.feature_logger is not None):
-            from ranking.features import build_features
 
             start = time.perf_counter()
             features, names = build_features(query, candidates, self.listings)

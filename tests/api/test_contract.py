@@ -58,7 +58,7 @@ def within_unstated_rules(body) -> bool:
         return True
     for name in ("query", "text"):
         words = body.get(name)
-        if isinstance(words, str) and words.strip() and not has_visible_character(words):
+        if isinstance(words, str) and not has_visible_character(words):
             return False
     filters = body.get("filters") if isinstance(body.get("filters"), dict) else body
     low, high = filters.get("min_price"), filters.get("max_price")
