@@ -42,6 +42,8 @@ def configure_logging(verbose: bool = False) -> None:
     Without ``verbose`` the handler itself drops DEBUG records: bm25s sets its own logger to DEBUG when it
     is imported, after this runs, so a level on the root logger alone would not hide its lines.
     """
+    root = logging.getLogger()
+    ours = not root.handlers  # basicConfig adds a handler only when none is there (tests, embedding apps)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -49,8 +51,9 @@ def configure_logging(verbose: bool = False) -> None:
     )
     if verbose:
         return
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(max(handler.level, logging.INFO))
+    if ours:
+        for handler in root.handlers:
+            handler.setLevel(logging.INFO)
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     for message, module in QUIET_WARNINGS:

@@ -55,3 +55,29 @@ def test_verbose_shows_everything():
     assert "bm25s debug line" in loud and "unsafe cast" in loud
     if "faiss.loader" not in loud:  # a FAISS build with no optional SIMD variants logs nothing at INFO
         pytest.skip("this FAISS build's loader logs nothing")
+
+
+def test_serve_after_make_demo_serves_workspace_demo(tmp_path, monkeypatch):
+    """`marketsearch serve` with no --workspace, from a checkout where only `make demo` has run."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import api.main
+    from marketsearch.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MARKETSEARCH_HOME", raising=False)
+    served = {}
+    monkeypatch.setattr(api.main, "create_app", lambda settings: settings)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(workspace=app.workspace))
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2 and "make demo" in result.output and not served
+
+    (tmp_path / "workspace" / "demo").mkdir(parents=True)
+    (tmp_path / "workspace" / "demo" / "catalog.db").write_bytes(b"")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert served["workspace"] == Path("workspace/demo")
+    assert "serving the demo workspace workspace/demo/" in result.output
