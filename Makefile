@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKSPACE ?= workspace/demo
 
-.PHONY: install demo test lint browser clean
+.PHONY: install demo serve test lint browser clean
 
 # uv resolves torch and torchvision together from PyPI (a matching pair that runs on CPU);
 # it does not read pip's find-links, so a stray CPU-only torch wheel cannot break torchvision.
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/marketsearch demo --workspace $(WORKSPACE)
+
+# Serve what `make demo` built again, without rebuilding it.
+serve: install
+	$(BIN)/marketsearch serve --workspace $(WORKSPACE)
 
 # Chromium for the browser test of the web page (Debian package; skipped with a reason when unavailable).
 browser:

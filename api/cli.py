@@ -27,7 +27,21 @@ def serve(
     ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: debug, info, warning, error.")] = "info",
 ) -> None:
-    """Serve the search API (OpenAPI docs at /docs) and the web page at / for one workspace."""
+    """Serve the search API (OpenAPI docs at /docs) and the web page at / for one workspace.
+
+    Without --workspace (and $MARKETSEARCH_HOME), ./workspace is served when it holds a catalogue, else
+    ./workspace/demo, what `make demo` builds.
+    """
+    from core.workspace import built_workspace
+
+    try:
+        workspace, note = built_workspace(workspace)
+    except FileNotFoundError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    if note:
+        typer.echo(note)
+
     import uvicorn
 
     from api.config import Settings

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from core.workspace import DEFAULT_ROOT_ENV, Workspace
+from core.workspace import DEFAULT_ROOT, DEFAULT_ROOT_ENV, Workspace
 
 WorkspaceOption = Annotated[
     Path,
@@ -19,7 +19,7 @@ WorkspaceOption = Annotated[
         show_default=True,
     ),
 ]
-DEFAULT_WORKSPACE = Path("workspace")
+DEFAULT_WORKSPACE = DEFAULT_ROOT  # `serve` falls back to workspace/demo (core.workspace.built_workspace)
 
 
 def open_workspace(path: Path) -> Workspace:

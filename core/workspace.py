@@ -7,10 +7,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ROOT_ENV = "MARKETSEARCH_HOME"
+DEFAULT_ROOT = Path("workspace")
+DEMO_ROOT = DEFAULT_ROOT / "demo"  # what `make demo` / `marketsearch demo` build
 
 
 def default_root() -> Path:
-    return Path(os.environ.get(DEFAULT_ROOT_ENV, "workspace"))
+    return Path(os.environ.get(DEFAULT_ROOT_ENV, str(DEFAULT_ROOT)))
+
+
+def built_workspace(root: str | os.PathLike) -> tuple[Path, str | None]:
+    """The workspace to serve for ``root``, and a one-line note when it is not ``root`` itself.
+
+    ``root`` when it holds a catalogue. When ``root`` is the default ``./workspace`` (not named by
+    ``$MARKETSEARCH_HOME``) and has none but ``./workspace/demo`` has one, the demo workspace, with a note
+    saying so. Otherwise FileNotFoundError naming the exact command to run.
+    """
+    root = Path(root)
+    if Workspace(root).db_path.is_file():
+        return root, None
+    demo_built = Workspace(DEMO_ROOT).db_path.is_file()
+    if root == DEFAULT_ROOT and DEFAULT_ROOT_ENV not in os.environ and demo_built:
+        return DEMO_ROOT, (f"no catalogue in {root}/: serving the demo workspace {DEMO_ROOT}/ "
+                           f"(built by `make demo`); --workspace DIR serves another")
+    if demo_built:
+        fix = f"to serve the demo: `marketsearch serve --workspace {DEMO_ROOT}`"
+    else:
+        fix = (f"build one first: `make demo` (then `marketsearch serve --workspace {DEMO_ROOT}`), or "
+               f"`marketsearch build --products P --images I --image-dir D --workspace {root}`")
+    raise FileNotFoundError(f"no catalogue in {root}/ ({Workspace(root).db_path} is missing); {fix}")
 
 
 def new_stamped_dir(parent: str | os.PathLike, stamp: str) -> Path:

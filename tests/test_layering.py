@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
+import pytest
 from importlinter.cli import EXIT_STATUS_ERROR, EXIT_STATUS_SUCCESS, lint_imports
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _keep_loggers_enabled():
+    """lint_imports runs logging.config.dictConfig, which disables every logger that exists already; a
+    later test asserting on caplog records (tests/encoders/test_backbones.py) would then see none."""
+    loggers = [log for log in logging.root.manager.loggerDict.values() if isinstance(log, logging.Logger)]
+    disabled = {log: log.disabled for log in loggers}
+    yield
+    for log, was in disabled.items():
+        log.disabled = was
 
 
 def test_no_package_imports_a_higher_layer():

@@ -1,4 +1,8 @@
-from core.workspace import new_stamped_dir
+from pathlib import Path
+
+import pytest
+
+from core.workspace import DEFAULT_ROOT_ENV, built_workspace, new_stamped_dir
 
 
 def test_new_stamped_dir_never_reuses_a_taken_name(tmp_path):
@@ -10,3 +14,45 @@ def test_new_stamped_dir_never_reuses_a_taken_name(tmp_path):
     assert [p.name for p in (first, second, third)] == ["20261121-120000", "20261121-120000-2", "20261121-120000-3"]
     assert all(p.is_dir() for p in (first, second, third))
     assert (first / "config.json").read_text() == "{}"  # the earlier run is left untouched
+
+
+def _with_catalogue(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "catalog.db").write_bytes(b"")
+    return root
+
+
+@pytest.fixture()
+def repo_cwd(tmp_path, monkeypatch):
+    """A fresh checkout's root as the working directory, without $MARKETSEARCH_HOME."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(DEFAULT_ROOT_ENV, raising=False)
+    return tmp_path
+
+
+def test_serve_default_falls_back_to_the_demo_workspace_and_says_so(repo_cwd):
+    _with_catalogue(repo_cwd / "workspace" / "demo")  # what `make demo` leaves behind
+    root, note = built_workspace(Path("workspace"))
+    assert root == Path("workspace/demo")
+    assert note is not None and "\n" not in note and "workspace/demo" in note
+
+
+def test_serve_keeps_a_workspace_that_has_a_catalogue(repo_cwd):
+    _with_catalogue(repo_cwd / "workspace")
+    _with_catalogue(repo_cwd / "workspace" / "demo")
+    assert built_workspace(Path("workspace")) == (Path("workspace"), None)
+    assert built_workspace(Path("workspace/demo")) == (Path("workspace/demo"), None)
+
+
+def test_serve_named_workspace_never_falls_back_and_names_the_command(repo_cwd, monkeypatch):
+    _with_catalogue(repo_cwd / "workspace" / "demo")
+    with pytest.raises(FileNotFoundError, match=r"marketsearch serve --workspace workspace/demo"):
+        built_workspace(Path("elsewhere"))
+    monkeypatch.setenv(DEFAULT_ROOT_ENV, "workspace")  # named through the environment: no fallback either
+    with pytest.raises(FileNotFoundError, match=r"marketsearch serve --workspace workspace/demo"):
+        built_workspace(Path("workspace"))
+
+
+def test_serve_without_any_catalogue_says_how_to_build_one(repo_cwd):
+    with pytest.raises(FileNotFoundError, match=r"make demo.*marketsearch serve --workspace workspace/demo"):
+        built_workspace(Path("workspace"))

@@ -104,3 +104,32 @@ def test_random_variants_need_no_weights(empty_caches, no_network):
     assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 2048, 2, 2)
     model, tokenizer, choice = resolve_text_backbone("tiny_distilbert")
     assert not choice.pretrained and model.config.n_layers == 2
+
+
+def test_auto_fallback_warns_one_short_line_per_backbone(empty_caches, no_network, caplog, capfd):
+    """Offline, each fallback is one warning line (asked, used, why); no downloader line, URL or error dump."""
+    with caplog.at_level(logging.DEBUG, logger="encoders.backbones"):
+        resolve_image_backbone("auto")
+        resolve_text_backbone("auto")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2
+    for line, used, design in zip(warnings, ("mobilenet_v2", "all-MiniLM-L6-v2"),
+                                  ("resnet50", "distilbert-base-uncased")):
+        assert "\n" not in line and len(line) < 220, line
+        assert f"using offline {used} instead of design-card {design}" in line
+        assert "unreachable" in line
+        assert "http" not in line and "Error" not in line and "Traceback" not in line
+    # the full message with the fix is still there, at DEBUG (shown with -v)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("resnet50-11ad3fa6.pth" in line for line in debug)
+    assert any("huggingface-cli download" in line for line in debug)
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err  # torch.hub's line for a download that cannot happen
+
+
+def test_reachable_refused_connection_is_false_unless_proxied(no_network, monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not backbones.reachable("https://download.pytorch.org/models/x.pth")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert backbones.reachable("https://download.pytorch.org/models/x.pth")  # the proxy decides: let it try
