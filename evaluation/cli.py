@@ -231,13 +231,25 @@ def evaluate(
     threads: ThreadsOption = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
-    """Offline evaluation: NDCG@10, MRR@10, Recall@100 and MAP for BM25, vector, hybrid and re-ranked results.
+    """Offline evaluation of BM25, vector, hybrid and re-ranked results: NDCG@10 and MAP on graded judgments,
+    MRR@10, Recall@100 and hit rate@1 (wanted listing first) on the wanted listing alone.
 
-    Paired significance tests between every pair of stages (ranx). Writes TREC run files per stage, the
-    qrels, report.json, report.md and PNG plots to WORKSPACE/eval/TIMESTAMP/ (one set per protocol,
-    prefixed text. / image.), and prints a summary table.
+    The known-item protocols judge the wanted listing 2 and listings of its category path 1 (graded);
+    MRR@10, Recall@100 and hit_rate@1 count only the wanted listing, as the known-item literature defines
+    them. Slices: one-word titles (text), photos with a near-duplicate in the corpus (image). Paired
+    significance tests between every pair of stages (ranx). Writes TREC run files per stage, both qrels,
+    report.json, report.md and PNG plots to WORKSPACE/eval/TIMESTAMP/ (one set per protocol, prefixed text. /
+    image.), marks older reports that used other metric definitions superseded, and prints a summary table.
     """
-    from evaluation.evaluate import collect_runs, compare_runs, new_eval_dir, target_scores, write_evaluation
+    from evaluation.evaluate import (
+        collect_runs,
+        compare_runs,
+        compare_slice,
+        mark_superseded,
+        new_eval_dir,
+        write_evaluation,
+    )
+    from evaluation.judgments import wanted_listing_qrels
     from ranking.reranker import Reranker
 
     if stat_test not in ("student", "fisher"):
@@ -291,15 +303,25 @@ def evaluate(
                         runs.pop("bm25", None)
                         runs.pop("hybrid", None)
                     runs.update(prot.baseline_runs)
-                    report = compare_runs(prot.qrels, runs, stat_test=stat_test, max_p=max_p,
+                    wanted = wanted_listing_qrels(prot.queries)
+                    report = compare_runs(prot.qrels, runs, wanted=wanted, stat_test=stat_test, max_p=max_p,
                                           name=f"{prot.name} ({'+'.join(prot.splits)} products)")
                     report.info.update({"corpus_size": prot.corpus_size, "splits": list(prot.splits),
                                         "model_fingerprint": builder.model.fingerprint,
                                         "ranker": None if ranker is None else ranker.meta_.get("trained_at"),
-                                        "ratios": final_ratios(report),
-                                        "target": target_scores(runs, prot.queries)})
-                    write_evaluation(out_dir, report, runs, prot.qrels, prot.queries, prefix=f"{name}.")
-                    reports.append(report)
+                                        "ratios": final_ratios(report), "slices": {}})
+                    slice_reports = []
+                    for slice_name, slice_ids in prot.slices.items():
+                        sliced = compare_slice(prot.qrels, runs, slice_ids, wanted=wanted, stat_test=stat_test,
+                                               max_p=max_p, name=f"{report.name}: {slice_name} slice")
+                        if sliced is None:
+                            continue
+                        sliced.info["ratios"] = final_ratios(sliced)
+                        report.info["slices"][slice_name] = sliced.to_dict()
+                        slice_reports.append(sliced)
+                    write_evaluation(out_dir, report, runs, prot.qrels, prot.queries, prefix=f"{name}.",
+                                     wanted=wanted)
+                    reports += [report, *slice_reports]
             finally:
                 builder.close()
     except (FileNotFoundError, ValueError, LookupError) as error:
@@ -307,6 +329,8 @@ def evaluate(
         raise typer.Exit(2) from None
 
     _write_summary(out_dir, reports)
+    for folder in mark_superseded(ws.eval_dir):
+        typer.echo(f"note: marked {folder.name} superseded (older metric definitions)", err=True)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in reports], indent=2))
         return
@@ -319,34 +343,36 @@ def evaluate(
     typer.echo(f"\nwritten to {out_dir}")
 
 
+RATIO_METRICS = ("ndcg@10", "mrr@10")
+
+
 def final_ratios(report) -> dict:
-    """NDCG@10 of the final stage over each other stage, with the p-value of the difference."""
+    """NDCG@10 and MRR@10 of the final stage over each other stage, with the p-value of the difference:
+    ``{metric: {other stage: {final, ratio, p_value}}}``."""
     final = "reranked" if "reranked" in report.stages else ("hybrid" if "hybrid" in report.stages else None)
-    if final is None or "ndcg@10" not in report.metrics:
-        return {}
-    ratios = {}
-    for other in report.stages:
-        if other == final or report.scores[other]["ndcg@10"] == 0:
-            continue
-        ratios[other] = {
-            "final": final,
-            "ratio": report.scores[final]["ndcg@10"] / report.scores[other]["ndcg@10"],
-            "p_value": report.p_values[final][other]["ndcg@10"],
-        }
+    ratios: dict = {}
+    if final is None:
+        return ratios
+    for metric in (m for m in RATIO_METRICS if m in report.metrics):
+        for other in report.stages:
+            if other == final or report.scores[other][metric] == 0:
+                continue
+            ratios.setdefault(metric, {})[other] = {
+                "final": final,
+                "ratio": report.scores[final][metric] / report.scores[other][metric],
+                "p_value": report.p_values[final][other][metric],
+            }
     return ratios
 
 
 def _ratio_lines(report) -> list[str]:
     ratios = report.info.get("ratios") or final_ratios(report)
-    lines = [
-        f"  NDCG@10 {value['final']} / {other}: {value['ratio']:.3f}x (p = {value['p_value']:.2g})"
-        for other, value in ratios.items()
+    label = {"ndcg@10": "NDCG@10", "mrr@10": "MRR@10 (wanted listing)"
+             if report.metric_qrels.get("mrr@10") == "wanted listing" else "MRR@10"}
+    return [
+        f"  {label.get(metric, metric)} {value['final']} / {other}: {value['ratio']:.3f}x (p = {value['p_value']:.2g})"
+        for metric, by_stage in ratios.items() for other, value in by_stage.items()
     ]
-    target = report.info.get("target") or {}
-    if target:
-        lines.append("  wanted listing first / MRR@10: " + ", ".join(
-            f"{stage} {value['found_first']:.3f} / {value['mrr@10']:.3f}" for stage, value in target.items()))
-    return lines
 
 
 def _write_summary(out_dir: Path, reports) -> None:

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +37,15 @@ from ranking.types import Candidates, ListingTable, QueryContext
 
 logger = logging.getLogger(__name__)
 
-METRICS: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100", "map")
+# Graded metrics read the graded qrels (the wanted listing 2, same full category path 1); known-item metrics
+# read qrels where only the wanted listing is relevant, as IR papers define MRR and recall for known-item search.
+# hit_rate@1 is the share of queries whose first result is the wanted listing.
+GRADED_METRICS: tuple[str, ...] = ("ndcg@10", "map")
+KNOWN_ITEM_METRICS: tuple[str, ...] = ("mrr@10", "recall@100", "hit_rate@1")
+METRICS: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100", "hit_rate@1", "map")
+# 1: every metric on the graded qrels (MRR@10 and Recall@100 counted any same-category listing);
+# 2: known-item metrics on the wanted listing only. Reports of an older version are marked superseded.
+METRICS_VERSION = 2
 STAGES: tuple[str, ...] = ("bm25", "vector", "hybrid", "reranked")
 DEFAULT_DEPTH = 100
 
@@ -157,6 +165,11 @@ def collect_runs(
 
 
 # -- comparing runs -------------------------------------------------------------------------------
+def is_known_item_metric(metric: str) -> bool:
+    """MRR, recall and hit rate (any cut-off) are known-item metrics: they read the wanted-listing qrels."""
+    return metric.split("@")[0] in {m.split("@")[0] for m in KNOWN_ITEM_METRICS}
+
+
 @dataclass
 class EvaluationReport:
     """Scores of each stage, pairwise p-values and per-query scores (plain values, JSON-ready)."""
@@ -170,7 +183,7 @@ class EvaluationReport:
     query_ids: list[str]
     stat_test: str
     max_p: float
-    table: str  # ranx's text table with significance superscripts
+    metric_qrels: dict[str, str] = field(default_factory=dict)  # metric -> "graded" or "wanted listing"
     info: dict[str, Any] = field(default_factory=dict)
 
     def significant(self, stage: str, other: str, metric: str) -> bool:
@@ -181,7 +194,9 @@ class EvaluationReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "metrics_version": METRICS_VERSION,
             "metrics": self.metrics,
+            "metric_qrels": self.metric_qrels,
             "stages": self.stages,
             "scores": self.scores,
             "p_values": self.p_values,
@@ -210,6 +225,11 @@ class EvaluationReport:
             f"{len(self.query_ids)} queries. A superscript letter marks a significant improvement over that "
             f"row ({test.get(self.stat_test, self.stat_test)}, p < {self.max_p})."
         )
+        wanted = [m for m in self.metrics if self.metric_qrels.get(m) == "wanted listing"]
+        if wanted:
+            graded = [m for m in self.metrics if m not in wanted]
+            lines.append(f"{', '.join(wanted)}: only the wanted listing is relevant; "
+                         f"{', '.join(graded) or 'no metric'}: graded judgments.")
         return "\n".join(lines)
 
 
@@ -217,86 +237,102 @@ def compare_runs(
     qrels: Qrels,
     runs: Mapping[str, Mapping[str, Mapping[str, float]]],
     *,
+    wanted: Qrels | None = None,
     metrics: Sequence[str] = METRICS,
     stat_test: str = "student",
     max_p: float = 0.01,
     name: str = "evaluation",
 ) -> EvaluationReport:
-    """Evaluate every run against ``qrels`` with ranx and test each pair of runs for significance.
+    """Evaluate every run with ranx and test each pair of runs for significance.
 
-    Queries of ``qrels`` missing from a run count as empty rankings (score 0); run queries without
-    judgments are ignored. Inputs are not modified.
+    Graded metrics read ``qrels``. Known-item metrics (``is_known_item_metric``: MRR, recall, hit rate)
+    read ``wanted``, the wanted listing of each query (``judgments.wanted_listing_qrels``), when given;
+    without it (judgments that name no wanted listing) they read ``qrels`` too. ``wanted`` must judge the
+    same queries as ``qrels``. Queries of the qrels missing from a run count as empty rankings (score 0);
+    run queries without judgments are ignored. Inputs are not modified.
     """
 
     if not qrels:
         raise ValueError("qrels are empty: nothing to evaluate against")
     if not runs:
         raise ValueError("no runs to evaluate")
-    ranx_qrels = RanxQrels.from_dict({q: dict(docs) for q, docs in qrels.items()})
-    ranx_runs = []
-    for stage, run in runs.items():
-        entries = {q: dict(docs) for q, docs in run.items() if q in qrels and docs}
-        if not entries:
-            raise ValueError(f"run {stage!r} has no ranked listing for any judged query")
-        ranx_runs.append(RanxRun.from_dict(entries, name=stage))
+    if wanted is not None and set(wanted) != set(qrels):
+        missing = sorted(set(qrels) ^ set(wanted))[:5]
+        raise ValueError(f"the wanted-listing qrels and the graded qrels judge different queries (e.g. {missing})")
     metrics = list(metrics)
+    metric_qrels = {m: "wanted listing" if wanted is not None and is_known_item_metric(m) else "graded"
+                    for m in metrics}
+    groups = [(qrels, [m for m in metrics if metric_qrels[m] == "graded"]),
+              (wanted, [m for m in metrics if metric_qrels[m] == "wanted listing"])]
     logger.info("scoring %d runs with ranx and paired %s tests (the first evaluation after an install "
-                "compiles ranx's numba kernels: up to a minute)", len(ranx_runs), stat_test)
-    report = compare(
-        ranx_qrels, ranx_runs, metrics=metrics, stat_test=stat_test, max_p=max_p, make_comparable=True
-    )
-    stages = list(report.model_names)
-    p_values = {
-        stage: {
-            other: {m: _clean_p(report.comparisons[stage, other][m]["p_value"]) for m in metrics}
-            for other in stages if other != stage
-        }
-        for stage in stages
-    }
-    query_ids = sorted(qrels)
+                "compiles ranx's numba kernels: up to a minute)", len(runs), stat_test)
+    stages: list[str] = []
+    scores: dict[str, dict[str, float]] = {}
+    p_values: dict[str, dict[str, dict[str, float]]] = {}
     per_query: dict[str, dict[str, list[float]]] = {}
-    for run in ranx_runs:
-        values = evaluate(ranx_qrels, run, metrics, return_mean=False, make_comparable=True)
-        if len(metrics) == 1:
-            values = {metrics[0]: values}
-        # ranx orders per-query scores like its qrels' (sorted) query ids
-        per_query[run.name] = {m: [float(v) for v in values[m]] for m in metrics}
+    for judged, group_metrics in groups:
+        if not group_metrics:
+            continue
+        ranx_qrels = RanxQrels.from_dict({q: dict(docs) for q, docs in judged.items()})
+        ranx_runs = []
+        for stage, run in runs.items():
+            entries = {q: dict(docs) for q, docs in run.items() if q in judged and docs}
+            if not entries:
+                raise ValueError(f"run {stage!r} has no ranked listing for any judged query")
+            ranx_runs.append(RanxRun.from_dict(entries, name=stage))
+        report = compare(ranx_qrels, ranx_runs, metrics=group_metrics, stat_test=stat_test, max_p=max_p,
+                         make_comparable=True)
+        stages = list(report.model_names)
+        for stage in stages:
+            scores.setdefault(stage, {}).update({m: float(report.results[stage][m]) for m in group_metrics})
+            for other in stages:
+                if other != stage:
+                    p_values.setdefault(stage, {}).setdefault(other, {}).update(
+                        {m: _clean_p(report.comparisons[stage, other][m]["p_value"]) for m in group_metrics})
+        for run in ranx_runs:
+            values = evaluate(ranx_qrels, run, group_metrics, return_mean=False, make_comparable=True)
+            if len(group_metrics) == 1:
+                values = {group_metrics[0]: values}
+            # ranx orders per-query scores like its qrels' (sorted) query ids
+            per_query.setdefault(run.name, {}).update({m: [float(v) for v in values[m]] for m in group_metrics})
     return EvaluationReport(
         name=name,
         metrics=metrics,
         stages=stages,
-        scores={stage: {m: float(report.results[stage][m]) for m in metrics} for stage in stages},
-        p_values=p_values,
-        per_query=per_query,
-        query_ids=query_ids,
+        scores={stage: {m: scores[stage][m] for m in metrics} for stage in stages},
+        p_values={stage: {other: {m: by_metric[m] for m in metrics}
+                          for other, by_metric in p_values.get(stage, {}).items()} for stage in stages},
+        per_query={stage: {m: per_query[stage][m] for m in metrics} for stage in stages},
+        query_ids=sorted(qrels),
         stat_test=stat_test,
         max_p=max_p,
-        table=report.to_table(),
+        metric_qrels=metric_qrels,
     )
 
 
-def target_scores(runs: Mapping[str, Mapping[str, Mapping[str, float]]], queries: Mapping[str, EvalQuery],
-                  k: int = 10) -> dict[str, dict[str, float]]:
-    """How each stage ranks the wanted listing itself (``EvalQuery.target_id``), other relevant listings aside.
+def compare_slice(
+    qrels: Qrels,
+    runs: Mapping[str, Mapping[str, Mapping[str, float]]],
+    query_ids: Iterable[str],
+    *,
+    wanted: Qrels | None = None,
+    **options: Any,
+) -> EvaluationReport | None:
+    """``compare_runs`` over the queries ``query_ids`` only (None when none of them is judged).
 
-    Per stage: ``found_first`` (share of the queries whose top result is the target) and ``mrr@k`` (mean
-    reciprocal rank of the target, 0 beyond rank ``k``), over the queries that name a target; a query
-    missing from a run counts as not found. Empty when no query names a target.
-    """
-    targeted = {q: query.target_id for q, query in queries.items() if query.target_id is not None}
-    if not targeted:
-        return {}
-    scores = {}
-    for stage, run in runs.items():
-        first, reciprocal = 0, 0.0
-        for query_id, target in targeted.items():
-            ranked = sorted(run.get(query_id, {}).items(), key=lambda item: (-item[1], item[0]))[:k]
-            position = next((i for i, (listing_id, _) in enumerate(ranked, start=1) if listing_id == target), None)
-            if position is not None:
-                first += position == 1
-                reciprocal += 1.0 / position
-        scores[stage] = {"found_first": first / len(targeted), f"mrr@{k}": reciprocal / len(targeted)}
-    return scores
+    Stages that rank nothing for those queries are left out of the slice."""
+    keep = set(query_ids) & set(qrels)
+    if not keep:
+        return None
+
+    def only(mapping: Mapping[str, Any]) -> dict[str, Any]:
+        return {q: value for q, value in mapping.items() if q in keep}
+
+    sliced = {stage: only(run) for stage, run in runs.items()}
+    sliced = {stage: run for stage, run in sliced.items() if any(run.values())}
+    if not sliced:
+        return None
+    return compare_runs(only(qrels), sliced, wanted=None if wanted is None else only(wanted), **options)
 
 
 def _clean_p(value: float) -> float:
@@ -375,12 +411,16 @@ def write_evaluation(
     qrels: Qrels,
     queries: Mapping[str, EvalQuery] | None = None,
     prefix: str = "",
+    wanted: Qrels | None = None,
 ) -> dict[str, Path]:
-    """Write run files, qrels, queries, report.json, report.md and plots for one evaluation."""
+    """Write run files, qrels (graded, and ``qrels.wanted.txt`` for the known-item metrics when given),
+    queries, report.json, report.md and plots for one evaluation."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {f"run.{stage}": path for stage, path in write_runs(runs, out_dir, prefix).items()}
     written["qrels"] = write_qrels(qrels, out_dir / f"{prefix}qrels.txt")
+    if wanted is not None:
+        written["qrels.wanted"] = write_qrels(wanted, out_dir / f"{prefix}qrels.wanted.txt")
     if queries is not None:
         written["queries"] = write_queries(queries, out_dir / f"{prefix}queries.tsv")
     report_json = out_dir / f"{prefix}report.json"
@@ -397,3 +437,38 @@ def write_evaluation(
         written[path.stem] = path
     logger.info("evaluation written to %s", out_dir)
     return written
+
+
+SUPERSEDED_NOTE = (
+    "> **Superseded** (metrics version {version}, now {current}): MRR@10 and Recall@100 in this report count every "
+    "listing of the wanted listing's category path as relevant. `marketsearch evaluate` now scores them on the "
+    "wanted listing only (known-item definition); re-run it for comparable figures.\n\n"
+)
+
+
+def mark_superseded(eval_root: str | os.PathLike) -> list[Path]:
+    """Prefix the Markdown of every evaluation under ``eval_root`` written with an older metrics version with a
+    note saying so (once). Returns the folders marked now."""
+    marked = []
+    for folder in sorted(p for p in Path(eval_root).glob("*") if p.is_dir()):
+        reports = sorted(folder.glob("*report.json"))
+        versions = set()
+        for path in reports:
+            try:
+                versions.add(int(json.loads(path.read_text(encoding="utf-8")).get("metrics_version", 1)))
+            except (OSError, ValueError, AttributeError):
+                continue
+        if not versions or min(versions) >= METRICS_VERSION:
+            continue
+        note = SUPERSEDED_NOTE.format(version=min(versions), current=METRICS_VERSION)
+        for path in [*folder.glob("*report.md"), folder / "summary.md"]:
+            if not path.is_file():
+                continue
+            text = path.read_text(encoding="utf-8")
+            if text.startswith("> **Superseded**"):
+                continue
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(note + text, encoding="utf-8")
+            os.replace(tmp, path)
+            marked.append(folder)
+    return sorted(set(marked))

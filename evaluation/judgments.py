@@ -265,6 +265,13 @@ def _known_item_qrels(target: ListingLike, groups: Mapping[str, list[str]]) -> d
     return grades
 
 
+def wanted_listing_qrels(queries: Mapping[str, EvalQuery]) -> Qrels:
+    """Known-item qrels: each query's wanted listing (``EvalQuery.target_id``) is its only relevant listing.
+
+    Queries that name no wanted listing are left out."""
+    return {query_id: {query.target_id: 1} for query_id, query in queries.items() if query.target_id is not None}
+
+
 def known_item_text(
     listings: list[ListingLike], corpus: list[ListingLike] | None = None
 ) -> tuple[dict[str, EvalQuery], Qrels]:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import imagehash
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance
@@ -60,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("text", "image", "self-photo")
 FROZEN_BASELINE = "frozen_mobilenet_v2"
+# Difference-hash bits two photos may differ by and still count as near-duplicates (a JPEG re-encode or a
+# resize changes 0-2 of the 64 bits; unrelated photos differ by ~32).
+NEAR_DUPLICATE_MAX_BITS = 4
 
 
 @dataclass
@@ -73,6 +77,7 @@ class ProtocolSet:
     qrels: Qrels
     load_image: Callable[[EvalQuery], Image.Image] | None = None
     baseline_runs: Runs = field(default_factory=dict)  # extra runs computed outside the pipeline
+    slices: dict[str, set[str]] = field(default_factory=dict)  # slice name -> its query ids, reported apart
 
     @property
     def corpus_size(self) -> int:
@@ -144,6 +149,36 @@ def load_photo(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return image.convert("RGB")
+
+
+def one_word_queries(queries: dict[str, EvalQuery]) -> set[str]:
+    """Text queries of a single word (a one-word title): the hardest known-item queries."""
+    return {q for q, query in queries.items() if query.text is not None and len(query.text.split()) == 1}
+
+
+def photo_hashes(paths: Sequence[Path]) -> np.ndarray:
+    """64-bit difference hashes (``imagehash.dhash``) of photos, as uint64 (n,)."""
+    hashes = np.zeros(len(paths), dtype=np.uint64)
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            bits = imagehash.dhash(image).hash.flatten()
+        hashes[i] = np.packbits(bits).view(">u8")[0]
+    return hashes
+
+
+def near_duplicate_queries(query_hashes: dict[str, int], corpus_hashes: np.ndarray,
+                           max_bits: int = NEAR_DUPLICATE_MAX_BITS) -> set[str]:
+    """Queries whose photo is within ``max_bits`` (Hamming distance of the difference hashes) of a corpus photo:
+    byte-identical photos (0 bits) and near-identical ones (re-encoded, resized, lightly edited)."""
+    if not query_hashes or not len(corpus_hashes):
+        return set()
+    ids = list(query_hashes)
+    queries = np.asarray([query_hashes[q] for q in ids], dtype=np.uint64)
+    near = set()
+    for start in range(0, len(ids), 256):
+        distance = np.bitwise_count(queries[start:start + 256, None] ^ corpus_hashes[None, :])
+        near.update(ids[start + i] for i in np.flatnonzero(distance.min(axis=1) <= max_bits))
+    return near
 
 
 def near_duplicate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -407,7 +442,8 @@ class ProtocolBuilder:
         queries, qrels = _sample(queries, qrels, max_queries, seed)
         logger.info("known-item text on %s: %d queries, corpus of %d listings", "+".join(splits), len(queries),
                     len(ids))
-        return ProtocolSet("known-item-text", splits, searcher, queries, qrels)
+        return ProtocolSet("known-item-text", splits, searcher, queries, qrels,
+                           slices={"one-word title": one_word_queries(queries)})
 
     def image_protocol(self, splits: Iterable[str], *, corpus_splits: Iterable[str] | None = None,
                        max_queries: int | None = None, seed: int = 0, frozen_baseline: bool = False) -> ProtocolSet:
@@ -445,7 +481,13 @@ class ProtocolBuilder:
 
         searcher = self._searcher(ids, table, text, image, has_image,
                                   [listing_text(x.title, x.description) for x in listings], photo, has_photo)
-        protocol = ProtocolSet("known-item-image", splits, searcher, queries, qrels, load_image=self.load_query_image)
+        # near-duplicate slice: the query photo against every photo that represents a corpus listing
+        corpus_photos = [p for listing in listings for p in other_photos.get(listing.id, listing.image_ids)]
+        corpus_hashes = photo_hashes([self._photo_path(p) for p in corpus_photos])
+        query_hashes = dict(zip(queries, photo_hashes([self._photo_path(q.image_id) for q in queries.values()])))
+        slices = {"near-duplicate photo": near_duplicate_queries(query_hashes, corpus_hashes)}
+        protocol = ProtocolSet("known-item-image", splits, searcher, queries, qrels, load_image=self.load_query_image,
+                               slices=slices)
         if frozen_baseline:
             protocol.baseline_runs[FROZEN_BASELINE] = self.frozen_image_run(listings, queries, other_photos)
         logger.info("known-item image on %s: %d queries, corpus of %d listings", "+".join(splits), len(queries),

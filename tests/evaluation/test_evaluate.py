@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 
 from evaluation.evaluate import (
+    METRICS_VERSION,
     compare_runs,
+    compare_slice,
+    mark_superseded,
     scores_from_ranking,
     stage_scores,
-    target_scores,
     write_evaluation,
     write_runs,
 )
-from evaluation.judgments import read_qrels
+from evaluation.judgments import EvalQuery, read_qrels, wanted_listing_qrels
 from tests.ranking.helpers import small_candidates
 
 
@@ -74,7 +76,8 @@ def test_run_files_parse_with_ranx_and_reproduce_the_scores(tmp_path):
         "reranked": {"q1": scores_from_ranking(["b", "a"]), "q2": scores_from_ranking(["c", "x"])},
     }
     report = compare_runs(qrels, runs)
-    written = write_evaluation(tmp_path, report, runs, qrels)
+    written = write_evaluation(tmp_path, report, runs, qrels, wanted={"q1": {"a": 1}, "q2": {"c": 1}})
+    assert read_qrels(written["qrels.wanted"]) == {"q1": {"a": 1}, "q2": {"c": 1}}
     for stage in runs:
         run = Run.from_file(str(written[f"run.{stage}"]), kind="trec")
         assert run.to_dict() == runs[stage]
@@ -102,13 +105,61 @@ def test_compare_refuses_empty_inputs():
         compare_runs({"q": {"a": 1}}, {"x": {"other": {"a": 1.0}}})
 
 
-def test_target_scores_count_only_the_wanted_listing():
-    from evaluation.judgments import EvalQuery
+def test_known_item_metrics_count_only_the_wanted_listing():
+    # graded: the wanted listing 2, same category path 1; the runs put a same-category listing first
+    queries = {"q1": EvalQuery("q1", text="a", target_id="a"), "q2": EvalQuery("q2", text="b", target_id="b")}
+    qrels = {"q1": {"a": 2, "s1": 1}, "q2": {"b": 2, "s2": 1}}
+    wanted = wanted_listing_qrels(queries)
+    assert wanted == {"q1": {"a": 1}, "q2": {"b": 1}}
+    runs = {"s": {"q1": scores_from_ranking(["s1", "a", "x"]), "q2": scores_from_ranking(["x", "y", "b", "s2"])}}
+    report = compare_runs(qrels, runs, wanted=wanted)
+    scores = report.scores["s"]
+    assert scores["mrr@10"] == pytest.approx((1 / 2 + 1 / 3) / 2)  # the same-category s1 at rank 1 does not count
+    assert scores["hit_rate@1"] == 0.0
+    assert scores["recall@100"] == pytest.approx(1.0)
+    assert scores["ndcg@10"] == pytest.approx(
+        ((1 + 2 / math.log2(3)) / dcg([2, 1]) + (2 / math.log2(4) + 1 / math.log2(5)) / dcg([2, 1])) / 2)
+    assert report.metric_qrels == {"ndcg@10": "graded", "mrr@10": "wanted listing", "recall@100": "wanted listing",
+                                   "hit_rate@1": "wanted listing", "map": "graded"}
+    assert "only the wanted listing is relevant" in report.to_markdown()
+    # the old definition (any graded listing relevant) would have given MRR 1 for q1
+    graded_only = compare_runs(qrels, runs)
+    assert graded_only.scores["s"]["mrr@10"] == pytest.approx((1 + 1 / 3) / 2)
+    assert graded_only.metric_qrels["mrr@10"] == "graded"
 
-    queries = {"q1": EvalQuery("q1", text="a", target_id="a"), "q2": EvalQuery("q2", text="b", target_id="b"),
-               "q3": EvalQuery("q3", text="c")}  # no target: left out
-    runs = {"s": {"q1": scores_from_ranking(["a", "x"]), "q2": scores_from_ranking(["x", "y", "b"])}}
-    scores = target_scores(runs, queries)["s"]
-    assert scores["found_first"] == pytest.approx(1 / 2)
-    assert scores["mrr@10"] == pytest.approx((1 + 1 / 3) / 2)
-    assert target_scores(runs, queries, k=2)["s"]["mrr@2"] == pytest.approx(1 / 2)  # b at rank 3 is beyond k
+
+def test_known_item_qrels_must_judge_the_same_queries():
+    with pytest.raises(ValueError, match="judge different queries"):
+        compare_runs({"q1": {"a": 2}, "q2": {"b": 2}}, {"s": {"q1": {"a": 1.0}}}, wanted={"q1": {"a": 1}})
+
+
+def test_a_slice_is_scored_on_its_queries_alone():
+    qrels = {"q1": {"a": 2}, "q2": {"b": 2}, "q3": {"c": 2}}
+    runs = {"s": {"q1": scores_from_ranking(["a"]), "q2": scores_from_ranking(["x", "b"]),
+                  "q3": scores_from_ranking(["x", "y", "z", "c"])},
+            "only_q1": {"q1": scores_from_ranking(["a"])}}
+    wanted = {q: {d: 1 for d in docs} for q, docs in qrels.items()}
+    sliced = compare_slice(qrels, runs, ["q2", "q3", "unknown"], wanted=wanted)
+    assert sliced.query_ids == ["q2", "q3"]
+    assert sliced.stages == ["s"]  # only_q1 ranks nothing in the slice
+    assert sliced.scores["s"]["mrr@10"] == pytest.approx((1 / 2 + 1 / 4) / 2)
+    assert compare_slice(qrels, runs, ["nothing"]) is None
+
+
+def test_reports_written_with_older_metric_definitions_are_marked_superseded(tmp_path):
+    qrels = {"q1": {"a": 2}}
+    runs = {"s": {"q1": scores_from_ranking(["a"])}}
+    old, new = tmp_path / "20260101T000000Z", tmp_path / "20260102T000000Z"
+    write_evaluation(old, compare_runs(qrels, runs), runs, qrels, prefix="text.")
+    write_evaluation(new, compare_runs(qrels, runs), runs, qrels, prefix="text.")
+    (old / "summary.md").write_text("# Offline evaluation\n")
+    saved = json.loads((old / "text.report.json").read_text())
+    assert saved["metrics_version"] == METRICS_VERSION
+    saved.pop("metrics_version")  # as written before the known-item definitions
+    (old / "text.report.json").write_text(json.dumps(saved))
+    (tmp_path / "cache").mkdir()  # protocol encodings live beside the reports
+    assert mark_superseded(tmp_path) == [old]
+    assert (old / "summary.md").read_text().startswith("> **Superseded** (metrics version 1, now 2)")
+    assert (old / "text.report.md").read_text().startswith("> **Superseded**")
+    assert not (new / "text.report.md").read_text().startswith("> **Superseded**")
+    assert mark_superseded(tmp_path) == []  # once
