@@ -18,6 +18,7 @@ from pydantic import (
 
 MAX_QUERY_CHARS = 512
 MAX_K = 100
+MAX_OFFSET = 1000
 MAX_FILTER_CHARS = 200
 MAX_PRICE = 1e9
 
@@ -38,8 +39,11 @@ _VISIBLE_CATEGORIES = frozenset("LMNPS")
 def _json_integer(value: object) -> object:
     """JSON Schema's integer: ``10`` and ``10.0``, but not ``true`` nor ``"10"`` (lax pydantic takes both)."""
     if isinstance(value, bool | str):
-        raise ValueError("k must be a JSON integer (1..100), not a boolean or a string")
+        raise ValueError("must be a JSON integer, not a boolean or a string")
     return value
+
+
+JsonInteger = BeforeValidator(_json_integer)
 
 
 def has_visible_character(value: str) -> bool:
@@ -96,8 +100,13 @@ class SearchOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: Annotated[int, Field(ge=1, le=MAX_K), BeforeValidator(_json_integer)] | None = Field(
+    k: Annotated[int, Field(ge=1, le=MAX_K), JsonInteger] | None = Field(
         None, description="Number of results (1..100; default from settings)."
+    )
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET), JsonInteger] | None = Field(
+        None,
+        description="Results to skip, for the next page (0..1000; default 0). Pages of one query with the same k "
+        "come from one ranking; past total_candidates a page is empty.",
     )
     sort: SortOrder = Field("relevance", description="relevance, price_asc, price_desc or newest.")
     rerank: StrictBool | None = Field(None, description="Use the learned re-ranker (default from settings).")
@@ -168,6 +177,7 @@ class CategoryProbability(BaseModel):
 class SearchResponse(BaseModel):
     query_id: str
     query_type: Literal["text", "image", "image+text"]
+    offset: int = Field(description="Results skipped before the first hit (the request's offset, 0 by default).")
     count: int
     hits: list[SearchHit]
     total_candidates: int

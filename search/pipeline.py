@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 SortOrder = Literal["relevance", "price_asc", "price_desc", "newest"]
 SORT_ORDERS: tuple[str, ...] = get_args(SortOrder)
 MAX_K = 100
+# Paging slices the ranked candidate set, whose size does not depend on the offset: every page of a query is
+# drawn from the same candidates, and the work per request is the same whatever the offset.
+MAX_OFFSET = 1000
 DEFAULT_CANDIDATE_DEPTH = 100
 RRF_K = 60
 
@@ -299,12 +302,17 @@ class Searcher:
         image: Image.Image | None = None,
         *,
         k: int = 20,
+        offset: int = 0,
         filters: SearchFilters | None = None,
         sort: SortOrder = "relevance",
         rerank: bool = True,
     ) -> SearchResult:
+        """The ``k`` best hits after skipping ``offset`` of them (a page). Past the candidate set
+        (``total_candidates``) a page is empty."""
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise ValueError(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
         if sort not in SORT_ORDERS:
             raise ValueError(f"sort must be one of {SORT_ORDERS}, got {sort!r}")
         timings: dict[str, float] = {}
@@ -330,7 +338,7 @@ class Searcher:
             if self.feature_logger is not None:
                 self.feature_logger.log(query_id, query, candidates, features, names)
 
-        order = self._order(candidates, scores, sort)[:k]
+        order = self._order(candidates, scores, sort)[offset : offset + k]
         hits = [
             Hit(
                 listing_id=candidates.listing_ids[i],
@@ -338,7 +346,7 @@ class Searcher:
                 score=float(scores[i]),
                 scores=_stage_scores(candidates, i, scores[i] if reranked else None),
             )
-            for rank, i in enumerate(order, start=1)
+            for rank, i in enumerate(order, start=offset + 1)
         ]
         probs = self._category_probs(query.category_probs)
         timings["total"] = _ms_since(total_start)

@@ -18,6 +18,7 @@ from api.deps import CatalogDep, SearcherDep, SettingsDep
 from api.schemas import (
     MAX_FILTER_CHARS,
     MAX_K,
+    MAX_OFFSET,
     MAX_PRICE,
     MAX_QUERY_CHARS,
     CategoryProbability,
@@ -67,7 +68,7 @@ async def search_text(
 def _text_search(body: TextSearchRequest, searcher: Searcher, catalog: Catalog, settings: Settings) -> SearchResponse:
     start = time.perf_counter()
     result = _search(searcher, body.query, None, body, body.filters, settings.default_k, settings.rerank_default)
-    return _response(result, "text", catalog, start, {})
+    return _response(result, "text", body.offset or 0, catalog, start, {})
 
 
 def _form_null(value: object) -> object:
@@ -79,7 +80,7 @@ def _form_null(value: object) -> object:
 FormNull = BeforeValidator(_form_null)
 
 
-FORM_FIELDS = ("text", "k", "sort", "rerank", "category", "min_price", "max_price", "location")
+FORM_FIELDS = ("text", "k", "offset", "sort", "rerank", "category", "min_price", "max_price", "location")
 
 
 async def image_search_form(
@@ -89,6 +90,11 @@ async def image_search_form(
         Form(max_length=MAX_QUERY_CHARS, description='Optional words with the photo ("in red"), up to 512 chars.'),
     ] = None,
     k: Annotated[int | None, Form(ge=1, le=MAX_K, description="Number of results (1..100)."), FormNull] = None,
+    offset: Annotated[
+        int | None,
+        Form(ge=0, le=MAX_OFFSET, description="Results to skip, for the next page (0..1000; default 0)."),
+        FormNull,
+    ] = None,
     sort: Annotated[SortOrder, Form(description="relevance, price_asc, price_desc or newest.")] = "relevance",
     rerank: Annotated[bool | None, Form(description="Use the learned re-ranker."), FormNull] = None,
     category: Annotated[
@@ -114,6 +120,7 @@ async def image_search_form(
     fields = dict(
         text=text,
         k=k,
+        offset=offset,
         sort=sort,
         rerank=rerank,
         category=category,
@@ -167,7 +174,8 @@ def _image_search(
     image = decode_image(data, max_pixels=settings.max_image_pixels, content_type=content_type)
     service_timings = {"decode": _ms_since(start)}
     result = _search(searcher, form.text, image, form, form.filters(), settings.default_k, settings.rerank_default)
-    return _response(result, "image+text" if form.text else "image", catalog, start, service_timings)
+    query_type = "image+text" if form.text else "image"
+    return _response(result, query_type, form.offset or 0, catalog, start, service_timings)
 
 
 def _search(
@@ -184,6 +192,7 @@ def _search(
             text=text,
             image=image,
             k=options.k or default_k,
+            offset=options.offset or 0,
             filters=SearchFilters(**filters.model_dump()),
             sort=options.sort,
             rerank=rerank_default if options.rerank is None else options.rerank,
@@ -193,7 +202,12 @@ def _search(
 
 
 def _response(
-    result: SearchResult, query_type: str, catalog: Catalog, start: float, service_timings: dict[str, float]
+    result: SearchResult,
+    query_type: str,
+    offset: int,
+    catalog: Catalog,
+    start: float,
+    service_timings: dict[str, float],
 ) -> SearchResponse:
     hydrate_start = time.perf_counter()
     listings = {listing.id: listing for listing in catalog.get_listings([h.listing_id for h in result.hits])}
@@ -212,6 +226,7 @@ def _response(
     return SearchResponse(
         query_id=result.query_id,
         query_type=query_type,
+        offset=offset,
         count=len(hits),
         hits=hits,
         total_candidates=result.total_candidates,

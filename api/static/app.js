@@ -66,6 +66,69 @@ function numberOrNull(value) {
   return value.trim() === "" ? null : Number(value);
 }
 
+const PAGE_SIZE = 20;
+const MAX_OFFSET = 1000;  // the API's bound on offset
+const LAST_PAGE = Math.floor(MAX_OFFSET / PAGE_SIZE) + 1;
+const DEFAULT_SORT = "relevance";
+
+// A search as the URL holds it: q, category, min_price, max_price, location, sort, page, and photo=1 for a
+// photo search (the photo itself cannot live in a URL, so such a link restores only the words and filters).
+function searchFromForm(page) {
+  return {
+    query: $("query").value.trim(),
+    category: $("category").value,
+    min_price: $("min-price").value.trim(),
+    max_price: $("max-price").value.trim(),
+    location: $("location").value.trim(),
+    sort: $("sort").value,
+    page: page,
+    photo: Boolean(photoInput.files[0]),
+  };
+}
+
+function searchToUrl(search) {
+  const params = new URLSearchParams();
+  if (search.query) params.set("q", search.query);
+  for (const name of ["category", "min_price", "max_price", "location"]) if (search[name]) params.set(name, search[name]);
+  if (search.sort !== DEFAULT_SORT) params.set("sort", search.sort);
+  if (search.page > 1) params.set("page", String(search.page));
+  if (search.photo) params.set("photo", "1");
+  const query = params.toString();
+  return location.pathname + (query ? "?" + query : "");
+}
+
+function searchFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const page = Number(params.get("page"));
+  const sort = params.get("sort");
+  const sorts = Array.from($("sort").options, (option) => option.value);
+  return {
+    query: (params.get("q") || "").trim(),
+    category: params.get("category") || "",
+    min_price: params.get("min_price") || "",
+    max_price: params.get("max_price") || "",
+    location: params.get("location") || "",
+    sort: sorts.includes(sort) ? sort : DEFAULT_SORT,
+    page: Number.isInteger(page) && page >= 1 ? Math.min(page, LAST_PAGE) : 1,
+    photo: params.get("photo") === "1",
+  };
+}
+
+function fillForm(search) {
+  $("query").value = search.query;
+  const select = $("category");
+  if (search.category && !Array.from(select.options).some((option) => option.value === search.category)) {
+    const option = el("option", null, search.category);  // a category the list does not have (yet): keep it
+    option.value = search.category;
+    select.append(option);
+  }
+  select.value = search.category;
+  $("min-price").value = search.min_price;
+  $("max-price").value = search.max_price;
+  $("location").value = search.location;
+  $("sort").value = search.sort;
+}
+
 function currentFilters() {
   return {
     category: $("category").value || null,
@@ -87,54 +150,80 @@ function checkInputs(query, file, filters) {
   return problems;
 }
 
-async function runSearch(event) {
-  if (event) event.preventDefault();
-  const query = $("query").value.trim();
+// Results of an earlier search would look like answers to the one that failed or has not run.
+function clearResults() {
+  $("summary").textContent = "";
+  $("results").replaceChildren();
+  $("predicted").hidden = true;
+  $("pager").hidden = true;
+}
+
+let latestSearch = 0;  // answers to searches overtaken by a newer one are dropped
+let shownPage = 1;  // the page of the results on screen, for Previous and Next
+
+// Runs the form's search at `page`; `historyMode` is "push" (a new search) or "none" (restoring one from the URL).
+async function runSearch(page = 1, historyMode = "push") {
+  const search = searchFromForm(page);
+  const query = search.query;
   const file = photoInput.files[0] || null;
   const filters = currentFilters();
-  const sort = $("sort").value;
   const problems = checkInputs(query, file, filters);
-  if (problems.length) { showError(problems); return; }
+  $("restore-note").hidden = true;
+  if (problems.length) { clearResults(); showError(problems); return; }
   showError(null);
 
+  const url = searchToUrl(search);
+  if (historyMode === "push" && url !== location.pathname + location.search) history.pushState(null, "", url);
+
+  const offset = (page - 1) * PAGE_SIZE;
   let request;
   if (file) {
     const data = new FormData();
     data.append("file", file);
     if (query) data.append("text", query);
-    data.append("sort", sort);
+    data.append("sort", search.sort);
+    data.append("k", String(PAGE_SIZE));
+    data.append("offset", String(offset));
     for (const [key, value] of Object.entries(filters)) if (value !== null) data.append(key, String(value));
     request = fetchJson("/search/image", { method: "POST", body: data });
   } else {
     request = fetchJson("/search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query, filters, sort }),
+      body: JSON.stringify({ query, filters, sort: search.sort, k: PAGE_SIZE, offset }),
     });
   }
 
+  const mine = ++latestSearch;
   const button = $("search-button");
   button.disabled = true;
   $("summary").textContent = "Searching…";
   try {
-    renderResults(await request);
+    const data = await request;
+    if (mine === latestSearch) renderResults(data, page);
   } catch (err) {
-    $("summary").textContent = "";
-    $("results").replaceChildren();  // results of an earlier query would look like answers to this one
-    $("predicted").hidden = true;
-    showError(err.messages || ["Something went wrong. Please try again."]);
+    if (mine === latestSearch) {
+      clearResults();
+      showError(err.messages || ["Something went wrong. Please try again."]);
+    }
   } finally {
-    button.disabled = false;
+    if (mine === latestSearch) button.disabled = false;
   }
 }
 
-function renderResults(data) {
+function renderResults(data, page) {
+  shownPage = page;
   const results = $("results");
   results.replaceChildren();
   const what = { text: "words", image: "photo", "image+text": "photo and words" }[data.query_type] || "query";
   const ms = data.timings_ms && data.timings_ms.service_total;
-  $("summary").textContent = data.count + (data.count === 1 ? " result" : " results") + " for your " + what +
-    (ms ? " (" + Math.round(ms) + " ms)" : "");
+  const total = data.total_candidates;
+  const shown = data.count
+    ? (data.offset > 0 || data.offset + data.count < total
+      ? (data.offset + 1) + "–" + (data.offset + data.count) + " of " + total + " results"
+      : data.count + (data.count === 1 ? " result" : " results"))
+    : "No results";
+  $("summary").textContent = shown + " for your " + what + (ms ? " (" + Math.round(ms) + " ms)" : "");
 
   const predicted = $("predicted");
   predicted.replaceChildren();
@@ -148,8 +237,18 @@ function renderResults(data) {
     predicted.hidden = true;
   }
 
+  const hasNext = data.offset + PAGE_SIZE < total && page < LAST_PAGE;
+  $("prev-page").disabled = page <= 1;
+  $("next-page").disabled = !hasNext;
+  const pages = Math.min(Math.max(1, Math.ceil(total / PAGE_SIZE)), LAST_PAGE);
+  $("page-info").textContent = "Page " + page + " of " + Math.max(pages, page);
+  $("pager").hidden = page <= 1 && !hasNext;
+
   if (!data.hits.length) {
-    results.append(el("p", "empty", "No listings match. Try fewer words or wider filters."));
+    const message = data.offset > 0
+      ? "No more results: this search has " + total + "."
+      : "No listings match. Try fewer words or wider filters.";
+    results.append(el("p", "empty", message));
     return;
   }
   data.hits.forEach((hit) => results.append(resultCard(hit.listing)));
@@ -203,12 +302,41 @@ async function showListing(url) {
   }
 }
 
-function updatePhotoLabel() {
+// What the next search will use, shown whenever a photo is chosen: "photo x.jpg + words ..." with a way to
+// remove either, so a photo picked while words are in the box visibly becomes a photo-and-words search.
+function updateQueryParts() {
   const file = photoInput.files[0];
-  $("photo-label").textContent = file ? file.name : "Photo";
+  const words = $("query").value.trim();
+  $("photo-label").textContent = file ? "Change photo" : "Photo";
   document.querySelector(".photo-button").classList.toggle("active", Boolean(file));
-  $("clear-photo").hidden = !file;
+  $("query-parts").hidden = !file;
+  $("photo-name").textContent = file ? file.name : "";
+  $("words-text").textContent = "“" + words + "”";
+  $("words-part").hidden = $("words-part-joiner").hidden = !(file && words);
+  $("words-hint").hidden = !(file && !words);
   $("query").placeholder = file ? "Optional words to go with the photo, e.g. in red" : "What are you looking for? e.g. oak dining table";
+}
+
+function searchIfAnything() {
+  if ($("query").value.trim() || photoInput.files[0]) runSearch();
+  else { clearResults(); showError(null); history.pushState(null, "", location.pathname); }
+}
+
+// Restores the search a URL describes: on opening a shared link, on reload and on back/forward.
+function restoreFromUrl() {
+  const search = searchFromUrl();
+  fillForm(search);
+  showError(null);
+  if (search.photo && !photoInput.files[0]) {
+    clearResults();
+    $("restore-note").hidden = false;
+  } else {
+    if (!search.photo && photoInput.files[0]) photoInput.value = "";
+    $("restore-note").hidden = true;
+    if (search.query || search.photo) runSearch(search.page, "none");
+    else clearResults();
+  }
+  updateQueryParts();
 }
 
 async function loadCategories() {
@@ -234,9 +362,14 @@ async function checkHealth() {
   }
 }
 
-form.addEventListener("submit", runSearch);
-photoInput.addEventListener("change", () => { updatePhotoLabel(); if (photoInput.files[0]) runSearch(); });
-$("clear-photo").addEventListener("click", () => { photoInput.value = ""; updatePhotoLabel(); });
+form.addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
+$("query").addEventListener("input", updateQueryParts);
+photoInput.addEventListener("change", () => { updateQueryParts(); if (photoInput.files[0]) runSearch(); });
+$("clear-photo").addEventListener("click", () => { photoInput.value = ""; updateQueryParts(); searchIfAnything(); });
+$("clear-words").addEventListener("click", () => { $("query").value = ""; updateQueryParts(); searchIfAnything(); });
 for (const id of ["category", "sort"]) $(id).addEventListener("change", () => { if ($("query").value.trim() || photoInput.files[0]) runSearch(); });
-loadCategories();
+$("prev-page").addEventListener("click", () => { runSearch(shownPage - 1); form.scrollIntoView(); });
+$("next-page").addEventListener("click", () => { runSearch(shownPage + 1); form.scrollIntoView(); });
+window.addEventListener("popstate", restoreFromUrl);
+loadCategories().then(restoreFromUrl);  // the category list first, so a URL's category can be selected
 checkHealth();

@@ -73,11 +73,14 @@ class RecordingSearcher:
         self.bm25 = listing_ids
         self.ranker = None
 
-    def search(self, text=None, image=None, *, k=20, filters=None, sort="relevance", rerank=True) -> SearchResult:
-        self.calls.append(dict(text=text, image=image, k=k, filters=filters, sort=sort, rerank=rerank))
+    def search(
+        self, text=None, image=None, *, k=20, offset=0, filters=None, sort="relevance", rerank=True
+    ) -> SearchResult:
+        self.calls.append(dict(text=text, image=image, k=k, offset=offset, filters=filters, sort=sort, rerank=rerank))
         if self.error is not None:
             raise self.error
-        hits = [Hit(i, rank, 1.0 / rank, {"rrf": 1.0 / rank}) for rank, i in enumerate(self.listing_ids[:k], 1)]
+        page = self.listing_ids[offset : offset + k]
+        hits = [Hit(i, rank, 1.0 / rank, {"rrf": 1.0 / rank}) for rank, i in enumerate(page, offset + 1)]
         return SearchResult(
             "q" * 32,
             hits,

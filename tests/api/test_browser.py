@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import uvicorn
@@ -61,9 +62,14 @@ def browser():
         browser.close()
 
 
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}  # an iPhone 12-14 screen in CSS pixels
+
+
 @pytest.fixture
-def page(browser, server_url):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def page(browser, server_url, request):
+    viewport = getattr(request, "param", DESKTOP)
+    context = browser.new_context(viewport=viewport)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -72,6 +78,27 @@ def page(browser, server_url):
     yield page
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+# The search has answered: the button is back and the summary is no longer "Searching…".
+SEARCH_DONE = (
+    "!document.querySelector('#search-button').disabled && "
+    "!document.querySelector('#summary').textContent.startsWith('Searching')"
+)
+
+
+def _search(page, words: str) -> None:
+    page.fill("#query", words)
+    page.press("#query", "Enter")
+    page.wait_for_function(SEARCH_DONE)
+
+
+def _card_ids(page) -> list[str]:
+    return page.eval_on_selector_all(".card", "cards => cards.map(card => card.dataset.listingId)")
+
+
+def _url_params(page) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(page.url).query))
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +202,173 @@ def test_errors_are_shown_to_the_user(page, tmp_path):
     )
     page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
     _keep_screenshot(tmp_path / "error.png")
+
+
+def test_search_state_is_in_the_url_and_a_reload_restores_it(page, demo_state, server_url):
+    category = demo_state.catalog.categories()[0]
+    page.select_option("#category", category)
+    page.select_option("#sort", "price_asc")
+    page.fill("#max-price", "500")
+    _search(page, "good condition")
+    shown = _card_ids(page)
+    assert shown
+    assert _url_params(page) == {"q": "good condition", "category": category, "max_price": "500", "sort": "price_asc"}
+
+    page.reload()
+    page.wait_for_selector(".card")
+    page.wait_for_function(SEARCH_DONE)
+    assert _card_ids(page) == shown
+    assert page.input_value("#query") == "good condition"
+    assert page.input_value("#category") == category
+    assert page.input_value("#sort") == "price_asc"
+    assert page.input_value("#max-price") == "500"
+
+    # the link is shareable: a fresh page opened on it shows the same search
+    shared = page.context.new_page()
+    shared.goto(page.url)
+    shared.wait_for_selector(".card")
+    shared.wait_for_function(SEARCH_DONE)
+    assert _card_ids(shared) == shown
+
+    # back goes to the previous search, forward returns
+    _search(page, "blue")
+    assert _url_params(page)["q"] == "blue"
+    page.go_back()
+    page.wait_for_function("document.querySelector('#query').value === 'good condition'")
+    page.wait_for_function(SEARCH_DONE)
+    assert _card_ids(page) == shown
+
+
+def test_paging_past_the_first_twenty_results(page, client):
+    _search(page, "good condition")
+    first = _card_ids(page)
+    assert len(first) == 20
+    assert page.locator("#prev-page").is_disabled() and page.locator("#next-page").is_enabled()
+
+    page.click("#next-page")
+    page.wait_for_function("document.querySelector('#summary').textContent.startsWith('21–')")
+    page.wait_for_function(SEARCH_DONE)
+    second = _card_ids(page)
+    assert _url_params(page)["page"] == "2"
+    # the same ranking as the API's first 40, cut in two
+    api = client.post("/search/text", json={"query": "good condition", "k": 40}).json()
+    assert first + second == [hit["listing"]["id"] for hit in api["hits"]]
+    assert page.locator("#prev-page").is_enabled()
+
+    page.reload()  # page 2 survives a reload
+    page.wait_for_selector(".card")
+    page.wait_for_function(SEARCH_DONE)
+    assert _card_ids(page) == second
+
+    page.click("#prev-page")
+    page.wait_for_function("document.querySelector('#summary').textContent.startsWith('1–')")
+    page.wait_for_function(SEARCH_DONE)
+    assert _card_ids(page) == first
+    assert "page" not in _url_params(page)
+
+
+# A long category (the real export's "Music, Films, Books & Games" and the full paths a link may carry).
+LONG_CATEGORY = "Music, Films, Books & Games / Music / Instruments / Acoustic Guitars & Accessories"
+NO_HORIZONTAL_OVERFLOW = "document.documentElement.scrollWidth <= window.innerWidth"
+
+
+@pytest.mark.parametrize("page", [PHONE], indirect=True)
+def test_nothing_overflows_a_390px_screen(page, known_listing, demo_state, tmp_path):
+    assert page.evaluate("window.innerWidth") == 390
+    assert page.evaluate(NO_HORIZONTAL_OVERFLOW)
+    page.evaluate(
+        "name => { const o = document.createElement('option'); o.value = o.textContent = name; "
+        "document.querySelector('#category').append(o); }",
+        LONG_CATEGORY,
+    )
+    page.select_option("#category", LONG_CATEGORY)
+    assert page.evaluate(NO_HORIZONTAL_OVERFLOW), page.evaluate("document.documentElement.scrollWidth")
+
+    page.select_option("#category", "")
+    _search(page, known_listing.title)
+    assert page.locator(".card").count() >= 1
+    assert page.evaluate(NO_HORIZONTAL_OVERFLOW)
+
+    # a photo with words shows both parts of the query, still within the screen
+    upload = tmp_path / "a-photo-with-a-rather-long-file-name-from-a-phone-camera.jpg"
+    shutil.copy(demo_state.catalog.image_path(known_listing.image_ids[0]), upload)
+    page.set_input_files("#photo", str(upload))
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('photo and words')")
+    assert page.evaluate(NO_HORIZONTAL_OVERFLOW), page.evaluate("document.documentElement.scrollWidth")
+    page.screenshot(path=str(tmp_path / "phone-390.png"), full_page=True)
+    _keep_screenshot(tmp_path / "phone-390.png")
+
+
+def test_an_error_clears_the_results_and_says_what_went_wrong(page):
+    _search(page, "good condition")
+    assert page.locator(".card").count() > 0
+
+    # refused by the page itself
+    page.fill("#min-price", "50")
+    page.fill("#max-price", "10")
+    page.click("#search-button")
+    assert "Min price is above max price" in page.inner_text("#error")
+    assert page.locator(".card").count() == 0
+    assert page.inner_text("#summary") == "" and page.locator("#pager").is_hidden()
+
+    page.fill("#min-price", "")
+    _search(page, "good condition")
+    assert page.locator(".card").count() > 0 and page.locator("#error").is_hidden()
+
+    # refused by the server (a query with no visible character: 422)
+    _search(page, "\u200b")
+    assert page.locator("#error").is_visible() and "visible" in page.inner_text("#error")
+    assert page.locator(".card").count() == 0
+
+    # the service cannot be reached
+    _search(page, "good condition")
+    assert page.locator(".card").count() > 0
+    page.route("**/search/text", lambda route: route.abort())
+    _search(page, "oak table")
+    assert "Could not reach the search service" in page.inner_text("#error")
+    assert page.locator(".card").count() == 0 and page.locator("#predicted").is_hidden()
+
+
+def test_a_photo_picked_with_words_in_the_box_shows_photo_plus_words(page, known_listing, demo_state, tmp_path):
+    upload = tmp_path / "chair.jpg"
+    shutil.copy(demo_state.catalog.image_path(known_listing.image_ids[0]), upload)
+    page.fill("#query", "oak table")
+    page.set_input_files("#photo", str(upload))
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('photo and words')")
+    parts = page.locator("#query-parts")
+    assert parts.is_visible()
+    assert page.inner_text("#photo-name") == "chair.jpg"
+    assert page.inner_text("#words-text") == "“oak table”"
+    assert page.locator("#clear-words").is_visible() and page.locator("#clear-photo").is_visible()
+    assert _url_params(page) == {"q": "oak table", "photo": "1"}
+
+    page.click("#clear-words")  # drop the words: photo only
+    page.wait_for_function(
+        "document.querySelector('#summary').textContent.includes('for your photo') && "
+        "!document.querySelector('#summary').textContent.includes('and words')"
+    )
+    assert page.input_value("#query") == ""
+    assert page.locator("#words-part").is_hidden() and page.locator("#words-hint").is_visible()
+
+    page.fill("#query", "in red")  # the parts follow the box as it is typed
+    assert page.inner_text("#words-text") == "“in red”"
+    page.press("#query", "Enter")
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('photo and words')")
+
+    # a photo search cannot come back from its link: the page says so and restores the words
+    page.reload()
+    page.wait_for_selector("#restore-note:not([hidden])")
+    assert "choose the photo again" in page.inner_text("#restore-note")
+    assert page.input_value("#query") == "in red"
+    assert page.locator(".card").count() == 0
+
+    page.set_input_files("#photo", str(upload))
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('photo and words')")
+    assert page.locator("#restore-note").is_hidden()
+    page.click("#clear-photo")  # drop the photo: words only
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('for your words')")
+    assert parts.is_hidden()
+    assert _url_params(page) == {"q": "in red"}
 
 
 def _keep_screenshot(path: Path) -> None:

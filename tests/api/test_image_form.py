@@ -14,18 +14,22 @@ def _search(client, data, files=None):
 @pytest.mark.parametrize("empty", ["null", ""])
 def test_nullable_fields_take_null_as_not_given(fake_client, fake_state, fake_settings, empty):
     """The schema says k, rerank and the prices are nullable; multipart spells null as `null` (or nothing)."""
-    response = _search(fake_client, {"k": empty, "rerank": empty, "min_price": empty, "max_price": empty})
+    fields = {"k": empty, "offset": empty, "rerank": empty, "min_price": empty, "max_price": empty}
+    response = _search(fake_client, fields)
     assert response.status_code == 200, response.text
     call = fake_state.searcher.calls[-1]
     assert call["k"] == fake_settings.default_k and call["rerank"] is fake_settings.rerank_default
+    assert call["offset"] == 0
     assert call["filters"].min_price is None and call["filters"].max_price is None
 
 
 def test_form_strings_are_parsed(fake_client, fake_state):
-    response = _search(fake_client, {"k": "10", "rerank": "false", "min_price": "5.5", "text": "null"})
+    fields = {"k": "10", "offset": "20", "rerank": "false", "min_price": "5.5", "text": "null"}
+    response = _search(fake_client, fields)
     assert response.status_code == 200, response.text
+    assert response.json()["offset"] == 20
     call = fake_state.searcher.calls[-1]
-    assert call["k"] == 10 and call["rerank"] is False and call["filters"].min_price == 5.5
+    assert call["k"] == 10 and call["offset"] == 20 and call["rerank"] is False and call["filters"].min_price == 5.5
     assert call["text"] == "null"  # words are words
 
 
@@ -33,6 +37,8 @@ def test_form_strings_are_parsed(fake_client, fake_state):
     ("data", "field"),
     [
         ({"k": "true"}, "k"),
+        ({"offset": "-1"}, "offset"),
+        ({"offset": "1001"}, "offset"),
         ({"rerank": "maybe"}, "rerank"),
         ({"min_price": "false"}, "min_price"),
         ({"max_price": "2e9"}, "max_price"),  # the schema's maximum, now also on the form field

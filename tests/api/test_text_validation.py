@@ -21,6 +21,10 @@ VALID = {"query": "oak table"}
         ({**VALID, "k": -5}, "k"),
         ({**VALID, "k": "ten"}, "k"),
         ({**VALID, "k": 2.5}, "k"),
+        ({**VALID, "offset": -1}, "offset"),
+        ({**VALID, "offset": 1001}, "offset"),
+        ({**VALID, "offset": True}, "offset"),
+        ({**VALID, "offset": "20"}, "offset"),
         ({**VALID, "sort": "cheapest"}, "sort"),
         ({**VALID, "rerank": "perhaps"}, "rerank"),
         ({**VALID, "filters": {"min_price": 50, "max_price": 10}}, "min_price"),
@@ -64,6 +68,21 @@ def test_inverted_price_range_message_says_how_to_fix(fake_client):
 def test_k_edges_are_accepted(fake_client, fake_state, k):
     assert fake_client.post("/search/text", json={**VALID, "k": k}).status_code == 200
     assert fake_state.searcher.calls[-1]["k"] == k
+
+
+@pytest.mark.parametrize(("offset", "expected"), [(None, 0), (0, 0), (20, 20), (1000, 1000)])
+def test_offset_pages_through_the_ranking(fake_client, fake_state, offset, expected):
+    response = fake_client.post("/search/text", json={**VALID, "k": 1, "offset": offset})
+    assert response.status_code == 200, response.text
+    assert fake_state.searcher.calls[-1]["offset"] == expected
+    assert response.json()["offset"] == expected
+
+
+def test_second_page_holds_the_next_hits(fake_client):
+    first = fake_client.post("/search/text", json={**VALID, "k": 2}).json()
+    second = fake_client.post("/search/text", json={**VALID, "k": 2, "offset": 2}).json()
+    assert [h["rank"] for h in second["hits"]] == [3]  # the tiny catalogue has three listings
+    assert {h["listing"]["id"] for h in first["hits"]}.isdisjoint(h["listing"]["id"] for h in second["hits"])
 
 
 def test_query_of_exactly_512_characters_is_accepted(fake_client):

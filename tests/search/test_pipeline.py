@@ -67,6 +67,17 @@ def test_price_and_recency_sorts(searcher):
     assert known_days == sorted(known_days, reverse=True)
 
 
+@pytest.mark.parametrize("sort", ["relevance", "price_asc"])
+def test_pages_continue_one_ranking(searcher, sort):
+    whole = searcher.search("good condition", k=30, sort=sort)
+    pages = [searcher.search("good condition", k=10, offset=offset, sort=sort) for offset in (0, 10, 20)]
+    assert [h.listing_id for page in pages for h in page.hits] == [h.listing_id for h in whole.hits]
+    assert [h.rank for h in pages[1].hits] == list(range(11, 21))
+    assert {page.total_candidates for page in pages} == {whole.total_candidates}
+    past_the_end = searcher.search("good condition", k=10, offset=whole.total_candidates)
+    assert past_the_end.hits == [] and past_the_end.total_candidates == whole.total_candidates
+
+
 def test_image_and_text_plus_image_queries(searcher, indexed_workspace):
     listings = searcher.listings
     row = int(np.flatnonzero(listings.photo_count > 0)[0])
@@ -89,7 +100,9 @@ def test_query_without_text_or_image_is_refused(searcher, kwargs):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"k": 0}, "k must be"), ({"k": 101}, "k must be"),
-                                             ({"sort": "cheapest"}, "sort must be")])
+                                             ({"sort": "cheapest"}, "sort must be"),
+                                             ({"offset": -1}, "offset must be"),
+                                             ({"offset": 1001}, "offset must be")])
 def test_invalid_options_are_refused(searcher, kwargs, message):
     with pytest.raises(ValueError, match=message):
         searcher.search("bike", **kwargs)
