@@ -121,3 +121,25 @@ def add_listing_like(workspace: Workspace, source_id: str) -> str:
             db.execute(f"INSERT INTO {table} (listing_id, {rest}) SELECT ?, {rest} FROM {table} WHERE listing_id = ?",
                        (new_id, source_id))
     return new_id
+
+
+def assert_embeddings_whole(workspace: Workspace) -> None:
+    """Every stored embedding row has its photo-vector row (one transaction writes both), none twice."""
+    with sqlite3.connect(workspace.db_path) as db:
+        embedded = db.execute("SELECT listing_id, model_fingerprint FROM listing_embeddings").fetchall()
+        photos = db.execute("SELECT listing_id, model_fingerprint FROM listing_photo_vectors").fetchall()
+        short = db.execute("SELECT COUNT(*) FROM listing_embeddings WHERE length(listing) != 4 * dim").fetchone()[0]
+    assert len(set(embedded)) == len(embedded) and sorted(embedded) == sorted(photos)
+    assert short == 0
+
+
+def forget_embeddings(workspace: Workspace, listing_ids) -> None:
+    """Drop the stored embeddings of ``listing_ids``, as for listings ingested since the last `embed`."""
+    with sqlite3.connect(workspace.db_path) as db:
+        for table in ("listing_embeddings", "listing_photo_vectors"):
+            db.executemany(f"DELETE FROM {table} WHERE listing_id = ?", [(i,) for i in listing_ids])
+
+
+def stored_vectors(workspace: Workspace) -> dict[str, bytes]:
+    with sqlite3.connect(workspace.db_path) as db:
+        return dict(db.execute("SELECT listing_id, listing FROM listing_embeddings").fetchall())
