@@ -28,7 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from index.bm25 import BM25Index
-from index.storage import CURRENT, REBUILD_HINT, IndexLoadError, atomic_version, new_version_name, open_version
+from index.storage import (
+    CURRENT,
+    REBUILD_HINT,
+    IndexLoadError,
+    atomic_version,
+    current_version,
+    new_version_name,
+    open_version,
+)
 from index.vector_index import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -54,10 +62,6 @@ class IndexSet:
     manifest: dict
     vector: VectorIndex
     bm25: BM25Index
-
-    @property
-    def model_fingerprint(self) -> str:
-        return self.manifest["model_fingerprint"]
 
 
 def digest_of(ids: Sequence[str], values: Sequence[str] | np.ndarray) -> str:
@@ -99,13 +103,6 @@ def publish_index_set(index_dir: str | os.PathLike, vector: VectorIndex, bm25: B
     return version
 
 
-def current_version_name(index_dir: str | os.PathLike) -> str | None:
-    try:
-        return (Path(index_dir) / CURRENT).read_text(encoding="utf-8").strip() or None
-    except FileNotFoundError:
-        return None
-
-
 def has_legacy_layout(index_dir: str | os.PathLike) -> bool:
     index_dir = Path(index_dir)
     return not (index_dir / CURRENT).exists() and any((index_dir / name / CURRENT).exists() for name in LEGACY_DIRS)
@@ -129,11 +126,11 @@ def load_index_set(index_dir: str | os.PathLike, *, expected_fingerprint: str | 
     index_dir = Path(index_dir)
     if has_legacy_layout(index_dir):
         raise IndexLoadError(f"the indexes at {index_dir} use the old layout: {LEGACY_HINT}")
-    version = current_version_name(index_dir)
+    version = current_version(index_dir)
     try:
         return _load(index_dir, expected_fingerprint, expected_dimension)
     except IndexLoadError:
-        if current_version_name(index_dir) == version:
+        if current_version(index_dir) == version:
             raise
         # a writer published (and pruned the set being read) meanwhile: read the one CURRENT names now, once
         return _load(index_dir, expected_fingerprint, expected_dimension)

@@ -188,9 +188,16 @@ def _workspace_of(args: list[str]) -> Path | None:
 
 
 def _child(args: list[str], kill, log_path: str, result_path: str) -> None:
+    import threading
+
+    from tqdm import tqdm
+
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    # tqdm's default lock is a multiprocessing semaphore, which a killed child cannot unlink (the resource
+    # tracker would warn about it at the end of the test session); one process needs a thread lock only
+    tqdm.set_lock(threading.RLock())
     code, events = run_command(args, kill)
     Path(result_path).write_text(json.dumps({"exitcode": code, "events": events}))
     sys.stdout.flush()
