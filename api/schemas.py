@@ -238,7 +238,9 @@ class HealthResponse(BaseModel):
     workspace: str = Field(description="The workspace folder's name (no absolute server path is ever shown).")
     listings: int | None = Field(None, description="Listings in the catalogue database.")
     model: ModelInfo | None = None
-    index: dict[str, Any] | None = Field(None, description="Vector index manifest: counts, nlist, nprobe, ...")
+    index: dict[str, Any] | None = Field(
+        None, description="Vector index manifest (counts, nlist, nprobe, ...) and index_set, the version served."
+    )
     bm25_documents: int | None = None
     ranker: RankerInfo | None = None
 

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from api.config import Settings
 from catalog.store import Catalog
+from core.files import remove_stale_temporaries
 from core.workspace import Workspace
 from encoders.backbones import TextRuntimeError
 from ranking.feature_log import FeatureLogger
@@ -65,6 +66,7 @@ def load_state(settings: Settings) -> ServiceState:
     """Open the catalogue and load the search pipeline; failures are recorded, not raised, so the
     service still starts and can say what is missing."""
     workspace = Workspace.at(settings.workspace)
+    remove_stale_temporaries(workspace.temporary_folders())  # what a killed writer left (never one in use)
     state = _load(settings, workspace)
     # what was logged names full paths; what the API tells its callers does not
     for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error"):

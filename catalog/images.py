@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
+
+from core.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +137,7 @@ def pad_to_square(image: PILImage.Image, size: int, color: tuple[int, int, int] 
 
 
 def save_jpeg_atomic(image: PILImage.Image, path: Path, quality: int = 90, comment: str = "") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="JPEG", quality=quality, comment=comment)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality, comment=comment))
 
 
 def _cached(destination: Path, key: str) -> tuple[int, int] | None:

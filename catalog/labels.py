@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from core.files import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -86,16 +87,8 @@ class LabelEncoder:
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + os.replace)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         return path
 
     @classmethod

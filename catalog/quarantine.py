@@ -7,11 +7,12 @@ import datetime
 import io
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from core.files import write_atomic
 
 # Every reason code ingest can emit, with what it means (shown in docs and the CLI summary).
 REASONS: dict[str, str] = {
@@ -75,14 +76,7 @@ def _render(records: Iterable[QuarantineRecord]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
 
 
 def write_quarantine_report(

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from core.files import remove_stale_temporaries
 from core.workspace import DEFAULT_ROOT, DEFAULT_ROOT_ENV, Workspace
 
 WorkspaceOption = Annotated[
@@ -23,4 +24,7 @@ DEFAULT_WORKSPACE = DEFAULT_ROOT  # `serve` falls back to workspace/demo (core.w
 
 
 def open_workspace(path: Path) -> Workspace:
-    return Workspace.at(path).ensure()
+    """The workspace a command works on, created if missing, without what interrupted runs left behind."""
+    workspace = Workspace.at(path).ensure()
+    remove_stale_temporaries(workspace.temporary_folders())
+    return workspace

@@ -110,6 +110,16 @@ class Workspace:
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
+    def temporary_folders(self) -> list[Path]:
+        """The folders where writers stage their work (beside what they replace), for the stale-temporary
+        clean-up on start (`core.files.remove_stale_temporaries`): the root (model, ranker, labels), the
+        index sets, the photos, the reports and the feature and evaluation caches. Not recursive."""
+        folders = [self.root, self.index_dir, self.images_dir, self.quarantine_dir]
+        for caches in (self.feature_cache_dir, self.eval_dir / "cache"):
+            if caches.is_dir():
+                folders.extend(path for path in caches.iterdir() if path.is_dir())
+        return folders
+
     def ensure(self) -> Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
         return self

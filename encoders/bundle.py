@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from catalog.labels import LabelEncoder
-from core.files import replace_dir, write_json_atomic
+from core.files import make_temporary_dir, replace_dir, write_json_atomic
 from encoders.towers import Tower, library_versions
 from fusion.classifier import FusionClassifier
 
@@ -131,7 +130,7 @@ class MultiModalModel:
         """Write the bundle to ``folder`` atomically (staged beside it, then swapped in)."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.staging-"))
+        staging = make_temporary_dir(folder)
         try:
             self.image_tower.save(staging / "image_tower")
             self.text_tower.save(staging / "text_tower")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core.files import write_json_atomic
+from core.files import write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +88,12 @@ class FeatureCache:
         self.save()
 
     def save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".features.", suffix=".npy")
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, self.features)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, self.features)
+
         # keys last: a crash in between leaves a count mismatch, which the loader detects and discards
-        os.replace(tmp, self.folder / "features.npy")
+        write_atomic(self.folder / "features.npy", write)
         write_json_atomic(self.folder / "keys.json", self.keys)
 
 

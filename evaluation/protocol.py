@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 
 from catalog.split import assign_split
 from catalog.store import Catalog
+from core.files import write_atomic
 from encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_image_net, load_image_weights
 from encoders.bundle import MultiModalModel
 from encoders.embed import (
@@ -135,10 +135,12 @@ class EncodingCache:
         if path is None:
             return
         store = self._stores[kind]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, keys=np.array(list(store), dtype=str), vectors=np.stack(list(store.values())))
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a file object: np.savez would append .npz to a name
+                np.savez(handle, keys=np.array(list(store), dtype=str), vectors=np.stack(list(store.values())))
+
+        write_atomic(path, write)
 
 
 def _text_key(text: str) -> str:

@@ -18,7 +18,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from index.storage import IndexLoadError, atomic_version, open_version
+from index.storage import REBUILD_HINT, IndexLoadError, atomic_version, open_version, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -204,25 +204,47 @@ class BM25Index:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the bm25s index and the listing ids as a new version of ``directory``, atomically."""
         with atomic_version(directory, self.manifest) as folder:
-            self.retriever.save(str(folder), show_progress=False)
-            with open(folder / IDS_FILE, "w", encoding="utf-8") as handle:
-                json.dump(self.listing_ids, handle)
+            self._write_files(folder)
         return Path(directory)
+
+    def write_to(self, folder: str | os.PathLike) -> Path:
+        """Write the bm25s index, the listing ids and manifest.json into the new folder ``folder``, for a
+        caller that publishes it as part of something larger (the workspace's index set)."""
+        folder = Path(folder)
+        folder.mkdir()
+        self._write_files(folder)
+        write_manifest(folder, self.manifest)
+        return folder
+
+    def _write_files(self, folder: Path) -> None:
+        self.retriever.save(str(folder), show_progress=False)
+        with open(folder / IDS_FILE, "w", encoding="utf-8") as handle:
+            json.dump(self.listing_ids, handle)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> BM25Index:
         folder, manifest = open_version(directory, "BM25 index")
+        return cls._read(folder, manifest)
+
+    @classmethod
+    def read_from(cls, folder: str | os.PathLike, verify: bool = True) -> BM25Index:
+        """Load the folder written by `write_to` (``verify=False`` skips the checksums a caller has checked)."""
+        folder = Path(folder)
+        return cls._read(folder, read_manifest(folder, "BM25 index", verify=verify))
+
+    @classmethod
+    def _read(cls, folder: Path, manifest: dict) -> BM25Index:
         if manifest.get("kind") != "bm25_index" or manifest.get("format_version") != FORMAT_VERSION:
             raise IndexLoadError(
                 f"{folder} holds {manifest.get('kind')!r} format {manifest.get('format_version')!r}, expected "
-                f"'bm25_index' format {FORMAT_VERSION}; rebuild it with `marketsearch index --rebuild`"
+                f"'bm25_index' format {FORMAT_VERSION}; {REBUILD_HINT}"
             )
         retriever = bm25s.BM25.load(str(folder), show_progress=False)
         listing_ids = json.loads((folder / IDS_FILE).read_text(encoding="utf-8"))
         if len(listing_ids) != retriever.scores["num_docs"]:
             raise IndexLoadError(
                 f"{folder} lists {len(listing_ids)} listing ids for {retriever.scores['num_docs']} documents; "
-                "rebuild it with `marketsearch index --rebuild`"
+                f"{REBUILD_HINT}"
             )
         info = {key: manifest[key] for key in ("k1", "b", "vocabulary") if key in manifest}
         return cls(retriever, listing_ids, info=info)

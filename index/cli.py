@@ -51,7 +51,8 @@ def index(
 
     Incremental by default: new listings are added, deleted ones removed and re-embedded ones replaced
     without re-training, and nprobe is re-calibrated for recall@10 >= 0.95 on a sample of the catalogue's
-    text vectors. Run `marketsearch embed` first. Both indexes are written atomically to WORKSPACE/index/.
+    text vectors. Run `marketsearch embed` first. Both indexes are published together, as one index set
+    (one version, switched atomically), in WORKSPACE/index/; a run that changes nothing publishes nothing.
     """
     import faiss
 
@@ -74,6 +75,10 @@ def index(
         f"~{report.updated} ={report.unchanged}"
     )
     typer.echo(f"BM25 index: {report.bm25_count} listings; model {report.model_fingerprint[:12]}")
+    if report.published:
+        typer.echo(f"index set {report.index_set} published")
+    else:
+        typer.echo(f"nothing changed: index set {report.index_set} stays current")
     typer.echo("seconds: " + ", ".join(f"{key} {value}" for key, value in report.seconds.items()))
     if report.vector_count < report.listings:
         typer.echo(f"{report.listings - report.vector_count} listings have no embedding yet: run `marketsearch embed`")

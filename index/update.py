@@ -1,10 +1,11 @@
-"""Build or update a workspace's indexes from its catalogue and stored embeddings.
+"""Build or update a workspace's index set from its catalogue and stored embeddings.
 
-``<workspace>/index/vector/`` holds the `VectorIndex` over the listing vectors, ``<workspace>/index/bm25/``
-the `BM25Index` over title + description. By default the vector index is updated incrementally (new
-listings added, deleted ones removed, re-embedded ones replaced, nprobe re-calibrated); ``rebuild``
-re-trains the coarse quantiser. BM25 is rebuilt every time (bm25s has no incremental updates; it takes
-about a second per 100k listings).
+``<workspace>/index/`` holds the published index set (``index.index_set``): the `VectorIndex` over the
+listing vectors and the `BM25Index` over title + description, as one version. By default the vector index
+is updated incrementally (new listings added, deleted ones removed, re-embedded ones replaced, nprobe
+re-calibrated); ``rebuild`` re-trains the coarse quantiser. BM25 is rebuilt whenever the catalogue's texts
+changed (bm25s has no incremental updates; it takes about a second per 100k listings). A run that changes
+nothing publishes nothing.
 """
 
 from __future__ import annotations
@@ -20,27 +21,19 @@ from catalog.store import Catalog
 from encoders.bundle import MultiModalModel
 from encoders.embed import load_embeddings
 from index.bm25 import BM25Index, listing_text
-from index.storage import IndexLoadError
+from index.index_set import IndexSet, digest_of, has_legacy_layout, load_index_set, publish_index_set
+from index.storage import CURRENT, IndexLoadError
 from index.vector_index import VectorIndex
 
 logger = logging.getLogger(__name__)
-
-VECTOR_DIR = "vector"
-BM25_DIR = "bm25"
-
-
-def vector_index_dir(workspace) -> Path:
-    return Path(workspace.index_dir) / VECTOR_DIR
-
-
-def bm25_dir(workspace) -> Path:
-    return Path(workspace.index_dir) / BM25_DIR
 
 
 @dataclass
 class IndexReport:
     model_fingerprint: str
     mode: str  # "built", "rebuilt" or "updated"
+    index_set: str  # the version now current
+    published: bool  # False when nothing changed (the current set stays)
     listings: int
     vector_count: int
     bm25_count: int
@@ -88,10 +81,11 @@ def update_indexes(
     model_dir: str | Path | None = None,
     fingerprint: str | None = None,
 ) -> IndexReport:
-    """Bring ``workspace``'s vector and BM25 indexes up to date with its catalogue and embeddings.
+    """Bring ``workspace``'s index set up to date with its catalogue and embeddings, and publish it.
 
-    The vector index covers listings embedded with the current model; BM25 covers every listing.
-    An existing vector index built with another model (or corrupt) is rebuilt from scratch.
+    The vector index covers listings embedded with the current model; BM25 covers every listing. An
+    existing set built with another model (or corrupt, or in the layout before index sets) is rebuilt
+    from scratch.
     """
 
     timings: dict[str, float] = {}
@@ -115,13 +109,8 @@ def update_indexes(
 
     started = time.perf_counter()
     queries = _calibration_queries(table.text)
-    target = vector_index_dir(workspace)
-    existing = None
-    if (target / "CURRENT").exists():
-        try:
-            existing = VectorIndex.load(target, expected_fingerprint=fingerprint, expected_dimension=table.dim)
-        except IndexLoadError as error:
-            logger.warning("rebuilding the vector index from scratch: %s", error)
+    current = _current_set(workspace.index_dir, fingerprint, table.dim)
+    existing = current.vector if current is not None else None
     counts = {"added": len(table), "removed": 0, "updated": 0, "unchanged": 0}
     if existing is None:
         mode = "built"
@@ -147,19 +136,29 @@ def update_indexes(
         logger.warning("the vector index has drifted (%s); run `marketsearch index --rebuild`",
                        "; ".join(drift["reasons"]))  # fmt: skip
     timings["vector"] = time.perf_counter() - started
-    if mode != "updated" or any(counts[key] for key in ("added", "removed", "updated")):
-        vector_index.save(target)
-    timings["vector_save"] = time.perf_counter() - started - timings["vector"]
 
     started = time.perf_counter()
-    bm25 = BM25Index.build(ids, texts)
-    bm25.save(bm25_dir(workspace))
-    timings["bm25"] = time.perf_counter() - started
+    text_digest = digest_of(ids, texts)
+    vector_changed = mode != "updated" or any(counts[key] for key in ("added", "removed", "updated"))
+    if current is not None and not vector_changed and current.manifest.get("text_digest") == text_digest:
+        bm25, version, published = current.bm25, current.version, False
+        logger.info("nothing changed: index set %s stays current", version)
+    else:
+        bm25 = BM25Index.build(ids, texts)
+        timings["bm25"] = time.perf_counter() - started
+        started = time.perf_counter()
+        embeddings = {"count": len(table), "digest": digest_of(table.ids, table.listing)}
+        version = publish_index_set(workspace.index_dir, vector_index, bm25, embeddings=embeddings,
+                                    text_digest=text_digest)
+        published = True
+        timings["publish"] = time.perf_counter() - started
 
     manifest = vector_index.manifest
     return IndexReport(
         model_fingerprint=fingerprint,
         mode=mode,
+        index_set=version,
+        published=published,
         listings=len(ids),
         vector_count=len(vector_index),
         bm25_count=len(bm25),
@@ -172,3 +171,18 @@ def update_indexes(
         seconds={key: round(value, 2) for key, value in timings.items()},
         **counts,
     )
+
+
+def _current_set(index_dir: Path, fingerprint: str, dimension: int) -> IndexSet | None:
+    """The published set to update, or None (with the reason logged) when it must be built from scratch."""
+    if has_legacy_layout(index_dir):
+        logger.warning("building the index set from scratch: the indexes at %s use the layout before index sets",
+                       index_dir)
+        return None
+    if not (Path(index_dir) / CURRENT).exists():
+        return None
+    try:
+        return load_index_set(index_dir, expected_fingerprint=fingerprint, expected_dimension=dimension)
+    except IndexLoadError as error:
+        logger.warning("building the index set from scratch: %s", error)
+        return None

@@ -20,7 +20,14 @@ import faiss
 import numpy as np
 
 from index import ivf
-from index.storage import REBUILD_HINT, IndexLoadError, atomic_version, open_version
+from index.storage import (
+    REBUILD_HINT,
+    IndexLoadError,
+    atomic_version,
+    open_version,
+    read_manifest,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -465,16 +472,28 @@ class VectorIndex:
         """Write index.faiss, id_map.json and manifest.json as a new version of ``directory``, atomically."""
         manifest = {**self.manifest, "saved_at": _now()}
         with atomic_version(directory, manifest) as folder:
-            faiss.write_index(self.index, str(folder / INDEX_FILE))
-            id_map = {
-                "listing_ids": list(self._faiss_id_of),
-                "faiss_ids": list(self._faiss_id_of.values()),
-                "next_faiss_id": self.next_faiss_id,
-                "digests": [self._digest_of.get(i) for i in self._faiss_id_of],
-            }
-            with open(folder / ID_MAP_FILE, "w", encoding="utf-8") as handle:
-                json.dump(id_map, handle)
+            self._write_files(folder)
         return Path(directory)
+
+    def write_to(self, folder: str | os.PathLike) -> Path:
+        """Write index.faiss, id_map.json and manifest.json into the new folder ``folder``, for a caller that
+        publishes it as part of something larger (the workspace's index set, ``index.index_set``)."""
+        folder = Path(folder)
+        folder.mkdir()
+        self._write_files(folder)
+        write_manifest(folder, {**self.manifest, "saved_at": _now()})
+        return folder
+
+    def _write_files(self, folder: Path) -> None:
+        faiss.write_index(self.index, str(folder / INDEX_FILE))
+        id_map = {
+            "listing_ids": list(self._faiss_id_of),
+            "faiss_ids": list(self._faiss_id_of.values()),
+            "next_faiss_id": self.next_faiss_id,
+            "digests": [self._digest_of.get(i) for i in self._faiss_id_of],
+        }
+        with open(folder / ID_MAP_FILE, "w", encoding="utf-8") as handle:
+            json.dump(id_map, handle)
 
     @classmethod
     def load(
@@ -486,6 +505,25 @@ class VectorIndex:
     ) -> VectorIndex:
         """Load the current version of ``directory`` after verifying checksums, model and dimension."""
         folder, manifest = open_version(directory, "vector index")
+        return cls._read(folder, manifest, expected_fingerprint, expected_dimension, mmap)
+
+    @classmethod
+    def read_from(
+        cls,
+        folder: str | os.PathLike,
+        expected_fingerprint: str | None = None,
+        expected_dimension: int | None = None,
+        mmap: bool = False,
+        verify: bool = True,
+    ) -> VectorIndex:
+        """Load the folder written by `write_to` (``verify=False`` skips the checksums a caller has checked)."""
+        folder = Path(folder)
+        manifest = read_manifest(folder, "vector index", verify=verify)
+        return cls._read(folder, manifest, expected_fingerprint, expected_dimension, mmap)
+
+    @classmethod
+    def _read(cls, folder: Path, manifest: dict, expected_fingerprint: str | None, expected_dimension: int | None,
+              mmap: bool) -> VectorIndex:
         if manifest.get("kind") != "vector_index" or manifest.get("format_version") != FORMAT_VERSION:
             raise IndexLoadError(
                 f"{folder} holds {manifest.get('kind')!r} format {manifest.get('format_version')!r}, "
@@ -494,12 +532,12 @@ class VectorIndex:
         built_with = manifest.get("model_fingerprint")
         if expected_fingerprint is not None and built_with != expected_fingerprint:
             raise IndexLoadError(
-                f"vector index at {directory} was built with model fingerprint {built_with!r} but the "
+                f"vector index at {folder} was built with model fingerprint {built_with!r} but the "
                 f"current model's fingerprint is {expected_fingerprint!r}; {REBUILD_HINT}"
             )
         if expected_dimension is not None and manifest.get("dimension") != expected_dimension:
             raise IndexLoadError(
-                f"vector index at {directory} holds {manifest.get('dimension')}-d vectors but the current "
+                f"vector index at {folder} holds {manifest.get('dimension')}-d vectors but the current "
                 f"model embeds into {expected_dimension} dimensions; {REBUILD_HINT}"
             )
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0

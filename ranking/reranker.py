@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import lightgbm
 import numpy as np
 
+from core.files import make_temporary_dir, replace_dir
 from ranking.features import FEATURE_NAMES, FEATURE_SET_VERSION
 
 logger = logging.getLogger(__name__)
@@ -306,11 +306,11 @@ class Reranker:
         booster = self._fitted()
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        staging = make_temporary_dir(directory)
         try:
             booster.save_model(staging / MODEL_FILE)
             (staging / META_FILE).write_text(json.dumps(self._meta, indent=2, sort_keys=True))
-            _replace_directory(staging, directory)
+            replace_dir(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -390,18 +390,3 @@ class Reranker:
         state = f"fitted, {self._meta.get('best_iteration')} trees" if self._booster is not None else "not fitted"
         return f"Reranker({state})"
 
-
-def _replace_directory(staging: Path, directory: Path) -> None:
-    """Move ``staging`` to ``directory``; an existing folder is swapped out first, then deleted."""
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    backup = directory.with_name(f".{directory.name}-old-{os.getpid()}")
-    shutil.rmtree(backup, ignore_errors=True)
-    os.replace(directory, backup)
-    try:
-        os.replace(staging, directory)
-    except BaseException:
-        os.replace(backup, directory)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)

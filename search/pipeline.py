@@ -20,7 +20,7 @@ from encoders.bundle import MultiModalModel
 from encoders.embed import encode_images_with_photo_vectors, load_embeddings
 from index.bm25 import BM25Index
 from index.fusion import reciprocal_rank_fusion
-from index.update import bm25_dir, vector_index_dir
+from index.index_set import digest_of, load_index_set
 from index.vector_index import VectorIndex
 from ranking.features import build_features
 from ranking.reranker import Reranker
@@ -80,6 +80,7 @@ class Searcher:
         *,
         feature_logger: FeatureLogger | None = None,
         candidate_depth: int = DEFAULT_CANDIDATE_DEPTH,
+        index_version: str | None = None,
     ) -> None:
         self.model = model
         self.listings = listings
@@ -89,6 +90,7 @@ class Searcher:
         self.ranker = ranker
         self.feature_logger = feature_logger
         self.candidate_depth = candidate_depth
+        self.index_version = index_version  # the published index set both indexes come from
         self._filters = FilterMasks(listings)
         # Per listing row: its id in each index (-1 when absent), so a filter mask maps to index ids in numpy.
         self._faiss_id = vector_index.faiss_ids_of(listings.ids)
@@ -109,7 +111,7 @@ class Searcher:
         feature_logger: FeatureLogger | None = None,
         candidate_depth: int = DEFAULT_CANDIDATE_DEPTH,
     ) -> Searcher:
-        """Load model bundle, catalogue table, embeddings, indexes and (if trained) the re-ranker."""
+        """Load model bundle, catalogue table, embeddings, the current index set and (if trained) the re-ranker."""
 
         if not (workspace.model_dir).exists():
             raise FileNotFoundError(
@@ -119,21 +121,24 @@ class Searcher:
         with Catalog(workspace.db_url, root=workspace.root) as catalog:
             listings = build_listing_table(catalog, model.labels)
             embeddings = load_embeddings(catalog, model.fingerprint)
-        vector_index = VectorIndex.load(vector_index_dir(workspace), expected_fingerprint=model.fingerprint)
-        bm25 = BM25Index.load(bm25_dir(workspace))
+        index_set = load_index_set(workspace.index_dir, expected_fingerprint=model.fingerprint)
+        built_from = index_set.manifest.get("embeddings", {}).get("digest")
+        if built_from != digest_of(embeddings.ids, embeddings.listing):
+            logger.warning("the listing embeddings changed since index set %s was built; run `marketsearch index`",
+                           index_set.version)
         ranker = None
         if load_ranker and workspace.ranker_dir.exists():
-
             ranker = Reranker.load(workspace.ranker_dir)
         return cls(
             model,
             listings,
             embeddings,
-            vector_index,
-            bm25,
+            index_set.vector,
+            index_set.bm25,
             ranker,
             feature_logger=feature_logger,
             candidate_depth=candidate_depth,
+            index_version=index_set.version,
         )
 
     # -- query understanding -------------------------------------------------------------------

@@ -50,7 +50,7 @@ def health(state: StateDep, response: Response) -> HealthResponse:
             text_runtime_error=public(state.text_runtime_error),
             details=public({"backbones": model.backbones, **model.info}),
         ),
-        index=public(searcher.vector_index.manifest),
+        index=public({**searcher.vector_index.manifest, "index_set": searcher.index_version}),
         bm25_documents=len(searcher.bm25),
         ranker=RankerInfo(
             loaded=ranker is not None,

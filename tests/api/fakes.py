@@ -70,6 +70,7 @@ class RecordingSearcher:
             text_tower=SimpleNamespace(backbone=SimpleNamespace(runtime="torch")),
         )
         self.vector_index = SimpleNamespace(manifest={"count": len(listing_ids), "nlist": 1, "nprobe": 1})
+        self.index_version = "v-20261121T110000-1a2b3c"
         self.bm25 = listing_ids
         self.ranker = None
 

@@ -10,9 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from core.workspace import Workspace
-from index.bm25 import BM25Index
-from index.update import bm25_dir, read_model_fingerprint, update_indexes, vector_index_dir
-from index.vector_index import VectorIndex
+from index.index_set import load_index_set
+from index.update import read_model_fingerprint, update_indexes
 from marketsearch.cli import app
 
 
@@ -37,34 +36,40 @@ def test_index_command_builds_then_updates_incrementally(workspace):
     assert report["mode"] == "built" and report["index_type"] == "IDMap2,Flat"  # demo catalogue < 10k
     assert report["vector_count"] == len(table) and report["bm25_count"] == catalog.count()
 
-    vector_index = VectorIndex.load(vector_index_dir(workspace), expected_fingerprint=fingerprint)
-    _, found = vector_index.search(table.listing[:5], 1)
+    index_set = load_index_set(workspace.index_dir, expected_fingerprint=fingerprint)
+    assert index_set.version == report["index_set"] and report["published"]
+    _, found = index_set.vector.search(table.listing[:5], 1)
     assert [row[0] for row in found] == table.ids[:5]
     listing = catalog.get_listing(table.ids[3])
-    bm25 = BM25Index.load(bm25_dir(workspace))
-    assert table.ids[3] in bm25.search(listing.title, 10)[1]
+    assert table.ids[3] in index_set.bm25.search(listing.title, 10)[1]
+    assert "published" in runner.invoke(app, ["index", "--workspace", str(workspace.root), "--rebuild"]).output
 
-    # Nothing changed: nothing is rewritten.
+    # Nothing changed: nothing is published, the current set stays.
+    current = load_index_set(workspace.index_dir).version
+    versions = sorted(p.name for p in workspace.index_dir.iterdir())
     again = update_indexes(workspace)
     assert again.mode == "updated" and again.added == again.removed == again.updated == 0
+    assert (again.published, again.index_set) == (False, current)
+    assert sorted(p.name for p in workspace.index_dir.iterdir()) == versions
 
     # A deleted listing leaves both indexes on the next run.
     assert catalog.delete_listing(table.ids[0])
     catalog.close()
     after = update_indexes(workspace)
     assert (after.mode, after.removed, after.added) == ("updated", 1, 0)
-    reloaded = VectorIndex.load(vector_index_dir(workspace), expected_fingerprint=fingerprint)
-    assert table.ids[0] not in reloaded and len(reloaded) == len(table) - 1
-    assert table.ids[0] not in BM25Index.load(bm25_dir(workspace))
+    reloaded = load_index_set(workspace.index_dir, expected_fingerprint=fingerprint)
+    assert reloaded.version == after.index_set != current
+    assert table.ids[0] not in reloaded.vector and len(reloaded.vector) == len(table) - 1
+    assert table.ids[0] not in reloaded.bm25
 
 
 def test_rebuild_with_ivf_keeps_ids_and_calibrates_on_text_queries(workspace):
     built = update_indexes(workspace)
-    before = VectorIndex.load(vector_index_dir(workspace))
+    before = load_index_set(workspace.index_dir).vector
     rebuilt = update_indexes(workspace, rebuild=True, nlist=8)
     assert (rebuilt.mode, rebuilt.index_type, rebuilt.nlist) == ("rebuilt", "IVF8,Flat", 8)
     assert rebuilt.vector_count == built.vector_count and rebuilt.recall_at_10 >= 0.95
-    after = VectorIndex.load(vector_index_dir(workspace))
+    after = load_index_set(workspace.index_dir).vector
     assert after.manifest["calibration"]["source"] == "calibration queries"
     assert all(after.faiss_id(i) == before.faiss_id(i) for i in before.listing_ids)
     # Filtered search on the real index keeps its guarantee.

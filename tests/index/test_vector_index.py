@@ -246,7 +246,7 @@ def test_crash_during_save_keeps_previous_index(ivf_index, clustered, tmp_path, 
     assert len(loaded) == len(clustered[0])
     after = loaded.search(queries[:5], 10)
     assert after[1] == before[1]
-    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]  # temp folders cleaned up
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # temporary folders cleaned up
 
     # The next successful save publishes the new state and prunes to current + previous.
     ivf_index.save(root)
