@@ -155,7 +155,8 @@ class Catalog:
             columns = {column["name"] for column in inspector.get_columns(table_name)}
             missing = [column.name for column in table.columns if column.name not in columns]
             if missing:
-                raise CatalogError(name, f"the table {table_name} lacks the column(s) {', '.join(missing)}")
+                named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                raise CatalogError(name, f"the table {table_name} lacks the column(s) {named}")
 
     def _check_schema_version(self, name: str) -> None:
         with self.engine.begin() as conn:
