@@ -4,7 +4,7 @@ importing SQLAlchemy."""
 from __future__ import annotations
 
 
-class CatalogError(ValueError):
+class CatalogError(Exception):
     """The catalogue database cannot be used: not an SQLite file, damaged, or not this code's schema.
 
     The message is one line naming the database and the problem; what to run about it depends on the

@@ -151,7 +151,7 @@ def test_a_database_from_another_schema_version_is_refused(tmp_path):
     with catalog.engine.begin() as conn:
         conn.execute(update(schema.meta).where(schema.meta.c.key == "schema_version").values(value="99"))
     catalog.close()
-    with pytest.raises(ValueError, match="schema version 99"):
+    with pytest.raises(CatalogError, match="schema version 99"):
         Catalog(tmp_path / "catalog.db")
 
 
