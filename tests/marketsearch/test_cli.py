@@ -63,13 +63,19 @@ def test_serve_after_make_demo_serves_workspace_demo(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import api.main
+    from bench.http_load import free_port
     from marketsearch.cli import app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MARKETSEARCH_HOME", raising=False)
     served = {}
+
+    def run(server, sockets):
+        served.update(workspace=server.config.app.workspace)
+        server.started = True
+
     monkeypatch.setattr(api.main, "create_app", lambda settings: settings)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(workspace=app.workspace))
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     runner = CliRunner()
 
     result = runner.invoke(app, ["serve"])
@@ -77,7 +83,7 @@ def test_serve_after_make_demo_serves_workspace_demo(tmp_path, monkeypatch):
 
     (tmp_path / "workspace" / "demo").mkdir(parents=True)
     (tmp_path / "workspace" / "demo" / "catalog.db").write_bytes(b"")
-    result = runner.invoke(app, ["serve"])
+    result = runner.invoke(app, ["serve", "--port", str(free_port())])
     assert result.exit_code == 0, result.output
     assert served["workspace"] == Path("workspace/demo")
     assert "serving the demo workspace workspace/demo/" in result.output
