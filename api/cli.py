@@ -54,11 +54,11 @@ def serve(
 
     import uvicorn
 
-    from api.config import Settings
-    from api.main import create_app
-
     typer.echo(f"serving {workspace} on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     if workers == 1:
+        from api.config import Settings
+        from api.main import create_app
+
         server = uvicorn.Server(
             uvicorn.Config(create_app(Settings(workspace=workspace)), host=host, port=port, log_level=log_level)
         )
@@ -72,7 +72,8 @@ def serve(
     # uvicorn's supervisor binds the port again in this process, before it starts the workers (who load the
     # app): the check above still holds, and the port is free again for a few microseconds only.
     listener.close()
-    # Worker processes import the app themselves: hand them the workspace through the settings' env var.
+    # Worker processes import the app themselves (this supervisor does not: torch, FAISS and LightGBM would cost
+    # it 1.1 GB of memory for nothing): hand them the workspace through the settings' env var.
     os.environ["MARKETSEARCH_WORKSPACE"] = str(workspace)
     uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)
 

@@ -29,3 +29,21 @@ def test_a_port_in_use_fails_before_loading_and_names_the_port(tmp_path, workers
     assert "--port" in done.stderr and "stop the process" in done.stderr
     assert "Traceback" not in done.stderr
     assert "torch and faiss use" not in done.stderr  # the app's start-up (loading) never began
+
+
+def test_the_supervisor_of_several_workers_does_not_load_the_app(tmp_path):
+    """With --workers N each worker imports the app; the supervisor importing it too (torch, FAISS, LightGBM)
+    held 1.1 GB of memory for nothing."""
+    from bench.http_load import free_port
+
+    tiny_catalog(tmp_path / "ws").close()
+    script = (
+        "import sys, uvicorn\n"
+        "heavy = {'torch', 'faiss', 'api.main'}\n"
+        "uvicorn.run = lambda *args, **kwargs: print('loaded:', sorted(heavy & set(sys.modules)))\n"
+        "from marketsearch.cli import app\n"
+        f"app(['serve', '-w', {str(tmp_path / 'ws')!r}, '--workers', '2', '--port', '{free_port()}'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "loaded: []" in done.stdout, done.stdout
