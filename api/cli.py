@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from typing import Annotated
 
 import typer
@@ -42,15 +44,59 @@ def serve(
     if note:
         typer.echo(note)
 
-    import uvicorn
+    # Claim the port before the seconds of imports and the model and index loading (up to a minute on a busy
+    # machine), so a port in use fails at once; uvicorn would bind only after the app's start-up.
+    try:
+        listener = listening_socket(host, port)
+    except OSError as error:
+        typer.secho(f"error: {cannot_listen(host, port, error)}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
 
-    from api.config import Settings
-    from api.main import create_app
+    import uvicorn
 
     typer.echo(f"serving {workspace} on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     if workers == 1:
-        uvicorn.run(create_app(Settings(workspace=workspace)), host=host, port=port, log_level=log_level)
+        from api.config import Settings
+        from api.main import create_app
+
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(Settings(workspace=workspace)), host=host, port=port, log_level=log_level)
+        )
+        try:
+            server.run(sockets=[listener])
+        except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it shut down on, as uvicorn.run expects
+            pass
+        if not server.started:  # the app's start-up failed (uvicorn has logged why)
+            raise typer.Exit(3)
         return
-    # Worker processes import the app themselves: hand them the workspace through the settings' env var.
+    # uvicorn's supervisor binds the port again in this process, before it starts the workers (who load the
+    # app): the check above still holds, and the port is free again for a few microseconds only.
+    listener.close()
+    # Worker processes import the app themselves (this supervisor does not: torch, FAISS and LightGBM would cost
+    # it 1.1 GB of memory for nothing): hand them the workspace through the settings' env var.
     os.environ["MARKETSEARCH_WORKSPACE"] = str(workspace)
     uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening, as uvicorn opens one (``SO_REUSEADDR``: a restart
+    does not wait for the previous run's connections to time out). It listens at once: on Linux a socket that
+    is only bound does not keep a second ``SO_REUSEADDR`` bind to the same port out. Raises ``OSError``."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def cannot_listen(host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"{host}:{port} is already in use (another `marketsearch serve`?): stop the process that listens "
+            f"there, or serve on another port with --port"
+        )
+    return f"cannot listen on {host}:{port} ({error.strerror or error})"

@@ -24,7 +24,8 @@ from api.config import Settings, get_settings
 from api.limits import BodySizeLimitMiddleware
 from api.routes import api_router
 from api.routes.pages import STATIC_DIR
-from api.state import ServiceState, load_state
+from api.state import ServiceState, load_state, public_text, unusable_catalogue
+from catalog.errors import CatalogError
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
         )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(CatalogError, _catalogue_unusable)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
 
@@ -127,6 +129,15 @@ def _utf8_safe(value):
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")
     return value
+
+
+async def _catalogue_unusable(request: Request, exc: CatalogError) -> JSONResponse:
+    """Damage in the catalogue met by a request (the start-up reads only part of it): 503 naming the file and
+    the fix, and one log line, not a traceback per request."""
+    workspace = request.app.state.service.workspace
+    message = unusable_catalogue(exc, workspace)
+    logger.error("%s %s: %s", request.method, request.url.path, message)
+    return JSONResponse(status_code=503, content={"detail": public_text(message, workspace.root)})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from api.config import Settings
+from catalog.errors import CatalogError
 from catalog.store import Catalog
 from core.files import remove_stale_temporaries
 from core.workspace import Workspace
@@ -62,6 +63,11 @@ def build_hint(workspace: Workspace) -> str:
     return f"run `marketsearch build --workspace {workspace.root}`"
 
 
+def unusable_catalogue(error: CatalogError, workspace: Workspace) -> str:
+    """What the service says about a catalogue database it cannot use: the file, the problem, the fix."""
+    return f"{error}; move it aside (or restore a backup) and {build_hint(workspace)}"
+
+
 def load_state(settings: Settings) -> ServiceState:
     """Open the catalogue and load the search pipeline; failures are recorded, not raised, so the
     service still starts and can say what is missing."""
@@ -83,14 +89,18 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         state.searcher_error = state.catalog_error
         logger.warning(state.catalog_error)
         return state
-
-
-    state.catalog = Catalog(workspace.db_url)
     try:
+        state.catalog = Catalog(workspace.db_url)
         # The re-ranker is loaded separately: a stale or broken one should cost re-ranking, not search.
         state.searcher = Searcher.from_workspace(
             workspace, load_ranker=False, feature_logger=_feature_logger(settings, workspace)
         )
+    except CatalogError as exc:  # not SQLite, damaged, another schema: nothing can be served from it
+        state.close()
+        state.catalog = None
+        state.catalog_error = state.searcher_error = unusable_catalogue(exc, workspace)
+        logger.error(state.catalog_error)
+        return state
     except FileNotFoundError as exc:
         state.searcher_error = f"search artefacts are missing: {exc}"
     except Exception as exc:  # noqa: BLE001 -- any broken artefact: keep serving listings, report it

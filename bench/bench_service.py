@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["text_runtime_agreement"] = text_runtime_agreement(args.workspace, bodies)
         gc.collect()  # the check's copy of the pipeline is gone before the server loads its own
         results["load_before"] = _uptime()
-    with serving(args.workspace, args.port or free_port(), args.server_workers) as (url, health):
+    with serving(args.workspace, args.port or free_port(), args.server_workers) as (url, health, _pid):
         results["health"] = {
             "listings": health.get("listings"),
             "index": health.get("index"),

@@ -1,29 +1,35 @@
 """HTTP load against `marketsearch serve`: start the server, send bounded request sets, summarise them.
 
-    with serving(workspace, free_port()) as (url, health):
+    with serving(workspace, free_port()) as (url, health, pid):
         summary = summarize(run_text(url, bodies, 500))
 
 `serving` starts `marketsearch serve` (uvicorn, ``workers`` processes) on 127.0.0.1 in a subprocess
-(its output goes to ``<workspace>/bench-server.log``) and yields once /health says ok. The load functions
-send a bounded number of requests with httpx (keep-alive, one connection per client): text search at one
-client (`run_text`), at several concurrent clients (`run_concurrent_text`: samples and wall time) and
-photo search, optionally with words (`run_image`). Each request becomes a `Sample`; `summarize` gives
-errors, p50/p90/p99 latency and the per-stage timings the service returns (``timings_ms``), and
+(its output goes to ``log_path``, default ``<workspace>/bench-server.log``) and yields once /health says ok,
+with the server's process id (`peak_memory_bytes(pid)`: its peak resident memory, worker processes
+included). The load functions send a bounded number of requests with httpx (keep-alive, one connection per
+client): text search at one client (`run_text`), at several concurrent clients (`run_concurrent_text`:
+samples and wall time), photo search, optionally with words (`run_image`), and any mix of requests
+(`Call`s, each with the status the API documents for it) at several clients for a bounded time
+(`run_mixed`). Each request becomes a `Sample`; `summarize` gives errors, p50/p90/p99 latency and the
+per-stage timings the service returns (``timings_ms``), `status_counts` the statuses per call, and
 `dominant` names the top stages of a summary.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import numpy as np
@@ -37,11 +43,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Served(NamedTuple):
+    url: str  # http://127.0.0.1:PORT
+    health: dict  # the /health answer that said ok
+    pid: int  # the `marketsearch serve` process (uvicorn's supervisor when workers > 1)
+
+
 @contextmanager
-def serving(workspace: Path, port: int, workers: int = 1, startup_timeout: float = 600.0):
-    """`marketsearch serve` in a subprocess; yields its base URL once /health says ok."""
+def serving(
+    workspace: Path, port: int, workers: int = 1, startup_timeout: float = 600.0, log_path: Path | None = None
+):
+    """`marketsearch serve` in a subprocess; yields a `Served` (base URL, /health, pid) once /health says ok."""
     executable = Path(sys.executable).parent / "marketsearch"
-    log_path = Path(workspace) / "bench-server.log"
+    log_path = Path(log_path or Path(workspace) / "bench-server.log")
     command = [
         str(executable),
         "serve",
@@ -78,7 +92,7 @@ def serving(workspace: Path, port: int, workers: int = 1, startup_timeout: float
             # Workers load in parallel and only accept connections once loaded; give the others the
             # time the first one needed (plus a margin) before measuring.
             time.sleep(0.5 * (time.monotonic() - started) + 5)
-        yield url, response.json()
+        yield Served(url, response.json(), process.pid)
     finally:
         process.terminate()
         try:
@@ -86,6 +100,37 @@ def serving(workspace: Path, port: int, workers: int = 1, startup_timeout: float
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def peak_memory_bytes(pid: int) -> int:
+    """Peak resident memory (``VmHWM``) of process ``pid`` plus that of each of its descendants alive now
+    (uvicorn's workers): the sum of per-process peaks, an upper bound on the tree's peak. Linux only."""
+    return sum(_vm_hwm_bytes(p) for p in [pid, *_descendants(pid)])
+
+
+def _vm_hwm_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    raise ValueError(f"/proc/{pid}/status has no VmHWM line")
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:  # exited meanwhile
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # fields after "(comm)": state, ppid, ...
+            children[parent].append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -99,6 +144,7 @@ class Sample:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     filtered: bool = False
+    call: str | None = None  # the `Call` it answered (run_mixed)
 
 
 def _measure(send) -> Sample:
@@ -159,7 +205,62 @@ def run_image(url: str, uploads: list[bytes], requests: int, text: str | None = 
         ]
 
 
+@dataclass(frozen=True)
+class Call:
+    """One kind of request in a mixed load (a POST with a JSON body or a multipart form) and the status the
+    API documents for it."""
+
+    name: str
+    path: str
+    expected: int
+    json: dict | None = None
+    files: dict | None = None  # httpx's form: {"file": (filename, bytes, content_type)}
+    data: dict | None = None
+
+
+def run_mixed(
+    url: str, calls: Sequence[Call], clients: int, seconds: float, max_requests_per_client: int = 100_000,
+    timeout: float = 120.0,
+) -> tuple[list[Sample], float]:
+    """``clients`` concurrent clients, each going round ``calls`` (from its own offset, so the kinds of request
+    interleave) until ``seconds`` have passed or it has sent ``max_requests_per_client``. Returns the samples
+    (``Sample.call`` names the call) and the wall time. A request that gets no answer (connection refused or
+    reset, time-out) is a sample with status 0."""
+    samples: list[list[Sample]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+    deadline: list[float] = []
+
+    def worker(slot: int) -> None:
+        with httpx.Client(base_url=url, timeout=timeout) as client:
+            barrier.wait()
+            for i in range(max_requests_per_client):
+                if time.monotonic() >= deadline[0]:
+                    return
+                call = calls[(slot + i) % len(calls)]
+                sample = _measure(lambda c=call: client.post(c.path, json=c.json, files=c.files, data=c.data))
+                sample.call = call.name
+                samples[slot].append(sample)
+
+    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline.append(time.monotonic() + seconds)
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return [s for per_client in samples for s in per_client], time.perf_counter() - start
+
+
 # -------------------------------------------------------------------------------------------- summary
+
+
+def status_counts(samples: list[Sample]) -> dict[str, dict[int, int]]:
+    """Per call name, how many answers had each status (0: no answer)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for sample in samples:
+        counts[sample.call or "?"][sample.status] += 1
+    return {name: dict(sorted(counter.items())) for name, counter in sorted(counts.items())}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -9,11 +9,12 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
 
 from catalog import schema
+from catalog.errors import CatalogError
 from catalog.models import Image, Listing
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,10 @@ class Catalog:
     `Catalog("workspace/catalog.db")` or `Catalog("sqlite:///...")` or a server URL. Image paths are stored
     relative to `root` (default: the SQLite file's folder, else the current directory) so a workspace
     folder can be copied or moved. Every write runs in one transaction.
+
+    A database that cannot be used raises `CatalogError` (one line), on opening or from whichever query
+    meets the damage: a file that is not SQLite, a damaged one, or tables of another schema. Opening
+    creates the schema only in an empty database (or, on a server, one without any catalogue table).
     """
 
     def __init__(self, url_or_path: str | os.PathLike, *, root: str | os.PathLike | None = None):
@@ -119,12 +124,41 @@ class Catalog:
             sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         self.root = Path(root) if root is not None else (sqlite_file.parent if sqlite_file else Path.cwd())
         self.engine: Engine = create_engine(self.url)
+        name = str(sqlite_file) if sqlite_file else self.engine.url.render_as_string(hide_password=True)
+        event.listen(self.engine, "handle_error", _damage_as_catalog_error(name))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        schema.metadata.create_all(self.engine)
-        self._check_schema_version()
+        try:
+            self._check_tables(name, only_catalogue=sqlite_file is not None)
+            schema.metadata.create_all(self.engine)
+            self._check_schema_version(name)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
-    def _check_schema_version(self) -> None:
+    def _check_tables(self, name: str, *, only_catalogue: bool) -> None:
+        """Refuse a database holding some other schema before anything is written into it.
+
+        ``only_catalogue``: the database is ours alone (an SQLite file), so other tables mean it is not a
+        catalogue; a server database may hold other applications' tables next to ours."""
+        inspector = inspect(self.engine)
+        present = set(inspector.get_table_names())
+        ours = schema.metadata.tables
+        if not present & set(ours):
+            if only_catalogue and present:
+                found = ", ".join(sorted(present)[:5])
+                raise CatalogError(name, f"it holds other tables ({found}), not a marketsearch catalogue")
+            return  # a new catalogue: create_all makes the schema
+        for table_name, table in ours.items():
+            if table_name not in present:
+                raise CatalogError(name, f"the table {table_name} is missing")
+            columns = {column["name"] for column in inspector.get_columns(table_name)}
+            missing = [column.name for column in table.columns if column.name not in columns]
+            if missing:
+                named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                raise CatalogError(name, f"the table {table_name} lacks the column(s) {named}")
+
+    def _check_schema_version(self, name: str) -> None:
         with self.engine.begin() as conn:
             found = conn.execute(
                 select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
@@ -132,9 +166,10 @@ class Catalog:
             if found is None:
                 conn.execute(schema.meta.insert(), {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)})
             elif found != str(schema.SCHEMA_VERSION):
-                raise ValueError(
-                    f"{self.url} has catalogue schema version {found}, this code reads version "
-                    f"{schema.SCHEMA_VERSION}; re-ingest into a fresh workspace"
+                raise CatalogError(
+                    name,
+                    f"it has catalogue schema version {found}, this code reads version {schema.SCHEMA_VERSION}; "
+                    "re-ingest into a fresh workspace",
                 )
 
     def __repr__(self) -> str:
@@ -279,6 +314,22 @@ class Catalog:
             "created_first": first.isoformat() if isinstance(first, datetime.date) else first,
             "created_last": last.isoformat() if isinstance(last, datetime.date) else last,
         }
+
+
+def _damage_as_catalog_error(name: str):
+    """A ``handle_error`` listener: SQLite's "file is not a database" and "database disk image is malformed"
+    (wherever a query meets them, opening included) become one-line ``CatalogError``s."""
+
+    def listener(context: ExceptionContext) -> CatalogError | None:
+        error = context.original_exception
+        code = getattr(error, "sqlite_errorname", "")
+        if code == "SQLITE_NOTADB":
+            return CatalogError(name, "the file is not an SQLite database")
+        if code.startswith("SQLITE_CORRUPT"):
+            return CatalogError(name, f"the file is damaged ({error})")
+        return None
+
+    return listener
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -6,15 +6,36 @@ import logging
 import warnings
 
 import typer
+from typer.core import TyperGroup
 
 from api import cli as api_cli
 from catalog import cli as catalog_cli
+from catalog.errors import CatalogError
 from encoders import cli as encoders_cli
 from evaluation import cli as evaluation_cli
 from index import cli as index_cli
 from marketsearch import jobs
 
+
+class Commands(TyperGroup):
+    """The subcommands, with the failures a person fixes by hand (not a bug in the code) said in one line
+    instead of a traceback: a catalogue database that cannot be used."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CatalogError as error:
+            typer.secho(
+                f"error: {error}; move it aside (or restore a backup) and ingest the export again "
+                "(`marketsearch ingest` or `marketsearch build`)",
+                err=True,
+                fg=typer.colors.RED,
+            )
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=Commands,
     name="marketsearch",
     help="Multi-modal search and ranking for a second-hand marketplace.",
     no_args_is_help=True,

@@ -3,8 +3,10 @@ import shutil
 
 import pytest
 
+from catalog.errors import CatalogError
 from catalog.models import Image, Listing
 from catalog.store import Catalog, to_db_url
+from tests.catalog.damaged import UNUSABLE, damage_pages, good_database
 
 
 def make_listing(listing_id, category="Home & Garden / Sofas", price=10.0, image_ids=(), day=1):
@@ -149,5 +151,37 @@ def test_a_database_from_another_schema_version_is_refused(tmp_path):
     with catalog.engine.begin() as conn:
         conn.execute(update(schema.meta).where(schema.meta.c.key == "schema_version").values(value="99"))
     catalog.close()
-    with pytest.raises(ValueError, match="schema version 99"):
+    with pytest.raises(CatalogError, match="schema version 99"):
         Catalog(tmp_path / "catalog.db")
+
+
+
+# -- unusable database files: one clear error (CatalogError), never SQLAlchemy's traceback ----------------
+
+
+@pytest.mark.parametrize("damage", UNUSABLE.values(), ids=UNUSABLE.keys())
+def test_an_unusable_database_file_is_one_catalog_error(tmp_path, damage):
+    path = tmp_path / "catalog.db"
+    damage(path)
+    before = path.read_bytes()
+    with pytest.raises(CatalogError, match=r"catalog\.db cannot be used: \S") as raised:
+        with Catalog(path) as catalog:
+            catalog.stats()
+    assert "sqlalche.me" not in str(raised.value) and "\n" not in str(raised.value)
+    assert path.read_bytes() == before  # nothing written into a file that is not a catalogue
+
+
+def test_damage_found_after_opening_is_a_catalog_error(tmp_path):
+    """Schema pages intact, listing pages garbage: the file opens, and the first query that meets the damage
+    raises CatalogError, not SQLAlchemy's DatabaseError."""
+    path = tmp_path / "catalog.db"
+    good_database(path)
+    damage_pages(path)
+    with Catalog(path) as catalog, pytest.raises(CatalogError, match="damaged"):
+        catalog.stats()
+
+
+def test_a_catalogue_reopens_with_its_rows(tmp_path):
+    good_database(tmp_path / "catalog.db")
+    with Catalog(tmp_path / "catalog.db") as catalog:
+        assert catalog.count() == 400

@@ -63,13 +63,19 @@ def test_serve_after_make_demo_serves_workspace_demo(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import api.main
+    from bench.http_load import free_port
     from marketsearch.cli import app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MARKETSEARCH_HOME", raising=False)
     served = {}
+
+    def run(server, sockets):
+        served.update(workspace=server.config.app.workspace)
+        server.started = True
+
     monkeypatch.setattr(api.main, "create_app", lambda settings: settings)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(workspace=app.workspace))
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     runner = CliRunner()
 
     result = runner.invoke(app, ["serve"])
@@ -77,7 +83,27 @@ def test_serve_after_make_demo_serves_workspace_demo(tmp_path, monkeypatch):
 
     (tmp_path / "workspace" / "demo").mkdir(parents=True)
     (tmp_path / "workspace" / "demo" / "catalog.db").write_bytes(b"")
-    result = runner.invoke(app, ["serve"])
+    result = runner.invoke(app, ["serve", "--port", str(free_port())])
     assert result.exit_code == 0, result.output
     assert served["workspace"] == Path("workspace/demo")
     assert "serving the demo workspace workspace/demo/" in result.output
+
+
+@pytest.mark.parametrize("command", [["catalog", "stats"], ["embed"], ["index"], ["train", "--config", "tiny"]])
+def test_commands_on_an_unusable_catalogue_end_with_one_line(tmp_path, tiny_model, command):
+    """Every command that opens the catalogue: a clear one-line error and exit status 2, not a traceback."""
+    from typer.testing import CliRunner
+
+    from marketsearch.cli import app
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "catalog.db").write_text("id,title\nL1,bike\n")  # not an SQLite file
+    tiny_model.save(workspace / "model")  # embed and index load the model before the catalogue
+    tiny_model.labels.to_json(workspace / "labels.json")  # train reads the labels first
+    result = CliRunner().invoke(app, [*command, "--workspace", str(workspace)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert f"{workspace / 'catalog.db'} cannot be used: the file is not an SQLite database" in lines[0]
+    assert "marketsearch ingest" in lines[0]
