@@ -6,14 +6,17 @@ import datetime
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 
 from catalog import schema
+from catalog.migrations import prepare_schema
 from catalog.models import Image, Listing
 
 logger = logging.getLogger(__name__)
@@ -121,21 +124,20 @@ class Catalog:
         self.engine: Engine = create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        schema.metadata.create_all(self.engine)
-        self._check_schema_version()
+        self._prepare_schema()
 
-    def _check_schema_version(self) -> None:
-        with self.engine.begin() as conn:
-            found = conn.execute(
-                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
-            ).scalar_one_or_none()
-            if found is None:
-                conn.execute(schema.meta.insert(), {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)})
-            elif found != str(schema.SCHEMA_VERSION):
-                raise ValueError(
-                    f"{self.url} has catalogue schema version {found}, this code reads version "
-                    f"{schema.SCHEMA_VERSION}; re-ingest into a fresh workspace"
-                )
+    def _prepare_schema(self) -> None:
+        """Create, migrate (catalog/migrations.py) or refuse the schema. Processes opening one database at
+        once (`serve --workers N`) may race on a step; the loser finds the schema done on its next try."""
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    prepare_schema(conn, self.url)
+                return
+            except DBAPIError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def __repr__(self) -> str:
         return f"Catalog({self.engine.url.render_as_string(hide_password=True)!r})"
