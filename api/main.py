@@ -29,6 +29,7 @@ from api.state import ServiceState, load_state
 logger = logging.getLogger(__name__)
 
 UPLOAD_PATHS = ("/search/image",)
+EVENT_PATHS = ("/events",)
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, headers and the small form fields next to the photo
 
 
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     def body_limit(path: str) -> int:
         if path in UPLOAD_PATHS:
             return settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        if path in EVENT_PATHS:
+            return settings.max_events_bytes
         return settings.max_json_bytes
 
     app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)

@@ -32,6 +32,8 @@ FIELDS: tuple[str, ...] = (
     "event_id", "user_id", "listing_id", "type", "query_id", "position", "occurred_at", "received_at",
 )  # fmt: skip
 
+REQUIRED_FIELDS: tuple[str, ...] = ("event_id", "user_id", "listing_id", "type", "occurred_at")
+
 # Every reason an event can be rejected for, with what it means (the API and the import report use these codes).
 _ID_RULE = "1..64 characters of letters, digits and _ . : - starting with a letter or digit"
 REASONS: dict[str, str] = {
@@ -137,8 +139,10 @@ def problem(event: Event, now: dt.datetime) -> tuple[str, str] | None:
     try:
         occurred = as_utc(event.occurred_at)
         received = as_utc(event.received_at) if event.received_at is not None else now
-    except OverflowError:
-        return "time_in_future", "a time is outside the representable years once converted to UTC"
+    except OverflowError:  # 9999-12-31T23:00-05:00 or 0001-01-01T00:00+01:00
+        early = min(event.occurred_at.year, (event.received_at or now).year) < EARLIEST_TIME.year
+        reason = "time_too_old" if early else "time_in_future"
+        return reason, "a time is outside the representable years once converted to UTC"
     for name, time, reference in (("received_at", received, now), ("occurred_at", occurred, received)):
         if time > reference + MAX_CLOCK_AHEAD:
             return "time_in_future", (
@@ -173,7 +177,7 @@ def event_from_record(record: Mapping[str, Any], index: int) -> Event | Rejectio
         raw = record.get(name)
         return None if raw is None or raw == "" else raw
 
-    for name in ("event_id", "user_id", "listing_id", "type", "occurred_at"):
+    for name in REQUIRED_FIELDS:
         if value(name) is None:
             return Rejection(index, shown_id, "missing_field", f"{name} is missing or empty")
     for name in ("event_id", "user_id", "listing_id", "type", "query_id"):
