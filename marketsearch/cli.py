@@ -85,6 +85,7 @@ app.command("train-ranker")(evaluation_cli.train_ranker)
 app.command("evaluate")(evaluation_cli.evaluate)
 app.command("serve")(api_cli.serve)
 app.add_typer(personal_cli.events_app, name="events")
+app.command("simulate")(personal_cli.simulate)
 
 
 if __name__ == "__main__":  # `python -m marketsearch.cli ...` as well as the `marketsearch` script
