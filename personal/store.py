@@ -24,6 +24,7 @@ from personal.events import Event, Rejection, is_valid_id, problem
 
 CHUNK = 500  # ids per IN (...) query: well under every database's bound on bound parameters
 MAX_PAGE = 500
+DRIVER_INSERTS = True  # on SQLite, insert through the driver (_insert_sqlite); False: SQLAlchemy Core everywhere
 
 
 @dataclass
@@ -106,11 +107,14 @@ class EventStore:
         with self._writing() as conn, conn.begin():
             stored = _stored_ids(conn, list(unique))
             report.duplicates += len(stored)
-            rows = [_event_row(item, now) for event_id, item in unique.items() if event_id not in stored]
-            users = {row["user_id"] for row in rows}
-            _insert_ignoring_conflicts(conn, schema.users, [{"id": u, "created_at": _naive(now)} for u in users])
-            _insert_ignoring_conflicts(conn, schema.events, rows)
-        report.stored = len(rows)
+            new = [item for event_id, item in unique.items() if event_id not in stored]
+            users = sorted({item.user_id for item in new})
+            if new and DRIVER_INSERTS and conn.dialect.name == "sqlite":
+                _insert_sqlite(conn, new, users, now)
+            elif new:
+                _insert_ignoring_conflicts(conn, schema.users, [{"id": u, "created_at": _naive(now)} for u in users])
+                _insert_ignoring_conflicts(conn, schema.events, [_event_row(item, now) for item in new])
+        report.stored = len(new)
         return report
 
     def delete_user(self, user_id: str) -> UserDeletion:
@@ -193,6 +197,33 @@ def _stored_ids(conn: Connection, event_ids: list[str]) -> set[str]:
     return stored
 
 
+_EVENT_COLUMNS = ("event_id", "user_id", "listing_id", "type", "query_id", "position", "occurred_at", "received_at")
+
+
+def _insert_sqlite(conn: Connection, events: list[Event], users: list[str], now: dt.datetime) -> None:
+    """The same rows as ``_insert_ignoring_conflicts`` writes, straight to the driver: SQLAlchemy's
+    per-value bind processing was half of the time of a 1,000-event batch. Times are written in the text
+    form SQLAlchemy's SQLite ``DateTime`` stores and reads (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC)."""
+    received = _sqlite_time(now)
+    conn.exec_driver_sql(
+        f"INSERT INTO {schema.users.name} (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        [(user, received) for user in users],
+    )
+    conn.exec_driver_sql(
+        f"INSERT INTO {schema.events.name} ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * 8)}) "
+        "ON CONFLICT DO NOTHING",
+        [
+            (e.event_id, e.user_id, e.listing_id, e.type, e.query_id, e.position, _sqlite_time(e.occurred_at),
+             _sqlite_time(e.received_at) if e.received_at is not None else received)
+            for e in events
+        ],  # fmt: skip
+    )
+
+
+def _sqlite_time(value: dt.datetime) -> str:
+    return _naive(value).isoformat(sep=" ", timespec="microseconds")
+
+
 def _insert_ignoring_conflicts(conn: Connection, table, rows: list[dict]) -> None:
     """Rows whose key is already stored are skipped, not an error: a concurrent writer on a server database
     (where ``_stored_ids`` ran without a write lock) cannot make the batch fail."""
@@ -240,7 +271,9 @@ def _naive(value: dt.datetime) -> dt.datetime:
     """UTC without an offset: how the tables store times (the same on every database)."""
     if value.tzinfo is None:
         return value
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    if value.tzinfo is not dt.timezone.utc:
+        value = value.astimezone(dt.timezone.utc)
+    return value.replace(tzinfo=None)
 
 
 def _id_or_none(value: object) -> str | None:

@@ -25,8 +25,11 @@ def catalog(tmp_path):
         yield catalog
 
 
-@pytest.fixture
-def store(catalog):
+@pytest.fixture(params=["driver", "core"])
+def store(catalog, request, monkeypatch):
+    """Every test runs on both insert paths: SQLite's driver fast path and the SQLAlchemy Core one that other
+    databases take (here on SQLite too), so both store and read back the same rows."""
+    monkeypatch.setattr("personal.store.DRIVER_INSERTS", request.param == "driver")
     with EventStore(catalog) as store:
         yield store
 
