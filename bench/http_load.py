@@ -38,8 +38,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(workspace: Path, port: int, workers: int = 1, startup_timeout: float = 600.0):
-    """`marketsearch serve` in a subprocess; yields its base URL once /health says ok."""
+def serving(workspace: Path, port: int, workers: int = 1, startup_timeout: float = 600.0, require_search: bool = True):
+    """`marketsearch serve` in a subprocess; yields its base URL once /health says ok (``require_search=False``:
+    once the service answers at all, for routes that need only the catalogue)."""
     executable = Path(sys.executable).parent / "marketsearch"
     log_path = Path(workspace) / "bench-server.log"
     command = [
@@ -65,7 +66,7 @@ def serving(workspace: Path, port: int, workers: int = 1, startup_timeout: float
                 raise SystemExit(f"the server exited with {process.returncode}; see {log_path}")
             try:
                 response = httpx.get(url + "/health", timeout=5)
-                if response.status_code == 200:
+                if response.status_code == 200 or (response.status_code == 503 and not require_search):
                     break
                 if response.status_code == 503:
                     raise SystemExit(f"the server cannot search: {response.json().get('detail')}")
