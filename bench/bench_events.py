@@ -4,13 +4,15 @@
     .venv/bin/python -m bench.bench_events --base /work/devws --events 200000 --clients 1 4
 
 1. Copies the base workspace's catalogue database (nothing else: the service then answers events and
-   listings, not search) into ``--workspace`` (default ``workspace/bench-events``), with its events emptied.
+   listings, not search) into ``--workspace`` (default ``workspace/bench-events``), with its events emptied
+   (``--keep-events``: kept, to measure writes into a table that is already large).
 2. Generates ``--events`` events with the user simulator (browsing only, seeded), the mix a real client
    sends (mostly impressions), as the API takes them (no ``received_at``).
 3. Starts `marketsearch serve` on that workspace (one uvicorn process) and, for each client count, sends
    the events in batches of ``--batch`` (1,000 = the API's maximum) from that many concurrent httpx clients
-   (keep-alive), each batch answered only once committed. Every event is new on each run (the store is
-   emptied in between), then one more pass resends the first batches to time an all-duplicates retry.
+   (keep-alive), each batch answered only once committed. Every event is new (each run's event ids carry
+   its own prefix, so the table grows from run to run), then one more pass resends the first batches of the
+   last run to time an all-duplicates retry.
 4. Prints events/s, batch latency p50/p99 and what the service answered (stored, duplicates, rejected),
    and writes them as JSON to ``<workspace>/bench-events.json``. Target (issue #12): >= 5,000 events/s.
 """
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 
 from bench.http_load import free_port, percentile, serving
 from catalog import schema
@@ -40,14 +42,24 @@ logger = logging.getLogger("bench.bench_events")
 TARGET_EVENTS_PER_SECOND = 5000
 
 
-def prepare_workspace(base: Path, target: Path) -> Workspace:
+def prepare_workspace(base: Path, target: Path, keep_events: bool) -> Workspace:
     source = Workspace.at(base)
     if not source.db_path.is_file():
         raise SystemExit(f"no catalogue at {source.db_path}; build one (`make demo`) or pass --base")
     workspace = Workspace.at(target).ensure()
     shutil.copy(source.db_path, workspace.db_path)
-    clear_events(workspace)
+    if not keep_events:
+        clear_events(workspace)
     return workspace
+
+
+def stored_events(workspace: Workspace) -> int:
+    with Catalog(workspace.db_path) as catalog, catalog.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(schema.events)).scalar_one()
+
+
+def with_prefix(batches: list[list[dict]], prefix: str) -> list[list[dict]]:
+    return [[{**event, "event_id": f"{prefix}-{event['event_id']}"} for event in batch] for batch in batches]
 
 
 def clear_events(workspace: Workspace) -> None:
@@ -127,29 +139,33 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="Events per request (1..1000).")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="Concurrent clients, one run each.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-events", action="store_true", help="Keep the base's events (a large table).")
     args = parser.parse_args()
     if not 1 <= args.events <= 2_000_000 or not 1 <= args.batch <= 1000 or not all(1 <= c <= 32 for c in args.clients):
         raise SystemExit("--events 1..2,000,000, --batch 1..1000, --clients 1..32")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
-    workspace = prepare_workspace(args.base, args.workspace)
+    workspace = prepare_workspace(args.base, args.workspace, args.keep_events)
+    before = stored_events(workspace)
     started = time.perf_counter()
     events = simulated_events(workspace, args.events, args.seed)
     logger.info("simulated %d events in %.1f s", len(events), time.perf_counter() - started)
     batches = [events[i : i + args.batch] for i in range(0, len(events), args.batch)]
     runs = []
     with serving(workspace.root, free_port(), require_search=False) as (url, _health):
-        httpx.post(url + "/events", json={"events": batches[0][:10]}, timeout=60)  # warm-up: engine, tables
-        for clients in args.clients:
-            clear_events(workspace)
-            runs.append(send(url, batches, clients))
+        warm_up = with_prefix([batches[0][:10]], "warm-up")[0]
+        httpx.post(url + "/events", json={"events": warm_up}, timeout=60)  # engine, connections, tables
+        for number, clients in enumerate(args.clients):
+            run_batches = with_prefix(batches, f"r{number}")
+            runs.append({**send(url, run_batches, clients), "events_in_table_before": before + number * len(events)})
             logger.info("%d client(s): %s events/s", clients, f"{runs[-1]['events_per_second']:,}")
-        retry = send(url, batches[: min(20, len(batches))], 1)  # everything already stored
+        retry = send(url, run_batches[: min(20, len(batches))], 1)  # everything already stored
     results = {"base": str(args.base), "listings": _listings(workspace), "batch": args.batch, "runs": runs,
                "retry_all_duplicates": retry, "target_events_per_second": TARGET_EVENTS_PER_SECOND}  # fmt: skip
     (workspace.root / "bench-events.json").write_text(json.dumps(results, indent=2))
-    print(f"\nPOST /events, batches of {args.batch:,}, {results['listings']:,} listings ({args.base})\n")
+    print(f"\nPOST /events, batches of {args.batch:,}, {results['listings']:,} listings ({args.base}), "
+          f"{before:,} events in the table at the start\n")
     print("| clients | events | seconds | events/s | batch p50 ms | batch p99 ms | stored | duplicates | rejected "
           "| errors |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -187,6 +187,7 @@ def simulate(
         "users": report.users,
         "sessions": report.sessions,
         "searches": report.searches,
+        "distinct_searches_run": len(search_function.cache) if search_function else 0,
         "browses": report.browses,
         "events": report.total_events,
         "by_type": dict(report.events.most_common()),
@@ -232,9 +233,19 @@ def _search_function(ws, mode: str):
     """The real pipeline as the simulated users' search, or None (browse only)."""
     if mode == "off":
         return None
+    if mode == "auto" and not (ws.model_dir.is_dir() and ws.index_dir.is_dir()):
+        typer.echo(f"no model or index in {ws.root}; the users browse categories only")
+        return None  # without importing the pipeline (torch, FAISS: seconds and a GB for nothing)
+    import faiss
+    import torch
+
     from personal.simulator import pipeline_search
     from search.pipeline import Searcher
 
+    # One query at a time: a thread pool per model call costs more than it saves (as in the service, whose
+    # setting this is: 360 ms per demo query with torch's default threads at load 4-5, 49 ms with one).
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     try:
         searcher = Searcher.from_workspace(ws)
     except Exception as exc:  # noqa: BLE001 -- any missing or broken artefact: say so, browse instead

@@ -92,6 +92,14 @@ class SimReport:
         return sum(self.events.values())
 
 
+def round_price(value: float) -> float:
+    """The round number a buyer types as a price cap: the next of 1, 2, 5, 10, 20, 50, ... at or above ``value``."""
+    for step in (10.0 ** e * m for e in range(0, 8) for m in (1, 2, 5)):
+        if step >= value:
+            return step
+    return float(np.ceil(value))
+
+
 class Simulator:
     """``Simulator(catalog, config, search=None).run()`` yields each session's events, in session order."""
 
@@ -223,7 +231,7 @@ class Simulator:
                 town = catalog.place_names[taste.home_town].split(":", 1)[1]
             cap = None
             if rng.random() < 0.2:
-                cap = float(np.ceil(self.medians[interest.top] * taste.budget * 1.5))
+                cap = round_price(self.medians[interest.top] * taste.budget * 1.5)
             found = self.search(words, town, cap)
             ranked = np.array([self.row_of[i] for i in found if i in self.row_of], dtype=np.int64)
             query_id = rng.bytes(16).hex()

@@ -15,7 +15,7 @@ from catalog.store import Catalog
 from marketsearch.cli import app
 from personal.click_model import PositionBasedModel
 from personal.sim_world import SimCatalog, content_words
-from personal.simulator import SimConfig, Simulator, pipeline_search, store_events
+from personal.simulator import SimConfig, Simulator, pipeline_search, round_price, store_events
 from personal.store import EventStore
 
 START = dt.datetime(2022, 3, 1, tzinfo=dt.timezone.utc)
@@ -181,3 +181,7 @@ def test_the_cli_writes_a_file_and_keeps_the_hidden_state_apart(demo_workspace, 
     assert not {name for name in tables if "sim" in name or "taste" in name}
     result = CliRunner().invoke(app, [*args, "--start", "2999-01-01"])
     assert result.exit_code == 2 and "in the future" in result.output
+
+
+def test_price_caps_are_the_round_numbers_buyers_type():
+    assert [round_price(x) for x in (0.4, 1, 1.1, 3, 7, 19, 20, 20.5, 480)] == [1, 1, 2, 5, 10, 20, 20, 50, 500]
