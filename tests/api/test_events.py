@@ -9,6 +9,8 @@ import pytest
 from sqlalchemy import String, Text, column, inspect, select, table
 
 from api.event_schemas import MAX_BATCH
+from personal.events import EVENT_TYPES
+from tests.api.test_garbage import NASTY_VALUES, assert_handled
 
 
 def _now() -> dt.datetime:
@@ -179,3 +181,23 @@ def _rows_mentioning(catalog, text: str) -> list[tuple[str, str]]:
                 values = conn.execute(select(column(column_name)).select_from(table(name))).scalars()
                 found += [(name, column_name) for value in values if isinstance(value, str) and text in value]
     return found
+
+
+def test_nasty_values_in_every_event_field_are_answered_without_a_500(fake_client):
+    """Every field of an otherwise valid event gets each nasty value (lone surrogates, NUL, huge numbers, a
+    year-9999 time with a negative offset, ...): a 200 with the event rejected, or a 422, never a 5xx, and
+    never a stored event that breaks the rules."""
+    times = ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:00", "2024-02-30T00:00:00Z", "2024-01-01"]
+    fields = ["event_id", "user_id", "listing_id", "type", "occurred_at", "query_id", "position"]
+    sent = 0
+    for field in fields:
+        for value in [*NASTY_VALUES, *times]:
+            sent += 1
+            body = json.dumps({"events": [{**event(sent), field: value}]})
+            response = fake_client.post("/events", content=body.encode(), headers={"content-type": "application/json"})
+            assert_handled(response)
+            if response.status_code == 200:
+                answer = response.json()
+                assert answer["stored"] + len(answer["rejected"]) == 1
+    stored = fake_client.get("/users/u1/events", params={"limit": 500}).json()["events"]
+    assert all(e["listing_id"] in {"L1", "L2", "L3"} and e["type"] in EVENT_TYPES for e in stored)
