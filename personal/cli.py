@@ -239,7 +239,7 @@ def _search_function(ws, mode: str):
     import faiss
     import torch
 
-    from personal.simulator import pipeline_search
+    from personal.simulator import PipelineSearch
     from search.pipeline import Searcher
 
     # One query at a time: a thread pool per model call costs more than it saves (as in the service, whose
@@ -254,4 +254,4 @@ def _search_function(ws, mode: str):
             raise typer.Exit(2) from None
         typer.echo(f"no search pipeline in {ws.root} ({type(exc).__name__}); the users browse categories only")
         return None
-    return pipeline_search(searcher)
+    return PipelineSearch(searcher)

@@ -283,22 +283,24 @@ class Simulator:
         return False
 
 
-def pipeline_search(searcher, k: int = 100) -> SearchFunction:
-    """A ``SearchFunction`` over ``search.pipeline.Searcher`` (re-ranked when it has a re-ranker), caching
-    each distinct (words, town, price cap)."""
-    from search.filters import SearchFilters
+class PipelineSearch:
+    """The simulated users' search: ``search.pipeline.Searcher`` (re-ranked when it has a re-ranker), each
+    distinct (words, town, price cap) run once and its ranking kept in ``cache``."""
 
-    cache: dict[tuple, list[str]] = {}
+    def __init__(self, searcher, k: int = 100):
+        self.searcher = searcher
+        self.k = k
+        self.cache: dict[tuple[str, str | None, float | None], list[str]] = {}
 
-    def search(words: str, town: str | None, max_price: float | None) -> list[str]:
+    def __call__(self, words: str, town: str | None, max_price: float | None) -> list[str]:
+        from search.filters import SearchFilters
+
         key = (words, town, max_price)
-        if key not in cache:
+        if key not in self.cache:
             filters = SearchFilters(location=town, max_price=max_price)
-            cache[key] = [hit.listing_id for hit in searcher.search(text=words, k=k, filters=filters).hits]
-        return cache[key]
-
-    search.cache = cache  # type: ignore[attr-defined]
-    return search
+            hits = self.searcher.search(text=words, k=self.k, filters=filters).hits
+            self.cache[key] = [hit.listing_id for hit in hits]
+        return self.cache[key]
 
 
 @dataclass

@@ -15,7 +15,7 @@ from catalog.store import Catalog
 from marketsearch.cli import app
 from personal.click_model import PositionBasedModel
 from personal.sim_world import SimCatalog, content_words
-from personal.simulator import SimConfig, Simulator, pipeline_search, round_price, store_events
+from personal.simulator import PipelineSearch, SimConfig, Simulator, round_price, store_events
 from personal.store import EventStore
 
 START = dt.datetime(2022, 3, 1, tzinfo=dt.timezone.utc)
@@ -144,7 +144,7 @@ def test_searches_use_buyer_words_and_log_the_served_ranking(listings):
 
 
 def test_the_real_pipeline_can_be_the_users_search(searcher, listings):
-    search = pipeline_search(searcher)
+    search = PipelineSearch(searcher)
     simulator, events = run(listings, search=search, users=15, days=5, seed=8)
     assert simulator.report.searches > 0 and len(search.cache) > 0
     words = next(w for (w, town, cap) in search.cache if town is None and cap is None)
