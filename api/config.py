@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         40_000_000, gt=0, description="Largest accepted width*height of an uploaded photo (decompression bombs)."
     )
     max_json_bytes: int = Field(64 * 1024, gt=0, description="Largest accepted JSON request body.")
+    max_events_bytes: int = Field(
+        1 * MEGABYTE, gt=0, description="Largest accepted body of POST /events (1,000 events of long ids fit)."
+    )
     default_k: int = Field(20, ge=1, le=100, description="Results per page when a request does not say.")
     rerank_default: bool = Field(True, description="Use the re-ranker (when trained) unless a request says.")
     feature_logging: bool = Field(False, description="Log ranking features of served queries under logs/.")

@@ -1,4 +1,4 @@
-"""Dependencies shared by the routes: settings, the catalogue and the search pipeline.
+"""Dependencies shared by the routes: settings, the catalogue, the search pipeline and the event store.
 
 The getters are ``async def`` although they do not await: FastAPI runs plain ``def`` dependencies in
 the thread pool, one hop each, which cost several milliseconds per request on a busy 2-core machine.
@@ -7,12 +7,14 @@ the thread pool, one hop each, which cost several milliseconds per request on a 
 from __future__ import annotations
 
 from typing import Annotated
+from weakref import WeakKeyDictionary
 
 from fastapi import Depends, HTTPException, Request, status
 
 from api.config import Settings
 from api.state import ServiceState
 from catalog.store import Catalog
+from personal.store import EventStore
 from search.pipeline import Searcher
 
 
@@ -40,3 +42,17 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+
+
+# One EventStore (its own engine, personal/store.py) per open catalogue, made on first use.
+_event_stores: WeakKeyDictionary[Catalog, EventStore] = WeakKeyDictionary()
+
+
+async def get_event_store(catalog: Annotated[Catalog, Depends(get_catalog)]) -> EventStore:
+    store = _event_stores.get(catalog)
+    if store is None:
+        store = _event_stores[catalog] = EventStore(catalog)
+    return store
+
+
+EventStoreDep = Annotated[EventStore, Depends(get_event_store)]

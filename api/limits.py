@@ -75,7 +75,7 @@ def _content_length(scope: Scope) -> int | None:
 async def _send_413(send: Send, size: int, limit: int, at_least: bool = False) -> None:
     detail = (
         f"the request body is {'at least ' if at_least else ''}{size:,} bytes; the limit is {limit:,} bytes "
-        "(photos up to the upload limit, JSON bodies up to a few kB)"
+        "(photos up to the upload limit, event batches up to the events limit, other JSON bodies up to a few kB)"
     )
     body = json.dumps({"detail": detail}).encode()
     await send(

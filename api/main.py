@@ -30,6 +30,7 @@ from catalog.errors import CatalogError
 logger = logging.getLogger(__name__)
 
 UPLOAD_PATHS = ("/search/image",)
+EVENT_PATHS = ("/events",)
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, headers and the small form fields next to the photo
 
 
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     def body_limit(path: str) -> int:
         if path in UPLOAD_PATHS:
             return settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        if path in EVENT_PATHS:
+            return settings.max_events_bytes
         return settings.max_json_bytes
 
     app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)

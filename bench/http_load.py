@@ -51,9 +51,15 @@ class Served(NamedTuple):
 
 @contextmanager
 def serving(
-    workspace: Path, port: int, workers: int = 1, startup_timeout: float = 600.0, log_path: Path | None = None
+    workspace: Path,
+    port: int,
+    workers: int = 1,
+    startup_timeout: float = 600.0,
+    log_path: Path | None = None,
+    require_search: bool = True,
 ):
-    """`marketsearch serve` in a subprocess; yields a `Served` (base URL, /health, pid) once /health says ok."""
+    """`marketsearch serve` in a subprocess; yields a `Served` (base URL, /health, pid) once /health says ok
+    (``require_search=False``: once the service answers at all, for routes that need only the catalogue)."""
     executable = Path(sys.executable).parent / "marketsearch"
     log_path = Path(log_path or Path(workspace) / "bench-server.log")
     command = [
@@ -79,7 +85,7 @@ def serving(
                 raise SystemExit(f"the server exited with {process.returncode}; see {log_path}")
             try:
                 response = httpx.get(url + "/health", timeout=5)
-                if response.status_code == 200:
+                if response.status_code == 200 or (response.status_code == 503 and not require_search):
                     break
                 if response.status_code == 503:
                     raise SystemExit(f"the server cannot search: {response.json().get('detail')}")

@@ -6,15 +6,18 @@ import datetime
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError
 
 from catalog import schema
 from catalog.errors import CatalogError
+from catalog.migrations import prepare_schema
 from catalog.models import Image, Listing
 
 logger = logging.getLogger(__name__)
@@ -129,27 +132,42 @@ class Catalog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            self._check_tables(name, only_catalogue=sqlite_file is not None)
-            schema.metadata.create_all(self.engine)
-            self._check_schema_version(name)
+            self._refuse_foreign_schema(name, only_catalogue=sqlite_file is not None)
+            self._prepare_schema(name)
+            self._check_tables(name)
         except BaseException:
             self.engine.dispose()
             raise
 
-    def _check_tables(self, name: str, *, only_catalogue: bool) -> None:
-        """Refuse a database holding some other schema before anything is written into it.
+    def _refuse_foreign_schema(self, name: str, *, only_catalogue: bool) -> None:
+        """Refuse a database holding some other application's schema before anything is written into it.
 
         ``only_catalogue``: the database is ours alone (an SQLite file), so other tables mean it is not a
         catalogue; a server database may hold other applications' tables next to ours."""
+        present = set(inspect(self.engine).get_table_names())
+        # every catalogue records its schema version in `meta` from its first transaction on
+        if only_catalogue and present and schema.meta.name not in present:
+            found = ", ".join(sorted(present)[:5])
+            raise CatalogError(name, f"it holds other tables ({found}), not a marketsearch catalogue")
+
+    def _prepare_schema(self, name: str) -> None:
+        """Create, migrate (catalog/migrations.py) or refuse the schema. Processes opening one database at
+        once (`serve --workers N`) may race on a step; the loser finds the schema done on its next try."""
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    prepare_schema(conn, name)
+                return
+            except DBAPIError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def _check_tables(self, name: str) -> None:
+        """Every table and column of this code's schema is there (a damaged or hand-edited file is refused)."""
         inspector = inspect(self.engine)
         present = set(inspector.get_table_names())
-        ours = schema.metadata.tables
-        if not present & set(ours):
-            if only_catalogue and present:
-                found = ", ".join(sorted(present)[:5])
-                raise CatalogError(name, f"it holds other tables ({found}), not a marketsearch catalogue")
-            return  # a new catalogue: create_all makes the schema
-        for table_name, table in ours.items():
+        for table_name, table in schema.metadata.tables.items():
             if table_name not in present:
                 raise CatalogError(name, f"the table {table_name} is missing")
             columns = {column["name"] for column in inspector.get_columns(table_name)}
@@ -157,20 +175,6 @@ class Catalog:
             if missing:
                 named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
                 raise CatalogError(name, f"the table {table_name} lacks the column(s) {named}")
-
-    def _check_schema_version(self, name: str) -> None:
-        with self.engine.begin() as conn:
-            found = conn.execute(
-                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
-            ).scalar_one_or_none()
-            if found is None:
-                conn.execute(schema.meta.insert(), {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)})
-            elif found != str(schema.SCHEMA_VERSION):
-                raise CatalogError(
-                    name,
-                    f"it has catalogue schema version {found}, this code reads version {schema.SCHEMA_VERSION}; "
-                    "re-ingest into a fresh workspace",
-                )
 
     def __repr__(self) -> str:
         return f"Catalog({self.engine.url.render_as_string(hide_password=True)!r})"

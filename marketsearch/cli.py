@@ -15,6 +15,7 @@ from encoders import cli as encoders_cli
 from evaluation import cli as evaluation_cli
 from index import cli as index_cli
 from marketsearch import jobs
+from personal import cli as personal_cli
 
 
 class Commands(TyperGroup):
@@ -104,6 +105,8 @@ app.command("index")(index_cli.index)
 app.command("train-ranker")(evaluation_cli.train_ranker)
 app.command("evaluate")(evaluation_cli.evaluate)
 app.command("serve")(api_cli.serve)
+app.add_typer(personal_cli.events_app, name="events")
+app.command("simulate")(personal_cli.simulate)
 
 
 if __name__ == "__main__":  # `python -m marketsearch.cli ...` as well as the `marketsearch` script

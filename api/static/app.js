@@ -62,6 +62,37 @@ async function fetchJson(url, options) {
   return body;
 }
 
+// Interaction events (POST /events): what the page shows (impressions) and what the buyer opens (clicks), under
+// a user id kept in this browser. Fire and forget: search works the same when they cannot be sent.
+const USER_KEY = "marketsearch.user_id";
+
+function randomHex() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));  // also outside secure contexts, unlike randomUUID
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const userId = (() => {
+  try {
+    let id = localStorage.getItem(USER_KEY);
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/.test(id || "")) localStorage.setItem(USER_KEY, (id = "u-" + randomHex()));
+    return id;
+  } catch (err) {
+    return "u-" + randomHex();  // storage blocked: an id for this page only
+  }
+})();
+
+function sendEvents(type, items) {
+  const now = new Date().toISOString();
+  const events = items.map((item) => ({
+    event_id: randomHex(), user_id: userId, listing_id: item.listingId, type, occurred_at: now,
+    query_id: item.queryId || null, position: item.position || null,
+  }));
+  // keepalive: a click's event still goes out when the buyer leaves the page right after
+  fetch("/events", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ events }), keepalive: true,
+  }).catch(() => {});
+}
+
 function numberOrNull(value) {
   return value.trim() === "" ? null : Number(value);
 }
@@ -251,10 +282,12 @@ function renderResults(data, page) {
     results.append(el("p", "empty", message));
     return;
   }
-  data.hits.forEach((hit) => results.append(resultCard(hit.listing)));
+  const displayed = data.hits.map((hit) => ({ listingId: hit.listing.id, queryId: data.query_id, position: hit.rank }));
+  data.hits.forEach((hit, i) => results.append(resultCard(hit.listing, () => sendEvents("click", [displayed[i]]))));
+  sendEvents("impression", displayed);
 }
 
-function resultCard(listing) {
+function resultCard(listing, onOpen) {
   const card = el("article", "card");
   card.tabIndex = 0;
   card.dataset.listingId = listing.id;
@@ -276,7 +309,7 @@ function resultCard(listing) {
     el("div", "card-meta card-category", listing.category),
   );
   card.append(thumb, body);
-  const open = () => showListing(listing.url);
+  const open = () => { onOpen(); showListing(listing.url); };
   card.addEventListener("click", open);
   card.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
   return card;

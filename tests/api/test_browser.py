@@ -3,6 +3,7 @@ uvicorn server on the demo pipeline."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import threading
@@ -369,6 +370,43 @@ def test_a_photo_picked_with_words_in_the_box_shows_photo_plus_words(page, known
     page.wait_for_function("document.querySelector('#summary').textContent.includes('for your words')")
     assert parts.is_hidden()
     assert _url_params(page) == {"q": "in red"}
+
+
+def _events_of(client, user_id: str, wanted, timeout: float = 15.0) -> list[dict]:
+    """The user's stored events once ``wanted(events)`` holds (the page sends them without waiting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = client.get(f"/users/{user_id}/events", params={"limit": 500}).json()["events"]
+        if wanted(events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.1)
+
+
+def test_the_page_sends_impressions_and_clicks_under_a_kept_user_id(page, client):
+    _search(page, "good condition")
+    shown = _card_ids(page)
+    user_id = page.evaluate("localStorage.getItem('marketsearch.user_id')")
+    assert re.fullmatch(r"u-[0-9a-f]{32}", user_id)
+
+    def impressions(events):
+        return sorted((e for e in events if e["type"] == "impression"), key=lambda e: e["position"])
+
+    events = _events_of(client, user_id, lambda events: len(impressions(events)) >= len(shown))
+    assert [e["listing_id"] for e in impressions(events)] == shown
+    assert [e["position"] for e in impressions(events)] == list(range(1, len(shown) + 1))
+    query_ids = {e["query_id"] for e in impressions(events)}
+    assert len(query_ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", query_ids.pop() or "")
+
+    page.locator(".card").nth(2).click()
+    page.wait_for_selector("#listing-dialog[open] h2")
+    events = _events_of(client, user_id, lambda events: any(e["type"] == "click" for e in events))
+    clicks = [e for e in events if e["type"] == "click"]
+    assert [(e["listing_id"], e["position"]) for e in clicks] == [(shown[2], 3)]
+    assert clicks[0]["query_id"] == impressions(events)[0]["query_id"]
+
+    page.reload()  # the same buyer after a reload: the id lives in the browser
+    page.wait_for_function(SEARCH_DONE)
+    assert page.evaluate("localStorage.getItem('marketsearch.user_id')") == user_id
 
 
 def _keep_screenshot(path: Path) -> None:

@@ -13,6 +13,9 @@ EXPECTED_STATUSES = {
     ("get", "/images/{image_id}"): {"200", "404", "422", "503"},
     ("get", "/categories"): {"200", "503"},
     ("get", "/health"): {"200", "503"},
+    ("post", "/events"): {"200", "413", "422", "503"},
+    ("get", "/users/{user_id}/events"): {"200", "422", "503"},
+    ("delete", "/users/{user_id}"): {"200", "422", "503"},
 }
 
 

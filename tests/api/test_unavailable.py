@@ -48,6 +48,9 @@ def test_no_absolute_server_path_in_public_answers(empty_client, tmp_path):
         ("get", "/listings/L1", {}),
         ("get", "/images/I1", {}),
         ("get", "/categories", {}),
+        ("post", "/events", {"json": {"events": []}}),
+        ("get", "/users/u1/events", {}),
+        ("delete", "/users/u1", {}),
     ],
 )
 def test_endpoints_are_503_with_the_fix(empty_client, method, path, kwargs):
