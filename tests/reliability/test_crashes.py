@@ -23,6 +23,8 @@ pytestmark = pytest.mark.reliability
 SEED = 11  # issue #11
 # Between writing the vector index and writing BM25 (the old code published them one after the other).
 BETWEEN_VECTOR_AND_BM25 = KillBefore(("index.bm25:BM25Index.save", "index.bm25:BM25Index.write_to"))
+# Just before the first temporary file of the run is renamed into place (core.files.write_atomic).
+BEFORE_PUBLISHING_A_FILE = KillBefore(("os:replace",))
 RANKER_ARGS = ["--threads", "1", "--protocol", "text", "--trees", "30", "--max-queries", "30"]
 
 
@@ -41,14 +43,14 @@ def kill_points(rng: np.random.Generator, events: int, cycles: int, *, resumable
     return rng.integers(1, events + 1, size=cycles).tolist()
 
 
-def kill_cycles(commands: list[list[str]], points: list[int], workspace: Workspace, log_dir, after_kill,
+def kill_cycles(commands: list[list[str]], points: list[int | KillBefore], workspace: Workspace, log_dir, after_kill,
                 after_finish=None) -> dict:
-    """Run ``commands[i]`` killed at ``points[i]``; after each kill, ``after_kill()`` (which starts the
-    service) and then nothing stale may remain; ``after_finish()`` when a run ended before its kill point.
-    Returns counts for the summary."""
+    """Run ``commands[i]`` killed at ``points[i]`` (a count of disk-changing calls, or a named call); after each
+    kill, ``after_kill()`` (which starts the service) and then nothing stale may remain; ``after_finish()``
+    when a run ended before its kill point. Returns counts for the summary."""
     summary = {"kill_points": points, "kills": 0, "finished_first": 0, "kills_leaving_temporaries": 0}
     for args, point in zip(commands, points):
-        outcome = run(args, KillAtEvent(point), log_dir=log_dir)
+        outcome = run(args, point if isinstance(point, KillBefore) else KillAtEvent(point), log_dir=log_dir)
         if not outcome.killed:
             assert outcome.exitcode == 0, outcome.tail()
             summary["finished_first"] += 1
@@ -156,7 +158,9 @@ def test_ingest_killed_at_random_points_resumes_to_a_clean_run(demo_export, tmp_
         served = checks.serve(workspace)  # no model yet: the service starts and names the command to run
         assert served["status"] == 503 and "marketsearch" in served["health"]["detail"], served
 
-    points = kill_points(np.random.default_rng(SEED), clean.events, 4, resumable=True)
+    # seeded random points, then one kill just before a temporary file is moved into place, so a dead writer's
+    # temporary is always left for the next start to clean, wherever the random points fell
+    points = [*kill_points(np.random.default_rng(SEED), clean.events, 4, resumable=True), BEFORE_PUBLISHING_A_FILE]
     summary = kill_cycles([["ingest", "-w", str(workspace.root), *export]] * len(points), points, workspace, logs,
                           after_kill)
     print(f"ingest: {clean.events} workspace-changing calls in a clean run; {summary}")
