@@ -107,7 +107,7 @@ def check_dimensions(width: int, height: int, config: ImageCleaningConfig) -> No
     """Refuse a shape no photo of an item has, from the header alone (before any decoding)."""
     short, long = min(width, height), max(width, height)
     if short < 1 or long / short > config.max_aspect_ratio:
-        ratio = f"{long / short:,.1f}:1" if short else "unbounded"
+        ratio = "no height" if not short else f"{long / short:,.{0 if long >= 100 * short else 1}f}:1"
         raise ImageRejected(
             "image_aspect_ratio",
             f"{width}x{height} has an aspect ratio of {ratio}, the limit is {config.max_aspect_ratio:g}:1",
