@@ -1,13 +1,14 @@
-"""Reading and checking uploaded photos: bounded reads, byte sniffing, pixel limits, full decode."""
+"""Reading and checking uploaded photos: bounded reads, byte sniffing, pixel and shape limits, full decode."""
 
 from __future__ import annotations
 
 import io
 import logging
-import warnings
 
 from fastapi import HTTPException, UploadFile, status
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from catalog.images import ImageCleaningConfig, ImageRejected, decode_photo, open_photo, upright_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -31,30 +32,21 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_image(data: bytes, *, max_pixels: int, content_type: str | None = None) -> Image.Image:
-    """Decode uploaded bytes into an RGB image, judging the bytes themselves, not the declared type.
+def decode_image(
+    data: bytes, *, max_pixels: int, config: ImageCleaningConfig, content_type: str | None = None
+) -> Image.Image:
+    """Decode uploaded bytes into an upright RGB image, judging the bytes themselves, not the declared type.
 
-    415: not an image, or a format we do not take; 413: more pixels than ``max_pixels``
-    (decompression bombs are refused from the header, before decoding); 422: truncated or corrupt data.
+    Opening and decoding are ingest's (``catalog.images``, with the catalogue's cleaning ``config``), so the
+    search pipeline can prepare the photo exactly as the catalogue photos were. Refused from the header,
+    before decoding: 415, not an image or a format we do not take; 413, more pixels than ``max_pixels``
+    (decompression bombs); 422, a shape no photo of an item has (beyond ``config.max_aspect_ratio``, or a
+    side under ``config.min_side``). Then 422 for truncated or corrupt data.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=None)  # reads the header only
-    except UnidentifiedImageError:
-        raise HTTPException(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            f"the uploaded file is not an image we can read (declared type {content_type or 'none'}); "
-            f"send a photo in one of {', '.join(ACCEPTED_FORMATS)}",
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"the image has too many pixels to decode safely ({exc}); the limit is {max_pixels:,} pixels",
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise _corrupt(exc) from None
-
+        image = open_photo(io.BytesIO(data), config)  # reads the header only
+    except ImageRejected as exc:
+        raise _refused(exc, content_type, max_pixels) from None
     if image.format not in ACCEPTED_FORMATS:
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -68,17 +60,38 @@ def decode_image(data: bytes, *, max_pixels: int, content_type: str | None = Non
             "send a smaller photo",
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE, f"the image has too many pixels to decode safely ({exc})"
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _corrupt(exc) from None
+        return upright_rgb(decode_photo(image, config))
+    except ImageRejected as exc:
+        raise _refused(exc, content_type, max_pixels) from None
+
+
+def _refused(exc: ImageRejected, content_type: str | None, max_pixels: int) -> HTTPException:
+    if exc.reason == "image_not_an_image":
+        return HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"the uploaded file is not an image we can read (declared type {content_type or 'none'}); "
+            f"send a photo in one of {', '.join(ACCEPTED_FORMATS)}",
+        )
+    if exc.reason == "image_decompression_bomb":
+        return HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the image has too many pixels to decode safely ({exc.detail}); the limit is {max_pixels:,} pixels",
+        )
+    if exc.reason == "image_aspect_ratio":
+        return HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"the photo is far too wide or too tall for a photo of an item ({exc.detail}); "
+            "crop it closer to the item",
+        )
+    if exc.reason == "image_too_small":
+        return HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"the photo is too small ({exc.detail}); send a larger photo"
+        )
+    logger.info("rejected a corrupt upload: %s", exc)
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        f"the image data is truncated or corrupt ({exc.detail}); upload the photo again or try another file",
+    )
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> HTTPException:
@@ -86,12 +99,4 @@ def _too_large(size: int, limit: int, at_least: bool = False) -> HTTPException:
         status.HTTP_413_CONTENT_TOO_LARGE,
         f"the upload is {'at least ' if at_least else ''}{size:,} bytes; the limit is {limit:,} bytes, "
         "send a smaller photo",
-    )
-
-
-def _corrupt(exc: Exception) -> HTTPException:
-    logger.info("rejected a corrupt upload: %s", exc)
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        f"the image data is truncated or corrupt ({exc}); upload the photo again or try another file",
     )

@@ -61,7 +61,10 @@ HOSTILE_PHOTOS: list[Call] = [
     _photo("HTML declared as image/jpeg", b"<!doctype html><title>not a photo</title>" * 20, "image/jpeg", 415),
     _photo("upload over the size limit", bytes(MAX_UPLOAD_BYTES + 1), "image/jpeg", 413),
     _photo("empty file", b"", "image/jpeg", 422),
-    _photo("1x1 PNG", _encoded((1, 1), "PNG"), "image/png", 200),
+    _photo("1x1 PNG (a side under 8 pixels)", _encoded((1, 1), "PNG"), "image/png", 422),
+    _photo("extreme aspect ratio (20000x1 PNG, a few hundred bytes)", _encoded((20_000, 1), "PNG"), "image/png", 422),
+    _photo("extreme aspect ratio (9x30000 PNG)", _encoded((9, 30_000), "PNG"), "image/png", 422),
+    _photo("widest allowed shape (4000x500 JPEG, 8:1)", _encoded((4_000, 500), "JPEG"), "image/jpeg", 200),
 ]
 
 # Queries and parameters at and past the documented limits (1..512 characters, a visible character, k 1..100).

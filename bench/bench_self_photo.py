@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.bench_self_photo --workspace workspace/demo
 
 For every catalogue listing with a photo, its first photo (as stored, or with ``--near-duplicate`` a
-seeded light transform of it: crop, resize, brightness, JPEG) is searched over the whole catalogue with
+seeded light transform of it: crop, resize, brightness, JPEG; or with ``--trim-padding`` without the
+black bands that pad it to a square, as the seller's own photo was before padding) is searched over
+the whole catalogue with
 ``Searcher.search`` (the service's code path, the workspace's installed re-ranker), with and without
 re-ranking. Prints, per stage, the share of queries whose top hit is the listing itself and the mean
 reciprocal rank of the listing in the top 10; ``--json`` writes them.
@@ -17,10 +19,19 @@ import json
 import numpy as np
 
 
+def trim_padding(image, darkest: int = 24):
+    """The photo cropped to the box around its pixels brighter than ``darkest`` (all channels): without the
+    black bands that padded it to a square. Unchanged when nothing is that bright."""
+    box = image.convert("RGB").point(lambda v: 255 if v > darkest else 0).convert("L").getbbox()
+    return image.crop(box) if box else image
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--near-duplicate", action="store_true", help="Search a lightly transformed copy.")
+    parser.add_argument("--trim-padding", action="store_true",
+                        help="Search the photo without its black padding (its original shape).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", dest="json_path")
@@ -46,10 +57,13 @@ def main() -> None:
         image = load_photo(paths[listing.id])
         if args.near_duplicate:
             image = near_duplicate(image, query_rng(args.seed, f"self-photo-{listing.id}"))
+        if args.trim_padding:
+            image = trim_padding(image)
         for stage, rerank in (("first stage", False), ("reranked", True)):
             hits = [hit.listing_id for hit in searcher.search(image=image, k=10, rerank=rerank).hits]
             positions[stage].append(hits.index(listing.id) + 1 if listing.id in hits else 0)
-    result = {"queries": len(listings), "near_duplicate": args.near_duplicate, "stages": {}}
+    result = {"queries": len(listings), "near_duplicate": args.near_duplicate, "trim_padding": args.trim_padding,
+              "stages": {}}
     for stage, found in positions.items():
         found = np.asarray(found)
         result["stages"][stage] = {"found_first": float((found == 1).mean()),

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from catalog.export import ImageRecord, read_export
-from catalog.images import CleanedImage, ImageCleaningConfig, ImageRejected, clean_image
+from catalog.images import CleanedImage, ImageCleaningConfig, ImageRejected, clean_image, save_config
 from catalog.labels import LabelEncoder
 from catalog.models import Listing
 from catalog.quarantine import (
@@ -159,6 +159,7 @@ def ingest_export(
     catalog = Catalog(db_url or workspace.db_url, root=workspace.root)
     try:
         cleaned, rejected = _clean_all(export.images, workspace.images_dir, config, progress)
+        save_config(config, workspace.photo_config_path)
         quarantine = export.quarantine + rejected
         images_by_id = {r.id: r for r in export.images}
         listings: list[Listing] = [

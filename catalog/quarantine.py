@@ -32,6 +32,7 @@ REASONS: dict[str, str] = {
     "image_truncated": "the image file ends before its data does",
     "image_decompression_bomb": "the image declares more pixels than allowed (decompression-bomb guard)",
     "image_too_small": "the image is smaller than the minimum side length",
+    "image_aspect_ratio": "the image is wider (or taller) than the aspect-ratio limit, e.g. thousands of pixels by one",
     "image_file_unreferenced": "a file in the image folder that no Images.csv row names",
 }
 

@@ -82,6 +82,11 @@ class Workspace:
         return self.root / "labels.json"
 
     @property
+    def photo_config_path(self) -> Path:
+        """How the catalogue photos were cleaned (``catalog.images``): query photos are prepared the same way."""
+        return self.root / "photo-config.json"
+
+    @property
     def feature_cache_dir(self) -> Path:
         """Frozen-backbone features (``encoders.features``), shared by training, embedding and evaluation."""
         return self.root / "cache" / "features"

@@ -141,7 +141,7 @@ def train_ranker(
             searcher = Searcher.from_workspace(ws, load_ranker=False)
             ranker, summary = train_from_judgments(
                 searcher, read_queries(queries), read_qrels(judgments), depth=depth, seed=seed,
-                load_image=_query_image_loader(), reranker_params=params,
+                load_image=_query_image_loader(searcher), reranker_params=params,
             )
         else:
             from evaluation.train import train_from_protocol
@@ -192,13 +192,14 @@ def train_ranker(
     typer.echo("  top features:    " + ", ".join(f"{name} {value / total:.0%}" for name, value in top))
 
 
-def _query_image_loader():
-    from evaluation.protocol import load_photo
+def _query_image_loader(searcher):
+    """Query photos decoded as ingest decodes them (the searcher then prepares them as ingest does)."""
+    from catalog.images import load_verified
 
     def load(query):
         if query.image_path is None:
             raise ValueError(f"query {query.query_id!r} names no image file")
-        return load_photo(Path(query.image_path))
+        return load_verified(Path(query.image_path), searcher.photo_config)
 
     return load
 
@@ -279,7 +280,8 @@ def evaluate(
             query_set = {q: x for q, x in read_queries(queries).items() if q in judged}
             if not query_set:
                 raise ValueError(f"no query id of {queries} appears in {qrels}")
-            runs = collect_runs(searcher, query_set, ranker=ranker, depth=depth, load_image=_query_image_loader())
+            runs = collect_runs(searcher, query_set, ranker=ranker, depth=depth,
+                                load_image=_query_image_loader(searcher))
             report = compare_runs(judged, runs, stat_test=stat_test, max_p=max_p, name=queries.stem)
             write_evaluation(out_dir, report, runs, judged, query_set)
             reports.append(report)

@@ -35,6 +35,7 @@ from PIL import Image, ImageEnhance
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from catalog.images import load_config, load_verified
 from catalog.split import assign_split
 from catalog.store import Catalog
 from core.files import write_atomic
@@ -245,6 +246,7 @@ class ProtocolBuilder:
         self.image_batch_size = image_batch_size
         self.progress = progress
         self.table = build_listing_table(self.catalog, self.model.labels)
+        self.photo_config = load_config(workspace.photo_config_path)
         self.cache = EncodingCache(
             Path(workspace.eval_dir) / "cache" / self.model.fingerprint[:16] if cache else None
         )
@@ -367,8 +369,8 @@ class ProtocolBuilder:
         return both[:, : self.model.embed_dim], both[:, self.model.embed_dim :]
 
     def load_query_image(self, query: EvalQuery) -> Image.Image:
-        if query.image_path is not None:
-            return load_photo(Path(query.image_path))
+        if query.image_path is not None:  # a raw photo: decoded as ingest decodes (the searcher prepares it)
+            return load_verified(Path(query.image_path), self.photo_config)
         if query.image_id is None:
             raise ValueError(f"query {query.query_id!r} has no image")
         return load_photo(self._photo_path(query.image_id))
@@ -384,7 +386,8 @@ class ProtocolBuilder:
         # exact search: a protocol corpus is a few thousand listings at most
         vector_index = VectorIndex.build(listing_vectors, list(ids), self.model.fingerprint, nlist=0)
         bm25 = BM25Index.build(list(ids), bm25_texts)
-        return Searcher(self.model, table, embeddings, vector_index, bm25, ranker=None)
+        return Searcher(self.model, table, embeddings, vector_index, bm25, ranker=None,
+                        photo_config=self.photo_config)
 
     def _stored(self, ids: Sequence[str]) -> StoredVectors:
         """Text vectors (title + description), image vectors and photo vectors (means over all photos), as

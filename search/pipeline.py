@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
+from catalog.images import ImageCleaningConfig, load_config, prepare_photo
 from catalog.store import Catalog
 from encoders.bundle import MultiModalModel
 from encoders.embed import encode_images_with_photo_vectors, load_embeddings
@@ -81,8 +82,11 @@ class Searcher:
         feature_logger: FeatureLogger | None = None,
         candidate_depth: int = DEFAULT_CANDIDATE_DEPTH,
         index_version: str | None = None,
+        photo_config: ImageCleaningConfig | None = None,
     ) -> None:
         self.model = model
+        # how the catalogue photos were cleaned: every query photo is prepared the same way
+        self.photo_config = photo_config or ImageCleaningConfig()
         self.listings = listings
         self.embeddings = embeddings
         self.vector_index = vector_index
@@ -139,6 +143,7 @@ class Searcher:
             feature_logger=feature_logger,
             candidate_depth=candidate_depth,
             index_version=index_set.version,
+            photo_config=load_config(workspace.photo_config_path),
         )
 
     # -- query understanding -------------------------------------------------------------------
@@ -150,7 +155,9 @@ class Searcher:
         text_emb = self.model.encode_texts([text]) if text else None
         image_emb = photo_vector = None
         if image is not None:
-
+            # exactly the pixels a catalogue photo from the same source has; raises ImageRejected for a
+            # shape no catalogue photo may have, so the work below never depends on the caller's shape
+            image = prepare_photo(image, self.photo_config)
             # one forward pass gives the shared-space embedding and the raw backbone vector (photo_sim)
             image_emb, photo_vectors = encode_images_with_photo_vectors(self.model, [image])
             photo_vector = photo_vectors[0]

@@ -171,7 +171,9 @@ def _image_search(
     settings: Settings,
     start: float,
 ) -> SearchResponse:
-    image = decode_image(data, max_pixels=settings.max_image_pixels, content_type=content_type)
+    image = decode_image(
+        data, max_pixels=settings.max_image_pixels, config=searcher.photo_config, content_type=content_type
+    )
     service_timings = {"decode": _ms_since(start)}
     result = _search(searcher, form.text, image, form, form.filters(), settings.default_k, settings.rerank_default)
     query_type = "image+text" if form.text else "image"

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 from PIL import Image as PILImage
 
+from catalog.images import ImageCleaningConfig
 from catalog.models import Image, Listing
 from catalog.store import Catalog
 from search.pipeline import Hit, SearchResult
@@ -73,6 +74,7 @@ class RecordingSearcher:
         self.index_version = "v-20261121T110000-1a2b3c"
         self.bm25 = listing_ids
         self.ranker = None
+        self.photo_config = ImageCleaningConfig()
 
     def search(
         self, text=None, image=None, *, k=20, offset=0, filters=None, sort="relevance", rerank=True

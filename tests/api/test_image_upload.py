@@ -223,3 +223,10 @@ def test_invalid_form_options_are_422(fake_client, fake_state, fields):
     response = upload(fake_client, jpeg_bytes(), **fields)
     assert response.status_code == 422, response.text
     assert fake_state.searcher.calls == []
+
+
+def test_photos_with_a_side_under_the_catalogue_minimum_are_422(fake_client, fake_state):
+    response = upload(fake_client, jpeg_bytes((6, 40)))
+    assert response.status_code == 422, response.text
+    assert "too small (6x40, minimum side 8)" in response.json()["detail"][0]["msg"]
+    assert fake_state.searcher.calls == []

@@ -4,9 +4,18 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from catalog.images import ImageCleaningConfig, ImageRejected, clean_image, load_verified, pad_to_square
+from catalog.images import (
+    ImageCleaningConfig,
+    ImageRejected,
+    clean_image,
+    load_config,
+    load_verified,
+    pad_to_square,
+    prepare_photo,
+    save_config,
+)
 
 CONFIG = ImageCleaningConfig(size=64)
 
@@ -137,3 +146,91 @@ def test_config_validation():
         ImageCleaningConfig(size=4)
     with pytest.raises(ValueError, match="max_pixels"):
         ImageCleaningConfig(size=256, max_pixels=100)
+
+
+def png(path, size, colour=(30, 160, 90), mode="RGB"):
+    Image.new(mode, size, colour).save(path, format="PNG")
+    return path
+
+
+@pytest.mark.parametrize("size", [(20_000, 1), (30_000, 9), (9, 30_000), (400, 40)])
+def test_absurd_aspect_ratios_are_rejected_from_the_header(tmp_path, size):
+    path = tmp_path / "strip.png"
+    path.write_bytes(bomb_png(*size))  # header only: refused before any pixel data is read
+    with pytest.raises(ImageRejected, match=f"{size[0]}x{size[1]} has an aspect ratio") as info:
+        clean_image(path, tmp_path / "out.jpg", CONFIG)
+    assert info.value.reason == "image_aspect_ratio"
+    assert "limit is 8:1" in info.value.detail
+    assert not (tmp_path / "out.jpg").exists()
+
+
+def test_the_widest_allowed_photo_is_padded_not_cropped(tmp_path):
+    source = png(tmp_path / "panorama.png", (4000, 500))  # 8:1, at the limit
+    result = clean_image(source, tmp_path / "out.jpg", ImageCleaningConfig())
+    assert (result.width, result.height, result.source_width) == (256, 256, 4000)
+    pixels = np.asarray(Image.open(tmp_path / "out.jpg"))
+    assert pixels.shape == (256, 256, 3)
+    assert pixels[128, :, 1].min() > 120  # the whole width is kept in a 32-pixel band across the middle
+    assert pixels[:100].max() < 40 and pixels[-100:].max() < 40
+
+
+def test_the_shape_limit_holds_for_photos_already_in_the_cache(tmp_path):
+    source, out = png(tmp_path / "long.png", (400, 40)), tmp_path / "out.jpg"
+    assert not clean_image(source, out, ImageCleaningConfig(size=64, max_aspect_ratio=12)).cached
+    with pytest.raises(ImageRejected) as info:
+        clean_image(source, out, ImageCleaningConfig(size=64, max_aspect_ratio=8))
+    assert info.value.reason == "image_aspect_ratio"
+
+
+@pytest.mark.parametrize("size", [(80, 40), (40, 300), (255, 257), (300, 300), (1000, 700)])
+def test_padding_keeps_image_ops_geometry(size):
+    """Up to a 6x downscale the square is ImageOps.pad's, pixel for pixel (beyond, the resize averages
+    whole blocks first, Pillow's reducing_gap, so its cost follows the input's pixel count)."""
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    ours = np.asarray(pad_to_square(noise, 256, (10, 20, 30)))
+    assert np.array_equal(ours, np.asarray(ImageOps.pad(noise, (256, 256), color=(10, 20, 30))))
+
+
+def exif_rotated_jpeg(path, size=(300, 120)):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise = np.random.default_rng(2).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, format="JPEG", quality=92, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: exif_rotated_jpeg(p / "rotated.jpg"),
+        lambda p: exif_rotated_jpeg(p / "large.jpg", size=(2400, 1500)),  # decoded at a reduced DCT scale
+        lambda p: png(p / "clear.png", (200, 90), (255, 0, 0, 60), mode="RGBA"),
+        lambda p: png(p / "large.png", (1800, 1000)),  # reduced by whole factors before the resize
+        lambda p: png(p / "tiny.png", (12, 30)),  # upscaled
+    ],
+)
+def test_query_preparation_gives_the_pixels_ingest_stores(tmp_path, make):
+    """A query photo (decoded as ingest decodes, then `prepare_photo`) has exactly the pixels of the
+    catalogue photo cleaned from the same file."""
+    config = ImageCleaningConfig()
+    source = make(tmp_path)
+    clean_image(source, tmp_path / "stored.jpg", config)
+    with Image.open(tmp_path / "stored.jpg") as stored:  # as `marketsearch embed` reads it
+        stored.load()
+        catalogue = np.asarray(stored.convert("RGB"))
+    query = prepare_photo(load_verified(source, config), config)
+    assert query.size == (256, 256) and query.mode == "RGB"
+    assert np.array_equal(np.asarray(query), catalogue)
+
+
+def test_query_preparation_refuses_what_ingest_refuses():
+    with pytest.raises(ImageRejected) as info:
+        prepare_photo(Image.new("RGB", (900, 9)), ImageCleaningConfig())
+    assert info.value.reason == "image_aspect_ratio"
+
+
+def test_the_cleaning_settings_are_recorded_for_the_query_side(tmp_path):
+    config = ImageCleaningConfig(size=128, pad_color=(255, 255, 255), max_aspect_ratio=6)
+    save_config(config, tmp_path / "photo-config.json")
+    assert load_config(tmp_path / "photo-config.json") == config
+    assert load_config(tmp_path / "absent.json") == ImageCleaningConfig()

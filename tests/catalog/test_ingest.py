@@ -136,3 +136,27 @@ def test_missing_files_fail_fast_before_writing_anything(demo_export, tmp_path):
     with pytest.raises(ExportFormatError, match="not found"):
         ingest_export(tmp_path / "missing.csv", demo_export.images_csv, demo_export.image_dir, workspace)
     assert not workspace.db_path.exists()
+
+
+def test_absurd_aspect_ratios_are_quarantined_and_the_cleaning_settings_recorded(demo_export, demo_workspace,
+                                                                                 tmp_path):
+    from PIL import Image
+
+    from catalog.images import ImageCleaningConfig, load_config
+
+    shutil.copytree(demo_workspace.root, tmp_path / "ws")
+    workspace = Workspace.at(tmp_path / "ws")
+    export = tmp_path / "export"
+    shutil.copytree(demo_export.products_csv.parent, export)
+    product_id = Catalog(workspace.db_url).listing_ids()[0]
+    Image.new("RGB", (3000, 9), (0, 90, 200)).save(export / "images" / "strip-1.jpg", format="PNG")
+    with open(export / "Images.csv", "a", encoding="utf-8") as f:
+        f.write(f"99999,strip-1,{product_id},https://example.com/strip-1.jpg,ref,01/03/2022\n")
+    report = ingest_export(export / "Products.csv", export / "Images.csv", export / "images", workspace, progress=False)
+    assert report.quarantined["image_aspect_ratio"] == 1
+    assert report.unexplained_image_drops == 0
+    [record] = [r for r in read_quarantine_report(workspace.quarantine_dir / "latest.csv")
+                if r.reason == "image_aspect_ratio"]
+    assert record.record_id == "strip-1" and "3000x9" in record.detail and "8:1" in record.detail
+    assert "strip-1" not in Catalog(workspace.db_url).get_listing(product_id).image_ids
+    assert load_config(workspace.photo_config_path) == ImageCleaningConfig()

@@ -190,20 +190,26 @@ def test_cli_refuses_a_ranker_with_other_features(ranking_workspace, trained, tm
 
 def test_near_duplicate_photo_queries_find_their_own_listing_first_after_reranking(trained, builder):
     # training (the `trained` fixture) saw near-duplicates of the val products' photos; here the test
-    # products' photos, transformed with another seed, search the test corpus (as stored: the listing
+    # products' photos, transformed with other seeds, search the test corpus (as stored: the listing
     # keeps the photo the query was made from)
     from evaluation.judgments import wanted_listing_qrels
 
     ranker, summary = trained
     assert summary["train_query_types"].get("self-photo", 0) > 0
-    protocol = builder.self_photo_protocol(("test",), transform=True, seed=7)
-    assert len(protocol.queries) >= 10
-    runs = collect_runs(protocol.searcher, protocol.queries, ranker=ranker, load_image=protocol.load_image)
-    found = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries)).scores
-    # measured: 25 of 28 first after re-ranking, 18 of 28 for the vector stage
-    assert found["reranked"]["hit_rate@1"] > found["vector"]["hit_rate@1"], found
-    assert found["reranked"]["hit_rate@1"] >= 0.85, found
-    assert found["reranked"]["mrr@10"] > found["vector"]["mrr@10"], found
+    found = {"vector": [], "reranked": []}
+    for seed in (7, 8, 9, 10, 11):  # 5 x 28 queries: one transform draw of 28 moves by 3 between rankers
+        protocol = builder.self_photo_protocol(("test",), transform=True, seed=seed)
+        assert len(protocol.queries) >= 10
+        runs = collect_runs(protocol.searcher, protocol.queries, ranker=ranker, load_image=protocol.load_image)
+        scores = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries)).scores
+        for stage in found:
+            found[stage].append((scores[stage]["hit_rate@1"], scores[stage]["mrr@10"]))
+    first, mrr = ({stage: float(np.mean([v[i] for v in values])) for stage, values in found.items()} for i in (0, 1))
+    # measured with rankers trained on seeds 0-3: first after re-ranking 0.81-0.94 of the 140 queries
+    # (0.86-0.94 before query photos were prepared like catalogue photos), vector stage 0.63-0.64
+    assert first["reranked"] > first["vector"] + 0.1, found
+    assert first["reranked"] >= 0.8, found
+    assert mrr["reranked"] > mrr["vector"], found
 
 
 def test_near_duplicate_is_a_seeded_light_transform(builder):
