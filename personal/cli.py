@@ -36,6 +36,17 @@ def _open_store(workspace: Path, db: str | None):
     return ws, catalog, EventStore(catalog)
 
 
+def _require_event_file_format(path: Path) -> None:
+    """Exit 2 with one line unless ``path`` names an event file format we write (.csv or .jsonl)."""
+    from personal.event_files import EventFileError, file_format
+
+    try:
+        file_format(path)
+    except EventFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @events_app.command("import")
 def import_file(
     file: Annotated[Path, typer.Argument(help="Events as .csv (header row) or .jsonl, the fields of the event API.")],
@@ -73,13 +84,9 @@ def export_file(
     db: DbOption = None,
 ) -> None:
     """Write every stored event, oldest first, as CSV or JSONL (the fields `events import` reads)."""
-    from personal.event_files import EventFileError, export_events, file_format
+    from personal.event_files import export_events
 
-    try:
-        file_format(file)
-    except EventFileError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    _require_event_file_format(file)
     _, catalog, store = _open_store(workspace, db)
     try:
         written = export_events(store, file)
@@ -136,7 +143,7 @@ def simulate(
     import datetime as dt
 
     from core.files import write_json_atomic
-    from personal.event_files import EventFileError, file_format, open_event_file
+    from personal.event_files import open_event_file
     from personal.sim_world import SimCatalog
     from personal.simulator import SimConfig, Simulator, store_events
 
@@ -144,11 +151,7 @@ def simulate(
         typer.echo(f"error: --search must be auto, pipeline or off, not {search!r}", err=True)
         raise typer.Exit(2)
     if out is not None:
-        try:
-            file_format(out)
-        except EventFileError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        _require_event_file_format(out)
     ws, catalog, store = _open_store(workspace, db)
     try:
         sim_catalog = SimCatalog.from_listings(listing for batch in catalog.iter_listings() for listing in batch)
