@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from core.files import write_text_atomic
 from core.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
 
 # Commands import their workers inside the function body, not at the top: `marketsearch --help` imports
@@ -384,7 +385,4 @@ def _write_summary(out_dir: Path, reports) -> None:
         if "corpus_size" in report.info:
             lines += [f"Corpus: {report.info['corpus_size']} listings.", ""]
         lines += [report.to_markdown(), "", *_ratio_lines(report), ""]
-    path = out_dir / "summary.md"
-    tmp = path.with_name(".summary.md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(out_dir / "summary.md", "\n".join(lines))

@@ -30,6 +30,7 @@ from ranx import Run as RanxRun
 from ranx import compare, evaluate
 from tqdm.auto import tqdm
 
+from core.files import write_text_atomic
 from core.workspace import new_stamped_dir
 from evaluation.judgments import EvalQuery, Qrels, write_qrels, write_queries
 from ranking.features import build_features
@@ -361,9 +362,7 @@ def write_runs(runs: Mapping[str, Mapping[str, Mapping[str, float]]], out_dir: s
                 for rank, (listing_id, score) in enumerate(ranked, start=1)
             )
         path = out_dir / f"{prefix}run.{stage}.trec"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(lines))
         paths[stage] = path
     return paths
 
@@ -424,14 +423,10 @@ def write_evaluation(
     if queries is not None:
         written["queries"] = write_queries(queries, out_dir / f"{prefix}queries.tsv")
     report_json = out_dir / f"{prefix}report.json"
-    tmp = report_json.with_name(f".{report_json.name}.tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    os.replace(tmp, report_json)
+    write_text_atomic(report_json, json.dumps(report.to_dict(), indent=2))
     written["report.json"] = report_json
     report_md = out_dir / f"{prefix}report.md"
-    tmp = report_md.with_name(f".{report_md.name}.tmp")
-    tmp.write_text(f"# {report.name}\n\n{report.to_markdown()}\n", encoding="utf-8")
-    os.replace(tmp, report_md)
+    write_text_atomic(report_md, f"# {report.name}\n\n{report.to_markdown()}\n")
     written["report.md"] = report_md
     for path in plot_report(report, out_dir, prefix):
         written[path.stem] = path
@@ -467,8 +462,6 @@ def mark_superseded(eval_root: str | os.PathLike) -> list[Path]:
             text = path.read_text(encoding="utf-8")
             if text.startswith("> **Superseded**"):
                 continue
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(note + text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, note + text)
             marked.append(folder)
     return sorted(set(marked))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 Qrels = dict[str, dict[str, int]]
@@ -163,7 +165,7 @@ def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike)
     """Write TREC qrels atomically."""
     path = Path(path)
     lines = [f"{qid} 0 {doc} {int(grade)}\n" for qid in sorted(qrels) for doc, grade in sorted(qrels[qid].items())]
-    _write_text_atomic(path, "".join(lines))
+    write_text_atomic(path, "".join(lines))
     return path
 
 
@@ -214,7 +216,7 @@ def write_queries(queries: Mapping[str, EvalQuery], path: str | os.PathLike) -> 
         text = query.text or f"[image {query.image_id or query.image_path}]"
         lines.append(f"{query_id}\t{' '.join(text.split())}\n")
     path = Path(path)
-    _write_text_atomic(path, "".join(lines))
+    write_text_atomic(path, "".join(lines))
     return path
 
 
@@ -335,9 +337,3 @@ def known_item_self_photo(
     logger.info("self-photo protocol: %d queries over %d listings", len(queries), len(listings))
     return queries, qrels
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
