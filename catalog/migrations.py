@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import inspect, select, update
+from sqlalchemy import inspect, select, text, update
 from sqlalchemy.engine import Connection
 
 from catalog import schema
@@ -22,9 +22,24 @@ def _add_users_and_events(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.users, schema.events], checkfirst=True)
 
 
+def _add_live_catalogue(conn: Connection) -> None:
+    present = {column["name"] for column in inspect(conn).get_columns(schema.listings.name)}
+    added = {
+        "status": "VARCHAR(16) NOT NULL DEFAULT 'active'",
+        "seller_id": "VARCHAR(64)",
+        "updated_at": "TIMESTAMP",
+    }
+    for name, definition in added.items():
+        if name not in present:
+            conn.execute(text(f"ALTER TABLE {schema.listings.name} ADD COLUMN {name} {definition}"))
+    tables = [schema.listing_changes, schema.api_keys, schema.idempotency_keys]
+    schema.metadata.create_all(conn, tables=tables, checkfirst=True)
+
+
 # version found -> the step that brings it to version + 1
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_users_and_events,
+    2: _add_live_catalogue,
 }
 
 

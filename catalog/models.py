@@ -13,6 +13,8 @@ class Listing:
     `category` is the full path ("A / B / C"), `category_levels` its parts and `top_category` the first
     part, which is the class label. `price` is in GBP (0.0 for free items, None when unknown).
     `image_ids` lists the listing's cleaned photos in export order; empty for a text-only listing.
+    `status` is `active` (searchable) or `sold` (readable by id, never searched); `seller_id` names who may
+    change it through the API (None for a listing from a batch ingest).
     """
 
     id: str
@@ -27,6 +29,8 @@ class Listing:
     location: str
     created_at: datetime.date | None
     image_ids: tuple[str, ...] = field(default_factory=tuple)
+    status: str = "active"
+    seller_id: str | None = None
 
     @property
     def text(self) -> str:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Date, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
 
-# Version 2 added `users` and `events` (catalog/migrations.py brings a version-1 database up to date when it is
-# opened; no re-ingest).
-SCHEMA_VERSION = 2
+# Version 2 added `users` and `events`; version 3 the live catalogue: `listings.status`, `seller_id` and
+# `updated_at`, the change log `listing_changes`, `api_keys` and `idempotency_keys` (catalog/migrations.py
+# brings an older database up to date when it is opened; no re-ingest).
+SCHEMA_VERSION = 3
+
+LISTING_STATUSES = ("active", "sold")
 
 metadata = MetaData()
 
@@ -25,6 +41,10 @@ listings = Table(
     Column("location", String(256), nullable=False),
     Column("created_at", Date, nullable=True),
     Column("image_ids", Text, nullable=False),  # JSON list, export order
+    # version 3: only `active` listings are searchable; a `sold` one stays readable by id
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("seller_id", String(64), nullable=True),  # who may change it through the API (None: batch ingest)
+    Column("updated_at", DateTime, nullable=True),  # UTC, last write through the API or ingest
 )
 
 images = Table(
@@ -74,3 +94,46 @@ events = Table(
 )
 Index("ix_events_user_time", events.c.user_id, events.c.occurred_at, events.c.event_id)
 Index("ix_events_time", events.c.occurred_at, events.c.event_id)
+
+# The ordered change log of the live catalogue: every write to `listings` or `images` appends one row per
+# listing it touched, in the same transaction, so a serving process that tails the log past its checkpoint
+# sees every committed change exactly in commit order. `op`: `upsert` (created or changed: read the listing
+# again) or `delete` (gone). AUTOINCREMENT on SQLite: a sequence number is never reused, even after the
+# rows above it are pruned.
+listing_changes = Table(
+    "listing_changes",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("listing_id", String(64), nullable=False),
+    Column("op", String(8), nullable=False),
+    Column("changed_at", DateTime, nullable=False),
+    sqlite_autoincrement=True,
+)
+Index("ix_listing_changes_listing", listing_changes.c.listing_id)
+
+# API keys (`marketsearch keys`): only a hash of the secret is stored; the secret is shown once at creation.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),  # public key id, the prefix of the key people see
+    Column("secret_hash", String(128), nullable=False),
+    Column("scope", String(32), nullable=False),  # listings:write, events:write, admin
+    Column("seller_id", String(64), nullable=True),  # a seller's key may change only that seller's listings
+    Column("name", String(128), nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked_at", DateTime, nullable=True),
+)
+
+# Creates are idempotent per (API key, Idempotency-Key header): a retried request gets the first answer back.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("api_key_id", String(32), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),  # a reused key with a different request is refused
+    Column("listing_id", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", Text, nullable=False),  # the JSON body first answered
+    Column("created_at", DateTime, nullable=False),
+    PrimaryKeyConstraint("api_key_id", "key"),
+)

@@ -54,6 +54,9 @@ def _listing_row(listing: Listing) -> dict:
         "location": listing.location,
         "created_at": listing.created_at,
         "image_ids": json.dumps(list(listing.image_ids)),
+        "status": listing.status,
+        "seller_id": listing.seller_id,
+        "updated_at": _utc_now(),
     }
 
 
@@ -71,7 +74,24 @@ def _listing_from_row(row) -> Listing:
         location=row.location,
         created_at=row.created_at,
         image_ids=tuple(json.loads(row.image_ids)),
+        status=row.status,
+        seller_id=row.seller_id,
     )
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def record_changes(conn: Connection, listing_ids: Iterable[str], op: str) -> None:
+    """Append one change-log row per listing (schema.listing_changes), inside the caller's transaction: every
+    write to a listing or its photos calls it, so the log is complete by construction."""
+    if op not in ("upsert", "delete"):
+        raise ValueError(f"op must be 'upsert' or 'delete', got {op!r}")
+    now = _utc_now()
+    rows = [{"listing_id": listing_id, "op": op, "changed_at": now} for listing_id in dict.fromkeys(listing_ids)]
+    if rows:
+        conn.execute(schema.listing_changes.insert(), rows)
 
 
 def image_row(image: Image, extra: dict | None = None) -> dict:
@@ -189,16 +209,19 @@ class Catalog:
         self.close()
 
     # --- writes -------------------------------------------------------------------------------------
+    # Every write appends to the change log (`record_changes`) in its own transaction.
     def upsert_listings(self, listings: Iterable[Listing]) -> int:
         rows = [_listing_row(x) for x in listings]
         with self.engine.begin() as conn:
             _upsert(conn, schema.listings, rows)
+            record_changes(conn, (r["id"] for r in rows), "upsert")
         return len(rows)
 
     def upsert_images(self, images: Iterable[Image]) -> int:
         rows = [image_row(x) for x in images]
         with self.engine.begin() as conn:
             _upsert(conn, schema.images, rows)
+            record_changes(conn, (r["listing_id"] for r in rows), "upsert")
         return len(rows)
 
     def write_batch(self, listings: Sequence[Listing], image_rows: Sequence[dict]) -> None:
@@ -218,12 +241,28 @@ class Catalog:
                 if stale_ids:
                     conn.execute(delete(schema.images).where(schema.images.c.id.in_(stale_ids)))
             _upsert(conn, schema.images, list(image_rows))
+            record_changes(conn, ids, "upsert")
 
     def delete_listing(self, listing_id: str) -> bool:
         with self.engine.begin() as conn:
             conn.execute(delete(schema.images).where(schema.images.c.listing_id == listing_id))
             result = conn.execute(delete(schema.listings).where(schema.listings.c.id == listing_id))
+            if result.rowcount > 0:
+                record_changes(conn, [listing_id], "delete")
         return result.rowcount > 0
+
+    # --- change log ---------------------------------------------------------------------------------
+    def last_change(self) -> int:
+        """The sequence number of the newest change-log row (0 for an empty log): a checkpoint."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.coalesce(func.max(schema.listing_changes.c.seq), 0))).scalar_one()
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str, str]]:
+        """Change-log rows after ``seq``, oldest first: (seq, listing_id, op)."""
+        log = schema.listing_changes
+        query = select(log.c.seq, log.c.listing_id, log.c.op).where(log.c.seq > seq).order_by(log.c.seq).limit(limit)
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(query)]
 
     # --- reads --------------------------------------------------------------------------------------
     def get_listing(self, listing_id: str) -> Listing | None:
@@ -338,10 +377,12 @@ def _damage_as_catalog_error(name: str):
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    # Rollback journal (not WAL) keeps the database one self-contained file, so a workspace folder can
-    # be copied safely; busy_timeout lets a reader wait for a writer instead of failing.
+    # A committed transaction survives power loss: synchronous=FULL syncs the journal and the database file
+    # at every commit (NORMAL may lose the last commits, or worse in rollback-journal mode). The rollback
+    # journal (not WAL) keeps the database one self-contained file, so a workspace folder can be copied
+    # safely; busy_timeout lets a reader wait for a writer instead of failing.
     cursor.execute("PRAGMA busy_timeout = 30000")
-    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA synchronous = FULL")
     cursor.close()
 
 

@@ -1,7 +1,7 @@
 """A catalogue written by older code is brought up to the current schema when it is opened, without re-ingest."""
 
 import pytest
-from sqlalchemy import create_engine, insert, inspect, select, update
+from sqlalchemy import create_engine, insert, inspect, select, text, update
 
 from catalog import schema
 from catalog.errors import CatalogError
@@ -9,6 +9,7 @@ from catalog.store import Catalog
 from tests.catalog.test_store import make_listing
 
 VERSION_1_TABLES = [schema.listings, schema.images, schema.meta]  # the whole schema of version 1
+VERSION_3_LISTING_COLUMNS = ("status", "seller_id", "updated_at")  # what version 3 added to `listings`
 
 
 def _version_1_catalogue(path) -> None:
@@ -20,7 +21,10 @@ def _version_1_catalogue(path) -> None:
         with scratch.engine.connect() as conn:
             row = dict(conn.execute(select(schema.listings)).one()._mapping)
     with engine.begin() as conn:
-        conn.execute(insert(schema.listings), [row])
+        for column in VERSION_3_LISTING_COLUMNS:
+            conn.execute(text(f"ALTER TABLE listings DROP COLUMN {column}"))
+            del row[column]
+        conn.execute(text("INSERT INTO listings VALUES (" + ", ".join(f":{c}" for c in row) + ")"), row)
         conn.execute(insert(schema.meta), [{"key": "schema_version", "value": "1"}])
     engine.dispose()
 
@@ -44,11 +48,13 @@ def test_a_version_1_catalogue_gains_users_and_events_and_keeps_its_listings(tmp
         assert catalog.get_listing("a").title == "Title a"
 
     tables, version = _tables_and_version(path)
-    assert {"users", "events"} <= tables
-    assert version == str(schema.SCHEMA_VERSION) == "2"
+    assert {"users", "events", "listing_changes", "api_keys", "idempotency_keys"} <= tables
+    assert version == str(schema.SCHEMA_VERSION) == "3"
     with Catalog(path) as catalog:  # opening a current catalogue again changes nothing
         assert catalog.listing_ids() == ["a"]
-    assert _tables_and_version(path) == (tables, "2")
+        listing = catalog.get_listing("a")
+        assert (listing.status, listing.seller_id) == ("active", None)  # what every listing was before
+    assert _tables_and_version(path) == (tables, "3")
 
 
 def test_an_interrupted_migration_is_completed_on_the_next_open(tmp_path):
@@ -61,10 +67,10 @@ def test_an_interrupted_migration_is_completed_on_the_next_open(tmp_path):
     with Catalog(path) as catalog:
         assert catalog.listing_ids() == ["a"]
     tables, version = _tables_and_version(path)
-    assert {"users", "events"} <= tables and version == "2"
+    assert {"users", "events"} <= tables and version == "3"
 
 
-@pytest.mark.parametrize("stored", ["3", "0", "two"])
+@pytest.mark.parametrize("stored", ["4", "0", "two"])
 def test_a_version_it_cannot_migrate_is_refused_with_what_to_do(tmp_path, stored):
     path = tmp_path / "catalog.db"
     Catalog(path).close()
@@ -72,5 +78,5 @@ def test_a_version_it_cannot_migrate_is_refused_with_what_to_do(tmp_path, stored
     with engine.begin() as conn:
         conn.execute(update(schema.meta).where(schema.meta.c.key == "schema_version").values(value=stored))
     engine.dispose()
-    with pytest.raises(CatalogError, match=f"schema version {stored}, this code reads version 2"):
+    with pytest.raises(CatalogError, match=f"schema version {stored}, this code reads version 3"):
         Catalog(path)
