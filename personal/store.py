@@ -106,15 +106,16 @@ class EventStore:
             return report
         with self._writing() as conn, conn.begin():
             stored = _stored_ids(conn, list(unique))
-            report.duplicates += len(stored)
             new = [item for event_id, item in unique.items() if event_id not in stored]
             users = sorted({item.user_id for item in new})
             if new and DRIVER_INSERTS and conn.dialect.name == "sqlite":
-                _insert_sqlite(conn, new, users, now)
-            elif new:
+                _insert_sqlite(conn, new, users, now)  # under SQLite's write lock: `stored` is exact
+                inserted = len(new)
+            else:
                 _insert_ignoring_conflicts(conn, schema.users, [{"id": u, "created_at": _naive(now)} for u in users])
-                _insert_ignoring_conflicts(conn, schema.events, [_event_row(item, now) for item in new])
-        report.stored = len(new)
+                inserted = _insert_ignoring_conflicts(conn, schema.events, [_event_row(item, now) for item in new])
+        report.stored = inserted
+        report.duplicates += len(unique) - inserted
         return report
 
     def delete_user(self, user_id: str) -> UserDeletion:
@@ -224,21 +225,23 @@ def _sqlite_time(value: dt.datetime) -> str:
     return _naive(value).isoformat(sep=" ", timespec="microseconds")
 
 
-def _insert_ignoring_conflicts(conn: Connection, table, rows: list[dict]) -> None:
+def _insert_ignoring_conflicts(conn: Connection, table, rows: list[dict]) -> int:
     """Rows whose key is already stored are skipped, not an error: a concurrent writer on a server database
-    (where ``_stored_ids`` ran without a write lock) cannot make the batch fail."""
+    (where ``_stored_ids`` ran without a write lock) cannot make the batch fail. Returns how many rows this
+    statement inserted (``RETURNING`` the keys), so a batch racing its own retry counts each event once."""
     if not rows:
-        return
+        return 0
+    key = next(iter(table.primary_key.columns))
     dialect = conn.dialect.name
     if dialect in ("sqlite", "postgresql"):
         insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-        conn.execute(insert(table).on_conflict_do_nothing(), rows)
-    else:
-        key = next(iter(table.primary_key.columns))
-        stored = set(conn.execute(select(key).where(key.in_([r[key.name] for r in rows]))).scalars())
-        rows = [r for r in rows if r[key.name] not in stored]
-        if rows:
-            conn.execute(table.insert(), rows)
+        statement = insert(table).on_conflict_do_nothing().returning(key)
+        return len(conn.execute(statement, rows).all())
+    stored = set(conn.execute(select(key).where(key.in_([r[key.name] for r in rows]))).scalars())
+    rows = [r for r in rows if r[key.name] not in stored]
+    if rows:
+        conn.execute(table.insert(), rows)
+    return len(rows)
 
 
 def _event_row(item: Event, now: dt.datetime) -> dict:

@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.catalog",
     "tests.fixtures.models",
+    "tests.fixtures.postgres",
     "tests.fixtures.search",
 ]

@@ -1,3 +1,4 @@
+import dataclasses
 import datetime
 import shutil
 
@@ -36,8 +37,8 @@ def image_row(image_id, listing_id):
 
 
 @pytest.fixture
-def catalog(tmp_path):
-    with Catalog(tmp_path / "catalog.db") as cat:
+def catalog(database_url, tmp_path):
+    with Catalog(database_url, root=tmp_path) as cat:
         yield cat
 
 
@@ -187,27 +188,23 @@ def test_a_catalogue_reopens_with_its_rows(tmp_path):
         assert catalog.count() == 400
 
 
-def test_every_write_appends_to_the_change_log_in_commit_order(tmp_path):
-    with Catalog(tmp_path / "catalog.db") as catalog:
-        assert catalog.last_change() == 0 and catalog.changes_since(0) == []
-        catalog.upsert_listings([make_listing("a"), make_listing("b")])
-        catalog.write_batch([make_listing("c")], [])
-        assert catalog.delete_listing("a") is True
-        assert catalog.delete_listing("missing") is False  # nothing deleted, nothing logged
-        changes = catalog.changes_since(0)
-        assert [(listing_id, op) for _, listing_id, op in changes] == [
-            ("a", "upsert"), ("b", "upsert"), ("c", "upsert"), ("a", "delete"),
-        ]
-        seqs = [seq for seq, _, _ in changes]
-        assert seqs == sorted(seqs) and catalog.last_change() == seqs[-1]
-        assert catalog.changes_since(seqs[1]) == changes[2:]
-        assert catalog.changes_since(0, limit=1) == changes[:1]
+def test_every_write_appends_to_the_change_log_in_commit_order(catalog):
+    assert catalog.last_change() == 0 and catalog.changes_since(0) == []
+    catalog.upsert_listings([make_listing("a"), make_listing("b")])
+    catalog.write_batch([make_listing("c")], [])
+    assert catalog.delete_listing("a") is True
+    assert catalog.delete_listing("missing") is False  # nothing deleted, nothing logged
+    changes = catalog.changes_since(0)
+    assert [(listing_id, op) for _, listing_id, op in changes] == [
+        ("a", "upsert"), ("b", "upsert"), ("c", "upsert"), ("a", "delete"),
+    ]
+    seqs = [seq for seq, _, _ in changes]
+    assert seqs == sorted(seqs) and catalog.last_change() == seqs[-1]
+    assert catalog.changes_since(seqs[1]) == changes[2:]
+    assert catalog.changes_since(0, limit=1) == changes[:1]
 
 
-def test_a_listing_keeps_its_status_and_seller(tmp_path):
-    import dataclasses
-
-    with Catalog(tmp_path / "catalog.db") as catalog:
-        catalog.upsert_listings([dataclasses.replace(make_listing("a"), status="sold", seller_id="s1")])
-        listing = catalog.get_listing("a")
-        assert (listing.status, listing.seller_id) == ("sold", "s1")
+def test_a_listing_keeps_its_status_and_seller(catalog):
+    catalog.upsert_listings([dataclasses.replace(make_listing("a"), status="sold", seller_id="s1")])
+    listing = catalog.get_listing("a")
+    assert (listing.status, listing.seller_id) == ("sold", "s1")

@@ -18,18 +18,22 @@ from tests.catalog.test_store import make_listing
 NOW = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
-@pytest.fixture
-def catalog(tmp_path):
-    with Catalog(tmp_path / "catalog.db") as catalog:
+@pytest.fixture(params=["sqlite-driver", "sqlite-core", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def catalog(request, tmp_path, monkeypatch):
+    """Every test runs on three insert paths: SQLite's driver fast path, the SQLAlchemy Core one that other
+    databases take (here on SQLite too), and that Core path on a real PostgreSQL server."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_server").create_database()
+    else:
+        url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    monkeypatch.setattr("personal.store.DRIVER_INSERTS", request.param == "sqlite-driver")
+    with Catalog(url, root=tmp_path) as catalog:
         catalog.upsert_listings([make_listing(f"L{i}") for i in range(1, 6)])
         yield catalog
 
 
-@pytest.fixture(params=["driver", "core"])
-def store(catalog, request, monkeypatch):
-    """Every test runs on both insert paths: SQLite's driver fast path and the SQLAlchemy Core one that other
-    databases take (here on SQLite too), so both store and read back the same rows."""
-    monkeypatch.setattr("personal.store.DRIVER_INSERTS", request.param == "driver")
+@pytest.fixture
+def store(catalog):
     with EventStore(catalog) as store:
         yield store
 
