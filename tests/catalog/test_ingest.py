@@ -160,3 +160,19 @@ def test_absurd_aspect_ratios_are_quarantined_and_the_cleaning_settings_recorded
     assert record.record_id == "strip-1" and "3000x9" in record.detail and "8:1" in record.detail
     assert "strip-1" not in Catalog(workspace.db_url).get_listing(product_id).image_ids
     assert load_config(workspace.photo_config_path) == ImageCleaningConfig()
+
+
+@pytest.mark.postgres
+def test_ingest_into_postgresql_stores_the_same_catalogue_as_sqlite(demo_export, demo_workspace, postgres_server,
+                                                                    tmp_path):
+    shutil.copytree(demo_workspace.root, tmp_path / "ws")  # its cleaned photos: the re-ingest reuses them
+    workspace = Workspace.at(tmp_path / "ws")
+    url = postgres_server.create_database()
+    report = run_ingest(demo_export, workspace, db_url=url)
+    assert report.unexplained_product_drops == 0 and report.unexplained_image_drops == 0
+    with Catalog(url, root=workspace.root) as server, Catalog(demo_workspace.db_url) as sqlite:
+        assert all_listings(server) == all_listings(sqlite)
+        assert server.stats() == sqlite.stats()
+        some = next(x for x in all_listings(sqlite) if x.image_ids)
+        assert server.image_path(some.image_ids[0]).read_bytes() == sqlite.image_path(some.image_ids[0]).read_bytes()
+        assert {listing_id for _, listing_id, _ in server.changes_since(0, limit=10_000)} == set(server.listing_ids())
