@@ -84,13 +84,13 @@ def load_state(settings: Settings) -> ServiceState:
 
 def _load(settings: Settings, workspace: Workspace) -> ServiceState:
     state = ServiceState(settings=settings, workspace=workspace)
-    if not workspace.db_path.exists():
+    if not workspace.has_catalogue():
         state.catalog_error = f"no catalogue database at {workspace.db_path}; {build_hint(workspace)}"
         state.searcher_error = state.catalog_error
         logger.warning(state.catalog_error)
         return state
     try:
-        state.catalog = Catalog(workspace.db_url)
+        state.catalog = Catalog(workspace.db_url, root=workspace.root)
         # The re-ranker is loaded separately: a stale or broken one should cost re-ranking, not search.
         state.searcher = Searcher.from_workspace(
             workspace, load_ranker=False, feature_logger=_feature_logger(settings, workspace)

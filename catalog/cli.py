@@ -19,8 +19,9 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Database URL or SQLite file path (default: WORKSPACE/catalog.db). "
-        "Any SQLAlchemy URL works, e.g. postgresql+psycopg://user@host/marketsearch.",
+        help="Database URL or SQLite file path (default: the workspace's catalogue: $MARKETSEARCH_DATABASE_URL, "
+        "else the URL in WORKSPACE/database.url, else WORKSPACE/catalog.db). Any SQLAlchemy URL works, e.g. "
+        "postgresql+psycopg://user@host/marketsearch; `ingest --db URL` records it for every later command.",
     ),
 ]
 
@@ -50,10 +51,17 @@ def ingest(
     """
     from catalog.export import ExportFormatError
     from catalog.ingest import ingest_export
+    from catalog.store import to_db_url
 
     ws = open_workspace(workspace)
+    if db is not None and to_db_url(db) != ws.db_url:
+        try:
+            ws.use_database(to_db_url(db))  # embed, index, serve ... then find the same catalogue
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     try:
-        report = ingest_export(products, images, image_dir, ws, image_size=image_size, db_url=db, batch_size=batch_size)
+        report = ingest_export(products, images, image_dir, ws, image_size=image_size, batch_size=batch_size)
     except ExportFormatError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -100,7 +108,7 @@ def stats(
     from core.workspace import Workspace
 
     ws = Workspace.at(workspace)
-    if db is None and not ws.db_path.is_file():
+    if db is None and not ws.has_catalogue():
         typer.echo(f"error: no catalogue at {ws.db_path}; run `marketsearch ingest` first", err=True)
         raise typer.Exit(2)
     with Catalog(db or ws.db_url, root=ws.root) as catalog:

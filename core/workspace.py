@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ROOT_ENV = "MARKETSEARCH_HOME"
+# A server catalogue (PostgreSQL): the URL comes from this variable, else from the workspace's `database.url`
+# (written by `marketsearch ingest --db URL`), else the workspace's own SQLite file.
+DATABASE_URL_ENV = "MARKETSEARCH_DATABASE_URL"
 DEFAULT_ROOT = Path("workspace")
 DEMO_ROOT = DEFAULT_ROOT / "demo"  # what `make demo` / `marketsearch demo` build
 
@@ -23,9 +26,9 @@ def built_workspace(root: str | os.PathLike) -> tuple[Path, str | None]:
     saying so. Otherwise FileNotFoundError naming the exact command to run.
     """
     root = Path(root)
-    if Workspace(root).db_path.is_file():
+    if Workspace(root).has_catalogue():
         return root, None
-    demo_built = Workspace(DEMO_ROOT).db_path.is_file()
+    demo_built = Workspace(DEMO_ROOT).has_catalogue()
     if root == DEFAULT_ROOT and DEFAULT_ROOT_ENV not in os.environ and demo_built:
         return DEMO_ROOT, (f"no catalogue in {root}/: serving the demo workspace {DEMO_ROOT}/ "
                            f"(built by `make demo`); --workspace DIR serves another")
@@ -66,8 +69,40 @@ class Workspace:
         return self.root / "catalog.db"
 
     @property
+    def database_url_path(self) -> Path:
+        return self.root / "database.url"
+
+    @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.db_path}"
+        """The catalogue database: ``$MARKETSEARCH_DATABASE_URL``, else the URL in ``database.url``, else the
+        workspace's SQLite file."""
+        configured = os.environ.get(DATABASE_URL_ENV, "").strip()
+        if not configured and self.database_url_path.is_file():
+            configured = self.database_url_path.read_text(encoding="utf-8").strip()
+        return configured or f"sqlite:///{self.db_path}"
+
+    @property
+    def uses_own_sqlite(self) -> bool:
+        return self.db_url == f"sqlite:///{self.db_path}"
+
+    def has_catalogue(self) -> bool:
+        """Whether a catalogue is configured: the SQLite file exists, or a server database is named (whether it
+        can be opened is for the catalogue to say)."""
+        return not self.uses_own_sqlite or self.db_path.is_file()
+
+    def use_database(self, url: str) -> None:
+        """Record ``url`` as this workspace's catalogue for every later command. A password is refused: it
+        belongs in ``PGPASSWORD`` or ``~/.pgpass`` (or ``$MARKETSEARCH_DATABASE_URL``), not in a file that
+        travels with the workspace."""
+        from sqlalchemy.engine import make_url
+
+        from core.files import write_text_atomic
+
+        if make_url(url).password is not None:
+            raise ValueError("the database URL holds a password; give it through PGPASSWORD or ~/.pgpass (or "
+                             f"${DATABASE_URL_ENV}) instead of recording it in {self.database_url_path}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.database_url_path, url + "\n")
 
     @property
     def images_dir(self) -> Path:

@@ -29,11 +29,21 @@ def _open_store(workspace: Path, db: str | None):
     from personal.store import EventStore
 
     ws = Workspace.at(workspace)
-    if db is None and not ws.db_path.is_file():
+    if db is None and not ws.has_catalogue():
         typer.echo(f"error: no catalogue at {ws.db_path}; run `marketsearch ingest` first", err=True)
         raise typer.Exit(2)
     catalog = Catalog(db or ws.db_url, root=ws.root)
     return ws, catalog, EventStore(catalog)
+
+
+def _shown(url: str) -> str:
+    """A database URL as people may see it: the file of an SQLite URL, a server URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or url
+    return parsed.render_as_string(hide_password=True)
 
 
 def _require_event_file_format(path: Path) -> None:
@@ -167,7 +177,7 @@ def simulate(
         search_function = _search_function(ws, search)
         config = SimConfig(users=users, days=days, seed=seed, start=first, max_events=max_events)
         simulator = Simulator(sim_catalog, config, search=search_function)
-        destination = str(out) if out else (db or str(ws.db_path))
+        destination = str(out) if out else _shown(db or ws.db_url)
         typer.echo(
             f"simulating {users:,} users over {days} days from {first:%Y-%m-%d} on {len(sim_catalog):,} listings "
             f"({'searching through the pipeline and browsing' if search_function else 'browsing categories only'}) "

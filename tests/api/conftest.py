@@ -27,8 +27,15 @@ def fake_settings(fake_workspace: Workspace) -> Settings:
 
 
 @pytest.fixture
-def fake_state(fake_settings: Settings, fake_workspace: Workspace) -> ServiceState:
-    catalog = tiny_catalog(fake_workspace.root)
+def fake_catalog_url(fake_workspace: Workspace) -> str:
+    """The tiny catalogue's database: SQLite. A module whose routes store things overrides this fixture with
+    ``database_url`` (tests/fixtures/postgres.py) to run on SQLite and on PostgreSQL."""
+    return f"sqlite:///{fake_workspace.root / 'catalog.db'}"
+
+
+@pytest.fixture
+def fake_state(fake_settings: Settings, fake_workspace: Workspace, fake_catalog_url: str) -> ServiceState:
+    catalog = tiny_catalog(fake_workspace.root, fake_catalog_url)
     state = ServiceState(fake_settings, fake_workspace, catalog=catalog, searcher=RecordingSearcher(["L2", "L1", "L3"]))
     yield state
     catalog.close()

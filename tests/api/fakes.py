@@ -18,9 +18,10 @@ from catalog.store import Catalog
 from search.pipeline import Hit, SearchResult
 
 
-def tiny_catalog(root: Path) -> Catalog:
-    """Three listings (two with a photo file on disk, one text-only) in a fresh SQLite file."""
-    catalog = Catalog(root / "catalog.db")
+def tiny_catalog(root: Path, url: str | None = None) -> Catalog:
+    """Three listings (two with a photo file on disk, one text-only) in a fresh database: ``url``, or an SQLite
+    file in ``root``."""
+    catalog = Catalog(url or root / "catalog.db", root=root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows = [
         ("L1", "Red mountain bike", 120.0, "Sports / Cycling / Bikes", "Bristol", "Avon", ("I1",)),

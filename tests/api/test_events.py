@@ -13,6 +13,12 @@ from personal.events import EVENT_TYPES
 from tests.api.test_garbage import NASTY_VALUES, assert_handled
 
 
+@pytest.fixture
+def fake_catalog_url(database_url):
+    """These routes store and read the catalogue: every test runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 

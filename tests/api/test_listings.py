@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image
+
+
+@pytest.fixture
+def fake_catalog_url(database_url):
+    """These routes store and read the catalogue: every test runs on SQLite and on PostgreSQL."""
+    return database_url
 
 
 def test_listing_details_with_photo_urls(fake_client):

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from marketsearch.cli import app
@@ -40,3 +41,20 @@ def test_ingest_with_wrong_columns_exits_with_a_message(tmp_path):
 def test_stats_without_a_catalogue_explains_what_to_do(tmp_path):
     result = runner.invoke(app, ["catalog", "stats", "-w", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "marketsearch ingest" in result.output
+
+
+@pytest.mark.postgres
+def test_ingest_into_postgresql_records_the_database_for_every_later_command(tmp_path, postgres_server, monkeypatch):
+    from core.workspace import DATABASE_URL_ENV
+
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    out, ws, url = tmp_path / "export", tmp_path / "ws", postgres_server.create_database()
+    assert runner.invoke(app, ["demo-data", "--out", str(out), "--listings", "20", "--seed", "3"]).exit_code == 0
+    args = ["--products", str(out / "Products.csv"), "--images", str(out / "Images.csv"), "--image-dir",
+            str(out / "images")]
+    result = runner.invoke(app, ["ingest", *args, "-w", str(ws), "--db", url])
+    assert result.exit_code == 0, result.output
+    assert (ws / "database.url").read_text().strip() == url and not (ws / "catalog.db").exists()
+    result = runner.invoke(app, ["catalog", "stats", "-w", str(ws), "--json"])  # no --db: the recorded URL
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["listings"] == 20

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from core.workspace import DEFAULT_ROOT_ENV, built_workspace, new_stamped_dir
+from core.workspace import DEFAULT_ROOT_ENV, Workspace, built_workspace, new_stamped_dir
 
 
 def test_new_stamped_dir_never_reuses_a_taken_name(tmp_path):
@@ -56,3 +56,24 @@ def test_serve_named_workspace_never_falls_back_and_names_the_command(repo_cwd, 
 def test_serve_without_any_catalogue_says_how_to_build_one(repo_cwd):
     with pytest.raises(FileNotFoundError, match=r"make demo.*marketsearch serve --workspace workspace/demo"):
         built_workspace(Path("workspace"))
+
+
+def test_the_catalogue_url_comes_from_the_environment_then_the_workspace_file_then_sqlite(tmp_path, monkeypatch):
+    from core.workspace import DATABASE_URL_ENV
+
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    ws = Workspace.at(tmp_path / "ws")
+    assert ws.db_url == f"sqlite:///{ws.db_path}" and ws.uses_own_sqlite
+    assert not ws.has_catalogue()  # no SQLite file yet
+    ws.use_database("postgresql+psycopg://market@db.internal/catalogue")
+    assert Workspace.at(tmp_path / "ws").db_url == "postgresql+psycopg://market@db.internal/catalogue"
+    assert ws.has_catalogue() and not ws.uses_own_sqlite
+    monkeypatch.setenv(DATABASE_URL_ENV, "postgresql+psycopg://other@host/db")
+    assert ws.db_url == "postgresql+psycopg://other@host/db"
+
+
+def test_a_database_url_with_a_password_is_not_recorded(tmp_path):
+    ws = Workspace.at(tmp_path / "ws")
+    with pytest.raises(ValueError, match="PGPASSWORD"):
+        ws.use_database("postgresql+psycopg://market:s3cret@db.internal/catalogue")
+    assert not ws.database_url_path.exists()
