@@ -45,6 +45,21 @@ def index(
         Path | None, typer.Option("--model", help="Model bundle folder (default: WORKSPACE/model).")
     ] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="FAISS OpenMP threads.")] = 2,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS|auto",
+            help="Fill a new or rebuilt IVF index in parallel shards on a Ray cluster (the quantiser is trained "
+            "once here; the shards' inverted lists are merged with FAISS's merge_from: the same index as one "
+            "process builds). `auto` joins the cluster this machine runs, else starts a local one; "
+            "ray://HOST:10001 joins a remote head. Pays above ~1M listings (docs/scaling.md).",
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option("--shards", min=1, help="Shards for --ray (default: the cluster's CPUs)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Build or update the vector index (listing embeddings) and the BM25 index (title + description).
@@ -61,8 +76,14 @@ def index(
 
     faiss.omp_set_num_threads(threads)
     ws = open_workspace(workspace)
+    sharding = {}
+    if ray_address is not None:
+        from index.shards import ray_map, ray_shard_count
+
+        sharding = {"map_shards": ray_map(ray_address), "n_shards": shards or ray_shard_count()}
+        typer.echo(f"filling a new or rebuilt IVF index in {sharding['n_shards']} shards on Ray")
     try:
-        report = update_indexes(ws, rebuild=rebuild, nlist=nlist, pq=pq, model_dir=model_dir)
+        report = update_indexes(ws, rebuild=rebuild, nlist=nlist, pq=pq, model_dir=model_dir, **sharding)
     except (FileNotFoundError, LookupError, ValueError, IndexLoadError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from error

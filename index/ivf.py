@@ -102,10 +102,40 @@ def build_ivf(
     ``MAX_TRAIN_POINTS_PER_LIST * nlist`` vectors.
     """
     vectors = as_vectors(vectors)
+    faiss_ids = _as_faiss_ids(faiss_ids, len(vectors))
+    index = train_index(vectors, nlist, metric=metric, pq=pq, max_train_points=max_train_points, seed=seed)
+    set_direct_map(index)
+    started = time.perf_counter()
+    index.add_with_ids(vectors, faiss_ids)
+    logger.info("added %d vectors to %s in %.1fs", len(vectors), index_description(index),
+                time.perf_counter() - started)
+    return index
+
+
+def _as_faiss_ids(faiss_ids: np.ndarray, n: int) -> np.ndarray:
     faiss_ids = np.ascontiguousarray(faiss_ids, dtype=np.int64)
-    n, dimension = vectors.shape
     if faiss_ids.shape != (n,):
         raise ValueError(f"faiss_ids must have shape ({n},) to match the vectors; got {faiss_ids.shape}")
+    return faiss_ids
+
+
+def index_description(index: faiss.Index) -> str:
+    inverted = ivf_of(index)
+    return f"IVF{inverted.nlist} ({type(faiss.downcast_index(inverted)).__name__})" if inverted else "flat index"
+
+
+def train_index(
+    vectors: np.ndarray,
+    nlist: int,
+    metric: str = "ip",
+    pq: int | None = None,
+    max_train_points: int | None = None,
+    seed: int = 0,
+) -> faiss.Index:
+    """A new, empty index (``factory_string(nlist, pq)``) whose coarse quantiser (and PQ codebooks) are trained
+    on a seeded random sample of ``vectors`` of at most ``MAX_TRAIN_POINTS_PER_LIST * nlist`` rows."""
+    vectors = as_vectors(vectors)
+    n, dimension = vectors.shape
     if nlist < 0:
         raise ValueError(f"nlist must be >= 0 (0 = exact flat index); got {nlist}")
     if nlist > 0 and n < nlist:
@@ -122,10 +152,6 @@ def build_ivf(
         # Polysemous training (on by default) only speeds up Hamming-filtered search, which we do not
         # use, and costs about a minute even on 10k vectors.
         faiss.downcast_index(inverted).do_polysemous_training = False
-    if inverted is not None:
-        # id -> list position, so vectors can be read back by id (`reconstruct_batch`): sparse filters
-        # are answered exactly from them. About 16 bytes per vector.
-        inverted.set_direct_map_type(faiss.DirectMap.Hashtable)
     started = time.perf_counter()
     if not index.is_trained:
         limit = max_train_points or max(MAX_TRAIN_POINTS_PER_LIST * max(nlist, 1), 256 * 39)
@@ -143,9 +169,15 @@ def build_ivf(
             )
         index.train(train)
         logger.info("trained %s on %d vectors in %.1fs", description, len(train), time.perf_counter() - started)
-    index.add_with_ids(vectors, faiss_ids)
-    logger.info("built %s over %d vectors in %.1fs", description, n, time.perf_counter() - started)
     return index
+
+
+def set_direct_map(index: faiss.Index) -> None:
+    """id -> list position, so vectors can be read back by id (`reconstruct_batch`): sparse filters are
+    answered exactly from them. About 16 bytes per vector. Set after merging shards (FAISS merges none)."""
+    inverted = ivf_of(index)
+    if inverted is not None:
+        inverted.set_direct_map_type(faiss.DirectMap.Hashtable)
 
 
 def ivf_of(index: faiss.Index):

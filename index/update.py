@@ -80,13 +80,17 @@ def update_indexes(
     pq: bool = False,
     model_dir: str | Path | None = None,
     fingerprint: str | None = None,
+    map_shards=None,
+    n_shards: int = 1,
 ) -> IndexReport:
     """Bring ``workspace``'s index set up to date with its catalogue and embeddings, and publish it.
 
     The vector index covers listings embedded with the current model; BM25 covers every listing. An
     existing set built with another model (or corrupt, or in the layout before index sets) is rebuilt
-    from scratch.
+    from scratch. ``map_shards`` / ``n_shards``: a new or rebuilt IVF index is filled in parallel shards
+    (index/shards.py, e.g. on Ray); incremental updates are small and stay in this process.
     """
+    sharding = {"map_shards": map_shards, "n_shards": n_shards}
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -115,11 +119,12 @@ def update_indexes(
     if existing is None:
         mode = "built"
         vector_index = VectorIndex.build(table.listing, table.ids, fingerprint, nlist=nlist, pq=pq,
-                                         calibration_queries=queries)  # fmt: skip
+                                         calibration_queries=queries, **sharding)  # fmt: skip
     elif rebuild:
         mode = "rebuilt"
         before = set(existing.listing_ids)
-        vector_index = existing.rebuild(table.listing, table.ids, nlist=nlist, pq=pq, calibration_queries=queries)
+        vector_index = existing.rebuild(table.listing, table.ids, nlist=nlist, pq=pq, calibration_queries=queries,
+                                        **sharding)
         counts = {"added": len(set(table.ids) - before), "removed": len(before - set(table.ids)),
                   "updated": 0, "unchanged": len(before & set(table.ids))}  # fmt: skip
     else:

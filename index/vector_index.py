@@ -19,7 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index import ivf
+from index import ivf, shards
 from index.storage import (
     REBUILD_HINT,
     IndexLoadError,
@@ -99,6 +99,8 @@ class VectorIndex:
         faiss_ids: np.ndarray | None = None,
         next_faiss_id: int = 0,
         seed: int = 0,
+        map_shards: shards.ShardMap | None = None,
+        n_shards: int = 1,
     ) -> VectorIndex:
         """Train and fill a new index, then calibrate nprobe for ``target_recall`` recall@10.
 
@@ -106,6 +108,8 @@ class VectorIndex:
         ``nlist=0`` forces an exact flat index. ``pq=True`` stores PQ codes (d/8 bytes per vector)
         instead of floats. ``calibration_queries`` should look like real queries (e.g. text
         embeddings); without them a sample of the indexed vectors is used, which overestimates recall.
+        ``map_shards`` (e.g. ``shards.ray_map()``) fills an IVF index in ``n_shards`` parallel shards merged
+        in order (index/shards.py): the same index as one process builds.
         """
         vectors = ivf.as_vectors(vectors)
         listing_ids = _as_listing_ids(listing_ids, len(vectors))
@@ -125,7 +129,11 @@ class VectorIndex:
         if faiss_ids is None:
             faiss_ids = np.arange(next_faiss_id, next_faiss_id + n, dtype=np.int64)
         started = time.perf_counter()
-        index = ivf.build_ivf(vectors, faiss_ids, nlist, metric=metric, pq=pq_m, seed=seed)
+        if map_shards is not None and nlist > 0:
+            trained = ivf.train_index(vectors, nlist, metric=metric, pq=pq_m, seed=seed)
+            index = shards.add_in_shards(trained, vectors, faiss_ids, shards=n_shards, map_shards=map_shards)
+        else:
+            index = ivf.build_ivf(vectors, faiss_ids, nlist, metric=metric, pq=pq_m, seed=seed)
         build_seconds = time.perf_counter() - started
         info = {
             "nlist": nlist,
@@ -202,6 +210,8 @@ class VectorIndex:
         calibration_queries: np.ndarray | None = None,
         *,
         target_recall: float = DEFAULT_TARGET_RECALL,
+        map_shards: shards.ShardMap | None = None,
+        n_shards: int = 1,
     ) -> VectorIndex:
         """A new index re-trained on ``vectors`` (the whole current catalogue), keeping FAISS ids stable."""
         listing_ids = _as_listing_ids(listing_ids, len(vectors))
@@ -225,6 +235,8 @@ class VectorIndex:
             target_recall=target_recall,
             faiss_ids=faiss_ids,
             next_faiss_id=next_id,
+            map_shards=map_shards,
+            n_shards=n_shards,
         )
 
     def drift(self) -> dict:

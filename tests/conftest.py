@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.catalog",
     "tests.fixtures.models",
     "tests.fixtures.postgres",
+    "tests.fixtures.ray_cluster",
     "tests.fixtures.search",
 ]
