@@ -233,13 +233,19 @@ def calibrate_nprobe(
     exact_ids: np.ndarray,
     k: int = 10,
     target_recall: float = 0.95,
+    search_fn=None,
 ) -> tuple[int, float]:
     """Smallest nprobe whose recall@k against ``exact_ids`` reaches ``target_recall``.
 
     Doubles nprobe until the target is met, then bisects between the last failing and first passing
     value. Returns ``(nprobe, recall)``; for a flat index ``(0, recall)``. If even nprobe == nlist
-    misses the target (possible with PQ codes), returns nlist with a warning.
+    misses the target (possible with PQ codes), returns nlist with a warning. ``search_fn(queries, k, nprobe)``
+    replaces the plain FAISS search (a PQ index calibrates its refined search).
     """
+    if search_fn is None:
+        def search_fn(q, k_, nprobe):
+            return search(index, q, k_, nprobe)
+
     if not 0 < target_recall <= 1:
         raise ValueError(f"target_recall must be in (0, 1]; got {target_recall}")
     exact_ids = np.asarray(exact_ids)[:, :k]
@@ -249,7 +255,7 @@ def calibrate_nprobe(
     def recall(nprobe: int | None) -> float:
         key = nprobe or 0
         if key not in cache:
-            _, ids = search(index, queries, k, nprobe)
+            _, ids = search_fn(queries, k, nprobe)
             cache[key] = recall_at_k(ids, exact_ids)
             logger.debug("nprobe=%s recall@%d=%.4f", nprobe, k, cache[key])
         return cache[key]

@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from index import ivf, shards
+from index.refine import DEFAULT_REFINE_FACTOR, ExactVectors, refine, refined_search
 from index.storage import (
     REBUILD_HINT,
     IndexLoadError,
@@ -41,6 +42,9 @@ MAX_CALIBRATION_QUERIES = 1000
 # themselves, read back by id: exact, and cheaper than the id selector (whose probed lists rarely hold k
 # allowed listings, so it must widen nprobe). Measured crossover at 100k vectors, d=256: ~1,000.
 SUBSET_SEARCH_MAX = 1024
+# From this many listings a new index stores PQ codes (d/4 bytes per listing) and re-scores its candidates
+# with the exact vectors, memory-mapped from disk (index/refine.py): 2M float vectors of d=256 are 2 GB of RAM.
+PQ_ABOVE = 2_000_000
 
 
 class VectorIndex:
@@ -62,6 +66,7 @@ class VectorIndex:
         next_faiss_id: int | None = None,
         info: dict | None = None,
         digests: Sequence[int] | None = None,
+        exact: ExactVectors | None = None,
     ):
         faiss_ids = np.asarray(faiss_ids, dtype=np.int64)
         if len(listing_ids) != len(faiss_ids) or len(faiss_ids) != index.ntotal:
@@ -82,6 +87,8 @@ class VectorIndex:
         start = int(faiss_ids.max()) + 1 if len(faiss_ids) else 0
         self.next_faiss_id = max(start, int(next_faiss_id or 0))
         self.info = dict(info or {})
+        # exact vectors of a PQ index, re-scoring its candidates (None: the index stores floats)
+        self.exact = exact
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -91,7 +98,7 @@ class VectorIndex:
         listing_ids: Sequence[str],
         model_fingerprint: str,
         nlist: int | None = None,
-        pq: bool = False,
+        pq: bool | None = None,
         calibration_queries: np.ndarray | None = None,
         *,
         metric: str = "ip",
@@ -105,8 +112,9 @@ class VectorIndex:
         """Train and fill a new index, then calibrate nprobe for ``target_recall`` recall@10.
 
         ``nlist=None`` chooses it from the size (`ivf.choose_nlist`: exact flat below 10k vectors);
-        ``nlist=0`` forces an exact flat index. ``pq=True`` stores PQ codes (d/8 bytes per vector)
-        instead of floats. ``calibration_queries`` should look like real queries (e.g. text
+        ``nlist=0`` forces an exact flat index. ``pq=True`` stores PQ codes (d/4 bytes per vector)
+        instead of floats and keeps the exact vectors beside them to re-score the candidates; ``pq=None``
+        chooses PQ from ``PQ_ABOVE`` listings. ``calibration_queries`` should look like real queries (e.g. text
         embeddings); without them a sample of the indexed vectors is used, which overestimates recall.
         ``map_shards`` (e.g. ``shards.ray_map()``) fills an IVF index in ``n_shards`` parallel shards merged
         in order (index/shards.py): the same index as one process builds.
@@ -120,6 +128,8 @@ class VectorIndex:
             raise ValueError("cannot build an index over 0 vectors; embed the catalogue first")
         if nlist is None:
             nlist = ivf.choose_nlist(n)
+        if pq is None:
+            pq = n >= PQ_ABOVE and nlist > 0
         pq_m = None
         if pq:
             if nlist == 0:
@@ -134,6 +144,7 @@ class VectorIndex:
             index = shards.add_in_shards(trained, vectors, faiss_ids, shards=n_shards, map_shards=map_shards)
         else:
             index = ivf.build_ivf(vectors, faiss_ids, nlist, metric=metric, pq=pq_m, seed=seed)
+        exact = ExactVectors(faiss_ids, vectors.copy()) if pq_m is not None else None
         build_seconds = time.perf_counter() - started
         info = {
             "nlist": nlist,
@@ -151,6 +162,7 @@ class VectorIndex:
             next_faiss_id=next_faiss_id,
             info=info,
             digests=vector_digests(vectors).tolist(),
+            exact=exact,
         )
         vi.calibrate(vectors, listing_ids, calibration_queries, target_recall=target_recall, seed=seed)
         return vi
@@ -187,7 +199,8 @@ class VectorIndex:
             source = "calibration queries"
         k = min(CALIBRATION_K, len(vectors))
         _, exact_ids = ivf.exact_search(vectors, faiss_ids, queries, k, self.metric)
-        nprobe, recall = ivf.calibrate_nprobe(self.index, queries, exact_ids, k=k, target_recall=target_recall)
+        nprobe, recall = ivf.calibrate_nprobe(self.index, queries, exact_ids, k=k, target_recall=target_recall,
+                                              search_fn=self._first_stage_search)
         self.nprobe = nprobe
         self.info.update(
             calibration={
@@ -222,8 +235,8 @@ class VectorIndex:
             if known is None:
                 known, next_id = next_id, next_id + 1
             faiss_ids[position] = known
-        if pq is None:
-            pq = "PQ" in self.info.get("index_type", "")
+        if pq is None and "PQ" in self.info.get("index_type", ""):
+            pq = True
         return VectorIndex.build(
             vectors,
             listing_ids,
@@ -274,6 +287,8 @@ class VectorIndex:
         if not len(listing_ids):
             return
         self.index.add_with_ids(vectors, faiss_ids)
+        if self.exact is not None:
+            self.exact = self.exact.updated(faiss_ids, vectors)
         for listing_id, faiss_id, digest in zip(listing_ids, faiss_ids.tolist(), vector_digests(vectors).tolist()):
             self._faiss_id_of[listing_id] = faiss_id
             self._listing_of[faiss_id] = listing_id
@@ -287,6 +302,8 @@ class VectorIndex:
         removed = self.index.remove_ids(np.asarray(faiss_ids, dtype=np.int64))
         if removed != len(faiss_ids):
             raise RuntimeError(f"FAISS removed {removed} of {len(faiss_ids)} vectors; {REBUILD_HINT}")
+        if self.exact is not None:
+            self.exact = self.exact.without(np.asarray(faiss_ids, dtype=np.int64))
         for faiss_id in faiss_ids:
             listing_id = self._listing_of.pop(faiss_id)
             del self._faiss_id_of[listing_id]
@@ -380,13 +397,14 @@ class VectorIndex:
         if selector is not None and self.nlist and available <= self._subset_search_limit():
             scores, ids = self._search_subset(queries, want, allowed)
         else:
-            scores, ids = ivf.search(self.index, queries, want, self.nprobe or None, selector)
+            scores, ids = self._first_stage_search(queries, want, self.nprobe or None, selector, available)
         short = (ids < 0).any(axis=1)
         if short.any() and self.nlist:
             # The probed lists held fewer than `want` (allowed) vectors: probe 8x more lists, then all.
             for nprobe in (min(self.nlist, 8 * max(self.nprobe, 1)), self.nlist):
                 logger.debug("%d of %d queries came back short; nprobe=%d", short.sum(), len(ids), nprobe)
-                scores[short], ids[short] = ivf.search(self.index, queries[short], want, nprobe, selector)
+                scores[short], ids[short] = self._first_stage_search(queries[short], want, nprobe, selector,
+                                                                     available)
                 short = (ids < 0).any(axis=1)
                 if not short.any():
                     break
@@ -398,11 +416,23 @@ class VectorIndex:
         listing_of = self._listing_of
         return scores, [[listing_of[i] for i in row] for row in ids.tolist()]
 
+    def _first_stage_search(self, queries: np.ndarray, k: int, nprobe: int | None = None, selector=None,
+                            available: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search; for a PQ index ``k * DEFAULT_REFINE_FACTOR`` candidates re-scored exactly."""
+        if self.exact is None:
+            return ivf.search(self.index, queries, k, nprobe, selector)
+        return refined_search(lambda q, wide: ivf.search(self.index, q, wide, nprobe, selector), queries, k,
+                              self.exact, available=available if available is not None else len(self),
+                              metric=self.metric)
+
     def _subset_search_limit(self) -> int:
         return SUBSET_SEARCH_MAX
 
     def _search_subset(self, queries: np.ndarray, k: int, faiss_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k among ``faiss_ids`` by brute force over their stored vectors (PQ: decoded codes)."""
+        """Exact top-k among ``faiss_ids`` by brute force over their stored vectors (PQ: the exact ones)."""
+        if self.exact is not None:
+            return refine(queries, np.broadcast_to(faiss_ids, (len(queries), len(faiss_ids))).copy(), self.exact, k,
+                          self.metric)
         vectors = self.index.reconstruct_batch(faiss_ids)
         if self.metric == "ip":
             scores = queries @ vectors.T
@@ -423,11 +453,13 @@ class VectorIndex:
         return np.fromiter((lookup.get(i, -1) for i in listing_ids), dtype=np.int64)
 
     def vectors(self, listing_ids: Sequence[str]) -> np.ndarray:
-        """The stored vectors of ``listing_ids`` (float32 (n, d); decoded approximations for PQ)."""
+        """The stored vectors of ``listing_ids`` (float32 (n, d); for PQ the exact ones kept beside the codes)."""
         missing = [i for i in listing_ids if i not in self._faiss_id_of]
         if missing:
             raise KeyError(f"{len(missing)} listings are not indexed (e.g. {missing[:3]!r})")
         faiss_ids = np.fromiter((self._faiss_id_of[i] for i in listing_ids), dtype=np.int64, count=len(listing_ids))
+        if self.exact is not None:
+            return self.exact.lookup(faiss_ids)[0]
         return self.index.reconstruct_batch(faiss_ids)
 
     # ------------------------------------------------------------------ properties
@@ -470,6 +502,8 @@ class VectorIndex:
             "index_type": self.info.get("index_type", ivf.factory_string(self.nlist)),
             "next_faiss_id": self.next_faiss_id,
             "faiss_version": faiss.__version__,
+            "refine": ({"factor": DEFAULT_REFINE_FACTOR, "exact_vectors": "memory-mapped float32"}
+                       if self.exact is not None else None),
             **{key: value for key, value in self.info.items() if key not in ("nlist", "index_type")},
         }
 
@@ -498,6 +532,8 @@ class VectorIndex:
 
     def _write_files(self, folder: Path) -> None:
         faiss.write_index(self.index, str(folder / INDEX_FILE))
+        if self.exact is not None:
+            self.exact.save(folder)
         id_map = {
             "listing_ids": list(self._faiss_id_of),
             "faiss_ids": list(self._faiss_id_of.values()),
@@ -571,6 +607,7 @@ class VectorIndex:
             next_faiss_id=id_map["next_faiss_id"],
             info={key: manifest[key] for key in info_keys if key in manifest},
             digests=id_map.get("digests"),
+            exact=ExactVectors.load(folder, mmap=True) if ExactVectors.present(folder) else None,
         )
         logger.info("loaded %r from %s", vi, folder)
         return vi
