@@ -48,6 +48,19 @@ class Settings(BaseSettings):
         "reason in /health, when ONNX Runtime cannot be used.",
     )
 
+    live_follow: bool = Field(
+        True,
+        description="Follow the catalogue's change log: listings created, changed, sold or deleted are searchable "
+        "(or gone) within a poll, without a restart (docs/live.md).",
+    )
+    live_poll_interval: float = Field(0.2, gt=0, le=60, description="Seconds between two polls of the change log.")
+    live_compact_after: int = Field(
+        500, ge=1, description="Compact (embed + publish a new index set) when this many listings changed live."
+    )
+    live_compact_age_s: float = Field(
+        600.0, gt=0, description="Compact when the oldest live change not yet in the index set is this old (s)."
+    )
+
     @field_validator("workspace", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:

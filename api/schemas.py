@@ -243,6 +243,11 @@ class HealthResponse(BaseModel):
     )
     bm25_documents: int | None = None
     ranker: RankerInfo | None = None
+    live: dict[str, Any] | None = Field(
+        None,
+        description="The change-log follower: applied_seq, head_seq, lag (head - applied), delta_listings, "
+        "tombstones, index_set and its checkpoint, last_compaction, error; null when not following.",
+    )
 
 
 class ErrorResponse(BaseModel):

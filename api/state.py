@@ -15,6 +15,7 @@ from core.workspace import Workspace
 from encoders.backbones import TextRuntimeError
 from ranking.feature_log import FeatureLogger
 from ranking.reranker import Reranker
+from search.live import LiveFollower
 from search.pipeline import Searcher
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ class ServiceState:
     searcher_error: str | None = None
     ranker_error: str | None = None  # search still works, without re-ranking
     text_runtime_error: str | None = None  # ONNX Runtime asked for but not usable: queries encoded in torch
+    follower: LiveFollower | None = None  # keeps the searcher within a poll of the change log
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         if self.catalog is not None:
             self.catalog.close()
 
@@ -121,6 +125,12 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
             state.ranker_error = f"re-ranker not loaded, serving without it ({type(exc).__name__}: {exc})"
             logger.warning(state.ranker_error)
     logger.info("search pipeline loaded from %s (re-ranker: %s)", workspace.root, state.searcher.ranker is not None)
+    if settings.live_follow:
+        # every process (each `serve --workers N` worker) follows the log on its own; the first poll replays
+        # the changes past the index set's checkpoint
+        state.follower = LiveFollower(state.searcher, workspace, poll_interval=settings.live_poll_interval,
+                                      compact_after=settings.live_compact_after,
+                                      compact_age_s=settings.live_compact_age_s).start()
     return state
 
 

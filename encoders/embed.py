@@ -74,6 +74,17 @@ listing_photo_vectors = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 
+# The change-log sequence number (catalog.store.Catalog.last_change) read before an `embed_catalog` run read the
+# catalogue: the stored embeddings of this model reflect every change up to it. `marketsearch index` publishes it
+# as the index set's checkpoint; a serving process replays the change log past it.
+embedding_checkpoints = Table(
+    "embedding_checkpoints",
+    metadata,
+    Column("model_fingerprint", String(64), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
 
 @dataclass
 class EmbeddingTable:
@@ -121,6 +132,7 @@ class EmbedStats:
     listings_per_s: float = 0.0
     batch_size: int = 0
     errors: list[str] = field(default_factory=list)
+    checkpoint: int = 0  # the change-log seq these embeddings reflect (recorded when the run completes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,7 +187,24 @@ def content_hash(listing, catalog) -> str:
 
 
 def ensure_table(catalog) -> None:
-    metadata.create_all(catalog.engine, tables=[listing_embeddings, listing_photo_vectors])
+    metadata.create_all(catalog.engine, tables=[listing_embeddings, listing_photo_vectors, embedding_checkpoints])
+
+
+def embedding_checkpoint(catalog, fingerprint: str) -> int:
+    """The change-log seq the stored embeddings of ``fingerprint`` reflect (0: unknown, replay everything)."""
+    ensure_table(catalog)
+    with catalog.engine.connect() as conn:
+        seq = conn.execute(select(embedding_checkpoints.c.seq)
+                           .where(embedding_checkpoints.c.model_fingerprint == fingerprint)).scalar_one_or_none()
+    return int(seq or 0)
+
+
+def _record_checkpoint(catalog, fingerprint: str, seq: int) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    with catalog.engine.begin() as conn:
+        conn.execute(delete(embedding_checkpoints).where(embedding_checkpoints.c.model_fingerprint == fingerprint))
+        conn.execute(embedding_checkpoints.insert(),
+                     [{"model_fingerprint": fingerprint, "seq": seq, "updated_at": now}])
 
 
 def _load_photo(path) -> Image.Image:
@@ -184,8 +213,33 @@ def _load_photo(path) -> Image.Image:
         return image.convert("RGB")
 
 
-def _encode_chunk(model, catalog, listings, image_batch_size: int, text_batch_size: int, stats: EmbedStats,
-                  photo_cache: FeatureCache | None = None):
+@dataclass
+class EncodedListings:
+    """What ``encode_listings`` computes for a list of listings (rows in the listings' order)."""
+
+    text: np.ndarray  # float32 (n, d), L2-normalised
+    image: np.ndarray  # float32 (n, d), L2-normalised mean of the photo embeddings, zeros without a photo
+    has_image: np.ndarray  # bool (n,)
+    n_images: np.ndarray  # int64 (n,), photos encoded per listing
+    listing: np.ndarray  # float32 (n, d), `combine_embeddings`: what the vector index holds
+    photo: np.ndarray | None  # float32 (n, p), normalised mean raw-backbone photo vector; None without photos
+
+    def photo_rows(self, pooled_dim: int) -> np.ndarray:
+        """The photo vectors as stored (``PHOTO_VECTOR_DTYPE`` (n, pooled_dim), zeros without a photo)."""
+        stored = np.zeros((len(self.text), pooled_dim), PHOTO_VECTOR_DTYPE)
+        if self.photo is not None:
+            stored[self.n_images > 0] = self.photo[self.n_images > 0].astype(PHOTO_VECTOR_DTYPE)
+        return stored
+
+
+def encode_listings(model, catalog, listings, *, text_batch_size: int = 64, image_batch_size: int = 32,
+                    stats: EmbedStats | None = None, photo_cache: FeatureCache | None = None) -> EncodedListings:
+    """Encode ``listings`` (their text and their photos read from ``catalog``) with ``model``.
+
+    The one encoding path of catalogue listings: `embed_catalog` (batch) and the serving processes' live
+    follower (search/live.py) both call it, so a listing created live and the same listing embedded in batch
+    get the same vectors. Unreadable photos are skipped with a warning (counted in ``stats``)."""
+    stats = stats if stats is not None else EmbedStats()
     text = model.encode_texts([listing.text for listing in listings], batch_size=text_batch_size)
     photos, owners, cached_keys, cached_owners = [], [], [], []
     for row, listing in enumerate(listings):
@@ -227,7 +281,8 @@ def _encode_chunk(model, catalog, listings, image_batch_size: int, text_batch_si
         stats.images_encoded += len(owners_array)
     has_image = counts > 0
     image[has_image] = normalize_rows(image[has_image])
-    return text, image, has_image, counts, photo
+    return EncodedListings(text=text, image=image, has_image=has_image, n_images=counts,
+                           listing=combine_embeddings(text, image, has_image), photo=photo)
 
 
 def open_photo_cache(model, feature_cache: str | os.PathLike | None) -> FeatureCache | None:
@@ -257,6 +312,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
         raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, image_batch_size={image_batch_size}")
     started = time.perf_counter()
     ensure_table(catalog)
+    # read before the catalogue is: a change committed while this run reads is replayed, never lost
+    checkpoint = catalog.last_change()
     fingerprint = model.fingerprint
     photo_cache = open_photo_cache(model, feature_cache)
     table, photo_table = listing_embeddings, listing_photo_vectors
@@ -286,9 +343,11 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         listings = [listing for listing, _ in chunk]
-        text, image, has_image, counts, photo = _encode_chunk(model, catalog, listings, image_batch_size,
-                                                              batch_size, stats, photo_cache)
-        vectors = combine_embeddings(text, image, has_image)
+        encoded = encode_listings(model, catalog, listings, text_batch_size=batch_size,
+                                  image_batch_size=image_batch_size, stats=stats, photo_cache=photo_cache)
+        text, image, has_image, counts, photo = (encoded.text, encoded.image, encoded.has_image, encoded.n_images,
+                                                 encoded.photo)
+        vectors = encoded.listing
         now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
         rows = [{
             "listing_id": listing.id, "model_fingerprint": fingerprint, "content_hash": digest,
@@ -324,6 +383,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
                     conn.execute(delete(stored_table).where(stored_table.c.model_fingerprint == fingerprint,
                                                             stored_table.c.listing_id.in_(part)))
         stats.removed = len(stale)
+    _record_checkpoint(catalog, fingerprint, checkpoint)
+    stats.checkpoint = checkpoint
     stats.seconds = time.perf_counter() - started
     stats.listings_per_s = stats.encoded / stats.seconds if stats.encoded and stats.seconds > 0 else 0.0
     logger.info("embed: encoded %d listings (%d photos, %d of them from the feature cache, %d unreadable) in %.1fs, "

@@ -72,7 +72,11 @@ class BM25Index:
         retriever = bm25s.BM25(k1=k1, b=b)
         retriever.index(tokens, show_progress=len(texts) > 50_000)
         logger.info("indexed %d listings, %d distinct terms", len(texts), len(tokens.vocab))
-        return cls(retriever, listing_ids, info={"k1": k1, "b": b, "vocabulary": len(tokens.vocab)})
+        # bm25s keeps no document lengths: the mean is recorded so that a live delta (index.bm25_delta) scores
+        # new listings exactly as this index scores its own
+        avg_doc_length = float(np.mean([len(ids) for ids in tokens.ids])) if len(tokens.ids) else 0.0
+        info = {"k1": k1, "b": b, "vocabulary": len(tokens.vocab), "avg_doc_length": avg_doc_length}
+        return cls(retriever, listing_ids, info=info)
 
     def analyse(self, query: str) -> list[str]:
         """The query's terms as the index sees them: lower-cased, stopwords removed, stemmed (repeats kept)."""
@@ -246,7 +250,7 @@ class BM25Index:
                 f"{folder} lists {len(listing_ids)} listing ids for {retriever.scores['num_docs']} documents; "
                 f"{REBUILD_HINT}"
             )
-        info = {key: manifest[key] for key in ("k1", "b", "vocabulary") if key in manifest}
+        info = {key: manifest[key] for key in ("k1", "b", "vocabulary", "avg_doc_length") if key in manifest}
         return cls(retriever, listing_ids, info=info)
 
 

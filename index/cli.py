@@ -60,6 +60,14 @@ def index(
         int | None,
         typer.Option("--shards", min=1, help="Shards for --ray (default: the cluster's CPUs)."),
     ] = None,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="Embed new and changed listings first, then update (what a serving process's compaction does: "
+            "docs/live.md).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Build or update the vector index (listing embeddings) and the BM25 index (title + description).
@@ -71,6 +79,8 @@ def index(
     """
     import faiss
 
+    from index.compaction import compact as compact_workspace
+    from index.compaction import compaction_lock
     from index.storage import IndexLoadError
     from index.update import update_indexes
 
@@ -83,7 +93,14 @@ def index(
         sharding = {"map_shards": ray_map(ray_address), "n_shards": shards or ray_shard_count()}
         typer.echo(f"filling a new or rebuilt IVF index in {sharding['n_shards']} shards on Ray")
     try:
-        report = update_indexes(ws, rebuild=rebuild, nlist=nlist, pq=pq, model_dir=model_dir, **sharding)
+        if compact:
+            from encoders.bundle import MultiModalModel
+
+            report = compact_workspace(ws, MultiModalModel.load(model_dir or ws.model_dir), wait=True)
+        else:
+            # one writer of the index set at a time: a serving process's compaction waits for this run
+            with compaction_lock(ws.index_dir, wait=True):
+                report = update_indexes(ws, rebuild=rebuild, nlist=nlist, pq=pq, model_dir=model_dir, **sharding)
     except (FileNotFoundError, LookupError, ValueError, IndexLoadError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from error
@@ -97,7 +114,7 @@ def index(
     )
     typer.echo(f"BM25 index: {report.bm25_count} listings; model {report.model_fingerprint[:12]}")
     if report.published:
-        typer.echo(f"index set {report.index_set} published")
+        typer.echo(f"index set {report.index_set} published (change-log checkpoint {report.checkpoint})")
     else:
         typer.echo(f"nothing changed: index set {report.index_set} stays current")
     typer.echo("seconds: " + ", ".join(f"{key} {value}" for key, value in report.seconds.items()))

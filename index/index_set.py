@@ -5,7 +5,8 @@ published together as one version behind one pointer.
       CURRENT                      -> "v-20261121T110000-1a2b3c"
       v-20261121T110000-1a2b3c/
         manifest.json              kind "index_set": model fingerprint, embeddings (count, digest), text
-                                   digest, counts, and the sha256 of every file below
+                                   digest, checkpoint (change-log seq), counts, and the sha256 of every
+                                   file below
         vector/                    index.faiss, id_map.json, manifest.json  (`VectorIndex.write_to`)
         bm25/                      the bm25s files, listing_ids.json, manifest.json  (`BM25Index.write_to`)
       v-20261120T090000-9f8e7d/    the previous set (kept), older ones are deleted
@@ -63,6 +64,11 @@ class IndexSet:
     vector: VectorIndex
     bm25: BM25Index
 
+    @property
+    def checkpoint(self) -> int:
+        """The change-log seq this set reflects (0 for a set published before checkpoints: replay everything)."""
+        return int(self.manifest.get("checkpoint", 0))
+
 
 def digest_of(ids: Sequence[str], values: Sequence[str] | np.ndarray) -> str:
     """A sha256 over listing ids and their texts (or float32 vector rows), in order."""
@@ -80,11 +86,12 @@ def digest_of(ids: Sequence[str], values: Sequence[str] | np.ndarray) -> str:
 
 
 def publish_index_set(index_dir: str | os.PathLike, vector: VectorIndex, bm25: BM25Index, *,
-                      embeddings: dict, text_digest: str) -> str:
+                      embeddings: dict, text_digest: str, checkpoint: int = 0) -> str:
     """Write both indexes as a new version of ``index_dir`` and make it current; return the version.
 
     ``embeddings`` says which embeddings the vector index holds (``count``, ``digest`` = `digest_of` the
-    listing ids and vectors); ``text_digest`` is `digest_of` the listing ids and the texts BM25 indexes.
+    listing ids and vectors); ``text_digest`` is `digest_of` the listing ids and the texts BM25 indexes;
+    ``checkpoint`` the catalogue change-log seq the set reflects (serving processes replay the log past it).
     """
     manifest = {
         "kind": KIND,
@@ -92,6 +99,7 @@ def publish_index_set(index_dir: str | os.PathLike, vector: VectorIndex, bm25: B
         "model_fingerprint": vector.model_fingerprint,
         "embeddings": {"model_fingerprint": vector.model_fingerprint, **embeddings},
         "text_digest": text_digest,
+        "checkpoint": int(checkpoint),
         "vector": {"count": len(vector), "index_type": vector.manifest["index_type"], "nprobe": vector.nprobe},
         "bm25": {"count": len(bm25)},
     }

@@ -19,7 +19,7 @@ import numpy as np
 
 from catalog.store import Catalog
 from encoders.bundle import MultiModalModel
-from encoders.embed import load_embeddings
+from encoders.embed import EmbeddingTable, embedding_checkpoint, load_embeddings
 from index.bm25 import BM25Index, listing_text
 from index.index_set import IndexSet, digest_of, has_legacy_layout, load_index_set, publish_index_set
 from index.storage import CURRENT, IndexLoadError
@@ -34,7 +34,7 @@ class IndexReport:
     mode: str  # "built", "rebuilt" or "updated"
     index_set: str  # the version now current
     published: bool  # False when nothing changed (the current set stays)
-    listings: int
+    listings: int  # searchable (active) listings: what both indexes cover
     vector_count: int
     bm25_count: int
     added: int = 0
@@ -47,6 +47,7 @@ class IndexReport:
     recall_at_10: float | None = None
     needs_rebuild: bool = False
     drift_reasons: list[str] = field(default_factory=list)
+    checkpoint: int = 0  # the change-log seq the published set reflects (search/live.py replays past it)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -85,10 +86,14 @@ def update_indexes(
 ) -> IndexReport:
     """Bring ``workspace``'s index set up to date with its catalogue and embeddings, and publish it.
 
-    The vector index covers listings embedded with the current model; BM25 covers every listing. An
-    existing set built with another model (or corrupt, or in the layout before index sets) is rebuilt
-    from scratch. ``map_shards`` / ``n_shards``: a new or rebuilt IVF index is filled in parallel shards
-    (index/shards.py, e.g. on Ray); incremental updates are small and stay in this process.
+    Both indexes cover the searchable listings only (status ``active``): a sold listing is never a
+    candidate, and the first stage spends no depth on it. The vector index covers those embedded with the
+    current model; BM25 covers every one. An existing set built with another model (or corrupt, or in the
+    layout before index sets) is rebuilt from scratch. The set records its checkpoint: the change-log seq
+    its content reflects (the older of the embeddings' checkpoint and the log head read before the
+    catalogue); a set whose content is unchanged is republished when the checkpoint moved on.
+    ``map_shards`` / ``n_shards``: a new or rebuilt IVF index is filled in parallel shards (index/shards.py,
+    e.g. on Ray); incremental updates are small and stay in this process.
     """
     sharding = {"map_shards": map_shards, "n_shards": n_shards}
 
@@ -97,18 +102,23 @@ def update_indexes(
     fingerprint = fingerprint or read_model_fingerprint(model_dir or workspace.model_dir)
     catalog = Catalog(workspace.db_url, root=workspace.root)
     try:
+        # read before the catalogue is: a change committed meanwhile is past the checkpoint, so replayed
+        checkpoint = min(catalog.last_change(), embedding_checkpoint(catalog, fingerprint))
         table = load_embeddings(catalog, fingerprint)
         ids, texts = [], []
         for batch in catalog.iter_listings():
             for listing in batch:
+                if listing.status != "active":  # sold: readable by id, never searched
+                    continue
                 ids.append(listing.id)
                 texts.append(listing_text(listing.title, listing.description))
     finally:
         catalog.close()
     if not ids:
-        raise ValueError(f"the catalogue at {workspace.db_url} is empty; run `marketsearch ingest` first")
+        raise ValueError(f"the catalogue at {workspace.db_url} has no active listing; run `marketsearch ingest` first")
     if len(table) == 0:
         raise LookupError(f"no listing embeddings for model {fingerprint[:12]}; run `marketsearch embed` first")
+    table = _searchable(table, ids)
     timings["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -145,7 +155,8 @@ def update_indexes(
     started = time.perf_counter()
     text_digest = digest_of(ids, texts)
     vector_changed = mode != "updated" or any(counts[key] for key in ("added", "removed", "updated"))
-    if current is not None and not vector_changed and current.manifest.get("text_digest") == text_digest:
+    unchanged = not vector_changed and current is not None and current.manifest.get("text_digest") == text_digest
+    if unchanged and current.manifest.get("checkpoint", 0) >= checkpoint:
         bm25, version, published = current.bm25, current.version, False
         logger.info("nothing changed: index set %s stays current", version)
     else:
@@ -154,7 +165,7 @@ def update_indexes(
         started = time.perf_counter()
         embeddings = {"count": len(table), "digest": digest_of(table.ids, table.listing)}
         version = publish_index_set(workspace.index_dir, vector_index, bm25, embeddings=embeddings,
-                                    text_digest=text_digest)
+                                    text_digest=text_digest, checkpoint=checkpoint)
         published = True
         timings["publish"] = time.perf_counter() - started
 
@@ -173,9 +184,19 @@ def update_indexes(
         recall_at_10=manifest.get("calibration", {}).get("recall"),
         needs_rebuild=drift["needs_rebuild"],
         drift_reasons=drift["reasons"],
+        checkpoint=checkpoint if published else int(current.manifest.get("checkpoint", 0)),
         seconds={key: round(value, 2) for key, value in timings.items()},
         **counts,
     )
+
+
+def _searchable(table: EmbeddingTable, active_ids: list[str]) -> EmbeddingTable:
+    """The rows of ``table`` whose listing is active (sold listings keep their embeddings, unindexed)."""
+    rows = [table.row_of[i] for i in active_ids if i in table.row_of]
+    if len(rows) == len(table):
+        return table
+    return EmbeddingTable(ids=[table.ids[r] for r in rows], text=table.text[rows], image=table.image[rows],
+                          has_image=table.has_image[rows], listing=table.listing[rows])
 
 
 def _current_set(index_dir: Path, fingerprint: str, dimension: int) -> IndexSet | None:

@@ -18,7 +18,7 @@ import numpy as np
 from catalog.images import ImageCleaningConfig, load_config, prepare_photo
 from catalog.store import Catalog
 from encoders.bundle import MultiModalModel
-from encoders.embed import encode_images_with_photo_vectors, load_embeddings
+from encoders.embed import EmbeddingTable, encode_images_with_photo_vectors, load_embeddings
 from index.bm25 import BM25Index
 from index.fusion import reciprocal_rank_fusion
 from index.index_set import digest_of, load_index_set
@@ -26,14 +26,14 @@ from index.vector_index import VectorIndex
 from ranking.features import build_features
 from ranking.reranker import Reranker
 from ranking.types import Candidates, ListingTable, QueryContext
-from search.filters import FilterMasks, SearchFilters
+from search.filters import SearchFilters
 from search.listing_table import build_listing_table
+from search.snapshot import Delta, MainPart, SearchSnapshot
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from core.workspace import Workspace
-    from encoders.embed import EmbeddingTable
     from ranking.feature_log import FeatureLogger
 
 logger = logging.getLogger(__name__)
@@ -83,28 +83,48 @@ class Searcher:
         candidate_depth: int = DEFAULT_CANDIDATE_DEPTH,
         index_version: str | None = None,
         photo_config: ImageCleaningConfig | None = None,
+        checkpoint: int = 0,
     ) -> None:
         self.model = model
         # how the catalogue photos were cleaned: every query photo is prepared the same way
         self.photo_config = photo_config or ImageCleaningConfig()
-        self.listings = listings
-        self.embeddings = embeddings
-        self.vector_index = vector_index
-        self.bm25 = bm25
         self.ranker = ranker
         self.feature_logger = feature_logger
         self.candidate_depth = candidate_depth
-        self.index_version = index_version  # the published index set both indexes come from
-        self._filters = FilterMasks(listings)
-        # Per listing row: its id in each index (-1 when absent), so a filter mask maps to index ids in numpy.
-        self._faiss_id = vector_index.faiss_ids_of(listings.ids)
-        self._bm25_position = bm25.positions_of(listings.ids)
-        # Row of each listing in the embedding table (-1 when a listing has no embedding yet).
-        emb_row = {listing_id: row for row, listing_id in enumerate(embeddings.ids)}
-        self._embedding_row = np.array([emb_row.get(i, -1) for i in listings.ids], dtype=np.int64)
-        missing = int((self._embedding_row < 0).sum())
+        main = MainPart(listings, embeddings, vector_index, bm25, index_version, checkpoint)
+        missing = int((main.embedding_row < 0).sum())
         if missing:
             logger.warning("%d listings have no embedding yet; run `marketsearch embed`", missing)
+        # Every search reads this once and uses nothing else: the live follower (search/live.py) publishes a new
+        # snapshot by replacing the reference, so a search sees one consistent state and never waits.
+        self.snapshot = SearchSnapshot(main, Delta.empty(bm25, main.embeddings.dim if len(embeddings) else
+                                                         vector_index.dimension, _photo_dim(embeddings)), checkpoint)
+
+    # The published set and its tables, as of the current snapshot (main rows, then the live delta's rows).
+    @property
+    def listings(self) -> ListingTable:
+        return self.snapshot.listings
+
+    @property
+    def embeddings(self) -> EmbeddingTable:
+        return self.snapshot.main.embeddings
+
+    @property
+    def vector_index(self) -> VectorIndex:
+        return self.snapshot.main.vector_index
+
+    @property
+    def bm25(self) -> BM25Index:
+        return self.snapshot.main.bm25
+
+    @property
+    def index_version(self) -> str | None:
+        return self.snapshot.index_version
+
+    @property
+    def applied_seq(self) -> int:
+        """The change-log seq the current snapshot reflects."""
+        return self.snapshot.applied_seq
 
     @classmethod
     def from_workspace(
@@ -115,7 +135,10 @@ class Searcher:
         feature_logger: FeatureLogger | None = None,
         candidate_depth: int = DEFAULT_CANDIDATE_DEPTH,
     ) -> Searcher:
-        """Load model bundle, catalogue table, embeddings, the current index set and (if trained) the re-ranker."""
+        """Load model bundle, catalogue table, embeddings, the current index set and (if trained) the re-ranker.
+
+        The snapshot reflects the index set's checkpoint: a `search.live.LiveFollower` replays the change log
+        past it (a listing changed since is served from the index set as it was until then)."""
 
         if not (workspace.model_dir).exists():
             raise FileNotFoundError(
@@ -144,6 +167,7 @@ class Searcher:
             candidate_depth=candidate_depth,
             index_version=index_set.version,
             photo_config=load_config(workspace.photo_config_path),
+            checkpoint=index_set.checkpoint,
         )
 
     # -- query understanding -------------------------------------------------------------------
@@ -170,11 +194,11 @@ class Searcher:
 
     # -- first stage ---------------------------------------------------------------------------
 
-    def allowed_rows(self, filters: SearchFilters | None) -> np.ndarray | None:
+    def allowed_rows(self, filters: SearchFilters | None, snapshot: SearchSnapshot | None = None) -> np.ndarray | None:
         """Listing-table rows that satisfy ``filters`` (int64), or None when nothing is filtered."""
         if filters is None or not filters.active:
             return None
-        return np.flatnonzero(self._filters.mask(filters))
+        return np.flatnonzero((snapshot or self.snapshot).filter_mask(filters))
 
     def allowed_ids(self, filters: SearchFilters | None) -> list[str] | None:
         rows = self.allowed_rows(filters)
@@ -191,39 +215,31 @@ class Searcher:
         """Vector top-``depth`` and BM25 top-``depth`` (text queries), unioned and fused with RRF."""
         depth = depth or self.candidate_depth
         timings = {} if timings is None else timings
-        rows = self.allowed_rows(filters)
+        snap = self.snapshot
+        rows = self.allowed_rows(filters, snap)
         if rows is not None and not len(rows):
             return _empty_candidates()
-        allowed_faiss_ids = bm25_mask = None
-        if rows is not None:
-            allowed_faiss_ids = self._faiss_id[rows]
-            positions = self._bm25_position[rows]
-            bm25_mask = np.zeros(len(self.bm25), dtype=bool)
-            bm25_mask[positions[positions >= 0]] = True
 
         start = time.perf_counter()
-        _, vector_ids = self.vector_index.search(
-            query.embedding[None, :], depth, allowed_faiss_ids=allowed_faiss_ids
-        )
-        vector_ranking = list(vector_ids[0])
+        vector_ranking = _vector_ranking(snap, query.embedding, depth, rows)
         timings["vector"] = _ms_since(start)
 
         bm25_ranking: list[str] = []
         bm25_scores: Sequence[float] = []
         if query.text:
             start = time.perf_counter()
-            scores, ids = self.bm25.search(query.text, depth, allowed_mask=bm25_mask)
-            bm25_ranking, bm25_scores = list(ids), list(np.asarray(scores).ravel())
+            bm25_ranking, bm25_scores = _bm25_ranking(snap, query.text, depth, rows)
             timings["bm25"] = _ms_since(start)
 
         start = time.perf_counter()
         fused = reciprocal_rank_fusion([r for r in (vector_ranking, bm25_ranking) if r], k=RRF_K)
-        candidates = self._assemble(query, fused, vector_ranking, bm25_ranking, bm25_scores)
+        candidates = self._assemble(snap, query, fused, vector_ranking, bm25_ranking, bm25_scores)
         timings["fuse"] = _ms_since(start)
         return candidates
 
     def _assemble(
         self,
+        snap: SearchSnapshot,
         query: QueryContext,
         fused: list[tuple[str, float]],
         vector_ranking: list[str],
@@ -232,13 +248,13 @@ class Searcher:
     ) -> Candidates:
         ids = [listing_id for listing_id, _ in fused]
         n = len(ids)
-        rows = self.listings.rows(ids)
-        emb_rows = self._embedding_row[rows]
+        rows = snap.listings.rows(ids)
+        emb_rows = snap.embedding_row[rows]
         has_emb = emb_rows >= 0
         safe_rows = np.where(has_emb, emb_rows, 0)
 
-        def similarity(vectors: np.ndarray, present: np.ndarray) -> np.ndarray:
-            sims = (vectors[safe_rows] @ query.embedding).astype(np.float32)
+        def similarity(column: str, present: np.ndarray) -> np.ndarray:
+            sims = (snap.gather(column, safe_rows) @ query.embedding).astype(np.float32)
             return np.where(present, sims, np.nan).astype(np.float32)
 
         vector_rank = _rank_lookup(ids, vector_ranking)
@@ -247,14 +263,14 @@ class Searcher:
         return Candidates(
             listing_ids=ids,
             rows=rows,
-            vector_score=similarity(self.embeddings.listing, has_emb & ~np.isnan(vector_rank)),
+            vector_score=similarity("listing", has_emb & ~np.isnan(vector_rank)),
             vector_rank=vector_rank,
             bm25_score=np.array([bm25_score_of.get(i, np.nan) for i in ids], dtype=np.float32),
             bm25_rank=bm25_rank,
             rrf_score=np.array([score for _, score in fused], dtype=np.float32).reshape(n),
-            text_sim=similarity(self.embeddings.text, has_emb),
-            image_sim=similarity(self.embeddings.image, has_emb & self.embeddings.has_image[safe_rows]),
-            **self.match_signals(query, rows),
+            text_sim=similarity("text", has_emb),
+            image_sim=similarity("image", has_emb & snap.gather("has_image", safe_rows)),
+            **self._match_signals(snap, query, rows),
         )
 
     def match_signals(self, query: QueryContext, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -264,44 +280,53 @@ class Searcher:
         ``term_coverage``, ``idf_coverage``, ``term_bm25_score`` (the query's BM25 terms in the listing's
         indexed text); float32 (len(rows),) each, NaN where undefined.
         """
+        return self._match_signals(self.snapshot, query, rows)
+
+    def _match_signals(self, snap: SearchSnapshot, query: QueryContext, rows) -> dict[str, np.ndarray]:
         rows = np.asarray(rows, dtype=np.int64)
-        term_coverage, idf_coverage, term_bm25 = self._term_match(query, rows)
+        term_coverage, idf_coverage, term_bm25 = self._term_match(snap, query, rows)
         return {
-            "photo_sim": self._photo_similarity(query, self._embedding_row[rows]),
+            "photo_sim": self._photo_similarity(snap, query, snap.embedding_row[rows]),
             "term_coverage": term_coverage,
             "idf_coverage": idf_coverage,
             "term_bm25_score": term_bm25,
         }
 
-    def _photo_similarity(self, query: QueryContext, emb_rows: np.ndarray) -> np.ndarray:
+    def _photo_similarity(self, snap: SearchSnapshot, query: QueryContext, emb_rows: np.ndarray) -> np.ndarray:
         """cosine(query photo, listing photo) in the raw backbone space; NaN where either vector is missing."""
         sims = np.full(len(emb_rows), np.nan, dtype=np.float32)
-        photo, has_photo = self.embeddings.photo, self.embeddings.has_photo
+        photo = snap.main.embeddings.photo
         if query.photo_vector is None or photo is None or photo.shape[1] != len(query.photo_vector):
             return sims
         present = emb_rows >= 0
-        present[present] = has_photo[emb_rows[present]]
+        present[present] = snap.gather("has_photo", emb_rows[present])
         if present.any():
-            sims[present] = photo[emb_rows[present]].astype(np.float32) @ query.photo_vector.astype(np.float32)
+            vectors = snap.gather("photo", emb_rows[present]).astype(np.float32)
+            sims[present] = vectors @ query.photo_vector.astype(np.float32)
         return sims
 
-    def _term_match(self, query: QueryContext, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _term_match(self, snap: SearchSnapshot, query: QueryContext, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """term_coverage, idf_coverage and the full BM25 score of each candidate (NaN when not defined)."""
         def missing() -> np.ndarray:
             return np.full(len(rows), np.nan, dtype=np.float32)
 
         if not query.text or not len(rows):
             return missing(), missing(), missing()
-        positions = self._bm25_position[rows]
-        n_terms, idf, scores = self.bm25.term_scores(query.text, positions)
+        positions = snap.bm25_position[rows]
+        n_terms, idf, scores = snap.main.bm25.term_scores(query.text, positions)
         if n_terms == 0:  # stopwords only: nothing to cover
             return missing(), missing(), missing()
+        delta_positions = snap.delta_position[rows]
+        in_delta = delta_positions >= 0
+        if in_delta.any():  # live listings: the same terms, scored with the main index's statistics
+            scores[in_delta] = snap.delta.bm25.term_scores(query.text, delta_positions[in_delta])
+            positions = np.where(in_delta, 0, positions)
         matched = scores > 0
         coverage = (matched.sum(axis=1) / n_terms).astype(np.float32)
         total_idf = float(idf.sum())
         idf_coverage = (matched @ idf / total_idf).astype(np.float32) if total_idf > 0 else missing()
         full_score = scores.sum(axis=1).astype(np.float32)
-        outside = positions < 0  # not in the BM25 index (e.g. added since it was built)
+        outside = positions < 0  # in neither BM25 index
         for column in (coverage, idf_coverage, full_score):
             column[outside] = np.nan
         return coverage, idf_coverage, full_score
@@ -377,7 +402,8 @@ class Searcher:
         if sort == "relevance" or not len(candidates):
             return relevance
         # Secondary orders keep relevance as the tie-breaker and put unknown values last.
-        column = self.listings.price if sort.startswith("price") else self.listings.created_days
+        listings = self.listings
+        column = listings.price if sort.startswith("price") else listings.created_days
         values = column[candidates.rows][relevance].astype(np.float64)
         key = values if sort == "price_asc" else -values
         key = np.where(np.isnan(key), np.inf, key)
@@ -386,6 +412,58 @@ class Searcher:
     def _category_probs(self, probs: np.ndarray) -> dict[str, float]:
         order = np.argsort(-probs)
         return {self.model.labels.decode(int(i)): float(probs[i]) for i in order}
+
+
+def _vector_ranking(snap: SearchSnapshot, query: np.ndarray, depth: int, rows: np.ndarray | None) -> list[str]:
+    """Top-``depth`` listing ids by vector score: the main index (dead entries masked) merged with an exact
+    search over the delta's vectors."""
+    main = snap.main.vector_index
+    if rows is not None:
+        allowed = snap.faiss_id[rows]
+        scores, ids = main.search(query[None, :], depth, allowed_faiss_ids=allowed[allowed >= 0])
+        found = list(zip(scores[0].tolist(), ids[0]))
+        delta_rows = snap.delta_position[rows]
+        delta_rows = delta_rows[delta_rows >= 0]
+    else:
+        # unfiltered: over-fetch by the number of dead entries and drop them (cheaper than an id selector)
+        scores, ids = main.search(query[None, :], depth + snap.dead_in_vector)
+        found = [(score, i) for score, i in zip(scores[0].tolist(), ids[0]) if snap.is_live_main(i)]
+        delta_rows = np.arange(len(snap.delta))
+    if main.metric != "ip":  # squared L2 distances, smaller is better: compare as similarities
+        found = [(1.0 - score / 2.0, i) for score, i in found]
+    if len(delta_rows):
+        delta_scores = snap.delta.embeddings.listing[delta_rows] @ query
+        delta_ids = snap.delta.listings.ids
+        found += [(float(score), delta_ids[row]) for score, row in zip(delta_scores, delta_rows.tolist())]
+        found.sort(key=lambda pair: -pair[0])
+    return [i for _, i in found[:depth]]
+
+
+def _bm25_ranking(snap: SearchSnapshot, text: str, depth: int,
+                  rows: np.ndarray | None) -> tuple[list[str], list[float]]:
+    """Top-``depth`` listing ids by BM25 with their scores: the main index (dead entries masked) merged with
+    the delta, which scores with the main index's statistics."""
+    main_mask = snap.bm25_live_mask
+    delta_mask = None
+    if rows is not None:
+        positions = snap.bm25_position[rows]
+        main_mask = np.zeros(len(snap.main.bm25), dtype=bool)
+        main_mask[positions[positions >= 0]] = True
+        delta_rows = snap.delta_position[rows]
+        delta_mask = np.zeros(len(snap.delta), dtype=bool)
+        delta_mask[delta_rows[delta_rows >= 0]] = True
+    scores, ids = snap.main.bm25.search(text, depth, allowed_mask=main_mask)
+    found = list(zip(np.asarray(scores).ravel().tolist(), ids))
+    if len(snap.delta):
+        delta_scores, delta_ids = snap.delta.bm25.search(text, depth, allowed_mask=delta_mask)
+        found += list(zip(delta_scores.tolist(), delta_ids))
+        found.sort(key=lambda pair: -pair[0])
+    found = found[:depth]
+    return [i for _, i in found], [score for score, _ in found]
+
+
+def _photo_dim(embeddings: EmbeddingTable) -> int | None:
+    return None if embeddings.photo is None else int(embeddings.photo.shape[1])
 
 
 def _rank_lookup(ids: list[str], ranking: list[str]) -> np.ndarray:

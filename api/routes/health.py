@@ -57,6 +57,7 @@ def health(state: StateDep, response: Response) -> HealthResponse:
             error=public(state.ranker_error),
             details=public(ranker.meta_) if ranker else {},
         ),
+        live=public(state.follower.status()) if state.follower is not None else None,
     )
 
 

@@ -221,7 +221,9 @@ def _response(
             listing=listing_summary(listings[hit.listing_id]),
         )
         for hit in result.hits
-        if hit.listing_id in listings  # a listing deleted after the index was built is not shown
+        # The database decides, not the index: a listing deleted or sold before this request is never shown,
+        # even by a process whose follower has not applied that change yet (the hits are read anyway).
+        if hit.listing_id in listings and listings[hit.listing_id].status == "active"
     ]
     timings = {**result.timings_ms, **service_timings, "hydrate": _ms_since(hydrate_start)}
     timings["service_total"] = _ms_since(start)

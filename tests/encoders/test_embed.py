@@ -109,7 +109,7 @@ def test_interrupted_run_resumes(workspace_copy, trained_model, monkeypatch):
         with catalog.engine.begin() as conn:
             conn.execute(table.delete().where(table.c.listing_id.in_(forgotten)))
         calls = {"n": 0}
-        original = embed_module._encode_chunk
+        original = embed_module.encode_listings
 
         def crash_on_second_batch(*args, **kwargs):
             calls["n"] += 1
@@ -117,10 +117,10 @@ def test_interrupted_run_resumes(workspace_copy, trained_model, monkeypatch):
                 raise KeyboardInterrupt
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(embed_module, "_encode_chunk", crash_on_second_batch)
+        monkeypatch.setattr(embed_module, "encode_listings", crash_on_second_batch)
         with pytest.raises(KeyboardInterrupt):
             embed_catalog(trained_model, catalog, batch_size=16, progress=False)
-        monkeypatch.setattr(embed_module, "_encode_chunk", original)
+        monkeypatch.setattr(embed_module, "encode_listings", original)
         stats = embed_catalog(trained_model, catalog, batch_size=16, progress=False)
         # the batch committed before the crash survived; only the 32 listings after it are encoded
         assert stats.encoded == 32
