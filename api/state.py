@@ -15,6 +15,7 @@ from core.workspace import Workspace
 from encoders.backbones import TextRuntimeError
 from ranking.feature_log import FeatureLogger
 from ranking.reranker import Reranker
+from recommend.serving import ServedRecommender
 from search.pipeline import Searcher
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ class ServiceState:
     searcher_error: str | None = None
     ranker_error: str | None = None  # search still works, without re-ranking
     text_runtime_error: str | None = None  # ONNX Runtime asked for but not usable: queries encoded in torch
+    # the recommenders (None without a recs folder; .model None when it could not be loaded: erasure still
+    # reaches the saved folder)
+    recommender: ServedRecommender | None = None
+    recs_error: str | None = None
 
     def close(self) -> None:
         if self.catalog is not None:
@@ -75,7 +80,7 @@ def load_state(settings: Settings) -> ServiceState:
     remove_stale_temporaries(workspace.temporary_folders())  # what a killed writer left (never one in use)
     state = _load(settings, workspace)
     # what was logged names full paths; what the API tells its callers does not
-    for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error"):
+    for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error", "recs_error"):
         message = getattr(state, name)
         if message:
             setattr(state, name, public_text(message, workspace.root))
@@ -121,7 +126,22 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
             state.ranker_error = f"re-ranker not loaded, serving without it ({type(exc).__name__}: {exc})"
             logger.warning(state.ranker_error)
     logger.info("search pipeline loaded from %s (re-ranker: %s)", workspace.root, state.searcher.ranker is not None)
+    _load_recommender(state, workspace)
     return state
+
+
+def _load_recommender(state: ServiceState, workspace: Workspace) -> None:
+    from recommend.folder import load_for_workspace
+
+    if not workspace.recs_dir.exists():
+        state.recs_error = f"no recommenders trained; run `marketsearch train-recs --workspace {workspace.root}`"
+        return
+    state.recommender = ServedRecommender(None, workspace.recs_dir)
+    try:
+        state.recommender.model = load_for_workspace(workspace, state.catalog, state.searcher.model.fingerprint)
+    except Exception as exc:  # noqa: BLE001 -- search still works; the recommendation routes say why not
+        state.recs_error = f"recommenders not loaded ({type(exc).__name__}: {exc})"
+        logger.warning(state.recs_error)
 
 
 def _use_onnxruntime(state: ServiceState, settings: Settings) -> None:
