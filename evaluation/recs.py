@@ -25,7 +25,7 @@ from core.files import write_text_atomic
 from core.workspace import new_stamped_dir
 from evaluation.evaluate import write_runs
 from evaluation.judgments import write_qrels
-from recommend.data import GRADES, as_utc, epoch_seconds, load_event_log
+from recommend.data import GRADES, as_utc, epoch_seconds, load_event_log, load_impressions
 from recommend.model import Recommender
 from recommend.train import train_recommender
 
@@ -62,7 +62,8 @@ class RecsEvaluation:
                 lines.append(f"| {system} | " + " | ".join(cells) + " |")
             lines.append("")
         n = self.new_listings
-        lines.append(f"New listings (not shown before T): {n['catalogue_share']:.1%} of the rankable catalogue, "
+        lines.append(f"New listings (first shown at or after T: {n['listings']}): {n['catalogue_share']:.1%} of the "
+                     "rankable catalogue, "
                      f"{n['recommended_share']:.1%} of the hybrid's top-10 slots, {n['hit_share']:.1%} of its hits "
                      f"({int(n['hits'])} hits on new listings of {int(n['all_hits'])}).")
         return "\n".join(lines)
@@ -84,9 +85,8 @@ def system_runs(model: Recommender, user_ids: list[str], depth: int = RUN_DEPTH,
             base = tie if score is None else score.astype(np.float64) + tie
             ranked = _top(np.where(keep, base, -np.inf), depth)
             runs[system][user] = {ids[r]: float(base[r]) for r in ranked}
-        rows, blended, _, _ = model.score_user(profile)
-        order = np.argsort(-blended, kind="stable")[:depth]
-        runs["hybrid"][user] = {ids[rows[i]]: float(blended[i]) for i in order}
+        hits = model.recommend(user, depth)
+        runs["hybrid"][user] = {h.listing_id: float(len(hits) - rank) for rank, h in enumerate(hits)}
     return runs
 
 
@@ -130,8 +130,11 @@ def evaluate_recs(catalog, items, split: dt.datetime, *, test_until: dt.datetime
     runs = system_runs(model, users, progress=progress)
 
     history = {u: (model.profile(u).n_events if model.profile(u) else 0) for u in users}
-    new = ~np.isfinite(model.first_shown)
-    new_ids = {items.ids[r] for r in np.flatnonzero(new)}
+    # new after T: listings first shown to anyone at or after T (what appeared during the test period)
+    _, first_shown = load_impressions(catalog, test_until)
+    new_ids = {i for i, t in first_shown.items() if t >= epoch_seconds(split) and i in items.row_of}
+    new = np.zeros(len(items), bool)
+    new[items.rows(sorted(new_ids))] = True
     slices = {
         "all users": qrels,
         "users with history": {u: q for u, q in qrels.items() if history[u] > COLD_EVENTS},
@@ -149,6 +152,7 @@ def evaluate_recs(catalog, items, split: dt.datetime, *, test_until: dt.datetime
         scores=scores,
         slice_users={name: len(q) for name, q in slices.items()},
         new_listings={
+            "listings": int(new.sum()),
             "catalogue_share": float((new & rankable).sum() / max(rankable.sum(), 1)),
             "recommended_share": float(sum(i in new_ids for i in top10) / max(len(top10), 1)),
             "hit_share": float(sum(i in new_ids for i in hits) / max(len(hits), 1)),

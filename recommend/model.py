@@ -30,6 +30,11 @@ POP_HALF_LIFE_DAYS = 7.0  # popularity is what is engaged with now
 NEW_DAYS = 7.0  # a listing first shown less than this before the reference time (or never) is new
 SOURCE_SIZES = {"als": 100, "content": 100, "covisit": 50, "local": 50, "popular": 50, "new": 30}
 RECENT_ITEMS = 20  # the listings of a user's history that drive co-visitation
+# Cold-start exposure for listings: the blend learns from logged engagement, and a listing nobody was shown
+# cannot have any, so it would never rank one. One slot in every NEW_SLOT_EVERY goes to the new listing
+# (NEW_DAYS) nearest the user's interests, placed at NEW_SLOT_RANK, when none is there already.
+NEW_SLOT_EVERY = 10
+NEW_SLOT_RANK = 5
 GRADE_VERBS = {grade: verb for verb, grade in (("viewed", GRADES["view"]), ("saved", GRADES["save"]),
                                                ("contacted the seller of", GRADES["contact_seller"]),
                                                ("bought", GRADES["purchase"]))}
@@ -284,7 +289,14 @@ class Recommender:
         reason."""
         profile = self.profile(user_id) if user_id else None
         rows, blended, scores, home = self.score_user(profile, filters)
-        order = np.lexsort((rows, -blended))[:k]
+        order = list(np.lexsort((rows, -blended))[:k])
+        if "content_max" in scores and order:
+            fresh = [i for i in np.argsort(-scores["content_max"][rows], kind="stable") if self.is_new[rows[i]]]
+            shown = sum(bool(self.is_new[rows[i]]) for i in order)
+            wanted = k // NEW_SLOT_EVERY - shown
+            for i in [i for i in fresh if i not in order][:max(wanted, 0)]:
+                order.insert(min(NEW_SLOT_RANK - 1, len(order)), i)
+                order = order[:k]
         return [Hit(self.items.ids[rows[i]], float(blended[i]), self.reason(profile, int(rows[i]), home))
                 for i in order]
 

@@ -24,7 +24,8 @@ MAX_K = 100
 
 async def get_recommender(state: StateDep) -> ServedRecommender:
     if state.recommender is None or state.recommender.model is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.recs_error or "recommenders not loaded")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.recs_error or "no recommenders loaded; run "
+                            "`marketsearch train-recs` and restart the service")
     return state.recommender
 
 
