@@ -31,8 +31,8 @@ NEW_DAYS = 7.0  # a listing first shown less than this before the reference time
 SOURCE_SIZES = {"als": 100, "content": 100, "covisit": 50, "local": 50, "popular": 50, "new": 30}
 RECENT_ITEMS = 20  # the listings of a user's history that drive co-visitation
 # Cold-start exposure for listings: the blend learns from logged engagement, and a listing nobody was shown
-# cannot have any, so it would never rank one. One slot in every NEW_SLOT_EVERY goes to the new listing
-# (NEW_DAYS) nearest the user's interests, placed at NEW_SLOT_RANK, when none is there already.
+# cannot have any, so it would never rank one. When the first NEW_SLOT_EVERY hold no new listing (NEW_DAYS),
+# the one nearest the user's interests is placed at NEW_SLOT_RANK.
 NEW_SLOT_EVERY = 10
 NEW_SLOT_RANK = 5
 GRADE_VERBS = {grade: verb for verb, grade in (("viewed", GRADES["view"]), ("saved", GRADES["save"]),
@@ -290,12 +290,12 @@ class Recommender:
         profile = self.profile(user_id) if user_id else None
         rows, blended, scores, home = self.score_user(profile, filters)
         order = list(np.lexsort((rows, -blended))[:k])
-        if "content_max" in scores and order:
+        top = order[:NEW_SLOT_EVERY]
+        if "content_max" in scores and len(order) >= NEW_SLOT_RANK and not self.is_new[rows[top]].any():
             fresh = [i for i in np.argsort(-scores["content_max"][rows], kind="stable") if self.is_new[rows[i]]]
-            shown = sum(bool(self.is_new[rows[i]]) for i in order)
-            wanted = k // NEW_SLOT_EVERY - shown
-            for i in [i for i in fresh if i not in order][:max(wanted, 0)]:
-                order.insert(min(NEW_SLOT_RANK - 1, len(order)), i)
+            if fresh:
+                order = [i for i in order if i != fresh[0]]
+                order.insert(NEW_SLOT_RANK - 1, fresh[0])
                 order = order[:k]
         return [Hit(self.items.ids[rows[i]], float(blended[i]), self.reason(profile, int(rows[i]), home))
                 for i in order]
