@@ -15,6 +15,7 @@ from core.workspace import Workspace
 from encoders.backbones import TextRuntimeError
 from ranking.feature_log import FeatureLogger
 from ranking.reranker import Reranker
+from recommend.serving import ServedRecommender
 from search.live import LiveFollower
 from search.pipeline import Searcher
 
@@ -34,6 +35,10 @@ class ServiceState:
     ranker_error: str | None = None  # search still works, without re-ranking
     text_runtime_error: str | None = None  # ONNX Runtime asked for but not usable: queries encoded in torch
     follower: LiveFollower | None = None  # keeps the searcher within a poll of the change log
+    # the recommenders (None without a recs folder; .model None when it could not be loaded: erasure still
+    # reaches the saved folder)
+    recommender: ServedRecommender | None = None
+    recs_error: str | None = None
 
     def close(self) -> None:
         if self.follower is not None:
@@ -79,7 +84,7 @@ def load_state(settings: Settings) -> ServiceState:
     remove_stale_temporaries(workspace.temporary_folders())  # what a killed writer left (never one in use)
     state = _load(settings, workspace)
     # what was logged names full paths; what the API tells its callers does not
-    for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error"):
+    for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error", "recs_error"):
         message = getattr(state, name)
         if message:
             setattr(state, name, public_text(message, workspace.root))
@@ -131,7 +136,22 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         state.follower = LiveFollower(state.searcher, workspace, poll_interval=settings.live_poll_interval,
                                       compact_after=settings.live_compact_after,
                                       compact_age_s=settings.live_compact_age_s).start()
+    _load_recommender(state, workspace)
     return state
+
+
+def _load_recommender(state: ServiceState, workspace: Workspace) -> None:
+    from recommend.folder import load_for_workspace
+
+    if not workspace.recs_dir.exists():
+        state.recs_error = f"no recommenders trained; run `marketsearch train-recs --workspace {workspace.root}`"
+        return
+    state.recommender = ServedRecommender(None, workspace.recs_dir)
+    try:
+        state.recommender.model = load_for_workspace(workspace, state.catalog, state.searcher.model.fingerprint)
+    except Exception as exc:  # noqa: BLE001 -- search still works; the recommendation routes say why not
+        state.recs_error = f"recommenders not loaded ({type(exc).__name__}: {exc})"
+        logger.warning(state.recs_error)
 
 
 def _use_onnxruntime(state: ServiceState, settings: Settings) -> None:

@@ -143,6 +143,11 @@ class Workspace:
         return self.root / "ranker"
 
     @property
+    def recs_dir(self) -> Path:
+        """The recommenders (`marketsearch train-recs`, recommend/folder.py)."""
+        return self.root / "recs"
+
+    @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
 

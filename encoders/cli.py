@@ -104,6 +104,14 @@ def embed(
     threads: ThreadsOption = 2,
     model_dir: Annotated[Path | None, typer.Option(
         "--model", help="Model bundle folder (default: WORKSPACE/model).")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", metavar="ADDRESS|auto",
+        help="Encode on a Ray cluster with Ray Data: actors holding the towers, batches of listings, back-pressure; "
+        "this process only writes the vectors (the same vectors as without --ray). `auto` joins the cluster "
+        "this machine runs, else starts a local one. The workers must reach the workspace folder and the "
+        "catalogue database (docs/scaling.md).")] = None,
+    actors: Annotated[int | None, typer.Option(
+        "--actors", min=1, help="Encoder actors for --ray (default: one per CPU of the cluster).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
 ) -> None:
     """Encode new and changed listings with the current model and store their vectors in the catalogue.
@@ -125,10 +133,20 @@ def embed(
     except (FileNotFoundError, ValueError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from error
+    encode_chunks = None
+    if ray_address is not None:
+        from core.cluster import connect_ray, ray_cpus
+        from encoders.ray_embed import ray_encoder
+
+        connect_ray(ray_address)
+        actors = actors or ray_cpus()
+        encode_chunks = ray_encoder(model_dir or ws.model_dir, ws.db_url, ws.root, actors=actors,
+                                    feature_cache=ws.feature_cache_dir, image_batch_size=image_batch_size)
+        typer.echo(f"encoding on Ray with {actors} actor(s)")
     catalog = Catalog(ws.db_url, root=ws.root)
     try:
         stats = embed_catalog(model, catalog, batch_size=batch_size, image_batch_size=image_batch_size,
-                              feature_cache=ws.feature_cache_dir)
+                              feature_cache=ws.feature_cache_dir, encode_chunks=encode_chunks)
     finally:
         catalog.close()
     if as_json:

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -297,8 +298,14 @@ def open_photo_cache(model, feature_cache: str | os.PathLike | None) -> FeatureC
     return cache if cache.keys else None
 
 
+# Encodes lists of listings and yields each list with its vectors; `embed_catalog` uses this process's model
+# by default, `encoders.ray_embed.ray_encoder` actors on a Ray cluster.
+ChunkEncoder = Callable[[list[list]], Iterator[tuple[list, EncodedListings]]]
+
+
 def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int = 32, progress: bool = True,
-                  prune: bool = True, feature_cache: str | os.PathLike | None = None) -> EmbedStats:
+                  prune: bool = True, feature_cache: str | os.PathLike | None = None,
+                  encode_chunks: ChunkEncoder | None = None) -> EmbedStats:
     """Encode new and changed listings of ``catalog`` with ``model`` and store them (incremental, resumable).
 
     batch_size: listings per encoding step and per database transaction (their photos are encoded in
@@ -306,6 +313,7 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     catalogue. feature_cache: the workspace's frozen-feature cache (``Workspace.feature_cache_dir``):
     photos whose pooled features training already computed with this very backbone skip the backbone
     and go through the trained head only (read-only: photos not in it are encoded as usual, not added).
+    encode_chunks: where the listings are encoded (default: here, with ``model``); the vectors are the same.
     Returns counts and throughput.
     """
     if batch_size < 1 or image_batch_size < 1:
@@ -340,11 +348,18 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     logger.info("embed: %d listings, %d up to date, %d to encode (model %s)",
                 stats.listings, stats.up_to_date, len(todo), fingerprint[:12])
     bar = tqdm(total=len(todo), desc="embed", unit="listing", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        listings = [listing for listing, _ in chunk]
-        encoded = encode_listings(model, catalog, listings, text_batch_size=batch_size,
-                                  image_batch_size=image_batch_size, stats=stats, photo_cache=photo_cache)
+    digest_of = {listing.id: digest for listing, digest in todo}
+    chunks = [[listing for listing, _ in todo[start : start + batch_size]] for start in range(0, len(todo), batch_size)]
+    encoded_elsewhere = encode_chunks is not None  # then the photo counts come back with the vectors
+    if encode_chunks is None:
+        def encode_chunks(chunks):
+            for listings in chunks:
+                yield listings, encode_listings(model, catalog, listings, text_batch_size=batch_size,
+                                                image_batch_size=image_batch_size, stats=stats, photo_cache=photo_cache)
+    for listings, encoded in encode_chunks(chunks):
+        chunk = [(listing, digest_of[listing.id]) for listing in listings]
+        if encoded_elsewhere:
+            stats.images_encoded += int(encoded.n_images.sum())
         text, image, has_image, counts, photo = (encoded.text, encoded.image, encoded.has_image, encoded.n_images,
                                                  encoded.photo)
         vectors = encoded.listing

@@ -386,3 +386,60 @@ def _write_summary(out_dir: Path, reports) -> None:
             lines += [f"Corpus: {report.info['corpus_size']} listings.", ""]
         lines += [report.to_markdown(), "", *_ratio_lines(report), ""]
     write_text_atomic(out_dir / "summary.md", "\n".join(lines))
+
+
+def evaluate_recs(
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+    split: Annotated[str | None, typer.Option(
+        "--split", help="T: fit on the events before it, judge on the events after (ISO 8601, UTC). "
+        "Default: --test-days before the newest event.")] = None,
+    test_days: Annotated[float, typer.Option(
+        "--test-days", min=0.5, help="Test period when --split is not given.")] = 7.0,
+    max_users: Annotated[int | None, typer.Option(
+        "--max-users", min=1, help="Judge at most this many test users (seeded sample); default all.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (ALS, samples, bootstrap).")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Evaluate the recommenders on a global time split: fit before T, judge what users engaged with after T.
+
+    Ranks the whole catalogue (no sampled negatives); ranx Recall@10, NDCG@10, MRR@10 with bootstrap 95 %
+    intervals, for all users, users with history, users with at most two events and listings new after T;
+    popularity, co-visitation, ALS, content and the hybrid in the same run. Writes WORKSPACE/eval/recs/<stamp>/
+    (report.md, report.json, TREC qrels and runs). The saved recommenders (WORKSPACE/recs/) are not touched.
+    """
+    import datetime as dt
+
+    from catalog.store import Catalog
+    from core.workspace import Workspace
+    from evaluation.recs import evaluate_recs as run_evaluation
+    from evaluation.recs import write_recs_evaluation
+    from recommend.cli import parse_time
+    from recommend.data import load_items, log_end
+    from recommend.folder import workspace_fingerprint
+
+    ws = Workspace.at(workspace)
+    if not ws.db_path.is_file():
+        typer.echo(f"error: no catalogue at {ws.db_path}; run `marketsearch build` first", err=True)
+        raise typer.Exit(2)
+    with Catalog(ws.db_url, root=ws.root) as catalog:
+        end = log_end(catalog)
+        if end is None:
+            typer.echo("error: the workspace has no events; run `marketsearch simulate` (or import events) first",
+                       err=True)
+            raise typer.Exit(2)
+        at = parse_time(split, "--split") or end - dt.timedelta(days=test_days)
+        try:
+            fingerprint = workspace_fingerprint(ws)
+            items = load_items(catalog, fingerprint)
+        except (FileNotFoundError, LookupError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        evaluation, runs, qrels = run_evaluation(catalog, items, at, max_users=max_users, seed=seed,
+                                                 progress=progress)
+    if not qrels:
+        typer.echo(f"error: no engaged event after {at.isoformat()}: choose an earlier --split", err=True)
+        raise typer.Exit(2)
+    out = write_recs_evaluation(ws.eval_dir, evaluation, runs, qrels)
+    typer.echo(json.dumps(evaluation.to_dict(), indent=2) if as_json else evaluation.to_markdown())
+    typer.echo(f"report: {out}")

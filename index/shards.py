@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 import faiss
 import numpy as np
 
+from core.cluster import connect_ray, ray_cpus
 from index import ivf
 
 logger = logging.getLogger(__name__)
@@ -88,13 +89,8 @@ def add_in_shards(
 def ray_map(address: str | None = "auto") -> ShardMap:
     """A ``map_shards`` running every shard as a Ray task on the cluster at ``address`` ("auto": the running
     cluster this machine belongs to, else a local one). The trained index is put in the object store once."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise RuntimeError("--ray needs Ray: `pip install 'marketsearch[scale]'` (or `uv pip install ray`)") from exc
-
-    if not ray.is_initialized():
-        connect_ray(address)
+    connect_ray(address)
+    import ray
 
     fill = ray.remote(fill_shard)
 
@@ -108,22 +104,4 @@ def ray_map(address: str | None = "auto") -> ShardMap:
 
 def ray_shard_count() -> int:
     """One shard per CPU of the connected Ray cluster."""
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def connect_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address``; "auto" joins the local cluster if one runs, else starts one."""
-    import ray
-
-    if address in (None, "", "local"):
-        ray.init(include_dashboard=False, log_to_driver=False)
-        return
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    except ConnectionError:
-        if address != "auto":
-            raise
-        logger.info("no running Ray cluster found: starting a local one")
-        ray.init(include_dashboard=False, log_to_driver=False)
+    return ray_cpus()

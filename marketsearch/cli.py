@@ -16,6 +16,7 @@ from evaluation import cli as evaluation_cli
 from index import cli as index_cli
 from marketsearch import jobs
 from personal import cli as personal_cli
+from recommend import cli as recommend_cli
 
 
 class Commands(TyperGroup):
@@ -107,6 +108,8 @@ app.command("evaluate")(evaluation_cli.evaluate)
 app.command("serve")(api_cli.serve)
 app.add_typer(personal_cli.events_app, name="events")
 app.command("simulate")(personal_cli.simulate)
+app.command("train-recs")(recommend_cli.train_recs)
+app.command("evaluate-recs")(evaluation_cli.evaluate_recs)
 
 
 if __name__ == "__main__":  # `python -m marketsearch.cli ...` as well as the `marketsearch` script

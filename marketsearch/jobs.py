@@ -20,6 +20,8 @@ from core.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
 from encoders import cli as encoders_cli
 from evaluation import cli as evaluation_cli
 from index import cli as index_cli
+from personal import cli as personal_cli
+from recommend import cli as recommend_cli
 
 # Commands import their workers inside the function body, not at the top: `marketsearch --help` imports
 # every cli module, and the workers pull in torch, FAISS, pandas or SQLAlchemy (seconds of start-up).
@@ -106,6 +108,10 @@ def build(
                           offline=offline, ranker=ranker))
 
 
+DEMO_USERS = 300  # simulated buyers of the demo catalogue
+DEMO_DAYS = 28
+
+
 def demo(
     workspace: Annotated[
         Path, typer.Option("--workspace", "-w", help="Workspace folder for the demo catalogue and its artefacts.")
@@ -144,9 +150,15 @@ def demo(
     products, images, image_dir = export_dir / "Products.csv", export_dir / "Images.csv", export_dir / "images"
     steps += build_steps(workspace, products, images, image_dir, config=config, epochs=epochs,
                          offline=offline, ranker=True)
+    # simulated buyers (browsing only: seconds, where searching through the pipeline would take minutes)
+    steps.append(("simulate", lambda: personal_cli.simulate(
+        workspace=workspace, db=None, users=DEMO_USERS, days=DEMO_DAYS, seed=seed, start=None, out=None,
+        search="off", hidden_state=None, max_events=5_000_000, as_json=False)))
+    steps.append(("train-recs", lambda: recommend_cli.train_recs(workspace=workspace, progress=False)))
     if evaluate:
 
         steps.append(("evaluate", lambda: evaluation_cli.evaluate(workspace=workspace)))
+        steps.append(("evaluate-recs", lambda: evaluation_cli.evaluate_recs(workspace=workspace, progress=False)))
     run_steps(steps)
     if serve:
 

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import categories, events, health, images, listings, pages, search, users
+from api.routes import categories, events, health, images, listings, pages, recommendations, search, users
 
 api_router = APIRouter()
 api_router.include_router(search.router)
@@ -11,5 +11,6 @@ api_router.include_router(images.router)
 api_router.include_router(categories.router)
 api_router.include_router(events.router)
 api_router.include_router(users.router)
+api_router.include_router(recommendations.router)
 api_router.include_router(health.router)
 api_router.include_router(pages.router)

@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import EventStoreDep
+from api.deps import EventStoreDep, StateDep
 from api.event_schemas import EventOut, UserErasureResponse, UserEventsResponse
 from api.schemas import error_responses
 from personal.erasure import erase_user
 from personal.events import ID_PATTERN
-from personal.store import MAX_PAGE, EventStore
+from personal.store import MAX_PAGE
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -56,17 +56,13 @@ async def user_events(
 
 
 @router.delete("/{user_id}", responses=error_responses(422, 503))
-async def delete_user(user_id: UserId, store: EventStoreDep) -> UserErasureResponse:
+async def delete_user(user_id: UserId, store: EventStoreDep, state: StateDep) -> UserErasureResponse:
     """Erase the user: every event, the user's row, and what was derived from their history.
 
     Erasing a user who has nothing stored is not an error (`erased_events: 0`, `erased_user: false`).
     """
-    erasure = await run_in_threadpool(_erase, store, user_id)
+    derived = [state.recommender] if state.recommender is not None else []
+    erasure = await run_in_threadpool(erase_user, store, user_id, derived)
     return UserErasureResponse(
         user_id=user_id, erased_events=erasure.events, erased_user=erasure.user, derived=erasure.derived
     )
-
-
-def _erase(store: EventStore, user_id: str):
-    # Derived state (profiles, factors of the recommenders, issue #12) is passed here as `derived=[...]`.
-    return erase_user(store, user_id, derived=())

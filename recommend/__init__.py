@@ -1,0 +1,1 @@
+"""Recommendations: collaborative, content-based and popularity signals blended by a learned model."""

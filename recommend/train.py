@@ -1,0 +1,180 @@
+"""Fitting the recommenders: the signals (ALS, co-visitation, profiles, popularity) from an event log, and the
+learned blend on a time split of that log.
+
+The blend is a LightGBM lambdarank model (`ranking.reranker.Reranker`, the search re-ranker's trainer) over
+`recommend.model.FEATURES`. Its training data comes from the log alone, never from later events: the signals
+are fitted on the events before ``until - label_days``, each user active in the last ``label_days`` gets the
+candidates and features those signals give, and their engaged events in that window are the labels (graded
+by `recommend.data.GRADES`). The signals are then fitted again on every event before ``until`` and served
+with the blend.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from recommend.collaborative import covisitation, fit_als, sessions, user_item_matrix
+from recommend.data import (
+    DAY,
+    ENGAGED_TYPES,
+    EVENT_WEIGHTS,
+    EventLog,
+    Items,
+    as_utc,
+    decay,
+    load_event_log,
+    load_impressions,
+)
+from recommend.model import FEATURES, POP_HALF_LIFE_DAYS, Recommender
+from recommend.profiles import build_profile
+
+logger = logging.getLogger(__name__)
+
+LABEL_DAYS = 7.0
+MAX_LABEL_USERS = 4000
+VALID_FRACTION = 0.2
+DEFAULT_ALS = {"factors": 64, "regularization": 0.05, "iterations": 15, "alpha": 2.0}
+
+
+def fit_signals(log: EventLog, items: Items, reference: float, *, als_params: dict | None = None,
+                progress: bool = False) -> Recommender:
+    """Every signal of `Recommender` from the engaged events of ``log`` (all before ``reference``)."""
+    als_params = {**DEFAULT_ALS, **(als_params or {})}
+    rows = items.rows(log.listings)
+    known = rows >= 0
+    if (~known).any():
+        logger.info("%d events on listings that are not in the catalogue (deleted, or not embedded) left out",
+                    int((~known).sum()))
+    log, rows = log.select(known), rows[known]
+    n = len(items)
+    weights = log.weights(reference)
+    grades = log.grades()
+    user_ids, user_rows = np.unique(log.users.astype(str), return_inverse=True)
+
+    item_factors = None
+    user_factors = None
+    if len(user_ids) >= 2 and len(log):
+        matrix = user_item_matrix(user_rows, rows, weights, len(user_ids), n)
+        als = fit_als(matrix, progress=progress, **als_params)
+        item_factors = np.asarray(als.item_factors, np.float32)
+        user_factors = np.asarray(als.user_factors, np.float32)
+
+    kinds = np.array([EVENT_WEIGHTS[t] for t in ENGAGED_TYPES])[log.types]
+    fresh = kinds * decay((reference - log.times) / DAY, POP_HALF_LIFE_DAYS)
+    purchase = ENGAGED_TYPES.index("purchase")
+    click = ENGAGED_TYPES.index("click")
+    impressions = np.zeros(n, np.int32)
+    first_shown = np.full(n, np.nan)
+    for listing_id, count in log.impressions.items():
+        row = items.row_of.get(listing_id)
+        if row is not None:
+            impressions[row] = count
+            first_shown[row] = log.first_shown[listing_id]
+
+    profiles = {}
+    order = np.argsort(user_rows, kind="stable")
+    bounds = np.searchsorted(user_rows[order], np.arange(len(user_ids) + 1))
+    for u in tqdm(range(len(user_ids)), desc="user profiles", unit="user", disable=not progress):
+        mine = order[bounds[u]:bounds[u + 1]]
+        profile = build_profile(str(user_ids[u]), items, rows[mine], weights[mine], grades[mine],
+                                rows[mine][log.types[mine] == purchase], len(mine))
+        if user_factors is not None:
+            profile.factors = user_factors[u]
+        profiles[profile.user_id] = profile
+
+    return Recommender(
+        items=items,
+        reference=reference,
+        item_factors=item_factors,
+        covisit=covisitation(sessions(log.users.astype(str), log.times), rows, n),
+        pop=np.log1p(np.bincount(rows, weights=fresh, minlength=n)).astype(np.float32),
+        engaged=np.bincount(rows, minlength=n).astype(np.int32),
+        clicks=np.bincount(rows[log.types == click], minlength=n).astype(np.int32),
+        impressions=impressions,
+        first_shown=first_shown,
+        sold=np.bincount(rows[log.types == purchase], minlength=n) > 0,
+        profiles=profiles,
+        als_params=als_params,
+        info={"events": int(len(log)), "users": int(len(user_ids))},
+    )
+
+
+def label_groups(stage: Recommender, window: EventLog, *, max_users: int = MAX_LABEL_USERS, seed: int = 0,
+                 progress: bool = False):
+    """Per user active in ``window``: the stage's candidates, their features and graded labels (the user's
+    strongest event on each in the window). Users none of whose candidates they engaged with are left out
+    (they teach the ranking nothing). Returns (X, y, group, user_ids)."""
+    rows = stage.items.rows(window.listings)
+    grades = window.grades()
+    labels: dict[str, dict[int, int]] = {}
+    for user, row, grade in zip(window.users, rows, grades):
+        if row >= 0:
+            mine = labels.setdefault(str(user), {})
+            mine[int(row)] = max(mine.get(int(row), 0), int(grade))
+    users = sorted(labels)
+    if len(users) > max_users:
+        users = sorted(np.random.default_rng(seed).choice(users, max_users, replace=False).tolist())
+    X, y, group, kept = [], [], [], []
+    for user in tqdm(users, desc="blend training data", unit="user", disable=not progress):
+        profile = stage.profile(user)
+        candidates, _, scores, home = stage.score_user(profile)
+        grade = np.array([labels[user].get(int(r), 0) for r in candidates], np.int32)
+        if not grade.any() or grade.all():
+            continue
+        X.append(stage.features(profile, candidates, scores, home))
+        y.append(grade)
+        group.append(len(candidates))
+        kept.append(user)
+    if not X:
+        return np.zeros((0, len(FEATURES)), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), []
+    return np.concatenate(X), np.concatenate(y), np.array(group), kept
+
+
+def train_blend(stage: Recommender, window: EventLog, *, max_users: int = MAX_LABEL_USERS, seed: int = 0,
+                progress: bool = False, **ranker_params):
+    """The LightGBM lambdarank blend, trained on the stage's candidates labelled by the window's events
+    (a fifth of the users held out for early stopping). None when the window gives too few users."""
+    from ranking.reranker import Reranker
+
+    X, y, group, users = label_groups(stage, window, max_users=max_users, seed=seed, progress=progress)
+    if len(users) < 10:
+        logger.warning("only %d users with engaged candidates in the label window: no learned blend", len(users))
+        return None
+    held_out = np.array([zlib.crc32(u.encode()) % 100 < VALID_FRACTION * 100 for u in users])
+    starts = np.concatenate([[0], np.cumsum(group)])
+    row_held = np.repeat(held_out, group)
+    params = {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 20,
+              "log_every": 0, **ranker_params}
+    ranker = Reranker(**params)
+    ranker.fit(
+        X[~row_held], y[~row_held], group[~held_out], X[row_held], y[row_held], group[held_out],
+        feature_names=FEATURES,
+        label_definition={"grades": "strongest engaged event in the label window: view/click 1, save 2, "
+                                    "contact_seller 3, purchase 4; 0 otherwise"},
+        training_info={"users": len(users), "held_out_users": int(held_out.sum()), "rows": int(starts[-1])},
+    )
+    return ranker
+
+
+def train_recommender(catalog, items: Items, until: float, *, label_days: float = LABEL_DAYS,
+                      max_label_users: int = MAX_LABEL_USERS, als_params: dict | None = None, seed: int = 0,
+                      progress: bool = False) -> Recommender:
+    """Fit the signals and the learned blend on the events of the catalogue's log before ``until`` (seconds
+    since 1970). Nothing at or after ``until`` is read, impressions included."""
+    log = load_event_log(catalog, until=as_utc(until))
+    split = until - label_days * DAY
+    before = log.select(log.times < split, load_impressions(catalog, as_utc(split)))
+    window = log.select(log.times >= split)
+    ranker = None
+    if len(before) and len(window):
+        stage = fit_signals(before, items, split, als_params=als_params, progress=progress)
+        ranker = train_blend(stage, window, max_users=max_label_users, seed=seed, progress=progress)
+    model = fit_signals(log, items, until, als_params=als_params, progress=progress)
+    model.ranker = ranker
+    model.info.update({"label_days": label_days, "blend": ranker is not None,
+                       "blend_training": (ranker.meta_.get("training_info", {}) if ranker is not None else {})})
+    return model
