@@ -42,6 +42,19 @@ def fill_shard(trained: np.ndarray, vectors: np.ndarray, faiss_ids: np.ndarray) 
     return serialize(index)
 
 
+def fill_shard_from_file(trained: np.ndarray, path: str, start: int, stop: int, first_id: int = 0,
+                         chunk: int = 500_000) -> np.ndarray:
+    """``fill_shard`` for rows ``start:stop`` of a ``.npy`` file too big for memory (memory-mapped and added in
+    chunks; ids ``first_id + row``): the file is read where the task runs (shared storage on a cluster)."""
+    vectors = np.load(path, mmap_mode="r")
+    index = deserialize(trained)
+    for begin in range(start, stop, chunk):
+        end = min(stop, begin + chunk)
+        index.add_with_ids(np.ascontiguousarray(vectors[begin:end], dtype=np.float32),
+                           np.arange(first_id + begin, first_id + end, dtype=np.int64))
+    return serialize(index)
+
+
 def merge_shards(trained: np.ndarray, shards: Iterable[np.ndarray]) -> faiss.Index:
     """One index holding every shard's vectors, in shard order (FAISS ``IndexIVF.merge_from``)."""
     merged = deserialize(trained)

@@ -21,15 +21,20 @@ def clustered_vectors(
     spread: float = 0.6,
     seed: int = 0,
     chunk: int = 100_000,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``n`` L2-normalised float32 vectors in ``n_clusters`` clusters (default ~sqrt(n)).
 
-    ``spread`` is the norm of each point's offset from its unit centre before re-normalising.
+    ``spread`` is the norm of each point's offset from its unit centre before re-normalising. ``out``: an
+    (n, dimension) float32 array to fill, e.g. a memory-mapped ``.npy`` for more vectors than fit in RAM.
     """
     rng = np.random.default_rng(seed)
     n_clusters = n_clusters or max(8, int(np.sqrt(n)))
     centres = _normalise(rng.standard_normal((n_clusters, dimension), dtype=np.float32))
-    out = np.empty((n, dimension), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, dimension), dtype=np.float32)
+    elif out.shape != (n, dimension):
+        raise ValueError(f"out has shape {out.shape}, expected {(n, dimension)}")
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         block = rng.standard_normal((stop - start, dimension), dtype=np.float32)

@@ -38,4 +38,4 @@ def test_embed_on_ray_stores_the_vectors_of_the_single_process_run(trained_works
     for column in ("text", "image", "listing"):
         assert np.abs(getattr(after, column) - getattr(before, column)).max() <= 1e-6, column
     np.testing.assert_array_equal(after.has_image, before.has_image)
-    assert text_only and len(redo) > 10
+    assert text_only and len(redo) >= 8
