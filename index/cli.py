@@ -34,13 +34,14 @@ def index(
         ),
     ] = None,
     pq: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--pq",
-            help="Store product-quantised codes (d/4 bytes per listing, 16x smaller) instead of float vectors, "
-            "for catalogues that do not fit in memory; costs recall. New or rebuilt indexes only.",
+            "--pq/--no-pq",
+            help="Store product-quantised codes (d/4 bytes per listing, 16x smaller) and re-score candidates with "
+            "the exact vectors memory-mapped from disk, or store floats. Default: PQ from 2M listings "
+            "(docs/scaling.md). New or rebuilt indexes only.",
         ),
-    ] = False,
+    ] = None,
     model_dir: Annotated[
         Path | None, typer.Option("--model", help="Model bundle folder (default: WORKSPACE/model).")
     ] = None,

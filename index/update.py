@@ -78,7 +78,7 @@ def update_indexes(
     *,
     rebuild: bool = False,
     nlist: int | None = None,
-    pq: bool = False,
+    pq: bool | None = None,
     model_dir: str | Path | None = None,
     fingerprint: str | None = None,
     map_shards=None,
@@ -139,7 +139,7 @@ def update_indexes(
                   "updated": 0, "unchanged": len(before & set(table.ids))}  # fmt: skip
     else:
         mode = "updated"
-        if nlist is not None or pq:
+        if nlist is not None or pq is not None:
             logger.warning("--nlist/--pq only apply to a new index or with --rebuild; keeping %s",
                            existing.manifest["index_type"])  # fmt: skip
         vector_index = existing
