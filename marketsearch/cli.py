@@ -105,6 +105,7 @@ app.command("index")(index_cli.index)
 app.command("train-ranker")(evaluation_cli.train_ranker)
 app.command("evaluate")(evaluation_cli.evaluate)
 app.command("serve")(api_cli.serve)
+app.add_typer(api_cli.keys_app, name="keys")
 app.add_typer(personal_cli.events_app, name="events")
 app.command("simulate")(personal_cli.simulate)
 

@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from api.routes import categories, events, health, images, listings, pages, search, users
+from api.routes import categories, events, health, images, listing_writes, listings, pages, search, users
 
 api_router = APIRouter()
 api_router.include_router(search.router)
 api_router.include_router(listings.router)
+api_router.include_router(listing_writes.router)
 api_router.include_router(images.router)
 api_router.include_router(categories.router)
 api_router.include_router(events.router)
