@@ -20,11 +20,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.config import Settings, get_settings
 from api.limits import BodySizeLimitMiddleware
 from api.rate_limits import Rate, RateLimits
-from api.routes import api_router
+from api.routes import ROUTERS, api_router
 from api.routes.pages import STATIC_DIR
 from api.state import ServiceState, load_state, public_text, unusable_catalogue
 from catalog.errors import CatalogError
@@ -118,9 +119,22 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
         cause = exc.__cause__
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc.detail)
         error = {"type": "body_invalid", "loc": ("body",), "msg": f"the request body could not be parsed ({reason})"}
+    elif exc.status_code == 405:
+        return await http_exception_handler(request, StarletteHTTPException(405, exc.detail, _allow(request)))
     else:
         return await http_exception_handler(request, exc)
     return await _validation_error(request, RequestValidationError([error]))
+
+
+def _allow(request: Request) -> dict[str, str]:
+    """``Allow`` for a 405: the methods of every route of the path. Starlette names only the first route's, and
+    a path with several routes (GET, PATCH and DELETE /listings/{id}, in two routers) has one route per method."""
+    methods: set[str] = set()
+    for route in (route for router in ROUTERS for route in router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= route.methods
+    return {"Allow": ", ".join(sorted(methods))}
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -225,3 +225,10 @@ def test_at_most_ten_photos_through_add_photo(fake_client, seller):
     extra = fake_client.post(f"/listings/{listing['id']}/photos", files=photo, headers=seller)
     assert extra.status_code == 422 and "has 10 photos already" in extra.text
     assert len(fake_client.get(f"/listings/{listing['id']}").json()["photos"]) == MAX_PHOTOS
+
+
+def test_a_405_allows_every_method_of_the_path(fake_client):
+    """GET, PATCH and DELETE /listings/{id} are routes of two routers; Starlette would name only the first's."""
+    response = fake_client.request("PUT", "/listings/L1")
+    assert response.status_code == 405 and response.headers["Allow"] == "DELETE, GET, PATCH"
+    assert fake_client.request("PUT", "/listings").headers["Allow"] == "POST"
