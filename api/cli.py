@@ -100,3 +100,101 @@ def cannot_listen(host: str, port: int, error: OSError) -> str:
             f"there, or serve on another port with --port"
         )
     return f"cannot listen on {host}:{port} ({error.strerror or error})"
+
+
+keys_app = typer.Typer(
+    name="keys",
+    help="API keys for the write routes (listings, events, user erasure); reads need none.",
+    no_args_is_help=True,
+)
+
+ScopeOption = Annotated[
+    str,
+    typer.Option(
+        "--scope",
+        help="listings:write (create and change listings), events:write (POST /events) or admin (everything, "
+        "DELETE /users/{id} included).",
+    ),
+]
+
+
+@keys_app.command("create")
+def create_key(
+    scope: ScopeOption,
+    seller: Annotated[
+        str | None, typer.Option("--seller", help="The seller this key acts for: it may change only its listings.")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A note saying who or what holds the key.")] = None,
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Create a key and print it once: only its hash is stored, so it cannot be shown again."""
+    from catalog.api_keys import SCOPES
+    from catalog.api_keys import create_key as create
+
+    if scope not in SCOPES:
+        typer.echo(f"error: unknown scope {scope!r}; use one of {', '.join(SCOPES)}", err=True)
+        raise typer.Exit(2)
+    catalog = _open_catalog(workspace)
+    try:
+        key, text = create(catalog, scope, seller_id=seller, name=name)
+    finally:
+        catalog.close()
+    typer.echo(text)
+    seller_note = f", seller {key.seller_id}" if key.seller_id else ""
+    typer.echo(
+        f"key {key.id} ({key.scope}{seller_note}) created; it is shown only now: send it as "
+        "`Authorization: Bearer <key>` (or `X-API-Key: <key>`)",
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def list_keys(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
+    """The keys (id, scope, seller, name, created, revoked), never their secrets."""
+    from catalog.api_keys import list_keys as listed
+
+    catalog = _open_catalog(workspace)
+    try:
+        keys = listed(catalog)
+    finally:
+        catalog.close()
+    if not keys:
+        typer.echo("no keys; create one with `marketsearch keys create --scope listings:write`")
+        return
+    typer.echo(f"{'id':<12}  {'scope':<14}  {'seller':<16}  {'created (UTC)':<19}  {'revoked (UTC)':<19}  name")
+    for key in keys:
+        revoked = f"{key.revoked_at:%Y-%m-%d %H:%M:%S}" if key.revoked_at else "-"
+        typer.echo(
+            f"{key.id:<12}  {key.scope:<14}  {key.seller_id or '-':<16}  {key.created_at:%Y-%m-%d %H:%M:%S}  "
+            f"{revoked:<19}  {key.name or ''}"
+        )
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="The key's id (`keys list`; the part after `ms_`).")],
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Revoke a key: every server process refuses it from its next request on."""
+    from catalog.api_keys import revoke_key as revoke
+
+    catalog = _open_catalog(workspace)
+    try:
+        revoked = revoke(catalog, key_id)
+    finally:
+        catalog.close()
+    if not revoked:
+        typer.echo(f"error: no active key {key_id!r} (see `marketsearch keys list`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"key {key_id} revoked")
+
+
+def _open_catalog(workspace):
+    from catalog.store import Catalog
+    from core.workspace import Workspace
+
+    ws = Workspace.at(workspace)
+    if not ws.db_path.is_file():
+        typer.echo(f"error: no catalogue at {ws.db_path}; build one first (`marketsearch build` or `ingest`)", err=True)
+        raise typer.Exit(2)
+    return Catalog(ws.db_url, root=ws.root)

@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     live_compact_age_s: float = Field(
         600.0, gt=0, description="Compact when the oldest live change not yet in the index set is this old (s)."
     )
+    # Per-key rate limits of the write routes (api/rate_limits.py): each process of `serve --workers N` holds its
+    # own buckets, so a key may get up to N times these rates in all.
+    write_rate_per_minute: float = Field(
+        120, gt=0, description="Listing writes (POST, PATCH, DELETE under /listings) per API key a minute."
+    )
+    write_burst: int = Field(30, ge=1, description="Listing writes an API key may make at once before it is limited.")
+    photo_rate_per_minute: float = Field(120, gt=0, description="Photos uploaded per API key a minute.")
+    photo_burst: int = Field(
+        30, ge=10, description="Photos an API key may upload at once (at least 10, the most one listing takes)."
+    )
+    event_rate_per_minute: float = Field(1200, gt=0, description="POST /events requests per API key a minute.")
+    event_burst: int = Field(200, ge=1, description="POST /events requests an API key may make at once.")
 
     @field_validator("workspace", mode="after")
     @classmethod

@@ -12,7 +12,10 @@ from weakref import WeakKeyDictionary
 from fastapi import Depends, HTTPException, Request, status
 
 from api.config import Settings
+from api.rate_limits import RateLimits
 from api.state import ServiceState
+from catalog.images import load_config
+from catalog.listing_writes import ListingWriter
 from catalog.store import Catalog
 from personal.store import EventStore
 from search.pipeline import Searcher
@@ -56,3 +59,27 @@ async def get_event_store(catalog: Annotated[Catalog, Depends(get_catalog)]) -> 
 
 
 EventStoreDep = Annotated[EventStore, Depends(get_event_store)]
+
+
+# One ListingWriter (its own engine for BEGIN IMMEDIATE writes, catalog/listing_writes.py) per open catalogue.
+_listing_writers: WeakKeyDictionary[Catalog, ListingWriter] = WeakKeyDictionary()
+
+
+async def get_listing_writer(
+    catalog: Annotated[Catalog, Depends(get_catalog)], state: Annotated[ServiceState, Depends(get_state)]
+) -> ListingWriter:
+    writer = _listing_writers.get(catalog)
+    if writer is None:
+        photo_config = load_config(state.workspace.photo_config_path)  # how ingest cleaned the catalogue's photos
+        writer = _listing_writers[catalog] = ListingWriter(catalog, state.workspace, photo_config)
+    return writer
+
+
+ListingWriterDep = Annotated[ListingWriter, Depends(get_listing_writer)]
+
+
+async def get_rate_limits(request: Request) -> RateLimits:
+    return request.app.state.rate_limits
+
+
+RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,19 +20,25 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.config import Settings, get_settings
 from api.limits import BodySizeLimitMiddleware
-from api.routes import api_router
+from api.rate_limits import Rate, RateLimits
+from api.routes import ROUTERS, api_router
 from api.routes.pages import STATIC_DIR
 from api.state import ServiceState, load_state, public_text, unusable_catalogue
 from catalog.errors import CatalogError
+from catalog.listing_writes import MAX_PHOTOS
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_PATHS = ("/search/image",)
 EVENT_PATHS = ("/events",)
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, headers and the small form fields next to the photo
+# POST /listings (a listing's fields and up to MAX_PHOTOS photos) and POST /listings/{id}/photos (one photo)
+NEW_LISTING_PATH = "/listings"
+ADDED_PHOTO_PATH = re.compile(r"^/listings/[^/]+/photos$")
 
 
 def create_app(settings: Settings | None = None, *, state: ServiceState | None = None) -> FastAPI:
@@ -60,12 +67,15 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     )
     if state is not None:
         app.state.service = state  # also usable without running the lifespan
+    app.state.rate_limits = rate_limits(settings)
     app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def body_limit(path: str) -> int:
-        if path in UPLOAD_PATHS:
+        if path in UPLOAD_PATHS or ADDED_PHOTO_PATH.match(path):
             return settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        if path == NEW_LISTING_PATH:
+            return MAX_PHOTOS * settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         if path in EVENT_PATHS:
             return settings.max_events_bytes
         return settings.max_json_bytes
@@ -73,13 +83,27 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["*"],
         )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(CatalogError, _catalogue_unusable)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
+
+
+def rate_limits(settings: Settings) -> RateLimits:
+    """The per-key buckets of this process (api/rate_limits.py), at the settings' rates."""
+    return RateLimits(
+        {
+            "writes": Rate(settings.write_rate_per_minute, settings.write_burst),
+            "photos": Rate(settings.photo_rate_per_minute, settings.photo_burst),
+            "events": Rate(settings.event_rate_per_minute, settings.event_burst),
+        }
+    )
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -95,9 +119,22 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
         cause = exc.__cause__
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc.detail)
         error = {"type": "body_invalid", "loc": ("body",), "msg": f"the request body could not be parsed ({reason})"}
+    elif exc.status_code == 405:
+        return await http_exception_handler(request, StarletteHTTPException(405, exc.detail, _allow(request)))
     else:
         return await http_exception_handler(request, exc)
     return await _validation_error(request, RequestValidationError([error]))
+
+
+def _allow(request: Request) -> dict[str, str]:
+    """``Allow`` for a 405: the methods of every route of the path. Starlette names only the first route's, and
+    a path with several routes (GET, PATCH and DELETE /listings/{id}, in two routers) has one route per method."""
+    methods: set[str] = set()
+    for route in (route for router in ROUTERS for route in router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= route.methods
+    return {"Allow": ", ".join(sorted(methods))}
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -44,6 +44,7 @@ def _json_integer(value: object) -> object:
 
 
 JsonInteger = BeforeValidator(_json_integer)
+ValidUnicode = AfterValidator(_valid_unicode)
 
 
 def has_visible_character(value: str) -> bool:
@@ -210,6 +211,12 @@ class ListingPublic(BaseModel):
     location: str
     created_at: str | None
     photos: list[PhotoPublic]
+    status: Literal["active", "sold"] = Field(
+        description="`active` (searchable) or `sold` (shown by its id, never searched)."
+    )
+    seller_id: str | None = Field(
+        None, description="The seller whose key created the listing; null for a listing from a batch ingest."
+    )
 
 
 class CategoriesResponse(BaseModel):
@@ -268,6 +275,10 @@ class ValidationErrorResponse(BaseModel):
 
 
 _ERROR_DESCRIPTIONS = {
+    401: "No API key, or an unknown or revoked one (`WWW-Authenticate` says so); create one with "
+    "`marketsearch keys create`.",
+    403: "The API key's scope does not cover this route, or a seller's key acts on another seller's listing.",
+    429: "The API key is over its rate limit; `Retry-After` gives the seconds to wait.",
     404: "Unknown listing or image (the detail says which).",
     413: "Body over the limit, file over the upload limit, or an image with too many pixels.",
     415: "The file is not an image in an accepted format.",

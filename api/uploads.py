@@ -46,7 +46,7 @@ def decode_image(
     try:
         image = open_photo(io.BytesIO(data), config)  # reads the header only
     except ImageRejected as exc:
-        raise _refused(exc, content_type, max_pixels) from None
+        raise refusal(exc, content_type, max_pixels) from None
     if image.format not in ACCEPTED_FORMATS:
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -62,10 +62,11 @@ def decode_image(
     try:
         return upright_rgb(decode_photo(image, config))
     except ImageRejected as exc:
-        raise _refused(exc, content_type, max_pixels) from None
+        raise refusal(exc, content_type, max_pixels) from None
 
 
-def _refused(exc: ImageRejected, content_type: str | None, max_pixels: int) -> HTTPException:
+def refusal(exc: ImageRejected, content_type: str | None, max_pixels: int) -> HTTPException:
+    """The HTTP answer to a photo `catalog.images` rejected."""
     if exc.reason == "image_not_an_image":
         return HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,22 +141,44 @@ def parse_product_row(values: dict[str, str]) -> Listing:
     listing_id = normalise_text(values["id"])
     if not listing_id:
         raise _MissingId("empty id")
-    levels = parse_category_path(values["category"])
-    town, county = parse_location(values["location"])
-    return Listing(
-        id=listing_id,
-        title=strip_title_suffix(values["product_name"]),
-        description=normalise_text(values["product_description"]),
-        price=parse_price(values["price"]),
-        category=format_category_path(levels),
-        category_levels=levels,
-        top_category=levels[0],
-        town=town,
-        county=county,
-        location=normalise_text(values["location"]),
-        created_at=None,
-        image_ids=(),
-    )
+    return Listing(id=listing_id, created_at=None, image_ids=(), **clean_product_fields(values))
+
+
+def clean_product_fields(values: Mapping[str, str]) -> dict[str, object]:
+    """The cleaned `Listing` fields of the product columns present in ``values`` (`PRODUCT_COLUMNS` but the id).
+
+    The one definition of the cleaning rules: ingest passes whole rows, the API's listing writes
+    (catalog/listing_writes.py) the fields a seller sent. Raises the `FieldError` subclass of the first bad
+    field, with ``column`` set to that field's column name."""
+    cleaned: dict[str, object] = {}
+    for column, clean in _FIELD_CLEANERS:
+        if column in values:
+            try:
+                cleaned.update(clean(values[column]))
+            except FieldError as exc:
+                exc.column = column
+                raise
+    return cleaned
+
+
+def _category_fields(raw: str) -> dict[str, object]:
+    levels = parse_category_path(raw)
+    return {"category": format_category_path(levels), "category_levels": levels, "top_category": levels[0]}
+
+
+def _location_fields(raw: str) -> dict[str, object]:
+    town, county = parse_location(raw)
+    return {"town": town, "county": county, "location": normalise_text(raw)}
+
+
+# In the order ingest has always checked them: a row with several bad fields is quarantined for the first.
+_FIELD_CLEANERS = (
+    ("category", _category_fields),
+    ("location", _location_fields),
+    ("product_name", lambda raw: {"title": strip_title_suffix(raw)}),
+    ("product_description", lambda raw: {"description": normalise_text(raw)}),
+    ("price", lambda raw: {"price": parse_price(raw)}),
+)
 
 
 class _MissingId(FieldError):

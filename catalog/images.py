@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -179,13 +180,20 @@ def _load_verified(path: Path, config: ImageCleaningConfig) -> tuple[PILImage.Im
         raise ImageRejected("image_file_missing", f"no file at {path}")
     if path.stat().st_size == 0:
         raise ImageRejected("image_empty_file", f"{path} is empty")
+    return _decode_verified(lambda: path, config)
+
+
+def _decode_verified(
+    source: Callable[[], Path | BinaryIO], config: ImageCleaningConfig
+) -> tuple[PILImage.Image, tuple[int, int]]:
+    """Verify, decode and turn upright one photo; ``source`` gives a fresh file (or path) on each call."""
     # verify() checks structure without decoding and leaves the object unusable, so open twice.
-    with open_photo(path, config) as probe:
+    with open_photo(source(), config) as probe:
         try:
             probe.verify()
         except Exception as exc:  # Pillow raises many types here (SyntaxError, struct.error, OSError...)
             raise ImageRejected("image_corrupt", f"verify failed: {type(exc).__name__}: {exc}") from None
-    image = open_photo(path, config)
+    image = open_photo(source(), config)
     source_size = image.size
     return upright_rgb(decode_photo(image, config)), source_size
 
@@ -271,12 +279,25 @@ def clean_image(
     source, destination = Path(source), Path(destination)
     if not source.is_file():
         raise ImageRejected("image_file_missing", f"no file at {source}")
-    key = source_key(source.read_bytes(), config)
+    data = source.read_bytes()
+    key = source_key(data, config)
     cached = _cached(destination, key)
     if cached is not None:
         check_dimensions(*cached, config)  # the shape limits are settings too, checked on every run
         return CleanedImage(config.size, config.size, cached[0], cached[1], key, cached=True)
-    image, source_size = _load_verified(source, config)
-    data = encode_photo(image, config, comment=f"{key};{source_size[0]}x{source_size[1]}")
-    write_atomic(destination, lambda tmp: tmp.write_bytes(data))
-    return CleanedImage(config.size, config.size, source_size[0], source_size[1], key, cached=False)
+    if not data:
+        raise ImageRejected("image_empty_file", f"{source} is empty")
+    cleaned, result = clean_photo(data, config)
+    write_atomic(destination, lambda tmp: tmp.write_bytes(cleaned))
+    return result
+
+
+def clean_photo(data: bytes, config: ImageCleaningConfig = ImageCleaningConfig()) -> tuple[bytes, CleanedImage]:
+    """The catalogue's JPEG of one photo's bytes, and its record: what `clean_image` writes for a file (ingest)
+    and the API's listing writes store for an upload, byte for byte. Raises ImageRejected."""
+    if not data:
+        raise ImageRejected("image_empty_file", "the photo is empty")
+    key = source_key(data, config)
+    image, (width, height) = _decode_verified(lambda: io.BytesIO(data), config)
+    cleaned = encode_photo(image, config, comment=f"{key};{width}x{height}")
+    return cleaned, CleanedImage(config.size, config.size, width, height, key, cached=False)

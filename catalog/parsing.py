@@ -9,9 +9,11 @@ import unicodedata
 
 
 class FieldError(ValueError):
-    """A raw field that cannot be cleaned. `reason` is a short code used in the quarantine report."""
+    """A raw field that cannot be cleaned. `reason` is a short code used in the quarantine report; `column`
+    names the field once `catalog.export.clean_product_fields` has met it."""
 
     reason = "bad_field"
+    column: str | None = None
 
 
 class PriceError(FieldError):

@@ -386,6 +386,28 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def immediate_write_engine(url: str) -> Engine:
+    """An engine of its own on an SQLite file for read-then-write transactions: a connection with the
+    execution option ``immediate=True`` starts its transaction with ``BEGIN IMMEDIATE``, taking the write lock
+    before it reads, so concurrent writers (threads, or `serve --workers N` processes) queue instead of
+    deadlocking on a lock upgrade (the SQLAlchemy documentation's recipe for pysqlite). The catalogue's
+    pragmas (busy_timeout, synchronous=FULL) apply."""
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_driver_transactions_off)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_driver_transactions_off(dbapi_connection, record) -> None:
+    # The driver's own transaction handling off, so that the "begin" event decides how a transaction starts.
+    dbapi_connection.isolation_level = None
+    _sqlite_pragmas(dbapi_connection, record)
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

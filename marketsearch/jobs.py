@@ -160,6 +160,10 @@ def demo(
         steps.append(("evaluate", lambda: evaluation_cli.evaluate(workspace=workspace)))
         steps.append(("evaluate-recs", lambda: evaluation_cli.evaluate_recs(workspace=workspace, progress=False)))
     run_steps(steps)
+    typer.echo(
+        "writes (selling, events, user erasure) need an API key; reads need none: create one with "
+        f"`marketsearch keys create --scope admin --workspace {workspace}` and paste it into the page's API key box"
+    )
     if serve:
 
         typer.secho(f"\nserving http://{host}:{port}/  (API docs at /docs; Ctrl-C to stop)", bold=True)

@@ -14,12 +14,12 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, and_, create_engine, delete, event, func, or_, select
+from sqlalchemy import Engine, and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 
 from catalog import schema
-from catalog.store import Catalog
+from catalog.store import Catalog, immediate_write_engine
 from personal.events import Event, Rejection, is_valid_id, problem
 
 CHUNK = 500  # ids per IN (...) query: well under every database's bound on bound parameters
@@ -58,9 +58,7 @@ class EventStore:
         url = make_url(self.url)
         self._owns_engine = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
         if self._owns_engine:
-            self.engine: Engine = create_engine(self.url)
-            event.listen(self.engine, "connect", _sqlite_connect)
-            event.listen(self.engine, "begin", _sqlite_begin)
+            self.engine: Engine = immediate_write_engine(self.url)
         else:  # a server database, or an in-memory SQLite one (which only the catalogue's engine can see)
             self.engine = catalog.engine
 
@@ -281,17 +279,3 @@ def _naive(value: dt.datetime) -> dt.datetime:
 
 def _id_or_none(value: object) -> str | None:
     return value if is_valid_id(value) else None
-
-
-def _sqlite_connect(dbapi_connection, _record) -> None:
-    # The driver's own transaction handling off, so that SQLAlchemy's "begin" event below decides how a
-    # transaction starts (the SQLAlchemy documentation's recipe for pysqlite); the catalogue's pragmas.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout = 30000")
-    cursor.execute("PRAGMA synchronous = FULL")  # acknowledged events survive power loss (catalog.store)
-    cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")

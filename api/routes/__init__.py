@@ -2,15 +2,32 @@
 
 from fastapi import APIRouter
 
-from api.routes import categories, events, health, images, listings, pages, recommendations, search, users
+from api.routes import (
+    categories,
+    events,
+    health,
+    images,
+    listing_writes,
+    listings,
+    pages,
+    recommendations,
+    search,
+    users,
+)
+
+ROUTERS = (
+    search.router,
+    listings.router,
+    listing_writes.router,
+    images.router,
+    categories.router,
+    events.router,
+    users.router,
+    recommendations.router,
+    health.router,
+    pages.router,
+)
 
 api_router = APIRouter()
-api_router.include_router(search.router)
-api_router.include_router(listings.router)
-api_router.include_router(images.router)
-api_router.include_router(categories.router)
-api_router.include_router(events.router)
-api_router.include_router(users.router)
-api_router.include_router(recommendations.router)
-api_router.include_router(health.router)
-api_router.include_router(pages.router)
+for router in ROUTERS:
+    api_router.include_router(router)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import EventStoreDep
+from api.auth import EventsKey
+from api.deps import EventStoreDep, RateLimitsDep
 from api.event_schemas import MAX_BATCH, EventBatch, EventBatchResponse, EventRejection
 from api.schemas import error_responses
 from personal.events import Event
@@ -13,8 +14,11 @@ from personal.events import Event
 router = APIRouter(prefix="/events", tags=["events"])
 
 _RESPONSES = error_responses(
+    401,
+    403,
     413,
     422,
+    429,
     503,
     descriptions={
         413: f"More than {MAX_BATCH:,} events, or a body over the events body limit.",
@@ -25,13 +29,16 @@ _RESPONSES = error_responses(
 
 
 @router.post("", responses=_RESPONSES)
-async def post_events(batch: EventBatch, store: EventStoreDep) -> EventBatchResponse:
-    """Store a batch of events: answered once they are committed.
+async def post_events(
+    batch: EventBatch, store: EventStoreDep, key: EventsKey, limits: RateLimitsDep
+) -> EventBatchResponse:
+    """Store a batch of events (API key with scope `events:write`): answered once they are committed.
 
     Idempotent by `event_id`: a retried batch stores nothing twice and counts the repeats as `duplicates`.
     An invalid event (malformed id, unknown type or listing, a time far in the future) is listed in `rejected`
     with its index and reason, and the valid ones are stored.
     """
+    limits.check("events", key.id)
     if len(batch.events) > MAX_BATCH:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
@@ -9,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from api.deps import CatalogDep
 from api.routes.search import image_url
 from api.schemas import ListingPublic, PhotoPublic, error_responses
+from catalog.models import Image, Listing
 
 router = APIRouter(prefix="/listings", tags=["listings"])
 
@@ -32,13 +34,18 @@ _PHOTO_LINK = {
     },
 )
 def get_listing(listing_id: ListingId, catalog: CatalogDep) -> ListingPublic:
-    """A listing with its full description and the URLs of its cleaned photos."""
+    """A listing with its full description, its status and the URLs of its cleaned photos."""
     listing = catalog.get_listing(listing_id)
     if listing is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no listing with id {listing_id!r}")
+    return listing_public(listing, {image_id: catalog.get_image(image_id) for image_id in listing.image_ids})
+
+
+def listing_public(listing: Listing, images: Mapping[str, Image | None]) -> ListingPublic:
+    """What the API shows of a listing; ``images``: its photos' records by id (None for one not found)."""
     photos = []
     for image_id in listing.image_ids:
-        image = catalog.get_image(image_id)
+        image = images.get(image_id)
         photos.append(
             PhotoPublic(
                 id=image_id,
@@ -60,4 +67,6 @@ def get_listing(listing_id: ListingId, catalog: CatalogDep) -> ListingPublic:
         location=listing.location,
         created_at=listing.created_at.isoformat() if listing.created_at else None,
         photos=photos,
+        status=listing.status,
+        seller_id=listing.seller_id,
     )

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
+from api.auth import AdminKey
 from api.deps import EventStoreDep, StateDep
 from api.event_schemas import EventOut, UserErasureResponse, UserEventsResponse
 from api.schemas import error_responses
@@ -55,9 +56,10 @@ async def user_events(
     )
 
 
-@router.delete("/{user_id}", responses=error_responses(422, 503))
-async def delete_user(user_id: UserId, store: EventStoreDep, state: StateDep) -> UserErasureResponse:
-    """Erase the user: every event, the user's row, and what was derived from their history.
+@router.delete("/{user_id}", responses=error_responses(401, 403, 422, 503))
+async def delete_user(user_id: UserId, store: EventStoreDep, state: StateDep, key: AdminKey) -> UserErasureResponse:
+    """Erase the user (API key with scope `admin`): every event, the user's row, and what was derived from their
+    history.
 
     Erasing a user who has nothing stored is not an error (`erased_events: 0`, `erased_user: false`).
     """

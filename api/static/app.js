@@ -81,7 +81,22 @@ const userId = (() => {
   }
 })();
 
+// The API key of this browser (writes need one: `marketsearch keys create`), kept in localStorage. Its scope decides
+// what it allows: listings:write sells, events:write sends events, admin both.
+const API_KEY = "marketsearch.api_key";
+const KEY_HELP = "Selling and sending events need an API key: create one with `marketsearch keys create --scope " +
+  "listings:write --seller YOUR_ID` (selling), `--scope events:write` (events) or `--scope admin` (both), then paste it here.";
+
+function apiKey() {
+  try { return (localStorage.getItem(API_KEY) || "").trim(); } catch (err) { return $("api-key").value.trim(); }
+}
+
+function authorised(headers) {
+  return { ...headers, Authorization: "Bearer " + apiKey() };
+}
+
 function sendEvents(type, items) {
+  if (!apiKey()) return;  // events need a key: without one the page sends none
   const now = new Date().toISOString();
   const events = items.map((item) => ({
     event_id: randomHex(), user_id: userId, listing_id: item.listingId, type, occurred_at: now,
@@ -89,7 +104,8 @@ function sendEvents(type, items) {
   }));
   // keepalive: a click's event still goes out when the buyer leaves the page right after
   fetch("/events", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ events }), keepalive: true,
+    method: "POST", headers: authorised({ "Content-Type": "application/json" }), body: JSON.stringify({ events }),
+    keepalive: true,
   }).catch(() => {});
 }
 
@@ -377,6 +393,7 @@ async function loadCategories() {
     const data = await fetchJson("/categories");
     const select = $("category");
     data.data.forEach((name) => { const option = el("option", null, name); option.value = name; select.append(option); });
+    data.data.forEach((name) => { const option = el("option"); option.value = name; $("category-list").append(option); });
   } catch (err) { /* the health banner explains an unavailable service */ }
 }
 
@@ -406,3 +423,50 @@ $("next-page").addEventListener("click", () => { runSearch(shownPage + 1); form.
 window.addEventListener("popstate", restoreFromUrl);
 loadCategories().then(restoreFromUrl);  // the category list first, so a URL's category can be selected
 checkHealth();
+
+// "Sell an item": the fields and photos as multipart to POST /listings, with the key of the box above. One
+// Idempotency-Key per filled-in form: sending the same form again (a retry) cannot list the item twice.
+const keyInput = $("api-key");
+const sellForm = $("sell-form");
+let sellAttempt = randomHex();
+
+function showKeyNote() {
+  $("key-note").textContent = apiKey() ? "Kept in this browser; also used to send your search events." : KEY_HELP;
+}
+
+function showSellResult(kind, messages, listing) {
+  const box = $("sell-result");
+  box.replaceChildren();
+  box.className = "banner " + kind;
+  messages.forEach((m) => box.append(el("div", null, capitalise(String(m)))));
+  if (listing) box.dataset.listingId = listing.id; else delete box.dataset.listingId;
+  box.hidden = false;
+}
+
+keyInput.value = apiKey();
+keyInput.addEventListener("input", () => {
+  try { localStorage.setItem(API_KEY, keyInput.value.trim()); } catch (err) { /* storage blocked: this page only */ }
+  showKeyNote();
+});
+sellForm.addEventListener("input", () => { sellAttempt = randomHex(); });
+sellForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!apiKey()) { showSellResult("error", [KEY_HELP]); return; }
+  const data = new FormData();
+  for (const name of ["title", "description", "price", "category", "location"]) data.append(name, $("sell-" + name).value);
+  for (const file of $("sell-photos").files) data.append("photos", file);
+  $("sell-button").disabled = true;
+  try {
+    const listing = await fetchJson("/listings", {
+      method: "POST", headers: authorised({ "Idempotency-Key": sellAttempt }), body: data,
+    });
+    showSellResult("ok", ["Listed “" + listing.title + "” (id " + listing.id + "): it shows in search within seconds."], listing);
+    sellForm.reset();
+    sellAttempt = randomHex();
+  } catch (err) {
+    showSellResult("error", err.messages || ["Could not list the item."]);
+  } finally {
+    $("sell-button").disabled = false;
+  }
+});
+showKeyNote();

@@ -23,7 +23,10 @@ def fake_workspace(tmp_path: Path) -> Workspace:
 
 @pytest.fixture
 def fake_settings(fake_workspace: Workspace) -> Settings:
-    return Settings(workspace=fake_workspace.root, max_upload_bytes=200_000, max_image_pixels=1_000_000)
+    # event_burst: the event tests send a few hundred batches in a few seconds (test_rate_limits.py tests the limits)
+    return Settings(
+        workspace=fake_workspace.root, max_upload_bytes=200_000, max_image_pixels=1_000_000, event_burst=1000
+    )
 
 
 @pytest.fixture
@@ -45,6 +48,18 @@ def fake_state(fake_settings: Settings, fake_workspace: Workspace, fake_catalog_
 def fake_client(fake_settings: Settings, fake_state: ServiceState) -> TestClient:
     with TestClient(create_app(fake_settings, state=fake_state), raise_server_exceptions=False) as client:
         yield client
+
+
+@pytest.fixture
+def api_key(fake_state: ServiceState):
+    """``api_key(scope, seller=None)``: the headers of a new API key in the fake catalogue."""
+    from catalog.api_keys import create_key
+
+    def make(scope: str, seller: str | None = None) -> dict[str, str]:
+        _, text = create_key(fake_state.catalog, scope, seller_id=seller)
+        return {"Authorization": f"Bearer {text}"}
+
+    return make
 
 
 def jpeg_bytes(size: tuple[int, int] = (64, 48), color=(20, 120, 200)) -> bytes:

@@ -36,6 +36,30 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
+def demo_state(demo_state, tmp_path_factory):
+    """A copy of the demo workspace (the session's stays read-only): the page sells items, and sends events
+    under keys, into it."""
+    from api.state import ServiceState
+    from catalog.store import Catalog
+    from core.workspace import Workspace
+
+    workspace = Workspace.at(tmp_path_factory.mktemp("browser") / "ws")
+    shutil.copytree(demo_state.workspace.root, workspace.root)
+    catalog = Catalog(workspace.db_url, root=workspace.root)
+    settings = demo_state.settings.model_copy(update={"workspace": workspace.root})
+    yield ServiceState(settings, workspace, catalog=catalog, searcher=demo_state.searcher)
+    catalog.close()
+
+
+@pytest.fixture
+def key_of(demo_state):
+    """``key_of(scope, seller=None)``: a new API key's text in the browser tests' catalogue."""
+    from catalog.api_keys import create_key
+
+    return lambda scope, seller=None: create_key(demo_state.catalog, scope, seller_id=seller)[1]
+
+
+@pytest.fixture(scope="module")
 def server_url(demo_state):
     port = _free_port()
     app = create_app(demo_state.settings, state=demo_state)
@@ -382,7 +406,9 @@ def _events_of(client, user_id: str, wanted, timeout: float = 15.0) -> list[dict
         time.sleep(0.1)
 
 
-def test_the_page_sends_impressions_and_clicks_under_a_kept_user_id(page, client):
+def test_the_page_sends_impressions_and_clicks_under_a_kept_user_id(page, client, key_of):
+    page.click("#sell summary")
+    page.fill("#api-key", key_of("events:write"))
     _search(page, "good condition")
     shown = _card_ids(page)
     user_id = page.evaluate("localStorage.getItem('marketsearch.user_id')")
@@ -407,6 +433,50 @@ def test_the_page_sends_impressions_and_clicks_under_a_kept_user_id(page, client
     page.reload()  # the same buyer after a reload: the id lives in the browser
     page.wait_for_function(SEARCH_DONE)
     assert page.evaluate("localStorage.getItem('marketsearch.user_id')") == user_id
+
+
+def test_without_a_key_the_page_sends_no_events(page):
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if request.url.endswith("/events") else None)
+    _search(page, "good condition")
+    page.locator(".card").nth(0).click()
+    page.wait_for_selector("#listing-dialog[open] h2")
+    page.keyboard.press("Escape")
+    _search(page, "table")  # a second search: the first one's events would have gone out before its results
+    assert sent == []
+    page.click("#sell summary")
+    assert "marketsearch keys create" in page.inner_text("#key-note")
+
+
+def test_an_item_sold_through_the_form_is_listed_with_its_photo(page, client, demo_state, key_of, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "lamp.png"
+    Image.new("RGB", (120, 90), (240, 200, 40)).save(photo)
+    count = demo_state.catalog.count()
+    page.click("#sell summary")
+    page.fill("#sell-title", "Brass desk lamp")
+    page.fill("#sell-description", "Works, with a warm bulb")
+    page.fill("#sell-price", "£15")
+    page.fill("#sell-category", "Home & Garden / Lighting")
+    page.fill("#sell-location", "York, North Yorkshire")
+    page.set_input_files("#sell-photos", str(photo))
+    page.click("#sell-button")
+    page.wait_for_selector("#sell-result:not([hidden])")
+    assert "API key" in page.inner_text("#sell-result") and demo_state.catalog.count() == count  # no key yet
+
+    page.fill("#api-key", key_of("listings:write", seller="browser-seller"))
+    page.click("#sell-button")
+    page.wait_for_selector("#sell-result[data-listing-id]")
+    listing_id = page.get_attribute("#sell-result", "data-listing-id")
+    listing = client.get(f"/listings/{listing_id}").json()
+    assert (listing["title"], listing["price"], listing["seller_id"]) == ("Brass desk lamp", 15.0, "browser-seller")
+    assert listing["top_category"] == "Home & Garden" and len(listing["photos"]) == 1
+    assert client.get(listing["photos"][0]["url"]).status_code == 200
+    assert demo_state.catalog.count() == count + 1
+    page.reload()
+    page.click("#sell summary")
+    assert page.input_value("#api-key").startswith("ms_")  # kept in this browser
 
 
 def _keep_screenshot(path: Path) -> None:

@@ -29,6 +29,14 @@ def event(n: int, user="u1", listing="L1", kind="click", seconds_ago: float | No
             "occurred_at": when.isoformat(), **extra}  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def events_key(fake_client, api_key) -> dict[str, str]:
+    """Every request of these tests carries an events:write key (DELETE /users passes an admin key instead)."""
+    headers = api_key("events:write")
+    fake_client.headers.update(headers)
+    return headers
+
+
 def test_a_batch_is_stored_and_read_back_newest_first(fake_client):
     batch = [
         event(1, kind="impression", query_id="a" * 32, position=1),
@@ -160,20 +168,52 @@ def test_bad_paging_parameters_and_user_ids_are_422(fake_client, path):
     assert fake_client.get(path).status_code == 422
 
 
-def test_delete_user_leaves_nothing_of_the_user_in_the_database(fake_client, fake_state):
+def test_delete_user_leaves_nothing_of_the_user_in_the_database(fake_client, fake_state, api_key):
+    admin = api_key("admin")
     user = "gone-user-7f3a"
     fake_client.post("/events", json={"events": [event(n, user=user, listing=f"L{1 + n % 3}") for n in range(20)]})
     fake_client.post("/events", json={"events": [event(100 + n, user="stays") for n in range(3)]})
     assert _rows_mentioning(fake_state.catalog, user)  # the check below can see the user's rows
 
-    response = fake_client.delete(f"/users/{user}")
+    response = fake_client.delete(f"/users/{user}", headers=admin)
     assert response.status_code == 200
     assert response.json() == {"user_id": user, "erased_events": 20, "erased_user": True, "derived": {}}
     assert _rows_mentioning(fake_state.catalog, user) == []
     assert fake_client.get(f"/users/{user}/events").json()["count"] == 0
     assert fake_client.get("/users/stays/events").json()["count"] == 3
-    again = fake_client.delete(f"/users/{user}").json()
+    again = fake_client.delete(f"/users/{user}", headers=admin).json()
     assert (again["erased_events"], again["erased_user"]) == (0, False)
+
+
+def test_events_need_an_events_key_and_erasure_an_admin_key(fake_client, fake_state, api_key, events_key):
+    del fake_client.headers["Authorization"]
+    batch = {"events": [event(1)]}
+    missing = fake_client.post("/events", json=batch)
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "marketsearch keys create --scope events:write" in missing.json()["detail"]
+    unknown = fake_client.post("/events", json=batch, headers={"Authorization": "Bearer ms_0123456789ab_" + "x" * 43})
+    assert unknown.status_code == 401 and "invalid_token" in unknown.headers["WWW-Authenticate"]
+    wrong_scope = fake_client.post("/events", json=batch, headers=api_key("listings:write"))
+    assert wrong_scope.status_code == 403 and "needs events:write" in wrong_scope.json()["detail"]
+    assert fake_client.get("/users/u1/events").json()["count"] == 0  # reads stay public; nothing was stored
+    by_header = {"X-API-Key": events_key["Authorization"].removeprefix("Bearer ")}
+    assert fake_client.post("/events", json=batch, headers=by_header).json()["stored"] == 1
+    assert fake_client.post("/events", json={"events": [event(2)]}, headers=api_key("admin")).json()["stored"] == 1
+
+    assert fake_client.delete("/users/u1").status_code == 401
+    assert fake_client.delete("/users/u1", headers=events_key).status_code == 403
+    assert fake_client.delete("/users/u1", headers=api_key("listings:write", seller="s1")).status_code == 403
+    assert fake_client.get("/users/u1/events").json()["count"] == 2
+    assert fake_client.delete("/users/u1", headers=api_key("admin")).json()["erased_events"] == 2
+
+
+def test_a_revoked_key_is_refused_at_once(fake_client, fake_state, events_key):
+    from catalog.api_keys import key_id_of, revoke_key
+
+    assert fake_client.post("/events", json={"events": [event(1)]}).status_code == 200
+    assert revoke_key(fake_state.catalog, key_id_of(events_key["Authorization"].removeprefix("Bearer ")))
+    refused = fake_client.post("/events", json={"events": [event(2)]})
+    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
 
 
 def _rows_mentioning(catalog, text: str) -> list[tuple[str, str]]:

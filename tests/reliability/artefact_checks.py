@@ -81,7 +81,8 @@ def assert_serves_a_consistent_set(workspace: Workspace, *, reranked: bool | Non
 def catalogue_rows(workspace: Workspace) -> dict[str, list]:
     """Every row of the catalogue's listing and image tables (timestamps of writing left out), sorted."""
     with sqlite3.connect(workspace.db_path) as db:
-        listings = sorted(db.execute("SELECT * FROM listings").fetchall())
+        columns = [row[1] for row in db.execute("PRAGMA table_info(listings)") if row[1] != "updated_at"]
+        listings = sorted(db.execute(f"SELECT {', '.join(columns)} FROM listings").fetchall())
         images = sorted(db.execute("SELECT * FROM images").fetchall())
     return {"listings": listings, "images": images}
 
