@@ -77,9 +77,12 @@ def test_similar_listings(recs_client, recs_state):
 
 
 def test_erasing_a_user_removes_them_from_the_served_state_and_the_saved_folder(recs_client, recs_state):
+    from catalog.api_keys import create_key
+
+    admin = {"Authorization": f"Bearer {create_key(recs_state.catalog, 'admin')[1]}"}
     user = known_user(recs_state)
     assert recs_client.get(f"/users/{user}/recommendations").json()["cold_start"] is False
-    erased = recs_client.delete(f"/users/{user}").json()
+    erased = recs_client.delete(f"/users/{user}", headers=admin).json()
     assert erased["erased_events"] > 0 and erased["derived"] == {"recommendations": 2}
     assert recs_state.recommender.model.profile(user) is None
     other = known_user(recs_state)  # the check below can see a user who is there
@@ -89,7 +92,7 @@ def test_erasing_a_user_removes_them_from_the_served_state_and_the_saved_folder(
             data = path.read_bytes()  # numpy stores strings as UTF-32; npz is an uncompressed zip
             assert user.encode() not in data and user.encode("utf-32-le") not in data, path
     assert recs_client.get(f"/users/{user}/recommendations").json()["cold_start"] is True
-    assert recs_client.delete(f"/users/{user}").json()["derived"] == {"recommendations": 0}
+    assert recs_client.delete(f"/users/{user}", headers=admin).json()["derived"] == {"recommendations": 0}
 
 
 def test_without_trained_recommenders_the_routes_answer_503_with_the_fix(fake_client):
