@@ -102,6 +102,12 @@ def embed(
     image_batch_size: Annotated[int, typer.Option(
         "--image-batch-size", min=1, help="Photos per forward pass of the image tower.")] = 32,
     threads: ThreadsOption = 2,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0, help="Processes decoding and preprocessing photos ahead of the forwards (0: inline).")] = 1,
+    runtime: Annotated[str, typer.Option(
+        "--runtime", help="Where the image backbone runs: auto (the bundle's fp32 ONNX graph when `marketsearch "
+        "export-onnx` wrote one, the runtime the service encodes query photos in; else torch), onnxruntime or "
+        "torch.")] = "auto",
     model_dir: Annotated[Path | None, typer.Option(
         "--model", help="Model bundle folder (default: WORKSPACE/model).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
@@ -125,10 +131,24 @@ def embed(
     except (FileNotFoundError, ValueError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from error
+    if runtime not in ("auto", "onnxruntime", "torch"):
+        typer.secho(f"error: --runtime must be auto, onnxruntime or torch, got {runtime!r}", err=True,
+                    fg=typer.colors.RED)
+        raise typer.Exit(2)
+    if runtime != "torch":
+        from encoders.runtime import GraphError, GraphSet, graph_dir, use_graphs
+
+        try:  # fp32 only: catalogue vectors stay within 1e-5 of torch's; int8 is for queries, behind its gate
+            use_graphs(model, GraphSet.open(graph_dir(model_dir or ws.model_dir), model.fingerprint), "image",
+                       "fp32", threads=threads)
+        except GraphError as error:
+            if runtime == "onnxruntime":
+                typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+                raise typer.Exit(2) from error
     catalog = Catalog(ws.db_url, root=ws.root)
     try:
         stats = embed_catalog(model, catalog, batch_size=batch_size, image_batch_size=image_batch_size,
-                              feature_cache=ws.feature_cache_dir)
+                              feature_cache=ws.feature_cache_dir, workers=workers)
     finally:
         catalog.close()
     if as_json:
@@ -140,4 +160,5 @@ def embed(
                f"cache), {stats.image_errors} unreadable, "
                f"{stats.text_only} text-only listings")
     typer.echo(f"{stats.seconds:.1f} s, {stats.listings_per_s:.1f} listings/s (batch {batch_size}, "
-               f"image batch {image_batch_size}, {threads} threads)")
+               f"image batch {image_batch_size}, {threads} threads, {workers} photo workers, image backbone in "
+               f"{model.image_tower.backbone.runtime})")

@@ -23,11 +23,12 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
 from sqlalchemy import (
     Boolean,
     Column,
@@ -43,6 +44,7 @@ from sqlalchemy import (
 from tqdm.auto import tqdm
 
 from encoders.features import FeatureCache, backbone_key, photo_key
+from encoders.photo_stream import photo_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -178,16 +180,26 @@ def ensure_table(catalog) -> None:
     metadata.create_all(catalog.engine, tables=[listing_embeddings, listing_photo_vectors])
 
 
-def _load_photo(path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
+@dataclass
+class _ChunkPhotos:
+    """Where the photos of one chunk of listings come from: files to decode or the training feature cache."""
+
+    fresh_owners: list[int] = field(default_factory=list)  # listing row of each photo file to encode
+    fresh_ids: list[str] = field(default_factory=list)
+    fresh_paths: list[Path] = field(default_factory=list)
+    cached_keys: list[str] = field(default_factory=list)
+    cached_owners: list[int] = field(default_factory=list)
 
 
-def _encode_chunk(model, catalog, listings, image_batch_size: int, text_batch_size: int, stats: EmbedStats,
-                  photo_cache: FeatureCache | None = None):
-    text = model.encode_texts([listing.text for listing in listings], batch_size=text_batch_size)
-    photos, owners, cached_keys, cached_owners = [], [], [], []
+def _skip_photo(stats: EmbedStats, listing_id: str, image_id: str, reason: str) -> None:
+    stats.image_errors += 1
+    message = f"listing {listing_id}: photo {image_id} skipped ({reason})"
+    stats.errors.append(message)
+    logger.warning(message)
+
+
+def _plan_photos(catalog, listings, stats: EmbedStats, photo_cache: FeatureCache | None) -> _ChunkPhotos:
+    plan = _ChunkPhotos()
     for row, listing in enumerate(listings):
         for image_id in listing.image_ids:
             path = catalog.image_path(image_id)
@@ -195,32 +207,48 @@ def _encode_chunk(model, catalog, listings, image_batch_size: int, text_batch_si
                 if path is None:
                     raise FileNotFoundError(f"image {image_id} is not in the catalogue")
                 key = photo_key(image_id, path) if photo_cache is not None else None
-                if key is not None and key in photo_cache.row_of:
-                    cached_keys.append(key)
-                    cached_owners.append(row)
-                else:
-                    photos.append(_load_photo(path))
-                    owners.append(row)
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                stats.image_errors += 1
-                message = f"listing {listing.id}: photo {image_id} skipped ({type(error).__name__}: {error})"
-                stats.errors.append(message)
-                logger.warning(message)
+            except (OSError, ValueError) as error:
+                _skip_photo(stats, listing.id, image_id, f"{type(error).__name__}: {error}")
+                continue
+            if key is not None and key in photo_cache.row_of:
+                plan.cached_keys.append(key)
+                plan.cached_owners.append(row)
+            else:
+                plan.fresh_owners.append(row)
+                plan.fresh_ids.append(image_id)
+                plan.fresh_paths.append(path)
+    return plan
+
+
+def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, image_batch_size: int, text_batch_size: int,
+                  stats: EmbedStats, photo_cache: FeatureCache | None = None):
+    """Vectors of one chunk; ``pixels`` yields the preprocessed pixels (or the failure) of ``plan``'s photo
+    files in order (``photo_stream.photo_pixels``)."""
+    text = model.encode_texts([listing.text for listing in listings], batch_size=text_batch_size)
+    decoded, owners = [], []
+    for row, image_id in zip(plan.fresh_owners, plan.fresh_ids):
+        tensor, failure = next(pixels)
+        if failure is not None:
+            _skip_photo(stats, listings[row].id, image_id, failure)
+            continue
+        decoded.append(tensor)
+        owners.append(row)
     embeddings, photo_vectors = [], []
-    if photos:
-        fresh_embeddings, fresh_vectors = encode_images_with_photo_vectors(model, photos, batch_size=image_batch_size)
+    if decoded:
+        fresh_embeddings, pooled = model.image_tower.encode_pixels_with_pooled(torch.stack(decoded),
+                                                                               batch_size=image_batch_size)
         embeddings.append(fresh_embeddings)
-        photo_vectors.append(fresh_vectors)
-    if cached_keys:
-        pooled = photo_cache.get(cached_keys)
+        photo_vectors.append(normalize_rows(pooled))
+    if plan.cached_keys:
+        pooled = photo_cache.get(plan.cached_keys)
         embeddings.append(model.image_tower.embed_pooled(pooled))
         photo_vectors.append(normalize_rows(pooled))
-        stats.images_from_cache += len(cached_keys)
+        stats.images_from_cache += len(plan.cached_keys)
     image = np.zeros_like(text)
     counts = np.zeros(len(listings), np.int64)
     photo = None
     if embeddings:
-        owners_array = np.asarray(owners + cached_owners, np.int64)
+        owners_array = np.asarray(owners + plan.cached_owners, np.int64)
         np.add.at(image, owners_array, np.concatenate(embeddings))
         np.add.at(counts, owners_array, 1)
         photo = mean_photo_vectors(np.concatenate(photo_vectors), owners_array, len(listings))
@@ -243,7 +271,7 @@ def open_photo_cache(model, feature_cache: str | os.PathLike | None) -> FeatureC
 
 
 def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int = 32, progress: bool = True,
-                  prune: bool = True, feature_cache: str | os.PathLike | None = None) -> EmbedStats:
+                  prune: bool = True, feature_cache: str | os.PathLike | None = None, workers: int = 1) -> EmbedStats:
     """Encode new and changed listings of ``catalog`` with ``model`` and store them (incremental, resumable).
 
     batch_size: listings per encoding step and per database transaction (their photos are encoded in
@@ -251,6 +279,7 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     catalogue. feature_cache: the workspace's frozen-feature cache (``Workspace.feature_cache_dir``):
     photos whose pooled features training already computed with this very backbone skip the backbone
     and go through the trained head only (read-only: photos not in it are encoded as usual, not added).
+    workers: processes decoding and preprocessing photos ahead of the forwards (0: inline, one after the other).
     Returns counts and throughput.
     """
     if batch_size < 1 or image_batch_size < 1:
@@ -282,11 +311,14 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     stats.listings = len(seen)
     logger.info("embed: %d listings, %d up to date, %d to encode (model %s)",
                 stats.listings, stats.up_to_date, len(todo), fingerprint[:12])
+    chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    plans = [_plan_photos(catalog, [listing for listing, _ in chunk], stats, photo_cache) for chunk in chunks]
+    transform = model.image_tower.backbone.transforms(train=False)
+    pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths], transform, workers=workers)
     bar = tqdm(total=len(todo), desc="embed", unit="listing", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
+    for chunk, plan in zip(chunks, plans):
         listings = [listing for listing, _ in chunk]
-        text, image, has_image, counts, photo = _encode_chunk(model, catalog, listings, image_batch_size,
+        text, image, has_image, counts, photo = _encode_chunk(model, listings, plan, pixels, image_batch_size,
                                                               batch_size, stats, photo_cache)
         vectors = combine_embeddings(text, image, has_image)
         now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
