@@ -53,10 +53,11 @@ class Settings(BaseSettings):
         "verified at start) or torch. Falls back to torch, with the reason in /health, when the bundle has no "
         "usable graph.",
     )
-    onnx_int8: bool = Field(
-        True,
-        description="Serve a tower's int8 graph where its quality gate passed (`marketsearch export-onnx`); "
-        "otherwise, or when False, its fp32 graph. /health says which and why.",
+    onnx_int8: list[Literal["text", "image"]] = Field(
+        ["text"],
+        description="Towers that serve their int8 graph where its quality gate passed (`marketsearch export-onnx`); "
+        "the others, and a tower whose gate failed, serve fp32. /health says which and why. Default: the text "
+        "tower only, the one whose gate passes on the dev export (docs/benchmarks.md, \"Runtimes\").",
     )
 
     @field_validator("workspace", mode="after")

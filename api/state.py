@@ -154,7 +154,7 @@ def _use_onnxruntime(state: ServiceState, settings: Settings, workspace: Workspa
             else:
                 error = str(missing)
         else:
-            precision, note = graphs.choose_precision(modality, allow_int8=settings.onnx_int8)
+            precision, note = graphs.choose_precision(modality, allow_int8=modality in settings.onnx_int8)
             try:
                 use_graphs(model, graphs, modality, precision, threads=settings.torch_threads)
                 if note:

@@ -291,7 +291,7 @@ class GraphSet:
     def choose_precision(self, modality: str, allow_int8: bool = True) -> tuple[str, str | None]:
         """int8 where its graph exists and its quality gate passed, else fp32; with the reason for fp32."""
         if not allow_int8:
-            return "fp32", "int8 turned off by the settings"
+            return "fp32", "int8 not enabled for this tower (MARKETSEARCH_ONNX_INT8)"
         if not self.has(modality, "int8"):
             return "fp32", "no int8 graph in the bundle"
         gate = self.gate(modality)
