@@ -105,8 +105,8 @@ def embed(
     workers: Annotated[int, typer.Option(
         "--workers", min=0, help="Processes decoding and preprocessing photos ahead of the forwards (0: inline).")] = 1,
     runtime: Annotated[str, typer.Option(
-        "--runtime", help="Where the image backbone runs: auto (the bundle's fp32 ONNX graph when `marketsearch "
-        "export-onnx` wrote one, the runtime the service encodes query photos in; else torch), onnxruntime or "
+        "--runtime", help="Where the backbones run: auto (the bundle's fp32 ONNX graphs when `marketsearch "
+        "export-onnx` wrote them, the runtime the service encodes queries in; else torch), onnxruntime or "
         "torch.")] = "auto",
     model_dir: Annotated[Path | None, typer.Option(
         "--model", help="Model bundle folder (default: WORKSPACE/model).")] = None,
@@ -139,8 +139,9 @@ def embed(
         from encoders.runtime import GraphError, GraphSet, graph_dir, use_graphs
 
         try:  # fp32 only: catalogue vectors stay within 1e-5 of torch's; int8 is for queries, behind its gate
-            use_graphs(model, GraphSet.open(graph_dir(model_dir or ws.model_dir), model.fingerprint), "image",
-                       "fp32", threads=threads)
+            graphs = GraphSet.open(graph_dir(model_dir or ws.model_dir), model.fingerprint)
+            for modality in ("text", "image"):
+                use_graphs(model, graphs, modality, "fp32", threads=threads)
         except GraphError as error:
             if runtime == "onnxruntime":
                 typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
@@ -160,5 +161,5 @@ def embed(
                f"cache), {stats.image_errors} unreadable, "
                f"{stats.text_only} text-only listings")
     typer.echo(f"{stats.seconds:.1f} s, {stats.listings_per_s:.1f} listings/s (batch {batch_size}, "
-               f"image batch {image_batch_size}, {threads} threads, {workers} photo workers, image backbone in "
+               f"image batch {image_batch_size}, {threads} threads, {workers} photo workers, backbones in "
                f"{model.image_tower.backbone.runtime})")
