@@ -43,9 +43,21 @@ class Settings(BaseSettings):
     )
     text_runtime: Literal["onnxruntime", "torch"] = Field(
         "onnxruntime",
-        description="Where the text tower encodes queries: onnxruntime (an in-memory export of the loaded weights, "
-        "checked against torch at start-up; 2-3x faster for one query) or torch. Falls back to torch, with the "
-        "reason in /health, when ONNX Runtime cannot be used.",
+        description="Where the text tower encodes queries: onnxruntime (the bundle's exported graph, written by "
+        "`marketsearch export-onnx`, verified at start; without one, an in-memory export of the loaded weights) "
+        "or torch. Falls back to torch, with the reason in /health, when ONNX Runtime cannot be used.",
+    )
+    image_runtime: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime",
+        description="Where the image tower encodes query photos: onnxruntime (the bundle's exported graph, "
+        "verified at start) or torch. Falls back to torch, with the reason in /health, when the bundle has no "
+        "usable graph.",
+    )
+    onnx_int8: list[Literal["text", "image"]] = Field(
+        ["text"],
+        description="Towers that serve their int8 graph where its quality gate passed (`marketsearch export-onnx`); "
+        "the others, and a tower whose gate failed, serve fp32. /health says which and why. Default: the text "
+        "tower only, the one whose gate passes on the dev export (docs/benchmarks.md, \"Runtimes\").",
     )
 
     live_follow: bool = Field(

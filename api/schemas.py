@@ -230,6 +230,13 @@ class ModelInfo(BaseModel):
     num_classes: int
     text_runtime: str = Field("torch", description="Where queries are encoded: onnxruntime or torch.")
     text_runtime_error: str | None = Field(None, description="Why ONNX Runtime was asked for but not used.")
+    text_precision: str = Field("fp32", description="fp32 or int8 (the served ONNX graph's).")
+    image_runtime: str = Field("torch", description="Where query photos are encoded: onnxruntime or torch.")
+    image_runtime_error: str | None = Field(None, description="Why ONNX Runtime was asked for but not used.")
+    image_precision: str = Field("fp32", description="fp32 or int8 (the served ONNX graph's).")
+    runtime_notes: dict[str, str] = Field(
+        default_factory=dict, description="Per tower, why its fp32 graph is served rather than int8 (quality gate, "
+        "settings) or how its graph was made.")
     details: dict[str, Any] = Field(default_factory=dict, description="Backbones and provenance of the bundle.")
 
 

@@ -13,6 +13,8 @@ from catalog.store import Catalog
 from core.files import remove_stale_temporaries
 from core.workspace import Workspace
 from encoders.backbones import TextRuntimeError
+from encoders.bundle import MultiModalModel
+from encoders.runtime import GraphError, GraphSet, graph_dir, use_graphs
 from ranking.feature_log import FeatureLogger
 from ranking.reranker import Reranker
 from recommend.serving import ServedRecommender
@@ -39,6 +41,8 @@ class ServiceState:
     # reaches the saved folder)
     recommender: ServedRecommender | None = None
     recs_error: str | None = None
+    image_runtime_error: str | None = None  # the same for query photos
+    runtime_notes: dict[str, str] | None = None  # per tower, why its fp32 graph is served rather than int8
 
     def close(self) -> None:
         if self.follower is not None:
@@ -84,7 +88,8 @@ def load_state(settings: Settings) -> ServiceState:
     remove_stale_temporaries(workspace.temporary_folders())  # what a killed writer left (never one in use)
     state = _load(settings, workspace)
     # what was logged names full paths; what the API tells its callers does not
-    for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error", "recs_error"):
+    for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error", "image_runtime_error",
+                 "recs_error"):
         message = getattr(state, name)
         if message:
             setattr(state, name, public_text(message, workspace.root))
@@ -120,8 +125,12 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
             state.searcher_error += f"; {build_hint(workspace)}"
         logger.warning(state.searcher_error)
         return state
-    if settings.text_runtime == "onnxruntime":
-        _use_onnxruntime(state, settings)
+    catalogue_encoder = None
+    if "onnxruntime" in (settings.text_runtime, settings.image_runtime):
+        if settings.live_follow:
+            # listings written live are encoded like `marketsearch embed` does (fp32), whatever serves queries
+            catalogue_encoder = MultiModalModel.load(workspace.model_dir)
+        _use_onnxruntime(state, settings, workspace)
     if workspace.ranker_dir.exists():
 
         try:
@@ -135,7 +144,8 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         # the changes past the index set's checkpoint
         state.follower = LiveFollower(state.searcher, workspace, poll_interval=settings.live_poll_interval,
                                       compact_after=settings.live_compact_after,
-                                      compact_age_s=settings.live_compact_age_s).start()
+                                      compact_age_s=settings.live_compact_age_s,
+                                      encoder=catalogue_encoder).start()
     _load_recommender(state, workspace)
     return state
 
@@ -154,16 +164,47 @@ def _load_recommender(state: ServiceState, workspace: Workspace) -> None:
         logger.warning(state.recs_error)
 
 
-def _use_onnxruntime(state: ServiceState, settings: Settings) -> None:
-    """Encode queries with ONNX Runtime: the text backbone's forward for one short query is the largest stage
-    of a text search, and ONNX Runtime runs it about twice as fast as torch with the same fp32 result
-    (docs/benchmarks.md, "Service")."""
+def _use_onnxruntime(state: ServiceState, settings: Settings, workspace: Workspace) -> None:
+    """Encode queries with the bundle's ONNX graphs (`marketsearch export-onnx`), verified against the bundle's
+    fingerprint and their checksums, int8 where its quality gate passed: the backbone forwards are the largest
+    stage of a search, and ONNX Runtime runs them faster than torch (docs/benchmarks.md, "Runtimes"). A tower
+    whose graph cannot be used stays in torch, with the reason in /health. A bundle without graphs (exported
+    before this step existed) gets the text graph exported in memory, as before: slower to start."""
 
+    model = state.searcher.model
+    state.runtime_notes = {}
     try:
-        state.searcher.model.text_tower.use_onnxruntime(threads=settings.torch_threads)
-    except TextRuntimeError as exc:
-        state.text_runtime_error = f"queries are encoded in torch: {exc}"
-        logger.warning(state.text_runtime_error)
+        graphs = GraphSet.open(graph_dir(workspace.model_dir), model.fingerprint)
+    except GraphError as exc:
+        graphs, missing = None, exc
+    for modality in ("text", "image"):
+        if getattr(settings, f"{modality}_runtime") != "onnxruntime":
+            continue
+        error = None
+        if graphs is None:
+            if modality == "text" and not (graph_dir(workspace.model_dir) / "manifest.json").exists():
+                try:
+                    model.text_tower.use_onnxruntime(threads=settings.torch_threads)
+                    state.runtime_notes["text"] = f"graph exported in memory at start: {missing}"
+                except TextRuntimeError as exc:
+                    error = str(exc)
+            else:
+                error = str(missing)
+        else:
+            precision, note = graphs.choose_precision(modality, allow_int8=modality in settings.onnx_int8)
+            try:
+                use_graphs(model, graphs, modality, precision, threads=settings.torch_threads)
+                if note:
+                    state.runtime_notes[modality] = f"fp32 graph served: {note}"
+            except GraphError as exc:
+                error = str(exc)
+        if error:
+            message = f"{'queries' if modality == 'text' else 'query photos'} are encoded in torch: {error}"
+            setattr(state, f"{modality}_runtime_error", message)
+            logger.warning(message)
+        else:
+            backbone = (model.text_tower if modality == "text" else model.image_tower).backbone
+            logger.info("%s queries encoded in %s (%s)", modality, backbone.runtime, backbone.precision)
 
 
 def _feature_logger(settings: Settings, workspace: Workspace):

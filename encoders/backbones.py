@@ -533,14 +533,10 @@ def onnx_text_session(model, example: dict, threads: int = 1):
     was_training = model.training
     model.eval()
     try:
-        onnx_bytes = _export_text_onnx(model, inputs)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Idle pool threads must not spin: the cores are shared with other requests and processes.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        onnx_bytes = export_text_onnx(model, inputs)
+        from encoders.runtime import open_session  # runtime builds on this module
+
+        session = open_session(onnx_bytes, threads)
         feed = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()}
         got = torch.from_numpy(session.run(None, feed)[0])
         with torch.inference_mode():
@@ -568,7 +564,9 @@ class _LastHiddenState(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def _export_text_onnx(model, inputs: tuple) -> bytes:
+def export_text_onnx(model, inputs: tuple) -> bytes:
+    """``model``'s ``last_hidden_state`` as an ONNX graph over ``input_ids`` and ``attention_mask`` (batch and
+    sequence length dynamic), traced on ``inputs``."""
 
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     chatty = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]

@@ -102,6 +102,12 @@ def embed(
     image_batch_size: Annotated[int, typer.Option(
         "--image-batch-size", min=1, help="Photos per forward pass of the image tower.")] = 32,
     threads: ThreadsOption = 2,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0, help="Processes decoding and preprocessing photos ahead of the forwards (0: inline).")] = 1,
+    runtime: Annotated[str, typer.Option(
+        "--runtime", help="Where the backbones run: auto (the bundle's fp32 ONNX graphs when `marketsearch "
+        "export-onnx` wrote them, the runtime the service encodes queries in; else torch), onnxruntime or "
+        "torch.")] = "auto",
     model_dir: Annotated[Path | None, typer.Option(
         "--model", help="Model bundle folder (default: WORKSPACE/model).")] = None,
     ray_address: Annotated[str | None, typer.Option(
@@ -133,8 +139,23 @@ def embed(
     except (FileNotFoundError, ValueError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from error
+    if runtime not in ("auto", "onnxruntime", "torch"):
+        typer.secho(f"error: --runtime must be auto, onnxruntime or torch, got {runtime!r}", err=True,
+                    fg=typer.colors.RED)
+        raise typer.Exit(2)
+    if runtime != "torch":
+        from encoders.runtime import GraphError, GraphSet, graph_dir, use_graphs
+
+        try:  # fp32 only: catalogue vectors stay within 1e-5 of torch's; int8 is for queries, behind its gate
+            graphs = GraphSet.open(graph_dir(model_dir or ws.model_dir), model.fingerprint)
+            for modality in ("text", "image"):
+                use_graphs(model, graphs, modality, "fp32", threads=threads)
+        except GraphError as error:
+            if runtime == "onnxruntime":
+                typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+                raise typer.Exit(2) from error
     encode_chunks = None
-    if ray_address is not None:
+    if ray_address is not None:  # the actors run torch: the vectors of `--runtime torch`
         from core.cluster import connect_ray, ray_cpus
         from encoders.ray_embed import ray_encoder
 
@@ -146,7 +167,7 @@ def embed(
     catalog = Catalog(ws.db_url, root=ws.root)
     try:
         stats = embed_catalog(model, catalog, batch_size=batch_size, image_batch_size=image_batch_size,
-                              feature_cache=ws.feature_cache_dir, encode_chunks=encode_chunks)
+                              feature_cache=ws.feature_cache_dir, workers=workers, encode_chunks=encode_chunks)
     finally:
         catalog.close()
     if as_json:
@@ -158,4 +179,5 @@ def embed(
                f"cache), {stats.image_errors} unreadable, "
                f"{stats.text_only} text-only listings")
     typer.echo(f"{stats.seconds:.1f} s, {stats.listings_per_s:.1f} listings/s (batch {batch_size}, "
-               f"image batch {image_batch_size}, {threads} threads)")
+               f"image batch {image_batch_size}, {threads} threads, {workers} photo workers, backbones in "
+               f"{model.image_tower.backbone.runtime})")

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
 from sqlalchemy import (
     Boolean,
     Column,
@@ -44,6 +44,7 @@ from sqlalchemy import (
 from tqdm.auto import tqdm
 
 from encoders.features import FeatureCache, backbone_key, photo_key
+from encoders.photo_stream import photo_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -208,10 +209,82 @@ def _record_checkpoint(catalog, fingerprint: str, seq: int) -> None:
                      [{"model_fingerprint": fingerprint, "seq": seq, "updated_at": now}])
 
 
-def _load_photo(path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
+@dataclass
+class _ChunkPhotos:
+    """Where the photos of one chunk of listings come from: files to decode or the training feature cache."""
+
+    fresh_owners: list[int] = field(default_factory=list)  # listing row of each photo file to encode
+    fresh_ids: list[str] = field(default_factory=list)
+    fresh_paths: list[Path] = field(default_factory=list)
+    cached_keys: list[str] = field(default_factory=list)
+    cached_owners: list[int] = field(default_factory=list)
+
+
+def _skip_photo(stats: EmbedStats, listing_id: str, image_id: str, reason: str) -> None:
+    stats.image_errors += 1
+    message = f"listing {listing_id}: photo {image_id} skipped ({reason})"
+    stats.errors.append(message)
+    logger.warning(message)
+
+
+def _plan_photos(catalog, listings, stats: EmbedStats, photo_cache: FeatureCache | None) -> _ChunkPhotos:
+    plan = _ChunkPhotos()
+    for row, listing in enumerate(listings):
+        for image_id in listing.image_ids:
+            path = catalog.image_path(image_id)
+            try:
+                if path is None:
+                    raise FileNotFoundError(f"image {image_id} is not in the catalogue")
+                key = photo_key(image_id, path) if photo_cache is not None else None
+            except (OSError, ValueError) as error:
+                _skip_photo(stats, listing.id, image_id, f"{type(error).__name__}: {error}")
+                continue
+            if key is not None and key in photo_cache.row_of:
+                plan.cached_keys.append(key)
+                plan.cached_owners.append(row)
+            else:
+                plan.fresh_owners.append(row)
+                plan.fresh_ids.append(image_id)
+                plan.fresh_paths.append(path)
+    return plan
+
+
+def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, image_batch_size: int, text_batch_size: int,
+                  stats: EmbedStats, photo_cache: FeatureCache | None = None):
+    """Vectors of one chunk; ``pixels`` yields the preprocessed pixels (or the failure) of ``plan``'s photo
+    files in order (``photo_stream.photo_pixels``)."""
+    text = model.encode_texts([listing.text for listing in listings], batch_size=text_batch_size)
+    decoded, owners = [], []
+    for row, image_id in zip(plan.fresh_owners, plan.fresh_ids):
+        tensor, failure = next(pixels)
+        if failure is not None:
+            _skip_photo(stats, listings[row].id, image_id, failure)
+            continue
+        decoded.append(tensor)
+        owners.append(row)
+    embeddings, photo_vectors = [], []
+    if decoded:
+        fresh_embeddings, pooled = model.image_tower.encode_pixels_with_pooled(torch.stack(decoded),
+                                                                               batch_size=image_batch_size)
+        embeddings.append(fresh_embeddings)
+        photo_vectors.append(normalize_rows(pooled))
+    if plan.cached_keys:
+        pooled = photo_cache.get(plan.cached_keys)
+        embeddings.append(model.image_tower.embed_pooled(pooled))
+        photo_vectors.append(normalize_rows(pooled))
+        stats.images_from_cache += len(plan.cached_keys)
+    image = np.zeros_like(text)
+    counts = np.zeros(len(listings), np.int64)
+    photo = None
+    if embeddings:
+        owners_array = np.asarray(owners + plan.cached_owners, np.int64)
+        np.add.at(image, owners_array, np.concatenate(embeddings))
+        np.add.at(counts, owners_array, 1)
+        photo = mean_photo_vectors(np.concatenate(photo_vectors), owners_array, len(listings))
+        stats.images_encoded += len(owners_array)
+    has_image = counts > 0
+    image[has_image] = normalize_rows(image[has_image])
+    return text, image, has_image, counts, photo
 
 
 @dataclass
@@ -234,54 +307,22 @@ class EncodedListings:
 
 
 def encode_listings(model, catalog, listings, *, text_batch_size: int = 64, image_batch_size: int = 32,
-                    stats: EmbedStats | None = None, photo_cache: FeatureCache | None = None) -> EncodedListings:
+                    stats: EmbedStats | None = None, photo_cache: FeatureCache | None = None,
+                    plan: _ChunkPhotos | None = None, pixels: Iterator | None = None) -> EncodedListings:
     """Encode ``listings`` (their text and their photos read from ``catalog``) with ``model``.
 
-    The one encoding path of catalogue listings: `embed_catalog` (batch) and the serving processes' live
-    follower (search/live.py) both call it, so a listing created live and the same listing embedded in batch
-    get the same vectors. Unreadable photos are skipped with a warning (counted in ``stats``)."""
+    The one encoding path of catalogue listings: `embed_catalog` (batch, on Ray too) and the serving processes'
+    live follower (search/live.py) all call it, so a listing created live and the same listing embedded in batch
+    get the same vectors. Unreadable photos are skipped with a warning (counted in ``stats``). ``plan`` and
+    ``pixels``: the photos' plan (`_plan_photos`) and their preprocessed pixels from a stream that decodes
+    ahead in worker processes (`photo_stream.photo_pixels`); without them the photos are decoded here."""
     stats = stats if stats is not None else EmbedStats()
-    text = model.encode_texts([listing.text for listing in listings], batch_size=text_batch_size)
-    photos, owners, cached_keys, cached_owners = [], [], [], []
-    for row, listing in enumerate(listings):
-        for image_id in listing.image_ids:
-            path = catalog.image_path(image_id)
-            try:
-                if path is None:
-                    raise FileNotFoundError(f"image {image_id} is not in the catalogue")
-                key = photo_key(image_id, path) if photo_cache is not None else None
-                if key is not None and key in photo_cache.row_of:
-                    cached_keys.append(key)
-                    cached_owners.append(row)
-                else:
-                    photos.append(_load_photo(path))
-                    owners.append(row)
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                stats.image_errors += 1
-                message = f"listing {listing.id}: photo {image_id} skipped ({type(error).__name__}: {error})"
-                stats.errors.append(message)
-                logger.warning(message)
-    embeddings, photo_vectors = [], []
-    if photos:
-        fresh_embeddings, fresh_vectors = encode_images_with_photo_vectors(model, photos, batch_size=image_batch_size)
-        embeddings.append(fresh_embeddings)
-        photo_vectors.append(fresh_vectors)
-    if cached_keys:
-        pooled = photo_cache.get(cached_keys)
-        embeddings.append(model.image_tower.embed_pooled(pooled))
-        photo_vectors.append(normalize_rows(pooled))
-        stats.images_from_cache += len(cached_keys)
-    image = np.zeros_like(text)
-    counts = np.zeros(len(listings), np.int64)
-    photo = None
-    if embeddings:
-        owners_array = np.asarray(owners + cached_owners, np.int64)
-        np.add.at(image, owners_array, np.concatenate(embeddings))
-        np.add.at(counts, owners_array, 1)
-        photo = mean_photo_vectors(np.concatenate(photo_vectors), owners_array, len(listings))
-        stats.images_encoded += len(owners_array)
-    has_image = counts > 0
-    image[has_image] = normalize_rows(image[has_image])
+    if plan is None:
+        plan = _plan_photos(catalog, listings, stats, photo_cache)
+    if pixels is None:
+        pixels = photo_pixels(plan.fresh_paths, model.image_tower.backbone.transforms(train=False), workers=0)
+    text, image, has_image, counts, photo = _encode_chunk(model, listings, plan, pixels, image_batch_size,
+                                                          text_batch_size, stats, photo_cache)
     return EncodedListings(text=text, image=image, has_image=has_image, n_images=counts,
                            listing=combine_embeddings(text, image, has_image), photo=photo)
 
@@ -305,7 +346,7 @@ ChunkEncoder = Callable[[list[list]], Iterator[tuple[list, EncodedListings]]]
 
 def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int = 32, progress: bool = True,
                   prune: bool = True, feature_cache: str | os.PathLike | None = None,
-                  encode_chunks: ChunkEncoder | None = None) -> EmbedStats:
+                  encode_chunks: ChunkEncoder | None = None, workers: int = 1) -> EmbedStats:
     """Encode new and changed listings of ``catalog`` with ``model`` and store them (incremental, resumable).
 
     batch_size: listings per encoding step and per database transaction (their photos are encoded in
@@ -313,6 +354,7 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     catalogue. feature_cache: the workspace's frozen-feature cache (``Workspace.feature_cache_dir``):
     photos whose pooled features training already computed with this very backbone skip the backbone
     and go through the trained head only (read-only: photos not in it are encoded as usual, not added).
+    workers: processes decoding and preprocessing photos ahead of the forwards (0: inline, one after the other).
     encode_chunks: where the listings are encoded (default: here, with ``model``); the vectors are the same.
     Returns counts and throughput.
     """
@@ -353,9 +395,13 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     encoded_elsewhere = encode_chunks is not None  # then the photo counts come back with the vectors
     if encode_chunks is None:
         def encode_chunks(chunks):
-            for listings in chunks:
+            plans = [_plan_photos(catalog, listings, stats, photo_cache) for listings in chunks]
+            transform = model.image_tower.backbone.transforms(train=False)
+            pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths], transform, workers=workers)
+            for listings, plan in zip(chunks, plans):
                 yield listings, encode_listings(model, catalog, listings, text_batch_size=batch_size,
-                                                image_batch_size=image_batch_size, stats=stats, photo_cache=photo_cache)
+                                                image_batch_size=image_batch_size, stats=stats,
+                                                photo_cache=photo_cache, plan=plan, pixels=pixels)
     for listings, encoded in encode_chunks(chunks):
         chunk = [(listing, digest_of[listing.id]) for listing in listings]
         if encoded_elsewhere:

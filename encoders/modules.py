@@ -68,7 +68,46 @@ class SaveableModule(nn.Module):
         return module
 
 
-class ImageBackbone(SaveableModule):
+class SessionBackbone(SaveableModule):
+    """A backbone whose inference forwards (eval mode, autograd off, CPU) may run in an ONNX Runtime session of
+    its exported graph (``encoders.runtime``) instead of torch. Training forwards stay in torch, and switching
+    to train mode drops the session (the weights may change); copies and pickles carry the torch weights only."""
+
+    def _init_session(self) -> None:
+        self._onnx_session = None
+        self._onnx_precision: str | None = None
+
+    @property
+    def runtime(self) -> str:
+        """Where inference forwards run: "onnxruntime" or "torch"."""
+        return "torch" if self._onnx_session is None else "onnxruntime"
+
+    @property
+    def precision(self) -> str:
+        """"fp32" or "int8" (the ONNX graph's), "fp32" in torch."""
+        return self._onnx_precision or "fp32"
+
+    def attach_session(self, session, precision: str = "fp32") -> None:
+        self._onnx_session, self._onnx_precision = session, precision
+
+    def detach_session(self) -> None:
+        self._onnx_session, self._onnx_precision = None, None
+
+    def _session_usable(self, tensor: torch.Tensor) -> bool:
+        return (self._onnx_session is not None and not self.training and not torch.is_grad_enabled()
+                and tensor.device.type == "cpu")
+
+    def train(self, mode: bool = True):
+        if mode and self._onnx_session is not None:
+            logger.info("%s back to torch for training (the ONNX Runtime copy would go stale)", type(self).__name__)
+            self.detach_session()
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_onnx_session": None, "_onnx_precision": None}
+
+
+class ImageBackbone(SessionBackbone):
     """A torchvision-style conv trunk plus the preprocessing that belongs to its weights."""
 
     config_keys = ("name", "preprocessing", "provenance")
@@ -83,6 +122,7 @@ class ImageBackbone(SaveableModule):
         # channels-last convolutions are several times faster on CPU (oneDNN) and no slower on GPU
         self.net.to(memory_format=torch.channels_last)
         self.output_dim = int(self.net.out_channels)
+        self._init_session()
 
     def get_config_dict(self) -> dict:
         config = super().get_config_dict()
@@ -111,12 +151,16 @@ class ImageBackbone(SaveableModule):
                            v2.Normalize(list(p.mean), list(p.std))])
 
     def forward(self, features: dict) -> dict:
+        if self._session_usable(features["pixel_values"]):
+            feed = {"pixel_values": features["pixel_values"].float().contiguous().numpy()}
+            features["feature_map"] = torch.from_numpy(self._onnx_session.run(None, feed)[0])
+            return features
         pixels = features["pixel_values"].contiguous(memory_format=torch.channels_last)
         features["feature_map"] = self.net(pixels)
         return features
 
 
-class TextBackbone(SaveableModule):
+class TextBackbone(SessionBackbone):
     """A Hugging Face encoder plus its tokenizer; saved as a plain HF checkpoint folder."""
 
     config_keys = ("name", "max_length", "provenance")
@@ -132,12 +176,7 @@ class TextBackbone(SaveableModule):
         self.model = model
         self.tokenizer = tokenizer
         self.output_dim = int(getattr(model.config, "hidden_size", None) or model.config.dim)
-        self._onnx_session = None  # set by use_onnxruntime(); serves eval-mode, no-grad CPU forwards
-
-    @property
-    def runtime(self) -> str:
-        """Where inference forwards run: "onnxruntime" or "torch"."""
-        return "torch" if self._onnx_session is None else "onnxruntime"
+        self._init_session()
 
     def use_onnxruntime(self, threads: int = 1) -> None:
         """Run inference forwards (eval mode, autograd off, CPU) through ONNX Runtime: an in-memory export
@@ -145,19 +184,9 @@ class TextBackbone(SaveableModule):
         Training forwards stay in torch, and switching to train mode drops the session (the weights may
         change). Raises ``encoders.backbones.TextRuntimeError`` when it cannot be used."""
 
-        self._onnx_session = None
+        self.detach_session()
         probe = self.tokenize(["a short query", "a longer query, so that the probe batch has padding in it"])
-        self._onnx_session = onnx_text_session(self.model, probe, threads=threads)
-
-    def train(self, mode: bool = True) -> TextBackbone:
-        if mode and self._onnx_session is not None:
-            logger.info("text backbone back to torch for training (the ONNX Runtime copy would go stale)")
-            self._onnx_session = None
-        return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        # copies and pickles carry the torch weights only; the session is rebuilt with use_onnxruntime()
-        return {**super().__getstate__(), "_onnx_session": None}
+        self.attach_session(onnx_text_session(self.model, probe, threads=threads), "fp32")
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -171,8 +200,7 @@ class TextBackbone(SaveableModule):
 
     def forward(self, features: dict) -> dict:
         input_ids, attention_mask = features["input_ids"], features["attention_mask"]
-        if (self._onnx_session is not None and not self.training and not torch.is_grad_enabled()
-                and input_ids.device.type == "cpu"):
+        if self._session_usable(input_ids):
             feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
             features["token_embeddings"] = torch.from_numpy(self._onnx_session.run(None, feed)[0])
             return features

@@ -419,7 +419,7 @@ def evaluate_recs(
     from recommend.folder import workspace_fingerprint
 
     ws = Workspace.at(workspace)
-    if not ws.db_path.is_file():
+    if not ws.has_catalogue():
         typer.echo(f"error: no catalogue at {ws.db_path}; run `marketsearch build` first", err=True)
         raise typer.Exit(2)
     with Catalog(ws.db_url, root=ws.root) as catalog:
@@ -443,3 +443,57 @@ def evaluate_recs(
     out = write_recs_evaluation(ws.eval_dir, evaluation, runs, qrels)
     typer.echo(json.dumps(evaluation.to_dict(), indent=2) if as_json else evaluation.to_markdown())
     typer.echo(f"report: {out}")
+
+
+def export_onnx(
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+    int8: Annotated[bool, typer.Option(
+        "--int8/--no-int8", help="Also write int8 graphs (text: dynamic quantisation; image: static, calibrated "
+        "on catalogue photos) and gate them on the known-item protocols.")] = True,
+    max_queries: MaxQueriesOption = None,
+    threads: ThreadsOption = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest (graphs and gates) as JSON.")] = False,
+) -> None:
+    """Export the encoders' backbones to ONNX into the model bundle (WORKSPACE/model/onnx), the service loads them.
+
+    Writes fp32 graphs and, with --int8, int8 graphs with their quality gates: the known-item text and image
+    protocols on the test products with queries encoded by each graph; int8 passes when its NDCG@10 is within
+    0.5 point (text) / 1 point (image) of fp32. The service serves int8 only where the gate passed.
+    """
+    _set_threads(threads)
+    from encoders.runtime import CALIBRATION_PHOTOS, GraphSet, export_graphs, graph_dir, record_gates
+    from evaluation.protocol import ProtocolBuilder
+    from evaluation.runtime_gate import run_gate
+
+    ws = open_workspace(workspace)
+    try:
+        builder = ProtocolBuilder(ws, progress=False)
+    except (FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from error
+    try:
+        model = builder.model
+        folder = graph_dir(ws.model_dir)
+        photos = [path for listing in builder.listings(("train",)) for image_id in listing.image_ids
+                  if (path := builder.catalog.image_path(image_id)) is not None and path.is_file()]
+        step = max(len(photos) // CALIBRATION_PHOTOS, 1)
+        manifest = export_graphs(model, folder, photos[::step][:CALIBRATION_PHOTOS], int8=int8)
+        if int8:
+            graphs = GraphSet.open(folder, model.fingerprint)
+            gates = {}
+            for modality in ("text", "image"):
+                try:
+                    gates[modality] = run_gate(builder, graphs, modality, max_queries=max_queries,
+                                               threads=threads).to_dict()
+                except (ValueError, LookupError) as error:  # e.g. no test products with a second photo
+                    gates[modality] = {"passed": False, "reason": f"gate not measured: {error}"}
+            record_gates(folder, gates)
+            manifest = GraphSet.open(folder, model.fingerprint).manifest
+    finally:
+        builder.close()
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2))
+        return
+    typer.echo(f"graphs for model {model.fingerprint[:12]} in {folder}: {', '.join(sorted(manifest['graphs']))}")
+    for modality, gate in manifest.get("gates", {}).items():
+        typer.echo(f"int8 {modality}: {'passed' if gate['passed'] else 'FAILED'}: {gate['reason']}")

@@ -1,4 +1,5 @@
-"""End-to-end jobs: `marketsearch build` (ingest -> train -> embed -> index -> re-ranker) and `marketsearch demo`.
+"""End-to-end jobs: `marketsearch build` (ingest -> train -> embed -> index -> export-onnx -> re-ranker) and
+`marketsearch demo`.
 
 Each step is the same function as its own subcommand, called in order, so `build` prints what the
 individual commands print and fails the same way.
@@ -73,6 +74,8 @@ def build_steps(
         ("train", lambda: encoders_cli.train(workspace=workspace, config=config, epochs=epochs, offline=offline)),
         ("embed", lambda: encoders_cli.embed(workspace=workspace)),
         ("index", lambda: index_cli.index(workspace=workspace)),
+        # the encoders' graphs for the service (loaded at start, not exported there), gated on the protocols
+        ("export-onnx", lambda: evaluation_cli.export_onnx(workspace=workspace)),
     ]
     if ranker:
 

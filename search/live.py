@@ -59,8 +59,11 @@ class LiveFollower:
 
     def __init__(self, searcher: Searcher, workspace, *, poll_interval: float = DEFAULT_POLL_INTERVAL_S,
                  compact_after: int = DEFAULT_COMPACT_AFTER, compact_age_s: float = DEFAULT_COMPACT_AGE_S,
-                 compaction: bool = True):
+                 compaction: bool = True, encoder=None):
         self.searcher = searcher
+        # the model that encodes catalogue listings: the fp32 weights `marketsearch embed` encodes with, not the
+        # query runtime (the service may serve queries through int8 graphs; listing vectors must not depend on it)
+        self.encoder = encoder if encoder is not None else searcher.model
         self.workspace = workspace
         self.poll_interval = poll_interval
         self.compact_after = compact_after
@@ -147,7 +150,7 @@ class LiveFollower:
             else:
                 to_encode.append((listing, digest))
         if to_encode:
-            model = self.searcher.model
+            model = self.encoder
             encoded = encode_listings(model, self.catalog, [listing for listing, _ in to_encode])
             photos = encoded.photo_rows(int(model.image_tower.pooled_dim))
             keep_photo = self.searcher.snapshot.has_photo_vectors()
@@ -236,7 +239,7 @@ class LiveFollower:
                 return
             started = time.time()
             try:
-                report = compact(self.workspace, self.searcher.model)
+                report = compact(self.workspace, self.encoder)
                 if report is not None:
                     self.last_compaction = {"at": started, "seconds": round(time.time() - started, 2),
                                             "index_set": report.index_set, "checkpoint": report.checkpoint,

@@ -83,3 +83,25 @@ def test_public_text_keeps_workspace_relative_names_and_drops_other_absolute_pat
         "no catalogue database at catalog.db; run `marketsearch build --workspace ws`; "
         "cache at model.safetensors; use GET /categories; see https://example.org/a/b"
     )
+
+
+def test_exported_graphs_are_served_and_a_corrupted_one_falls_back_to_torch_with_the_reason(indexed_workspace,
+                                                                                            tmp_path):
+    from encoders.bundle import MultiModalModel
+    from encoders.runtime import export_graphs, graph_dir
+
+    workspace = _copy(indexed_workspace, tmp_path)
+    export_graphs(MultiModalModel.load(workspace.model_dir), graph_dir(workspace.model_dir), [], int8=False)
+    with TestClient(create_app(Settings(workspace=workspace.root)), raise_server_exceptions=False) as client:
+        model = client.get("/health").json()["model"]
+        assert model["text_runtime"] == model["image_runtime"] == "onnxruntime"
+        assert model["text_precision"] == model["image_precision"] == "fp32"
+        assert "no int8 graph" in model["runtime_notes"]["text"]
+    image_graph = graph_dir(workspace.model_dir) / "image.fp32.onnx"
+    image_graph.write_bytes(image_graph.read_bytes()[:-100])  # truncated, as by a full disk
+    with TestClient(create_app(Settings(workspace=workspace.root)), raise_server_exceptions=False) as client:
+        model = client.get("/health").json()["model"]
+        assert model["text_runtime"] == "onnxruntime" and model["text_runtime_error"] is None
+        assert model["image_runtime"] == "torch"
+        assert "does not match its manifest" in model["image_runtime_error"]
+        assert str(tmp_path) not in model["image_runtime_error"]  # no server path in a public answer

@@ -222,3 +222,25 @@ def test_embed_reads_photo_features_from_the_training_cache(workspace_copy, trai
         assert stats.images_from_cache == 0 and stats.images_encoded == photos
     finally:
         catalog.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_photo_workers_give_the_vectors_of_inline_encoding(workspace_copy, trained_model, workers):
+    from encoders.embed import encode_images_with_photo_vectors, listing_embeddings
+    from encoders.photo_stream import load_photo
+
+    catalog = Catalog(workspace_copy.db_url, root=workspace_copy.root)
+    try:
+        with catalog.engine.begin() as conn:
+            conn.execute(listing_embeddings.delete())
+        listings = [x for x in catalog.get_listings(catalog.listing_ids()) if x.image_ids][:6]
+        stats = embed_catalog(trained_model, catalog, progress=False, workers=workers, batch_size=8)
+        table = load_embeddings(catalog, trained_model.fingerprint)
+        for listing in listings:
+            images = [load_photo(catalog.image_path(i)) for i in listing.image_ids]
+            embeddings, _ = encode_images_with_photo_vectors(trained_model, images)
+            mean = embeddings.sum(0) / np.linalg.norm(embeddings.sum(0))
+            np.testing.assert_allclose(table.image[table.row_of[listing.id]], mean, atol=1e-5)
+    finally:
+        catalog.close()
+    assert stats.images_from_cache == 0 and stats.images_encoded > 0

@@ -1,0 +1,215 @@
+"""Issue 15's speed budgets in one run: every ratio against its target, measured on one built workspace.
+
+    .venv/bin/python -m bench.bench_latency                      # workspace/demo (`make demo`)
+    .venv/bin/python -m bench.bench_latency --workspace WS --json /tmp/latency.json
+
+1. Encode ratios, in process, one query at a time as served (1 thread): the text tower's encode with the fp32
+   ONNX graph over the int8 graph (target >= 2), the image tower's likewise (target >= 1.7); torch beside them.
+   Needs the bundle's graphs (`marketsearch export-onnx`, a step of `build`).
+2. Start time: `marketsearch serve` started, /health polled every 50 ms until 200 (target <= 5 s).
+3. Over HTTP on that server: text and photo queries one at a time; p50 of the client latency over the p50 of
+   the service's own `encode` stage in the same requests (targets <= 1.3 text, <= 1.2 photo).
+4. Catalogue encoding (`embed_catalog` on a copy of the workspace, no feature cache, so every photo is
+   decoded; listing texts encoded too): photos/s with 1 and 2 decoding workers over the bare forward
+   throughput of the image tower on preprocessed batches in the same runtime (target >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.bench_service import photo_uploads, text_queries
+from bench.http_load import free_port, percentile, run_image, run_text, summarize
+from catalog.store import Catalog
+from core.workspace import Workspace
+from encoders.bundle import MultiModalModel
+from encoders.embed import embed_catalog, listing_embeddings
+from encoders.photo_stream import load_photo
+from encoders.runtime import GraphSet, graph_dir, use_graphs
+
+TARGETS = {  # (ratio, comparison, target)
+    "text_int8_speedup": (">=", 2.0),
+    "image_int8_speedup": (">=", 1.7),
+    "health_start_s": ("<=", 5.0),
+    "text_http_over_encode": ("<=", 1.3),
+    "photo_http_over_encode": ("<=", 1.2),
+    "embed_1_worker_over_forward": (">=", 0.8),
+    "embed_2_workers_over_forward": (">=", 0.8),
+}
+
+
+def _p50_ms(call, items: list, repeats: int = 1) -> float:
+    call(items[0])
+    times = []
+    for _ in range(repeats):
+        for item in items:
+            start = time.perf_counter()
+            call(item)
+            times.append((time.perf_counter() - start) * 1000)
+    return percentile(times, 50)
+
+
+def encode_ratios(model: MultiModalModel, graphs: GraphSet, texts: list[str], images: list) -> dict:
+    out: dict = {}
+    for modality, items, encode in (("text", texts, lambda t: model.encode_texts([t])),
+                                    ("image", images, lambda i: model.encode_images([i]))):
+        backbone = (model.text_tower if modality == "text" else model.image_tower).backbone
+        backbone.detach_session()
+        timings = {"torch": _p50_ms(encode, items)}
+        for precision in ("fp32", "int8"):
+            if graphs.has(modality, precision):
+                use_graphs(model, graphs, modality, precision)
+                timings[precision] = _p50_ms(encode, items, repeats=2)
+        backbone.detach_session()
+        out[f"{modality}_encode_p50_ms"] = timings
+        if "int8" in timings:
+            out[f"{modality}_int8_speedup"] = timings["fp32"] / timings["int8"]
+    return out
+
+
+def start_and_serve(workspace: Path, texts: list[dict], uploads: list[bytes], requests: int) -> dict:
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "marketsearch"), "serve", "--workspace", str(workspace),
+               "--port", str(port), "--log-level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    log = open(Path(tempfile.gettempdir()) / f"bench-latency-{port}.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        health = None
+        while time.monotonic() - started < 300:
+            if process.poll() is not None:
+                raise SystemExit(f"the server exited with {process.returncode}; see {log.name}")
+            try:
+                response = httpx.get(url + "/health", timeout=2)
+                if response.status_code == 200:
+                    health = response.json()
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        start_s = time.monotonic() - started
+        if health is None:
+            raise SystemExit(f"/health did not answer 200 within 300 s; see {log.name}")
+        text = summarize(run_text(url, texts, requests))
+        photo = summarize(run_image(url, uploads, requests))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    model = health["model"]
+    return {
+        "health_start_s": start_s,
+        "runtimes": {m: f"{model.get(f'{m}_runtime')} {model.get(f'{m}_precision')}" for m in ("text", "image")},
+        "runtime_notes": model.get("runtime_notes"),
+        "runtime_errors": {m: model.get(f"{m}_runtime_error") for m in ("text", "image")},
+        "text_http": text,
+        "photo_http": photo,
+        "text_http_over_encode": text["p50_ms"] / text["stage_p50_ms"]["encode"],
+        "photo_http_over_encode": photo["p50_ms"] / photo["stage_p50_ms"]["encode"],
+    }
+
+
+def encoding_throughput(workspace: Path, model: MultiModalModel, graphs: GraphSet | None, threads: int) -> dict:
+    """photos/s and listings/s of `embed_catalog` (no feature cache) with 1 and 2 workers, and of the bare
+    image forward on preprocessed batches of 32, with both backbones in their fp32 graphs (as `embed`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if graphs is not None:  # as `marketsearch embed --runtime auto`: both backbones in their fp32 graphs
+        for modality in ("text", "image"):
+            use_graphs(model, graphs, modality, "fp32", threads=threads)
+    out: dict = {"image_runtime": model.image_tower.backbone.runtime, "threads": threads}
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Workspace.at(Path(scratch) / "ws")
+        copy.root.mkdir()
+        shutil.copy2(Workspace.at(workspace).db_path, copy.db_path)
+        catalog = Catalog(copy.db_url, root=Workspace.at(workspace).root)
+        try:
+            paths = [p for listing in catalog.get_listings(catalog.listing_ids()[:200]) for i in listing.image_ids
+                     if (p := catalog.image_path(i)) is not None and p.is_file()][:256]
+            transform = model.image_tower.backbone.transforms(train=False)
+            pixels = torch.stack([transform(load_photo(p)) for p in paths])
+            model.image_tower.encode_pixels_with_pooled(pixels[:32])  # warm-up
+            start = time.perf_counter()
+            model.image_tower.encode_pixels_with_pooled(pixels, batch_size=32)
+            out["forward_photos_per_s"] = len(paths) / (time.perf_counter() - start)
+            for workers in (1, 2):
+                with catalog.engine.begin() as conn:
+                    conn.execute(listing_embeddings.delete())
+                stats = embed_catalog(model, catalog, progress=False, workers=workers)
+                key = f"embed_{workers}_worker{'s' if workers > 1 else ''}"
+                out[key] = {"listings_per_s": stats.encoded / stats.seconds,
+                            "photos_per_s": stats.images_encoded / stats.seconds,
+                            "listings": stats.encoded, "photos": stats.images_encoded}
+                out[f"{key}_over_forward"] = out[key]["photos_per_s"] / out["forward_photos_per_s"]
+        finally:
+            catalog.close()
+    model.image_tower.backbone.detach_session()
+    model.text_tower.backbone.detach_session()
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("workspace/demo"))
+    parser.add_argument("--queries", type=int, default=100, help="text queries (and a quarter as many photos)")
+    parser.add_argument("--requests", type=int, default=200, help="HTTP requests per query kind")
+    parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads for the encoding part")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    workspace = Workspace.at(args.workspace)
+    model = MultiModalModel.load(workspace.model_dir)
+    graphs = GraphSet.open(graph_dir(workspace.model_dir), model.fingerprint)
+    bodies = text_queries(workspace.root, args.queries, seed=0)
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:
+        photos = [p for listing in catalog.get_listings(catalog.listing_ids()[::-1][: args.queries]) for i in
+                  listing.image_ids if (p := catalog.image_path(i)) is not None and p.is_file()]
+    images = [load_photo(p) for p in photos[: max(args.queries // 4, 8)]]
+    results: dict = {"workspace": workspace.root.name, "gates": graphs.manifest.get("gates", {})}
+    results.update(encode_ratios(model, graphs, [b["query"] for b in bodies], images))
+    results.update(start_and_serve(workspace.root, bodies, photo_uploads(workspace.root, 40, 0, (640, 480)),
+                                   args.requests))
+    results["encoding"] = encoding_throughput(workspace.root, model, graphs, args.threads)
+    results.update({k: v for k, v in results["encoding"].items() if k.endswith("_over_forward")})
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def report(results: dict) -> str:
+    lines = ["| ratio | measured | target | met |", "|---|---:|---|---|"]
+    for name, (op, target) in TARGETS.items():
+        value = results.get(name)
+        if value is None:
+            lines.append(f"| {name} | not measured | {op} {target} | - |")
+            continue
+        met = value >= target if op == ">=" else value <= target
+        lines.append(f"| {name} | {value:.2f} | {op} {target} | {'yes' if met else 'no'} |")
+    encode = {k: {p: round(v, 2) for p, v in results[k].items()} for k in ("text_encode_p50_ms", "image_encode_p50_ms")}
+    lines += ["", f"encode p50 ms (1 query, 1 thread): {json.dumps(encode)}",
+              f"served: {json.dumps(results['runtimes'])}; notes: {json.dumps(results['runtime_notes'])}",
+              "HTTP p50 ms text {:.1f} (encode {:.1f}), photo {:.1f} (encode {:.1f})".format(
+                  results["text_http"]["p50_ms"], results["text_http"]["stage_p50_ms"]["encode"],
+                  results["photo_http"]["p50_ms"], results["photo_http"]["stage_p50_ms"]["encode"]),
+              f"catalogue encoding: {json.dumps(results['encoding'], default=str)}"]
+    for modality, gate in results.get("gates", {}).items():
+        lines.append(f"int8 {modality} gate: {'passed' if gate.get('passed') else 'failed'}: {gate.get('reason')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
