@@ -16,6 +16,8 @@ EXPECTED_STATUSES = {
     ("post", "/events"): {"200", "401", "403", "413", "422", "429", "503"},
     ("get", "/users/{user_id}/events"): {"200", "422", "503"},
     ("delete", "/users/{user_id}"): {"200", "401", "403", "422", "503"},
+    ("get", "/users/{user_id}/recommendations"): {"200", "422", "503"},
+    ("get", "/listings/{listing_id}/similar"): {"200", "404", "422", "503"},
     ("post", "/listings"): {"201", "401", "403", "413", "415", "422", "429", "503"},
     ("patch", "/listings/{listing_id}"): {"200", "401", "403", "404", "413", "422", "429", "503"},
     ("delete", "/listings/{listing_id}"): {"204", "401", "403", "404", "422", "429", "503"},
