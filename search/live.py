@@ -18,6 +18,7 @@ only the delta past the new set's checkpoint (vectors of listings it already enc
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -258,6 +259,7 @@ class LiveFollower:
         head = max(self.catalog.last_change(), snapshot.applied_seq)
         in_flight = self.cursor.last_head.in_flight if self.cursor.last_head else frozenset()
         return {
+            "pid": os.getpid(),  # which worker of `serve --workers N` answered
             "applied_seq": snapshot.applied_seq,
             "settled_seq": self.cursor.settled,
             "in_flight_writes": len(in_flight),
