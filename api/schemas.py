@@ -259,8 +259,10 @@ class HealthResponse(BaseModel):
     ranker: RankerInfo | None = None
     live: dict[str, Any] | None = Field(
         None,
-        description="The change-log follower: applied_seq, head_seq, lag (head - applied), delta_listings, "
-        "tombstones, index_set and its checkpoint, last_compaction, error; null when not following.",
+        description="The change-log follower of the process that answered (pid): applied_seq, settled_seq "
+        "(every change up to it applied), in_flight_writes (PostgreSQL), head_seq, lag (head - applied), "
+        "delta_listings, tombstones, index_set and its checkpoint, last_compaction, error; null when not "
+        "following.",
     )
 
 

@@ -13,7 +13,8 @@ from core.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
 # Commands import their workers inside the function body, not at the top: `marketsearch --help` imports
 # every cli module, and the workers pull in torch, FAISS, pandas or SQLAlchemy (seconds of start-up).
 
-catalog_app = typer.Typer(name="catalog", help="Inspect the catalogue database.", no_args_is_help=True)
+catalog_app = typer.Typer(name="catalog", help="Inspect the catalogue database, or copy it into another.",
+                          no_args_is_help=True)
 
 DbOption = Annotated[
     str | None,

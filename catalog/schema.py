@@ -97,7 +97,8 @@ Index("ix_events_time", events.c.occurred_at, events.c.event_id)
 
 # The ordered change log of the live catalogue: every write to `listings` or `images` appends one row per
 # listing it touched, in the same transaction, so a serving process that tails the log past its checkpoint
-# sees every committed change exactly in commit order. `op`: `upsert` (created or changed: read the listing
+# sees every committed change (on PostgreSQL a lower seq can become visible after a higher one: readers use
+# catalog.change_log). `op`: `upsert` (created or changed: read the listing
 # again) or `delete` (gone). AUTOINCREMENT on SQLite: a sequence number is never reused, even after the
 # rows above it are pruned.
 listing_changes = Table(

@@ -10,12 +10,13 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select
+from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
 
 from catalog import schema
+from catalog.change_log import LogHead
 from catalog.errors import CatalogError
 from catalog.migrations import prepare_schema
 from catalog.models import Image, Listing
@@ -91,6 +92,10 @@ def record_changes(conn: Connection, listing_ids: Iterable[str], op: str) -> Non
     now = _utc_now()
     rows = [{"listing_id": listing_id, "op": op, "changed_at": now} for listing_id in dict.fromkeys(listing_ids)]
     if rows:
+        if conn.dialect.name == "postgresql":
+            # hold a transaction id before taking a seq, so that a reader of `Catalog.log_head` sees this writer
+            # in flight for as long as its seq may still become visible (catalog/change_log.py)
+            conn.execute(select(func.pg_current_xact_id()))
         conn.execute(schema.listing_changes.insert(), rows)
 
 
@@ -253,9 +258,33 @@ class Catalog:
 
     # --- change log ---------------------------------------------------------------------------------
     def last_change(self) -> int:
-        """The sequence number of the newest change-log row (0 for an empty log): a checkpoint."""
+        """The sequence number of the newest change-log row (0 for an empty log)."""
+        return self.log_head().seq
+
+    def log_head(self) -> LogHead:
+        """The newest change-log seq and, on PostgreSQL, the write transactions in flight when it was read
+        (one statement, one snapshot): a seq below the head may still appear until they have finished."""
+        newest = select(func.coalesce(func.max(schema.listing_changes.c.seq), 0)).scalar_subquery()
         with self.engine.connect() as conn:
-            return conn.execute(select(func.coalesce(func.max(schema.listing_changes.c.seq), 0))).scalar_one()
+            if conn.dialect.name != "postgresql":
+                return LogHead(conn.execute(select(newest)).scalar_one())
+            in_flight = text("ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text)")
+            seq, xids = conn.execute(select(newest, in_flight)).one()
+        return LogHead(seq, frozenset(int(x) for x in xids))
+
+    def settled_change(self, timeout: float = 300.0) -> int:
+        """The newest change-log seq up to which every change is visible: the head, once every write transaction
+        in flight when it was read has finished (at once on SQLite). A checkpoint must be settled: a reader
+        starting past it would miss a lower seq committed later. CatalogError after ``timeout`` seconds."""
+        head = self.log_head()
+        deadline = time.monotonic() + timeout
+        while head.in_flight & self.log_head().in_flight:
+            if time.monotonic() >= deadline:
+                raise CatalogError(self.engine.url.render_as_string(hide_password=True),
+                                   f"write transactions {sorted(head.in_flight)} have been in flight for over "
+                                   f"{timeout:.0f}s; the change-log checkpoint cannot be read until they finish")
+            time.sleep(0.02)
+        return head.seq
 
     def changes_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str, str]]:
         """Change-log rows after ``seq``, oldest first: (seq, listing_id, op)."""
@@ -263,6 +292,16 @@ class Catalog:
         query = select(log.c.seq, log.c.listing_id, log.c.op).where(log.c.seq > seq).order_by(log.c.seq).limit(limit)
         with self.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(query)]
+
+    def changes_in(self, seqs: Sequence[int]) -> list[tuple[int, str, str]]:
+        """The change-log rows with these seqs that are visible (committed), oldest first."""
+        log = schema.listing_changes
+        rows = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(seqs)), 500):
+                query = select(log.c.seq, log.c.listing_id, log.c.op).where(log.c.seq.in_(chunk))
+                rows += [tuple(row) for row in conn.execute(query)]
+        return sorted(rows)
 
     # --- reads --------------------------------------------------------------------------------------
     def get_listing(self, listing_id: str) -> Listing | None:

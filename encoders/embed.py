@@ -76,7 +76,7 @@ listing_photo_vectors = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 
-# The change-log sequence number (catalog.store.Catalog.last_change) read before an `embed_catalog` run read the
+# The change-log sequence number (catalog.store.Catalog.settled_change) read before an `embed_catalog` run read the
 # catalogue: the stored embeddings of this model reflect every change up to it. `marketsearch index` publishes it
 # as the index set's checkpoint; a serving process replays the change log past it.
 embedding_checkpoints = Table(
@@ -362,8 +362,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
         raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, image_batch_size={image_batch_size}")
     started = time.perf_counter()
     ensure_table(catalog)
-    # read before the catalogue is: a change committed while this run reads is replayed, never lost
-    checkpoint = catalog.last_change()
+    # read (settled) before the catalogue is: a change committed while this run reads is replayed, never lost
+    checkpoint = catalog.settled_change()
     fingerprint = model.fingerprint
     photo_cache = open_photo_cache(model, feature_cache)
     table, photo_table = listing_embeddings, listing_photo_vectors

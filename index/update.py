@@ -103,7 +103,7 @@ def update_indexes(
     catalog = Catalog(workspace.db_url, root=workspace.root)
     try:
         # read before the catalogue is: a change committed meanwhile is past the checkpoint, so replayed
-        checkpoint = min(catalog.last_change(), embedding_checkpoint(catalog, fingerprint))
+        checkpoint = min(catalog.settled_change(), embedding_checkpoint(catalog, fingerprint))
         table = load_embeddings(catalog, fingerprint)
         ids, texts = [], []
         for batch in catalog.iter_listings():

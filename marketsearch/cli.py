@@ -99,6 +99,7 @@ app.command("demo")(jobs.demo)
 app.command("build")(jobs.build)
 app.command("demo-data")(catalog_cli.demo_data)
 app.command("ingest")(catalog_cli.ingest)
+catalog_cli.catalog_app.command("copy")(jobs.copy_catalogue)  # a job: it copies the embeddings' tables too
 app.add_typer(catalog_cli.catalog_app, name="catalog")
 app.command("train")(encoders_cli.train)
 app.command("embed")(encoders_cli.embed)

@@ -171,3 +171,33 @@ def demo(
 
         typer.secho(f"\nserving http://{host}:{port}/  (API docs at /docs; Ctrl-C to stop)", bold=True)
         api_cli.serve(workspace=workspace, host=host, port=port)
+
+
+def copy_catalogue(
+    to: Annotated[str, typer.Option("--to", help="The target database URL (an empty database), e.g. "
+                                    "postgresql+psycopg://user@host/marketsearch; no password in it (PGPASSWORD)." )],
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+    switch: Annotated[bool, typer.Option("--switch/--no-switch", help="Record the target as the workspace's "
+                                         "catalogue (WORKSPACE/database.url) once copied.")] = True,
+) -> None:
+    """Copy the workspace's catalogue (listings, photos' rows, change log, users, events, keys, embeddings) into
+    another database, in one transaction: e.g. move a deployment from SQLite to PostgreSQL."""
+    from catalog.copy import copy_database
+    from catalog.errors import CatalogError
+    from encoders.embed import metadata as embeddings_metadata
+
+    ws = open_workspace(workspace)
+    if not ws.has_catalogue():
+        typer.echo(f"error: no catalogue at {ws.db_path}; run `marketsearch ingest` first", err=True)
+        raise typer.Exit(2)
+    try:
+        counts = copy_database(ws.db_url, to, [embeddings_metadata])
+        if switch:
+            ws.use_database(to)
+    except (CatalogError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    for table, rows in counts.items():
+        typer.echo(f"{table:<24} {rows} rows")
+    if switch:
+        typer.echo(f"the workspace {ws.root}/ now uses {to} (recorded in {ws.database_url_path})")

@@ -1,6 +1,8 @@
 """The live follower: one per serving process, it keeps a `Searcher` within a poll of the catalogue's change log.
 
-A background thread polls ``Catalog.changes_since(applied_seq)`` (every ``poll_interval`` s). For the listings
+A background thread polls the log through a `catalog.change_log.LogCursor` (every ``poll_interval`` s: the
+changes past the newest seq read, and the holes below it, since on PostgreSQL a lower seq can commit after a
+higher one). For the listings
 that changed it re-reads the catalogue (the database is the source of truth; the log says only *which*
 listing changed, so replaying a change twice is harmless), encodes new or changed text and photos with
 `encoders.embed.encode_listings` (the code `marketsearch embed` runs), and publishes a new `SearchSnapshot`:
@@ -16,12 +18,14 @@ only the delta past the new set's checkpoint (vectors of listings it already enc
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from catalog.change_log import LogCursor
 from catalog.store import Catalog
 from encoders.embed import EmbeddingTable, content_hash, encode_listings, load_embeddings
 from index.bm25 import listing_text
@@ -70,6 +74,7 @@ class LiveFollower:
         self.compact_age_s = compact_age_s
         self.compaction = compaction
         self.catalog = Catalog(workspace.db_url, root=workspace.root)
+        self.cursor = LogCursor(searcher.snapshot.applied_seq)  # the loaded set's checkpoint: a settled head
         self._entries: dict[str, _Entry] = {}  # active delta listings by id
         self._dead: set[str] = set()  # every listing changed since the checkpoint (main rows masked)
         self._delta_since: float | None = None  # monotonic time of the oldest change in the delta
@@ -114,21 +119,20 @@ class LiveFollower:
         if self._published_version() not in (None, self.searcher.index_version):
             self.reload()
         snapshot = self.searcher.snapshot
-        applied = snapshot.applied_seq
-        changes = self.catalog.changes_since(applied, limit=CHANGES_PER_POLL)
-        if not changes:
-            self._maybe_compact()
-            return 0
-        self._apply([listing_id for _, listing_id, _ in changes])
-        self._publish(snapshot.main, changes[-1][0])
+        head, changes = self.cursor.fetch(self.catalog, CHANGES_PER_POLL)
+        if changes:
+            self._apply([listing_id for _, listing_id, _ in changes])
+        self.cursor.advance(head, changes)
+        if changes:
+            self._publish(snapshot.main, self.cursor.high)
         self._maybe_compact()
         return len(changes)
 
     def catch_up(self, timeout: float = 60.0) -> int:
-        """Poll until the log head (as of the call) is applied; return the applied seq."""
+        """Poll until every change up to the log head (as of the call) is applied; return the applied seq."""
         head = self.catalog.last_change()
         deadline = time.monotonic() + timeout
-        while self.searcher.applied_seq < head and time.monotonic() < deadline:
+        while self.cursor.settled < head and time.monotonic() < deadline:
             self.poll()
         return self.searcher.applied_seq
 
@@ -203,20 +207,22 @@ class LiveFollower:
         embeddings = load_embeddings(self.catalog, model.fingerprint)
         main = MainPart(listings, embeddings, index_set.vector, index_set.bm25, index_set.version,
                         index_set.checkpoint)
-        applied = self.searcher.snapshot.applied_seq
+        applied = self.cursor.high
         previous = self._entries
         self._entries, self._dead, self._delta_since = {}, set(), None
-        replay = []
+        replay, replayed = [], []
         seq = index_set.checkpoint
-        while seq < applied:  # what this process had applied past the new checkpoint
+        while seq < applied:  # what this process had applied past the new checkpoint (and holes filled since)
             rows = self.catalog.changes_since(seq, limit=CHANGES_PER_POLL)
             rows = [row for row in rows if row[0] <= applied]
             if not rows:
                 break
             replay += [listing_id for _, listing_id, _ in rows]
+            replayed += [row[0] for row in rows]
             seq = rows[-1][0]
         self._entries = {i: previous[i] for i in replay if i in previous}  # digests decide what is re-encoded
         self._apply(replay)
+        self.cursor.rebase(index_set.checkpoint, replayed)
         self._publish(main, max(applied, index_set.checkpoint))
         if not replay:
             self._delta_since = None
@@ -254,8 +260,12 @@ class LiveFollower:
     def status(self) -> dict:
         snapshot = self.searcher.snapshot
         head = max(self.catalog.last_change(), snapshot.applied_seq)
+        in_flight = self.cursor.last_head.in_flight if self.cursor.last_head else frozenset()
         return {
+            "pid": os.getpid(),  # which worker of `serve --workers N` answered
             "applied_seq": snapshot.applied_seq,
+            "settled_seq": self.cursor.settled,
+            "in_flight_writes": len(in_flight),
             "head_seq": head,
             "lag": head - snapshot.applied_seq,
             "delta_listings": len(snapshot.delta),

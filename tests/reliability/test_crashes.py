@@ -9,6 +9,7 @@ calls that change the workspace in a clean run of the same command, so a failure
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -192,3 +193,62 @@ def test_train_ranker_killed_at_random_points_keeps_a_whole_ranker(indexed_works
     rerun = run(args, log_dir=logs)
     assert rerun.exitcode == 0, rerun.tail()
     checks.assert_serves_a_consistent_set(workspace, reranked=True)
+
+
+def test_compaction_killed_at_random_points_leaves_the_previous_set_serving(indexed_workspace, tmp_path):
+    """`marketsearch index --compact` (what a serving process's compaction runs: embed the live changes, then
+    publish a new index set) killed at seeded points: the service then serves a whole set, the previous one
+    when the kill came before the publish, and a re-run (the killed holder's lock is gone) folds in every
+    change."""
+    from catalog.store import Catalog
+    from index.index_set import load_index_set
+    from index.storage import current_version
+
+    workspace = _copy(indexed_workspace, tmp_path / "ws")
+    root, logs = str(workspace.root), tmp_path / "logs"
+    sources = sorted(checks.catalogue_ids(workspace))
+    created = []
+
+    def next_change():  # a live write: a new listing (to embed) and one sold, so every run has work to publish
+        with Catalog(workspace.db_url, root=workspace.root) as catalog:
+            source = catalog.get_listing(sources[len(created)])
+            new = dataclasses.replace(source, id=f"live-{len(created)}", title=f"compacted {source.title}",
+                                      image_ids=())
+            catalog.upsert_listings([new, dataclasses.replace(source, status="sold")])
+        created.append(new.id)
+
+    reference = _copy(workspace, tmp_path / "reference")
+    clean = run(["index", "--compact", "-w", str(reference.root)], log_dir=logs)
+    assert clean.exitcode == 0 and clean.events, clean.tail()
+
+    served_before = [current_version(workspace.index_dir)]
+    previous_kept = []
+
+    def after_kill():
+        checks.assert_serves_a_consistent_set(workspace)
+        previous_kept.append(current_version(workspace.index_dir) == served_before[-1])
+        after_run()
+
+    def after_run():
+        served_before.append(current_version(workspace.index_dir))
+        next_change()
+
+    next_change()
+    # seeded points, then one just before the first file of the new set is moved into place (mid-publish)
+    points = [*kill_points(np.random.default_rng(SEED), clean.events, 4, resumable=False), BEFORE_PUBLISHING_A_FILE]
+    summary = kill_cycles([["index", "--compact", "-w", root]] * len(points), points, workspace, logs, after_kill,
+                          after_finish=after_run)
+    print(f"index --compact: {clean.events} workspace-changing calls per run; {summary}; "
+          f"previous set kept after kills: {previous_kept}")
+    assert summary["kills"] >= 4 and summary["kills_leaving_temporaries"] >= 1 and any(previous_kept), (
+        summary, previous_kept)
+
+    rerun = run(["index", "--compact", "-w", root], log_dir=logs)
+    assert rerun.exitcode == 0, rerun.tail()
+    checks.assert_serves_a_consistent_set(workspace)
+    index_set = load_index_set(workspace.index_dir)
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:
+        assert index_set.checkpoint == catalog.last_change()
+        sold = {x.id for x in catalog.get_listings(sources[: len(created)]) if x.status == "sold"}
+    assert set(created) <= set(index_set.vector.listing_ids) and set(created) <= set(index_set.bm25.listing_ids)
+    assert len(sold) == len(created) and not sold & set(index_set.vector.listing_ids)
