@@ -419,7 +419,7 @@ def evaluate_recs(
     from recommend.folder import workspace_fingerprint
 
     ws = Workspace.at(workspace)
-    if not ws.db_path.is_file():
+    if not ws.has_catalogue():
         typer.echo(f"error: no catalogue at {ws.db_path}; run `marketsearch build` first", err=True)
         raise typer.Exit(2)
     with Catalog(ws.db_url, root=ws.root) as catalog:
