@@ -4,15 +4,18 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKSPACE ?= workspace/demo
+# Optional dependencies installed with the project: the Dockerfile installs `scale` (Ray) instead of `dev`.
+EXTRAS ?= dev
 
 .PHONY: install demo serve test lint browser clean
 
 # uv resolves torch and torchvision together from PyPI (a matching pair that runs on CPU);
 # it does not read pip's find-links, so a stray CPU-only torch wheel cannot break torchvision.
+# UV_TORCH_BACKEND=cpu in the environment makes uv take the pair from PyTorch's CPU index (the Dockerfile does).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade uv
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[$(EXTRAS)]'
 	$(BIN)/python -c "import torch, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 

@@ -60,7 +60,7 @@ def train_recs(
     from recommend.data import epoch_seconds, load_items, log_end
 
     ws = Workspace.at(workspace)
-    if not ws.db_path.is_file():
+    if not ws.has_catalogue():
         typer.echo(f"error: no catalogue at {ws.db_path}; run `marketsearch build` first", err=True)
         raise typer.Exit(2)
     started = time.perf_counter()

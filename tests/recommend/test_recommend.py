@@ -198,3 +198,28 @@ def test_the_time_split_reads_nothing_after_it(sim_workspace, fingerprint, model
     for name in ("pop", "engaged", "impressions", "first_shown", "sold"):
         assert np.array_equal(getattr(again, name), getattr(model, name), equal_nan=True), name
     assert set(again.profiles) == set(model.profiles)
+
+
+def test_train_recs_and_evaluate_recs_use_a_catalogue_named_by_url(sim_workspace, tmp_path, monkeypatch):
+    """A server catalogue (`$MARKETSEARCH_DATABASE_URL`, compose.yaml's PostgreSQL) leaves no catalog.db in the
+    workspace: the commands open the URL instead of refusing (here an SQLite file outside the workspace)."""
+    from typer.testing import CliRunner
+
+    from core.workspace import DATABASE_URL_ENV
+    from marketsearch.cli import app
+
+    root = tmp_path / "ws"
+    shutil.copytree(sim_workspace.root, root)
+    elsewhere = tmp_path / "server" / "catalog.db"
+    elsewhere.parent.mkdir()
+    (root / "catalog.db").rename(elsewhere)
+    monkeypatch.setenv(DATABASE_URL_ENV, f"sqlite:///{elsewhere}")
+
+    trained = CliRunner().invoke(app, ["train-recs", "-w", str(root), "--no-progress", "--factors", "8",
+                                       "--iterations", "2", "--label-days", "3"])
+    assert trained.exit_code == 0, trained.output
+    assert recs_folder.read_manifest(Workspace.at(root).recs_dir)["format"] == recs_folder.FORMAT
+    evaluated = CliRunner().invoke(app, ["evaluate-recs", "-w", str(root), "--no-progress", "--test-days", "3",
+                                         "--max-users", "20"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert not (root / "catalog.db").exists()
