@@ -69,7 +69,8 @@ class RecordingSearcher:
             labels=SimpleNamespace(classes=["Home", "Sports"]),
             backbones={},
             info={},
-            text_tower=SimpleNamespace(backbone=SimpleNamespace(runtime="torch")),
+            text_tower=SimpleNamespace(backbone=SimpleNamespace(runtime="torch", precision="fp32")),
+            image_tower=SimpleNamespace(backbone=SimpleNamespace(runtime="torch", precision="fp32")),
         )
         self.vector_index = SimpleNamespace(manifest={"count": len(listing_ids), "nlist": 1, "nprobe": 1})
         self.index_version = "v-20261121T110000-1a2b3c"
