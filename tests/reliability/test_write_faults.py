@@ -414,11 +414,15 @@ def test_acknowledged_writes_survive_server_crashes(indexed_workspace, tmp_path)
     referenced = {Path(image["path"]).name for image in images.values()}
     orphans = sorted({p.name for p in workspace.images_dir.iterdir()} - referenced - photos_before)
     summary["orphan_photo_files"] = len(orphans)
+    problems = {
+        "during the run": [p for writer in writers for p in writer.problems],
+        "half-written": half_written(workspace, listings, images, logged, ids_before),
+        "against the ledger": violations,
+    }
     print(f"write faults: {summary}")  # the figures, with -s
+    print(json.dumps(problems, indent=1)[:20_000])
 
-    assert [p for writer in writers for p in writer.problems] == []
-    assert half_written(workspace, listings, images, logged, ids_before) == []
-    assert violations == []
+    assert problems == {"during the run": [], "half-written": [], "against the ledger": []}
     assert all(len(name) == len(uuid.uuid4().hex) + len(".jpg") for name in orphans), orphans
     # the faults were met: answers lost to kills and timeouts, creates resent and answered from the key
     assert summary["lost_answers"] >= KILL_CYCLES and summary["replays"] >= 1, summary
