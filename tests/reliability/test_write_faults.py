@@ -25,11 +25,11 @@ the follower caught up (/health ``live.lag`` 0):
   it when that fails, and a delete removes files after its commit; a kill between the two leaves the file
   (the test prints how many).
 
-Planted bugs it catches (local experiments, not committed): answering the create before its transaction
-commits (``_create`` handing ``writer.create`` to a thread and returning the listing at once) fails with
-acknowledged creates missing after the kills; dropping the change-log append of a create
-(``record_changes`` in ``ListingWriter._insert``) fails with created listings no search finds; storing the
-idempotency key in a second transaction after the listing's fails with duplicate listings for one key.
+Planted bugs it catches (local experiments with 8 kill cycles, not committed): no change-log row for creates
+and edits (``record_changes`` removed from ``ListingWriter._insert``, ``update`` and ``add_photo``) fails the
+half-written check ("written with no change-log row"); a commit 0.5 s after the answer (``_transaction``
+committing in a ``threading.Timer``, so a kill loses acknowledged writes) fails with problems the writers
+met during the run (answers their ledger rules out).
 """
 
 from __future__ import annotations
