@@ -28,8 +28,9 @@ the follower caught up (/health ``live.lag`` 0):
 Planted bugs it catches (local experiments with 8 kill cycles, not committed): no change-log row for creates
 and edits (``record_changes`` removed from ``ListingWriter._insert``, ``update`` and ``add_photo``) fails the
 half-written check ("written with no change-log row"); a commit 0.5 s after the answer (``_transaction``
-committing in a ``threading.Timer``, so a kill loses acknowledged writes) fails with problems the writers
-met during the run (answers their ledger rules out).
+committing in a ``threading.Timer``, so a kill loses acknowledged writes) fails on every check: acknowledged
+creates missing (and 404s to their edits), acknowledged title edits lost, an acknowledged delete still there
+and returned by a search, a listing row whose photo file its lost delete had removed.
 """
 
 from __future__ import annotations
