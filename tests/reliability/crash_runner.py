@@ -41,12 +41,15 @@ from pathlib import Path
 PRELOAD = [
     "tests.reliability.crash_runner",
     "marketsearch.cli",
+    "api.main",  # what `marketsearch serve` imports (serve_runner's servers)
+    "uvicorn",
     "torch",
     "faiss",
     "lightgbm",
     "bm25s",
     "sqlalchemy",
     "transformers",
+    "transformers.models.bert.modeling_bert",  # the test models' text backbone (MiniLM), imported lazily at load
     "catalog.ingest",
     "encoders.bundle",
     "encoders.embed",
