@@ -55,7 +55,10 @@ def user_columns(model: Recommender, profile: UserProfile, listing_ids) -> np.nd
     recent = profile.items[:RECENT_ITEMS]
     if len(recent):
         weights = profile.weights[:RECENT_ITEMS]
-        columns["user_covisit"] = np.asarray(model.covisit[recent][:, r].T @ (weights / weights.sum())).ravel()
+        # rows of the user's listings times their weights: one pass over those rows' entries (a column slice of
+        # the n x n matrix would walk every row)
+        covisit = np.asarray(model.covisit[recent].T @ (weights / weights.sum())).ravel()
+        columns["user_covisit"] = covisit[r]
     affinity = profile.affinity
     for name, prefix, keys in (("user_aff_top", "t:", items.top_category), ("user_aff_cat", "c:", items.category),
                                ("user_aff_band", "b:", items.band), ("user_aff_town", "w:", items.town)):
