@@ -35,6 +35,7 @@ from api.schemas import (
 from api.uploads import ACCEPTED_FORMATS, decode_image, read_upload
 from catalog.models import Listing
 from catalog.store import Catalog
+from personal.events import ID_PATTERN
 from recommend.serving import ServedRecommender
 from search.filters import SearchFilters
 from search.pipeline import Searcher, SearchResult, UserColumns
@@ -117,8 +118,8 @@ async def image_search_form(
     min_price: Annotated[float | None, Form(ge=0, le=MAX_PRICE, description="Lowest price in GBP."), FormNull] = None,
     max_price: Annotated[float | None, Form(ge=0, le=MAX_PRICE, description="Highest price in GBP."), FormNull] = None,
     location: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS, description="Town or county.")] = None,
-    user_id: Annotated[str | None, Form(max_length=64, description="The buyer's id: ranked for them when the "
-                                                                   "recommenders know them.")] = None,
+    user_id: Annotated[str | None, Form(pattern=ID_PATTERN, max_length=64, description="The buyer's id: ranked for "
+                                        "them when the recommenders know them.")] = None,
 ) -> ImageSearchForm:
     """The form fields next to the photo, declared one by one so that they appear in the OpenAPI docs,
     then validated together (inverted price range, non-finite prices, text limits) like the JSON body.
