@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from personal.events import ID_PATTERN
+
 MAX_QUERY_CHARS = 512
 MAX_K = 100
 MAX_OFFSET = 1000
@@ -111,6 +113,10 @@ class SearchOptions(BaseModel):
     )
     sort: SortOrder = Field("relevance", description="relevance, price_asc, price_desc or newest.")
     rerank: StrictBool | None = Field(None, description="Use the learned re-ranker (default from settings).")
+    user_id: Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=64)] | None = Field(
+        None, description="The buyer's id (as their events carry it): a user with history gets the personal "
+        "ranking (`marketsearch train-recs`); no user, or one without history, gets the same ranking as without it."
+    )
 
 
 class TextSearchRequest(SearchOptions):
@@ -185,6 +191,7 @@ class SearchResponse(BaseModel):
     predicted_category: str | None
     category_probs: list[CategoryProbability] = Field(description="Top-level categories, most likely first.")
     reranked: bool
+    personalised: bool = Field(False, description="Ranked for the request's user_id by the personal ranker.")
     timings_ms: dict[str, float] = Field(
         description="Pipeline stages (encode, vector, bm25, fuse, rerank, total) plus service stages "
         "(decode for photos, hydrate, service_total)."

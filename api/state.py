@@ -162,6 +162,24 @@ def _load_recommender(state: ServiceState, workspace: Workspace) -> None:
     except Exception as exc:  # noqa: BLE001 -- search still works; the recommendation routes say why not
         state.recs_error = f"recommenders not loaded ({type(exc).__name__}: {exc})"
         logger.warning(state.recs_error)
+        return
+    _load_personal_ranker(state, workspace)
+
+
+def _load_personal_ranker(state: ServiceState, workspace: Workspace) -> None:
+    """The personal search ranker beside the recommenders (searches with a known user_id); without it, or when
+    it does not load, every search is ranked as without a user."""
+    from ranking.features import FEATURE_NAMES
+    from recommend.personal_search import USER_FEATURES
+
+    if state.searcher.ranker is None or not workspace.personal_ranker_dir.exists():
+        return
+    try:
+        state.searcher.personal_ranker = Reranker.load(workspace.personal_ranker_dir,
+                                                       expected_features=FEATURE_NAMES + USER_FEATURES)
+    except Exception as exc:  # noqa: BLE001 -- unpersonalised search instead
+        state.ranker_error = f"personal search ranker not loaded, searching without it ({type(exc).__name__}: {exc})"
+        logger.warning(state.ranker_error)
 
 
 def _use_onnxruntime(state: ServiceState, settings: Settings, workspace: Workspace) -> None:

@@ -143,6 +143,11 @@ class Workspace:
         return self.root / "ranker"
 
     @property
+    def personal_ranker_dir(self) -> Path:
+        """The personal search ranker (`marketsearch train-recs`, recommend/personal_search.py)."""
+        return self.root / "ranker-personal"
+
+    @property
     def recs_dir(self) -> Path:
         """The recommenders (`marketsearch train-recs`, recommend/folder.py)."""
         return self.root / "recs"

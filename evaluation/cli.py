@@ -407,6 +407,8 @@ def evaluate_recs(
     intervals, for all users, users with history, users with at most two events and listings new after T;
     popularity, co-visitation, ALS, content and the hybrid in the same run. Writes WORKSPACE/eval/recs/<stamp>/
     (report.md, report.json, TREC qrels and runs). The saved recommenders (WORKSPACE/recs/) are not touched.
+    When served searches were logged (WORKSPACE/logs/features/, e.g. by `simulate --search pipeline`), the
+    personal search ranker is trained before T too and judged against today's ranking on the searches after T.
     """
     import datetime as dt
 
@@ -417,6 +419,7 @@ def evaluate_recs(
     from recommend.cli import parse_time
     from recommend.data import load_items, log_end
     from recommend.folder import workspace_fingerprint
+    from recommend.personal_search import load_search_log
 
     ws = Workspace.at(workspace)
     if not ws.has_catalogue():
@@ -435,8 +438,14 @@ def evaluate_recs(
         except (FileNotFoundError, LookupError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        search_log = load_search_log(ws)
+        base_ranker = None
+        if search_log is not None and ws.ranker_dir.exists():
+            from ranking.reranker import Reranker
+
+            base_ranker = Reranker.load(ws.ranker_dir)
         evaluation, runs, qrels = run_evaluation(catalog, items, at, max_users=max_users, seed=seed,
-                                                 progress=progress)
+                                                 progress=progress, search_log=search_log, base_ranker=base_ranker)
     if not qrels:
         typer.echo(f"error: no engaged event after {at.isoformat()}: choose an earlier --split", err=True)
         raise typer.Exit(2)

@@ -25,7 +25,7 @@ from core.files import write_text_atomic
 from core.workspace import new_stamped_dir
 from evaluation.evaluate import write_runs
 from evaluation.judgments import write_qrels
-from recommend.data import GRADES, as_utc, epoch_seconds, load_event_log, load_impressions
+from recommend.data import GRADES, as_utc, epoch_seconds, load_event_log, load_impressions, log_end
 from recommend.model import Recommender
 from recommend.train import train_recommender
 
@@ -47,6 +47,8 @@ class RecsEvaluation:
     slice_users: dict[str, int]
     new_listings: dict[str, float]
     info: dict = field(default_factory=dict)
+    # personalised search against today's on the test period's logged searches (None: no logged search)
+    search: dict | None = None
 
     def to_dict(self) -> dict:
         return self.__dict__
@@ -66,6 +68,16 @@ class RecsEvaluation:
                      "rankable catalogue, "
                      f"{n['recommended_share']:.1%} of the hybrid's top-10 slots, {n['hit_share']:.1%} of its hits "
                      f"({int(n['hits'])} hits on new listings of {int(n['all_hits'])}).")
+        if self.search:
+            lines += ["", f"## Personalised search ({self.search['searches']} logged searches after T; relevance: "
+                      "the user's later engaged events on the candidates)", ""]
+            for name, systems in self.search["scores"].items():
+                lines += [f"### {name} ({self.search['slice_searches'][name]} searches)", "",
+                          "| ranking | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+                for system, metrics in systems.items():
+                    cells = [f"{m['mean']:.4f} [{m['low']:.4f}, {m['high']:.4f}]" for m in metrics.values()]
+                    lines.append(f"| {system} | " + " | ".join(cells) + " |")
+                lines.append("")
         return "\n".join(lines)
 
 
@@ -110,12 +122,51 @@ def score_slice(qrels: dict[str, dict[str, int]], runs: dict[str, dict[str, dict
     return out
 
 
+def evaluate_personal_search(catalog, model: Recommender, search_log, base_ranker, split: dt.datetime,
+                             until: dt.datetime) -> dict | None:
+    """Today's ranking (``base_ranker`` on the logged search features, RRF without one) against the personal
+    search ranker (today's for a user without a profile) on the searches logged in [split, until); relevance:
+    the user's engaged events on the candidates after the search (`recommend.personal_search.search_labels`)."""
+    from recommend.personal_search import logged_searches, personal_rows, search_labels
+
+    searches = logged_searches(catalog, search_log, split, until)
+    labels = search_labels(catalog, searches, until)
+    rrf = list(search_log.feature_names).index("rrf_score")
+    qrels: dict[str, dict[str, int]] = {}
+    runs: dict[str, dict[str, dict[str, float]]] = {"today": {}, "personalised": {}}
+    known: set[str] = set()
+    for search, mine in zip(searches, labels):
+        if not mine:
+            continue
+        key = f"{search.query_id}:{search.user_id}"
+        qrels[key] = mine
+        today = base_ranker.predict(search.X) if base_ranker is not None else search.X[:, rrf]
+        rows = personal_rows(model, search) if model.search_ranker is not None else None
+        personal = model.search_ranker.predict(rows) if rows is not None else today
+        if model.profile(search.user_id) is not None:
+            known.add(key)
+        for name, scores in (("today", today), ("personalised", personal)):
+            runs[name][key] = {i: float(x) for i, x in zip(search.listing_ids, np.nan_to_num(scores, nan=-1e9))}
+    if not qrels:
+        return None
+    slices = {"users with history": {k: q for k, q in qrels.items() if k in known},
+              "users without history": {k: q for k, q in qrels.items() if k not in known}}
+    return {"searches": len(qrels), "searches_logged": len(searches),
+            "personal_ranker": model.search_ranker is not None,
+            "slice_searches": {name: len(q) for name, q in slices.items()},
+            "scores": {name: score_slice(q, runs) for name, q in slices.items() if q}}
+
+
 def evaluate_recs(catalog, items, split: dt.datetime, *, test_until: dt.datetime | None = None,
-                  max_users: int | None = None, seed: int = 0, progress: bool = False, **train_params):
+                  max_users: int | None = None, seed: int = 0, progress: bool = False, search_log=None,
+                  base_ranker=None, **train_params):
     """Fit before ``split``, judge on the events from ``split`` (to ``test_until``). Returns the evaluation,
-    the runs and the qrels of every user."""
+    the runs and the qrels of every user. With ``search_log`` (the feature log of served searches) the personal
+    search ranker is trained too and judged against today's ranking (``base_ranker``) on the test period's
+    searches."""
     items.active[:] = True  # today's statuses would leak the future into T; purchases before T say what sold
-    model = train_recommender(catalog, items, epoch_seconds(split), seed=seed, progress=progress, **train_params)
+    model = train_recommender(catalog, items, epoch_seconds(split), seed=seed, progress=progress,
+                              search_log=search_log, **train_params)
     test = load_event_log(catalog, since=split, until=test_until, impressions=False)
     rows = items.rows(test.listings)
     qrels: dict[str, dict[str, int]] = {}
@@ -160,8 +211,12 @@ def evaluate_recs(catalog, items, split: dt.datetime, *, test_until: dt.datetime
             "all_hits": float(len(hits)),
         },
         info={"train_events": model.info.get("events"), "train_users": model.info.get("users"),
-              "test_events": len(test), "blend": model.info.get("blend_training"), "grades": GRADES},
+              "test_events": len(test), "blend": model.info.get("blend_training"), "grades": GRADES,
+              "search_ranker": model.info.get("search_ranker_training")},
     )
+    if search_log is not None:
+        end = test_until or log_end(catalog) + dt.timedelta(microseconds=1)
+        evaluation.search = evaluate_personal_search(catalog, model, search_log, base_ranker, split, end)
     return evaluation, runs, qrels
 
 

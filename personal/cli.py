@@ -253,6 +253,7 @@ def _search_function(ws, mode: str):
     import torch
 
     from personal.simulator import PipelineSearch
+    from ranking.feature_log import FeatureLogger
     from search.pipeline import Searcher
 
     # One query at a time: a thread pool per model call costs more than it saves (as in the service, whose
@@ -260,7 +261,9 @@ def _search_function(ws, mode: str):
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     try:
-        searcher = Searcher.from_workspace(ws)
+        # the features of every search are logged (WORKSPACE/logs/features/), keyed by the query id its
+        # events carry: the personalised search ranker learns from that join (`marketsearch train-recs`)
+        searcher = Searcher.from_workspace(ws, feature_logger=FeatureLogger.for_workspace(ws))
     except Exception as exc:  # noqa: BLE001 -- any missing or broken artefact: say so, browse instead
         if mode == "pipeline":
             typer.echo(f"error: --search pipeline, but the search pipeline does not load: {exc}", err=True)

@@ -39,8 +39,17 @@ SECOND = 1 / 86400  # in days
 
 
 # A search: the listing ids ranked for (words, town filter, price cap). The pipeline is deterministic for one
-# query, so results are cached: buyers type the same words often.
+# query, so results are cached: buyers type the same words often. A `ServedRanking` also carries the query id
+# the pipeline served (and logged its features under); the events of that search then carry it too.
 SearchFunction = Callable[[str, str | None, float | None], list[str]]
+
+
+class ServedRanking(list):
+    """Listing ids as a search served them, with that search's ``query_id`` (its feature-log key)."""
+
+    def __init__(self, listing_ids, query_id: str):
+        super().__init__(listing_ids)
+        self.query_id = query_id
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,7 @@ class Simulator:
             found = self.search(words, town, cap)
             ranked = np.array([self.row_of[i] for i in found if i in self.row_of], dtype=np.int64)
             query_id = rng.bytes(16).hex()
+            query_id = getattr(found, "query_id", None) or query_id
             self.report.searches += 1
         else:
             ranked = self.browse_order.get(interest.top, np.zeros(0, dtype=np.int64))
@@ -285,21 +295,24 @@ class Simulator:
 
 class PipelineSearch:
     """The simulated users' search: ``search.pipeline.Searcher`` (re-ranked when it has a re-ranker), each
-    distinct (words, town, price cap) run once and its ranking kept in ``cache``."""
+    distinct (words, town, price cap) run once and its ranking kept in ``cache`` as a `ServedRanking`: the
+    events of every search with those words carry the query id of that run, so a searcher with a feature
+    logger gives feature-log rows that the events label (users who typed the same words share the rows;
+    their events tell them apart)."""
 
     def __init__(self, searcher, k: int = 100):
         self.searcher = searcher
         self.k = k
         self.cache: dict[tuple[str, str | None, float | None], list[str]] = {}
 
-    def __call__(self, words: str, town: str | None, max_price: float | None) -> list[str]:
+    def __call__(self, words: str, town: str | None, max_price: float | None) -> ServedRanking:
         from search.filters import SearchFilters
 
         key = (words, town, max_price)
         if key not in self.cache:
             filters = SearchFilters(location=town, max_price=max_price)
-            hits = self.searcher.search(text=words, k=self.k, filters=filters).hits
-            self.cache[key] = [hit.listing_id for hit in hits]
+            result = self.searcher.search(text=words, k=self.k, filters=filters)
+            self.cache[key] = ServedRanking([hit.listing_id for hit in result.hits], result.query_id)
         return self.cache[key]
 
 

@@ -212,7 +212,8 @@ class Reranker:
             logger.warning("no validation queries given: training all %d trees without early stopping",
                            self.n_estimators)
 
-        max_grade = int(y.max()) if len(y) else 0
+        # the gains must cover the validation grades too: LightGBM rejects a grade it has no gain for
+        max_grade = max((int(labels.max()) for labels in (y, eval_y) if labels is not None and len(labels)), default=0)
         ranker = self._lgbm_ranker()
         grades = range(max(max_grade, 3) + 1)
         ranker.set_params(label_gain=[float(2**g - 1) if self.gain == "exponential" else float(g) for g in grades])

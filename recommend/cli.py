@@ -46,7 +46,8 @@ def train_recs(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Train the recommenders on the workspace's events and save them to WORKSPACE/recs/.
+    """Train the recommenders on the workspace's events and save them to WORKSPACE/recs/, and the personal
+    search ranker to WORKSPACE/ranker-personal/ when served searches were logged (WORKSPACE/logs/features/).
 
     ALS (implicit feedback, events weighted by type and recency), item-to-item co-visitation, content
     profiles in the shared text-image space (several interest vectors per user), category / price-band /
@@ -80,6 +81,7 @@ def train_recs(
                 raise typer.Exit(2)
             if until is None:
                 end = end + dt.timedelta(microseconds=1)  # the newest event included
+            from recommend.personal_search import load_search_log
             from recommend.train import train_recommender
 
             try:
@@ -89,10 +91,13 @@ def train_recs(
                 raise typer.Exit(2) from None
             model = train_recommender(catalog, items, epoch_seconds(end), label_days=label_days,
                                       max_label_users=max_label_users, seed=seed, progress=progress,
-                                      als_params={"factors": factors, "iterations": iterations, "seed": seed})
+                                      als_params={"factors": factors, "iterations": iterations, "seed": seed},
+                                      search_log=load_search_log(ws))
             folder.save(model, ws.recs_dir, fingerprint)
             summary = {"folder": str(ws.recs_dir), "until": end.isoformat(), "listings": len(items),
                        **model.info}
+            if model.search_ranker is not None:
+                summary["search_ranker"] = str(model.search_ranker.save(ws.personal_ranker_dir))
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -99,6 +99,8 @@ class Recommender:
     profiles: dict[str, UserProfile]
     als_params: dict = field(default_factory=dict)
     ranker: object | None = None  # ranking.reranker.Reranker over FEATURES
+    # the personal search ranker trained with it (recommend.personal_search; saved to <root>/ranker-personal/)
+    search_ranker: object | None = None
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

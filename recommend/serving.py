@@ -40,6 +40,17 @@ class ServedRecommender:
             profile = self.model.profile(user_id)
         return self.model.recommend(user_id, 3 * k, filters), profile is None
 
+    def user_columns(self, user_id: str):
+        """The user's columns for the personal search ranker (a function of candidate listing ids), or None when
+        the recommenders have no profile of them."""
+        from functools import partial
+
+        from recommend.personal_search import user_columns
+
+        with self._lock:
+            profile = self.model.profile(user_id)
+        return None if profile is None else partial(user_columns, self.model, profile)
+
     def forget(self, user_id: str) -> int:
         """Drop the user from memory and from the saved folder; how many of the two held them."""
         with self._lock:

@@ -162,19 +162,30 @@ def train_blend(stage: Recommender, window: EventLog, *, max_users: int = MAX_LA
 
 def train_recommender(catalog, items: Items, until: float, *, label_days: float = LABEL_DAYS,
                       max_label_users: int = MAX_LABEL_USERS, als_params: dict | None = None, seed: int = 0,
-                      progress: bool = False) -> Recommender:
+                      search_log=None, progress: bool = False) -> Recommender:
     """Fit the signals and the learned blend on the events of the catalogue's log before ``until`` (seconds
-    since 1970). Nothing at or after ``until`` is read, impressions included."""
+    since 1970). Nothing at or after ``until`` is read, impressions included. With ``search_log`` (the
+    feature log of served searches, `ranking.feature_log.LoggedCandidates`), the personal search ranker is
+    trained on the searches of the label window too (``model.search_ranker``; None when too few)."""
     log = load_event_log(catalog, until=as_utc(until))
     split = until - label_days * DAY
     before = log.select(log.times < split, load_impressions(catalog, as_utc(split)))
     window = log.select(log.times >= split)
-    ranker = None
+    ranker = search_ranker = None
     if len(before) and len(window):
         stage = fit_signals(before, items, split, als_params=als_params, progress=progress)
         ranker = train_blend(stage, window, max_users=max_label_users, seed=seed, progress=progress)
+        if search_log is not None:
+            from recommend.personal_search import logged_searches, search_labels, train_personal_ranker
+
+            searches = logged_searches(catalog, search_log, as_utc(split), as_utc(until))
+            search_ranker = train_personal_ranker(stage, searches, search_labels(catalog, searches, as_utc(until)),
+                                                  search_log.feature_names, seed=seed)
     model = fit_signals(log, items, until, als_params=als_params, progress=progress)
     model.ranker = ranker
+    model.search_ranker = search_ranker
     model.info.update({"label_days": label_days, "blend": ranker is not None,
-                       "blend_training": (ranker.meta_.get("training_info", {}) if ranker is not None else {})})
+                       "blend_training": (ranker.meta_.get("training", {}) if ranker is not None else {})})
+    if search_ranker is not None:
+        model.info["search_ranker_training"] = search_ranker.meta_.get("training", {})
     return model

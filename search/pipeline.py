@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -46,6 +46,9 @@ MAX_K = 100
 MAX_OFFSET = 1000
 DEFAULT_CANDIDATE_DEPTH = 100
 RRF_K = 60
+# Personalised search: a user's columns for these candidate listing ids, float32 (n, m), appended to the
+# re-ranker's features for `Searcher.personal_ranker` (built by the caller from the recommenders' state).
+UserColumns = Callable[[list[str]], np.ndarray]
 
 
 @dataclass
@@ -65,6 +68,7 @@ class SearchResult:
     category_probs: dict[str, float]
     reranked: bool
     timings_ms: dict[str, float]
+    personalised: bool = False
 
 
 class Searcher:
@@ -89,6 +93,9 @@ class Searcher:
         # how the catalogue photos were cleaned: every query photo is prepared the same way
         self.photo_config = photo_config or ImageCleaningConfig()
         self.ranker = ranker
+        # over the re-ranker's features then a user's columns; used only for a search given them (set by the
+        # service next to the recommenders: recommend.personal_search)
+        self.personal_ranker: Reranker | None = None
         self.feature_logger = feature_logger
         self.candidate_depth = candidate_depth
         main = MainPart(listings, embeddings, vector_index, bm25, index_version, checkpoint)
@@ -343,9 +350,11 @@ class Searcher:
         filters: SearchFilters | None = None,
         sort: SortOrder = "relevance",
         rerank: bool = True,
+        user_columns: UserColumns | None = None,
     ) -> SearchResult:
         """The ``k`` best hits after skipping ``offset`` of them (a page). Past the candidate set
-        (``total_candidates``) a page is empty."""
+        (``total_candidates``) a page is empty. With ``user_columns`` (a user the recommenders know) and a
+        personal ranker, the re-ranked order is the personal ranker's; otherwise nothing changes."""
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
         if not 0 <= offset <= MAX_OFFSET:
@@ -362,7 +371,7 @@ class Searcher:
 
         candidates = self.candidates(query, depth=max(self.candidate_depth, k), filters=filters, timings=timings)
         scores = candidates.rrf_score.astype(np.float64)
-        reranked = False
+        reranked = personalised = False
         features = None
         if len(candidates) and ((self.ranker is not None and rerank) or self.feature_logger is not None):
 
@@ -372,6 +381,12 @@ class Searcher:
                 scores = np.asarray(self.ranker.predict(features), dtype=np.float64)
                 reranked = True
             timings["rerank"] = _ms_since(start)
+            if reranked and user_columns is not None and self.personal_ranker is not None:
+                start = time.perf_counter()
+                personal = np.hstack([features, user_columns(candidates.listing_ids)])
+                scores = np.asarray(self.personal_ranker.predict(personal), dtype=np.float64)
+                personalised = True
+                timings["personalise"] = _ms_since(start)
             if self.feature_logger is not None:
                 self.feature_logger.log(query_id, query, candidates, features, names)
 
@@ -395,6 +410,7 @@ class Searcher:
             category_probs=probs,
             reranked=reranked,
             timings_ms=timings,
+            personalised=personalised,
         )
 
     def _order(self, candidates: Candidates, scores: np.ndarray, sort: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import BeforeValidator, ValidationError
 
 from api.config import Settings
-from api.deps import CatalogDep, SearcherDep, SettingsDep
+from api.deps import CatalogDep, SearcherDep, SettingsDep, StateDep
 from api.schemas import (
     MAX_FILTER_CHARS,
     MAX_K,
@@ -35,8 +35,10 @@ from api.schemas import (
 from api.uploads import ACCEPTED_FORMATS, decode_image, read_upload
 from catalog.models import Listing
 from catalog.store import Catalog
+from personal.events import ID_PATTERN
+from recommend.serving import ServedRecommender
 from search.filters import SearchFilters
-from search.pipeline import Searcher, SearchResult
+from search.pipeline import Searcher, SearchResult, UserColumns
 
 router = APIRouter(prefix="/search", tags=["search"])
 
@@ -59,16 +61,29 @@ _IMAGE_RESPONSES = {200: {"links": _LISTING_LINK}, **error_responses(413, 415, 4
 
 @router.post("/text", responses=_TEXT_RESPONSES)
 async def search_text(
-    body: TextSearchRequest, searcher: SearcherDep, catalog: CatalogDep, settings: SettingsDep
+    body: TextSearchRequest, searcher: SearcherDep, catalog: CatalogDep, settings: SettingsDep, state: StateDep
 ) -> SearchResponse:
-    """Search by words, with filters and sorting."""
-    return await run_in_threadpool(_text_search, body, searcher, catalog, settings)
+    """Search by words, with filters and sorting; ranked for `user_id` when the recommenders know them."""
+    return await run_in_threadpool(_text_search, body, searcher, catalog, settings, state.recommender)
 
 
-def _text_search(body: TextSearchRequest, searcher: Searcher, catalog: Catalog, settings: Settings) -> SearchResponse:
+def _text_search(body: TextSearchRequest, searcher: Searcher, catalog: Catalog, settings: Settings,
+                 recommender: ServedRecommender | None) -> SearchResponse:
     start = time.perf_counter()
-    result = _search(searcher, body.query, None, body, body.filters, settings.default_k, settings.rerank_default)
+    user = _user_columns(recommender, searcher, catalog, body.user_id)
+    result = _search(searcher, body.query, None, body, body.filters, settings.default_k, settings.rerank_default,
+                     user)
     return _response(result, "text", body.offset or 0, catalog, start, {})
+
+
+def _user_columns(recommender: ServedRecommender | None, searcher: Searcher, catalog: Catalog,
+                  user_id: str | None) -> UserColumns | None:
+    """The user's columns for the personal ranker, or None (no user, no personal ranker, no history): then the
+    search is ranked exactly as without a user."""
+    if not user_id or searcher.personal_ranker is None or recommender is None or recommender.model is None:
+        return None
+    recommender.refresh_user(catalog, user_id)
+    return recommender.user_columns(user_id)
 
 
 def _form_null(value: object) -> object:
@@ -80,7 +95,7 @@ def _form_null(value: object) -> object:
 FormNull = BeforeValidator(_form_null)
 
 
-FORM_FIELDS = ("text", "k", "offset", "sort", "rerank", "category", "min_price", "max_price", "location")
+FORM_FIELDS = ("text", "k", "offset", "sort", "rerank", "category", "min_price", "max_price", "location", "user_id")
 
 
 async def image_search_form(
@@ -103,6 +118,8 @@ async def image_search_form(
     min_price: Annotated[float | None, Form(ge=0, le=MAX_PRICE, description="Lowest price in GBP."), FormNull] = None,
     max_price: Annotated[float | None, Form(ge=0, le=MAX_PRICE, description="Highest price in GBP."), FormNull] = None,
     location: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS, description="Town or county.")] = None,
+    user_id: Annotated[str | None, Form(pattern=ID_PATTERN, max_length=64, description="The buyer's id: ranked for "
+                                        "them when the recommenders know them.")] = None,
 ) -> ImageSearchForm:
     """The form fields next to the photo, declared one by one so that they appear in the OpenAPI docs,
     then validated together (inverted price range, non-finite prices, text limits) like the JSON body.
@@ -127,6 +144,7 @@ async def image_search_form(
         min_price=min_price,
         max_price=max_price,
         location=location,
+        user_id=user_id or None,
     )
     try:
         return ImageSearchForm(**fields)
@@ -155,11 +173,13 @@ async def search_image(
     searcher: SearcherDep,
     catalog: CatalogDep,
     settings: SettingsDep,
+    state: StateDep,
 ) -> SearchResponse:
     """Search by a photo, optionally with words that go with it ("in red"); same options as text search."""
     start = time.perf_counter()
     data = await read_upload(file, settings.max_upload_bytes)
-    return await run_in_threadpool(_image_search, data, file.content_type, form, searcher, catalog, settings, start)
+    return await run_in_threadpool(_image_search, data, file.content_type, form, searcher, catalog, settings, start,
+                                   state.recommender)
 
 
 def _image_search(
@@ -170,12 +190,15 @@ def _image_search(
     catalog: Catalog,
     settings: Settings,
     start: float,
+    recommender: ServedRecommender | None,
 ) -> SearchResponse:
     image = decode_image(
         data, max_pixels=settings.max_image_pixels, config=searcher.photo_config, content_type=content_type
     )
     service_timings = {"decode": _ms_since(start)}
-    result = _search(searcher, form.text, image, form, form.filters(), settings.default_k, settings.rerank_default)
+    user = _user_columns(recommender, searcher, catalog, form.user_id)
+    result = _search(searcher, form.text, image, form, form.filters(), settings.default_k, settings.rerank_default,
+                     user)
     query_type = "image+text" if form.text else "image"
     return _response(result, query_type, form.offset or 0, catalog, start, service_timings)
 
@@ -188,6 +211,7 @@ def _search(
     filters: SearchFiltersIn,
     default_k: int,
     rerank_default: bool,
+    user_columns: UserColumns | None = None,
 ) -> SearchResult:
     try:
         return searcher.search(
@@ -198,6 +222,7 @@ def _search(
             filters=SearchFilters(**filters.model_dump()),
             sort=options.sort,
             rerank=rerank_default if options.rerank is None else options.rerank,
+            user_columns=user_columns,
         )
     except ValueError as exc:  # the pipeline's own input checks (the schemas should have caught these)
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
@@ -237,6 +262,7 @@ def _response(
         predicted_category=result.predicted_category,
         category_probs=[CategoryProbability(category=c, probability=p) for c, p in result.category_probs.items()],
         reranked=result.reranked,
+        personalised=result.personalised,
         timings_ms={name: round(value, 3) for name, value in timings.items()},
     )
 

@@ -231,13 +231,14 @@ async function runSearch(page = 1, historyMode = "push") {
     data.append("sort", search.sort);
     data.append("k", String(PAGE_SIZE));
     data.append("offset", String(offset));
+    data.append("user_id", userId);  // ranked for this buyer when the recommenders know them
     for (const [key, value] of Object.entries(filters)) if (value !== null) data.append(key, String(value));
     request = fetchJson("/search/image", { method: "POST", body: data });
   } else {
     request = fetchJson("/search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query, filters, sort: search.sort, k: PAGE_SIZE, offset }),
+      body: JSON.stringify({ query, filters, sort: search.sort, k: PAGE_SIZE, offset, user_id: userId }),
     });
   }
 
@@ -346,6 +347,7 @@ async function showListing(url) {
       photos,
       el("p", "detail-description", listing.description),
     );
+    showSimilar(listing.id, box);  // recs.js
   } catch (err) {
     box.replaceChildren(el("p", "banner error", (err.messages || ["Could not load the listing."]).join(" ")));
   }

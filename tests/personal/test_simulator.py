@@ -185,3 +185,23 @@ def test_the_cli_writes_a_file_and_keeps_the_hidden_state_apart(demo_workspace, 
 
 def test_price_caps_are_the_round_numbers_buyers_type():
     assert [round_price(x) for x in (0.4, 1, 1.1, 3, 7, 19, 20, 20.5, 480)] == [1, 1, 2, 5, 10, 20, 20, 50, 500]
+
+
+def test_search_events_carry_the_query_id_the_pipeline_logged_features_under(searcher, listings, tmp_path):
+    """The events of a simulated search join the feature log: their query id is the served search's, and the
+    impressions are the logged candidates that ranked first."""
+    from ranking.feature_log import FeatureLogger, log_files, read_feature_logs
+
+    logger = FeatureLogger(tmp_path / "features")
+    searcher.feature_logger, before = logger, searcher.feature_logger
+    try:
+        simulator, events = run(listings, search=PipelineSearch(searcher), users=15, days=5, seed=8)
+    finally:
+        searcher.feature_logger = before
+    logged = read_feature_logs(log_files(tmp_path / "features"))
+    candidates = defaultdict(set)
+    for query_id, listing_id in zip(logged.query_ids, logged.listing_ids):
+        candidates[query_id].add(listing_id)
+    searched = [e for e in events if e.query_id]
+    assert simulator.report.searches > 0 and searched
+    assert all(e.listing_id in candidates[e.query_id] for e in searched)

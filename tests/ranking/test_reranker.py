@@ -135,3 +135,14 @@ def test_predict_checks_the_column_count(fitted):
     with pytest.raises(ValueError, match="feature columns"):
         fitted.predict(np.zeros((2, 3), np.float32))
     assert fitted.predict(np.zeros((0, N_FEATURES), np.float32)).shape == (0,)
+
+
+def test_a_validation_grade_above_every_training_grade_is_accepted():
+    """Gains cover the validation set's grades too (LightGBM refused a grade it had no gain for)."""
+    X, y, group = synthetic_queries(40)
+    y = np.minimum(y, 3)
+    eval_X, eval_y, eval_group = synthetic_queries(10, seed=1)
+    eval_y = eval_y.copy()
+    eval_y[0] = 5
+    ranker = Reranker(n_estimators=5, log_every=0).fit(X, y, group, eval_X, eval_y, eval_group)
+    assert ranker.predict(eval_X).shape == (len(eval_X),)
