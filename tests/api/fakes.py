@@ -76,6 +76,7 @@ class RecordingSearcher:
         self.index_version = "v-20261121T110000-1a2b3c"
         self.bm25 = listing_ids
         self.ranker = None
+        self.personal_ranker = None
         self.photo_config = ImageCleaningConfig()
 
     def search(
