@@ -75,12 +75,14 @@ class RecordingSearcher:
         self.index_version = "v-20261121T110000-1a2b3c"
         self.bm25 = listing_ids
         self.ranker = None
+        self.personal_ranker = None
         self.photo_config = ImageCleaningConfig()
 
     def search(
-        self, text=None, image=None, *, k=20, offset=0, filters=None, sort="relevance", rerank=True
+        self, text=None, image=None, *, k=20, offset=0, filters=None, sort="relevance", rerank=True, user_columns=None
     ) -> SearchResult:
-        self.calls.append(dict(text=text, image=image, k=k, offset=offset, filters=filters, sort=sort, rerank=rerank))
+        self.calls.append(dict(text=text, image=image, k=k, offset=offset, filters=filters, sort=sort, rerank=rerank,
+                               user_columns=user_columns))
         if self.error is not None:
             raise self.error
         page = self.listing_ids[offset : offset + k]
