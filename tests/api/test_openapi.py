@@ -16,6 +16,8 @@ EXPECTED_STATUSES = {
     ("post", "/events"): {"200", "413", "422", "503"},
     ("get", "/users/{user_id}/events"): {"200", "422", "503"},
     ("delete", "/users/{user_id}"): {"200", "422", "503"},
+    ("get", "/users/{user_id}/recommendations"): {"200", "422", "503"},
+    ("get", "/listings/{listing_id}/similar"): {"200", "404", "422", "503"},
 }
 
 
