@@ -31,7 +31,7 @@ from api.listing_schemas import (
     TITLE_HELP,
     ListingUpdate,
 )
-from api.routes.listings import ListingId, listing_public
+from api.routes.listings import ListingId, listing_public, stored_listing_public
 from api.schemas import ListingPublic, error_responses
 from api.uploads import ACCEPTED_FORMATS, decode_image, read_upload, refusal
 from catalog.api_keys import ApiKey
@@ -150,7 +150,7 @@ async def update_listing(
 
     def update() -> ListingPublic:
         listing = writer.update(listing_id, body.field_changes(), status=body.status, seller=acting_seller(key))
-        return listing_public(listing, {i: writer.catalog.get_image(i) for i in listing.image_ids})
+        return stored_listing_public(listing, writer.catalog)
 
     return await run_in_threadpool(_answer, update)
 
@@ -191,7 +191,7 @@ async def add_photo(
     def add() -> ListingPublic:
         cleaned = _photo(writer, settings, data, photo, "the photo")
         listing, _ = writer.add_photo(listing_id, cleaned, seller=acting_seller(key))
-        return listing_public(listing, {i: writer.catalog.get_image(i) for i in listing.image_ids})
+        return stored_listing_public(listing, writer.catalog)
 
     return await run_in_threadpool(_answer, add)
 

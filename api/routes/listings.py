@@ -11,6 +11,7 @@ from api.deps import CatalogDep
 from api.routes.search import image_url
 from api.schemas import ListingPublic, PhotoPublic, error_responses
 from catalog.models import Image, Listing
+from catalog.store import Catalog
 
 router = APIRouter(prefix="/listings", tags=["listings"])
 
@@ -38,6 +39,11 @@ def get_listing(listing_id: ListingId, catalog: CatalogDep) -> ListingPublic:
     listing = catalog.get_listing(listing_id)
     if listing is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no listing with id {listing_id!r}")
+    return stored_listing_public(listing, catalog)
+
+
+def stored_listing_public(listing: Listing, catalog: Catalog) -> ListingPublic:
+    """``listing_public`` with the photos' records read from ``catalog``."""
     return listing_public(listing, {image_id: catalog.get_image(image_id) for image_id in listing.image_ids})
 
 
