@@ -4,21 +4,17 @@ a lower change-log seq commits after a higher one."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import threading
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.config import Settings
-from api.main import create_app
-from api.state import ServiceState
 from catalog.models import Listing
 from catalog.store import Catalog
 from index.compaction import compact
 from search.live import LiveFollower
 from search.pipeline import Searcher
+from tests.api.test_live_search import assert_a_process_behind_the_log_serves_no_stale_delete
 from tests.fixtures.postgres import held_before_commit
 
 pytestmark = pytest.mark.postgres
@@ -109,22 +105,4 @@ def test_every_follower_converges_after_a_compaction(postgres_workspace):
 
 
 def test_a_process_behind_the_log_serves_no_stale_delete(postgres_workspace):
-    searcher = Searcher.from_workspace(postgres_workspace, load_ranker=False)  # no follower: never catches up
-    catalog = Catalog(postgres_workspace.db_url, root=postgres_workspace.root)
-    state = ServiceState(Settings(workspace=postgres_workspace.root), postgres_workspace, catalog=catalog,
-                         searcher=searcher)
-    try:
-        with TestClient(create_app(state.settings, state=state)) as client:
-            sold, deleted = catalog.get_listings(searcher.listings.ids[:2])
-
-            def found(listing) -> set[str]:
-                body = client.post("/search/text", json={"query": listing.title, "k": 100}).json()
-                return {hit["listing"]["id"] for hit in body["hits"]}
-
-            assert sold.id in found(sold) and deleted.id in found(deleted)
-            catalog.upsert_listings([dataclasses.replace(sold, status="sold")])
-            catalog.delete_listing(deleted.id)
-            assert searcher.applied_seq < catalog.last_change()
-            assert sold.id not in found(sold) and deleted.id not in found(deleted)
-    finally:
-        catalog.close()
+    assert_a_process_behind_the_log_serves_no_stale_delete(postgres_workspace)
