@@ -35,7 +35,7 @@ def _qps(run, n_queries: int, min_seconds: float = 1.0) -> float:
             return done / elapsed
 
 
-def bench_one(n: int, dimension: int, n_queries: int, k: int, target_recall: float, pq: bool, seed: int) -> dict:
+def bench_one(n: int, dimension: int, n_queries: int, k: int, target_recall: float, codec: str, seed: int) -> dict:
     vectors = clustered_vectors(n, dimension, seed=seed)
     listing_ids = [f"L{i}" for i in range(n)]
     calibration = perturbed_queries(vectors, n_queries, seed=seed + 1)
@@ -44,7 +44,8 @@ def bench_one(n: int, dimension: int, n_queries: int, k: int, target_recall: flo
 
     started = time.perf_counter()
     vi = VectorIndex.build(
-        vectors, listing_ids, "bench", pq=pq, calibration_queries=calibration, target_recall=target_recall
+        vectors, listing_ids, "bench", codec=None if codec == "flat" else codec, calibration_queries=calibration,
+        target_recall=target_recall,
     )
     build_total = time.perf_counter() - started
     index_bytes = len(faiss.serialize_index(vi.index))
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--threads", type=int, default=2, help="FAISS OpenMP threads (build, batch search)")
-    parser.add_argument("--pq", action="store_true", help="IVF-PQ instead of IVF-Flat")
+    parser.add_argument("--codec", choices=("flat", "sq8", "pq"), default="flat",
+                        help="what the index stores: float32 vectors, or SQ8/PQ codes re-scored exactly")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--in-process", action="store_true", help="run every size in this process")
@@ -130,12 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.sizes:
         if args.in_process or len(args.sizes) == 1:
             faiss.omp_set_num_threads(args.threads)
-            row = bench_one(n, args.dimension, args.queries, args.k, args.target_recall, args.pq, args.seed)
+            row = bench_one(n, args.dimension, args.queries, args.k, args.target_recall, args.codec, args.seed)
         else:
             command = [sys.executable, "-m", "bench.bench_index", "--sizes", str(n), "--json", "/dev/stdout"]
             command += ["--dimension", str(args.dimension), "--queries", str(args.queries), "--k", str(args.k)]
             command += ["--target-recall", str(args.target_recall), "--threads", str(args.threads)]
-            command += ["--seed", str(args.seed)] + (["--pq"] if args.pq else [])
+            command += ["--seed", str(args.seed), "--codec", args.codec]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             row = json.loads(output.strip().splitlines()[-1])[0]
         rows.append(row)

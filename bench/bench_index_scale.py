@@ -1,9 +1,9 @@
-"""The index at 10M listings: IVF-PQ with exact re-scoring, built in one process and in Ray shards.
+"""The index at 10M listings: IVF-SQ8 (or IVF-PQ) with exact re-scoring, built in one process and in Ray shards.
 
 Synthetic clustered 256-d L2-normalised vectors (``index.synthetic``) are written to a memory-mapped ``.npy``
 (10M x 256 float32 = 10 GB on disk, never all in RAM). Then:
 
-1. the coarse quantiser and PQ codebooks are trained once on a sample;
+1. the coarse quantiser (and the SQ8 ranges or PQ codebooks) are trained once on a sample;
 2. the vectors are added to that trained index in one process (chunks read from the file), and again in
    ``--ray-workers`` Ray tasks each filling a shard from its slice of the file, merged with FAISS's
    ``merge_from`` (index/shards.py); both builds are timed in this run and their searches compared;
@@ -12,7 +12,7 @@ Synthetic clustered 256-d L2-normalised vectors (``index.synthetic``) are writte
    (index/refine.py, exact vectors memory-mapped from the file), recall with and without re-scoring;
 4. single-query latency on one thread, p50/p99.
 
-    .venv/bin/python -m bench.bench_index_scale --n 10000000 --data /tmp/vectors-10m.npy
+    .venv/bin/python -m bench.bench_index_scale --n 10000000 --data /tmp/vectors-10m.npy [--codec sq8|pq]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 from faiss.contrib.exhaustive_search import knn_ground_truth
 
 from index import ivf
-from index.refine import DEFAULT_REFINE_FACTOR, ExactVectors, refined_search
+from index.refine import REFINE_FACTORS, ExactVectors, refined_search
 from index.shards import deserialize, fill_shard_from_file, merge_shards, serialize, shard_slices
 from index.synthetic import clustered_vectors, perturbed_queries
 
@@ -82,7 +82,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/marketsearch-vectors.npy"),
                         help="the memory-mapped vectors file (written once, reused)")
     parser.add_argument("--nlist", type=int, default=None, help="default: ivf.choose_nlist(n)")
-    parser.add_argument("--pq", type=int, default=None, help="PQ sub-quantisers (default d/4 bytes per vector)")
+    parser.add_argument("--codec", choices=ivf.CODECS, default="sq8",
+                        help="sq8: d bytes per vector (the default from 2M listings); pq: d/4 bytes")
+    parser.add_argument("--refine-factor", type=int, default=None,
+                        help="candidates re-scored per result (default index.refine.REFINE_FACTORS[codec])")
     parser.add_argument("--train", type=int, default=None, help="training sample (default 39 x nlist)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--ray-workers", type=int, default=2, help="0 skips the Ray build")
@@ -93,18 +96,19 @@ def main() -> None:
     n, d = args.n, args.dimension
     vectors = write_vectors(args.data, n, d, args.seed)
     nlist = args.nlist or ivf.choose_nlist(n)
-    pq = args.pq or ivf.choose_pq_subquantizers(d)
+    codes = ivf.codec_string(args.codec, d)
+    refine_factor = args.refine_factor or REFINE_FACTORS[args.codec]
     rng = np.random.default_rng(args.seed)
     train_size = min(n, args.train or ivf.MIN_POINTS_PER_LIST * nlist)
     sample = np.ascontiguousarray(vectors[np.sort(rng.choice(n, train_size, replace=False))])
-    result: dict = {"n": n, "dimension": d, "nlist": nlist, "pq_bytes": pq, "train_sample": train_size,
+    result: dict = {"n": n, "dimension": d, "nlist": nlist, "codes": codes, "train_sample": train_size,
                     "threads": args.threads, "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
 
     started = time.perf_counter()
-    trained = ivf.train_index(sample, nlist, pq=pq, seed=args.seed)
+    trained = ivf.train_index(sample, nlist, codec=args.codec, seed=args.seed)
     result["train_s"] = round(time.perf_counter() - started, 1)
     del sample
-    print(f"trained IVF{nlist},PQ{pq}x8 on {train_size:,} vectors in {result['train_s']}s", flush=True)
+    print(f"trained IVF{nlist},{codes} on {train_size:,} vectors in {result['train_s']}s", flush=True)
 
     started = time.perf_counter()
     index = add_in_process(trained, vectors)
@@ -129,15 +133,16 @@ def main() -> None:
     exact = ExactVectors(np.arange(n, dtype=np.int64), vectors)
 
     def refined(q, k, nprobe):
-        return refined_search(lambda qq, wide: ivf.search(index, qq, wide, nprobe), q, k, exact, available=n)
+        return refined_search(lambda qq, wide: ivf.search(index, qq, wide, nprobe), q, k, exact,
+                              factor=refine_factor, available=n)
 
     nprobe, calibration_recall = ivf.calibrate_nprobe(index, calibration, truth["calibration"], k=10,
                                                       target_recall=0.95, search_fn=refined)
-    result.update(nprobe=nprobe, calibration_recall=round(calibration_recall, 4), refine_factor=DEFAULT_REFINE_FACTOR)
+    result.update(nprobe=nprobe, calibration_recall=round(calibration_recall, 4), refine_factor=refine_factor)
     _, found = refined(queries, 10, nprobe)
     result["recall_at_10_refined"] = round(ivf.recall_at_k(found, truth["evaluation"]), 4)
     _, codes_only = ivf.search(index, queries, 10, nprobe)
-    result["recall_at_10_pq_only"] = round(ivf.recall_at_k(codes_only, truth["evaluation"]), 4)
+    result["recall_at_10_codes_only"] = round(ivf.recall_at_k(codes_only, truth["evaluation"]), 4)
 
     faiss.omp_set_num_threads(1)
     times = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,12 @@ from core.options import DEFAULT_WORKSPACE, WorkspaceOption, open_workspace
 # every cli module, and the workers pull in torch, FAISS, pandas or SQLAlchemy (seconds of start-up).
 
 
+class IndexCodec(str, Enum):
+    flat = "flat"
+    sq8 = "sq8"
+    pq = "pq"
+
+
 def index(
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
     rebuild: Annotated[
@@ -21,7 +28,7 @@ def index(
         typer.Option(
             "--rebuild",
             help="Re-train the IVF coarse quantiser on the whole catalogue (after it has grown or drifted, "
-            "or to change --nlist/--pq). Listings keep their index ids.",
+            "or to change --nlist/--codec). Listings keep their index ids.",
         ),
     ] = False,
     nlist: Annotated[
@@ -33,13 +40,14 @@ def index(
             "Default: chosen from the catalogue size (flat below 10k listings, else about 4*sqrt(N)).",
         ),
     ] = None,
-    pq: Annotated[
-        bool | None,
+    codec: Annotated[
+        IndexCodec | None,
         typer.Option(
-            "--pq/--no-pq",
-            help="Store product-quantised codes (d/4 bytes per listing, 16x smaller) and re-score candidates with "
-            "the exact vectors memory-mapped from disk, or store floats. Default: PQ from 2M listings "
-            "(docs/scaling.md). New or rebuilt indexes only.",
+            "--codec",
+            help="What a new or rebuilt index stores per listing: flat = float32 vectors; sq8 = 8-bit scalar "
+            "codes (4x smaller) or pq = product-quantised codes (16x smaller), whose candidates are re-scored "
+            "with the exact vectors memory-mapped from disk. Default: sq8 from 2M listings, else flat; a "
+            "rebuild keeps the current codec (docs/scaling.md).",
         ),
     ] = None,
     model_dir: Annotated[
@@ -101,7 +109,8 @@ def index(
         else:
             # one writer of the index set at a time: a serving process's compaction waits for this run
             with compaction_lock(ws.index_dir, wait=True):
-                report = update_indexes(ws, rebuild=rebuild, nlist=nlist, pq=pq, model_dir=model_dir, **sharding)
+                report = update_indexes(ws, rebuild=rebuild, nlist=nlist, model_dir=model_dir, **sharding,
+                                        codec=codec.value if codec else None)
     except (FileNotFoundError, LookupError, ValueError, IndexLoadError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from error

@@ -79,11 +79,37 @@ def choose_pq_subquantizers(dimension: int) -> int:
     return 1
 
 
-def factory_string(nlist: int, pq: int | None = None) -> str:
-    """The `faiss.index_factory` description: flat with an id map when nlist == 0, else IVF(-PQ)."""
-    if nlist == 0:
-        return "IDMap2,Flat" if pq is None else f"IDMap2,PQ{pq}x8"
-    return f"IVF{nlist},Flat" if pq is None else f"IVF{nlist},PQ{pq}x8"
+# The compressed codecs a large index may store instead of float32 vectors (candidates are then re-scored with
+# the exact vectors, index/refine.py): 8-bit scalar quantisation (d bytes per vector, ranks almost exactly)
+# and product quantisation (d/4 bytes, 4x smaller again, needs a deeper re-scoring).
+CODECS = ("sq8", "pq")
+
+
+def codec_string(codec: str | None, dimension: int) -> str:
+    """The FAISS code description of ``codec`` (None: float32 vectors): ``Flat``, ``SQ8`` or ``PQ{m}x8``."""
+    if codec is None:
+        return "Flat"
+    if codec == "sq8":
+        return "SQ8"
+    if codec == "pq":
+        return f"PQ{choose_pq_subquantizers(dimension)}x8"
+    raise ValueError(f"unknown codec {codec!r}; expected one of {CODECS} or None")
+
+
+def codec_of(index_type: str) -> str | None:
+    """The codec of an index described by ``factory_string`` (``"IVF4096,SQ8"`` -> ``"sq8"``)."""
+    codes = index_type.rsplit(",", 1)[-1]
+    if codes.startswith("SQ8"):
+        return "sq8"
+    if codes.startswith("PQ"):
+        return "pq"
+    return None
+
+
+def factory_string(nlist: int, codes: str = "Flat") -> str:
+    """The `faiss.index_factory` description: ``codes`` (``codec_string``) with an id map when nlist == 0,
+    else in ``nlist`` inverted lists."""
+    return f"IDMap2,{codes}" if nlist == 0 else f"IVF{nlist},{codes}"
 
 
 def build_ivf(
@@ -91,19 +117,19 @@ def build_ivf(
     faiss_ids: np.ndarray,
     nlist: int,
     metric: str = "ip",
-    pq: int | None = None,
+    codec: str | None = None,
     max_train_points: int | None = None,
     seed: int = 0,
 ) -> faiss.Index:
     """Build a FAISS index over ``vectors`` with ``faiss_ids``.
 
-    ``nlist == 0`` gives an exact ``IDMap2,Flat`` index; otherwise ``IVF{nlist},Flat`` (or ``,PQ{pq}x8``
-    when ``pq`` sub-quantisers are given), trained on a random sample of at most
+    ``nlist == 0`` gives an exact ``IDMap2,Flat`` index; otherwise ``IVF{nlist},Flat`` (or ``,SQ8`` /
+    ``,PQ{d/4}x8`` for ``codec`` ``"sq8"`` / ``"pq"``), trained on a random sample of at most
     ``MAX_TRAIN_POINTS_PER_LIST * nlist`` vectors.
     """
     vectors = as_vectors(vectors)
     faiss_ids = _as_faiss_ids(faiss_ids, len(vectors))
-    index = train_index(vectors, nlist, metric=metric, pq=pq, max_train_points=max_train_points, seed=seed)
+    index = train_index(vectors, nlist, metric=metric, codec=codec, max_train_points=max_train_points, seed=seed)
     set_direct_map(index)
     started = time.perf_counter()
     index.add_with_ids(vectors, faiss_ids)
@@ -128,12 +154,13 @@ def train_index(
     vectors: np.ndarray,
     nlist: int,
     metric: str = "ip",
-    pq: int | None = None,
+    codec: str | None = None,
     max_train_points: int | None = None,
     seed: int = 0,
 ) -> faiss.Index:
-    """A new, empty index (``factory_string(nlist, pq)``) whose coarse quantiser (and PQ codebooks) are trained
-    on a seeded random sample of ``vectors`` of at most ``MAX_TRAIN_POINTS_PER_LIST * nlist`` rows."""
+    """A new, empty index (``factory_string(nlist, codec_string(codec, d))``) whose coarse quantiser (and
+    scalar ranges or PQ codebooks) are trained on a seeded random sample of ``vectors`` of at most
+    ``MAX_TRAIN_POINTS_PER_LIST * nlist`` rows."""
     vectors = as_vectors(vectors)
     n, dimension = vectors.shape
     if nlist < 0:
@@ -143,12 +170,10 @@ def train_index(
             f"cannot train {nlist} IVF lists on {n} vectors; use nlist <= {max(1, n // MIN_POINTS_PER_LIST)} "
             "(or nlist=None to choose it from the catalogue size)"
         )
-    if pq is not None and dimension % pq != 0:
-        raise ValueError(f"PQ sub-quantisers ({pq}) must divide the dimension ({dimension})")
-    description = factory_string(nlist, pq)
+    description = factory_string(nlist, codec_string(codec, dimension))
     index = faiss.index_factory(dimension, description, metric_type(metric))
     inverted = ivf_of(index)
-    if pq is not None and inverted is not None:
+    if codec == "pq" and inverted is not None:
         # Polysemous training (on by default) only speeds up Hamming-filtered search, which we do not
         # use, and costs about a minute even on 10k vectors.
         faiss.downcast_index(inverted).do_polysemous_training = False

@@ -20,6 +20,7 @@ import numpy as np
 from catalog.store import Catalog
 from encoders.bundle import MultiModalModel
 from encoders.embed import EmbeddingTable, embedding_checkpoint, load_embeddings
+from index import ivf
 from index.bm25 import BM25Index, listing_text
 from index.index_set import IndexSet, digest_of, has_legacy_layout, load_index_set, publish_index_set
 from index.storage import CURRENT, IndexLoadError
@@ -78,7 +79,7 @@ def update_indexes(
     *,
     rebuild: bool = False,
     nlist: int | None = None,
-    pq: bool | None = None,
+    codec: str | None = None,
     model_dir: str | Path | None = None,
     fingerprint: str | None = None,
     map_shards=None,
@@ -92,10 +93,15 @@ def update_indexes(
     layout before index sets) is rebuilt from scratch. The set records its checkpoint: the change-log seq
     its content reflects (the older of the embeddings' checkpoint and the log head read before the
     catalogue); a set whose content is unchanged is republished when the checkpoint moved on.
+    ``codec`` (``"flat"``, ``"sq8"``, ``"pq"``) sets what a new or rebuilt index stores; None: chosen from the
+    size for a new index (``VectorIndex.build``), kept on a rebuild.
     ``map_shards`` / ``n_shards``: a new or rebuilt IVF index is filled in parallel shards (index/shards.py,
     e.g. on Ray); incremental updates are small and stay in this process.
     """
     sharding = {"map_shards": map_shards, "n_shards": n_shards}
+    if codec not in (None, "flat", *ivf.CODECS):
+        raise ValueError(f"unknown codec {codec!r}; expected flat, {' or '.join(ivf.CODECS)}")
+    chosen_codec = None if codec == "flat" else codec
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -128,19 +134,21 @@ def update_indexes(
     counts = {"added": len(table), "removed": 0, "updated": 0, "unchanged": 0}
     if existing is None:
         mode = "built"
-        vector_index = VectorIndex.build(table.listing, table.ids, fingerprint, nlist=nlist, pq=pq,
+        vector_index = VectorIndex.build(table.listing, table.ids, fingerprint, nlist=nlist,
+                                         codec="auto" if codec is None else chosen_codec,
                                          calibration_queries=queries, **sharding)  # fmt: skip
     elif rebuild:
         mode = "rebuilt"
         before = set(existing.listing_ids)
-        vector_index = existing.rebuild(table.listing, table.ids, nlist=nlist, pq=pq, calibration_queries=queries,
-                                        **sharding)
+        vector_index = existing.rebuild(table.listing, table.ids, nlist=nlist,
+                                        codec="keep" if codec is None else chosen_codec,
+                                        calibration_queries=queries, **sharding)  # fmt: skip
         counts = {"added": len(set(table.ids) - before), "removed": len(before - set(table.ids)),
                   "updated": 0, "unchanged": len(before & set(table.ids))}  # fmt: skip
     else:
         mode = "updated"
-        if nlist is not None or pq is not None:
-            logger.warning("--nlist/--pq only apply to a new index or with --rebuild; keeping %s",
+        if nlist is not None or codec is not None:
+            logger.warning("--nlist/--codec only apply to a new index or with --rebuild; keeping %s",
                            existing.manifest["index_type"])  # fmt: skip
         vector_index = existing
         counts = vector_index.sync(table.listing, table.ids)

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from index import ivf, shards
-from index.refine import DEFAULT_REFINE_FACTOR, ExactVectors, refine, refined_search
+from index.refine import DEFAULT_REFINE_FACTOR, REFINE_FACTORS, ExactVectors, refine, refined_search
 from index.storage import (
     REBUILD_HINT,
     IndexLoadError,
@@ -42,9 +42,11 @@ MAX_CALIBRATION_QUERIES = 1000
 # themselves, read back by id: exact, and cheaper than the id selector (whose probed lists rarely hold k
 # allowed listings, so it must widen nprobe). Measured crossover at 100k vectors, d=256: ~1,000.
 SUBSET_SEARCH_MAX = 1024
-# From this many listings a new index stores PQ codes (d/4 bytes per listing) and re-scores its candidates
-# with the exact vectors, memory-mapped from disk (index/refine.py): 2M float vectors of d=256 are 2 GB of RAM.
-PQ_ABOVE = 2_000_000
+# From this many listings a new index stores 8-bit scalar codes (d bytes per listing, 4x smaller than floats)
+# and re-scores its candidates with the exact vectors, memory-mapped from disk (index/refine.py): 2M float
+# vectors of d=256 are 2 GB of RAM. PQ (d/4 bytes) is there for catalogues whose SQ8 codes outgrow RAM.
+COMPRESS_ABOVE = 2_000_000
+AUTO_CODEC = "sq8"
 
 
 class VectorIndex:
@@ -87,7 +89,7 @@ class VectorIndex:
         start = int(faiss_ids.max()) + 1 if len(faiss_ids) else 0
         self.next_faiss_id = max(start, int(next_faiss_id or 0))
         self.info = dict(info or {})
-        # exact vectors of a PQ index, re-scoring its candidates (None: the index stores floats)
+        # exact vectors of an SQ8/PQ index, re-scoring its candidates (None: the index stores floats)
         self.exact = exact
 
     # ------------------------------------------------------------------ building
@@ -98,7 +100,7 @@ class VectorIndex:
         listing_ids: Sequence[str],
         model_fingerprint: str,
         nlist: int | None = None,
-        pq: bool | None = None,
+        codec: str | None = "auto",
         calibration_queries: np.ndarray | None = None,
         *,
         metric: str = "ip",
@@ -112,10 +114,11 @@ class VectorIndex:
         """Train and fill a new index, then calibrate nprobe for ``target_recall`` recall@10.
 
         ``nlist=None`` chooses it from the size (`ivf.choose_nlist`: exact flat below 10k vectors);
-        ``nlist=0`` forces an exact flat index. ``pq=True`` stores PQ codes (d/4 bytes per vector)
-        instead of floats and keeps the exact vectors beside them to re-score the candidates; ``pq=None``
-        chooses PQ from ``PQ_ABOVE`` listings. ``calibration_queries`` should look like real queries (e.g. text
-        embeddings); without them a sample of the indexed vectors is used, which overestimates recall.
+        ``nlist=0`` forces an exact flat index. ``codec="sq8"`` (d bytes per vector) or ``"pq"`` (d/4 bytes)
+        stores compressed codes instead of floats and keeps the exact vectors beside them to re-score
+        ``REFINE_FACTORS[codec]`` x k candidates; ``codec=None`` stores floats; ``"auto"`` chooses
+        ``AUTO_CODEC`` from ``COMPRESS_ABOVE`` listings. ``calibration_queries`` should look like real queries
+        (e.g. text embeddings); without them a sample of the indexed vectors is used, which overestimates recall.
         ``map_shards`` (e.g. ``shards.ray_map()``) fills an IVF index in ``n_shards`` parallel shards merged
         in order (index/shards.py): the same index as one process builds.
         """
@@ -128,27 +131,25 @@ class VectorIndex:
             raise ValueError("cannot build an index over 0 vectors; embed the catalogue first")
         if nlist is None:
             nlist = ivf.choose_nlist(n)
-        if pq is None:
-            pq = n >= PQ_ABOVE and nlist > 0
-        pq_m = None
-        if pq:
-            if nlist == 0:
-                logger.warning("PQ requested but %d vectors is small: using an exact flat index of floats", n)
-            else:
-                pq_m = ivf.choose_pq_subquantizers(dimension)
+        if codec == "auto":
+            codec = AUTO_CODEC if n >= COMPRESS_ABOVE and nlist > 0 else None
+        if codec is not None and nlist == 0:
+            logger.warning("%s codes requested but %d vectors is small: using an exact flat index of floats",
+                           codec.upper(), n)
+            codec = None
         if faiss_ids is None:
             faiss_ids = np.arange(next_faiss_id, next_faiss_id + n, dtype=np.int64)
         started = time.perf_counter()
         if map_shards is not None and nlist > 0:
-            trained = ivf.train_index(vectors, nlist, metric=metric, pq=pq_m, seed=seed)
+            trained = ivf.train_index(vectors, nlist, metric=metric, codec=codec, seed=seed)
             index = shards.add_in_shards(trained, vectors, faiss_ids, shards=n_shards, map_shards=map_shards)
         else:
-            index = ivf.build_ivf(vectors, faiss_ids, nlist, metric=metric, pq=pq_m, seed=seed)
-        exact = ExactVectors(faiss_ids, vectors.copy()) if pq_m is not None else None
+            index = ivf.build_ivf(vectors, faiss_ids, nlist, metric=metric, codec=codec, seed=seed)
+        exact = ExactVectors(faiss_ids, vectors.copy()) if codec is not None else None
         build_seconds = time.perf_counter() - started
         info = {
             "nlist": nlist,
-            "index_type": ivf.factory_string(nlist, pq_m),
+            "index_type": ivf.factory_string(nlist, ivf.codec_string(codec, dimension)),
             "trained_count": n,
             "build_seconds": round(build_seconds, 3),
             "built_at": _now(),
@@ -219,14 +220,15 @@ class VectorIndex:
         vectors: np.ndarray,
         listing_ids: Sequence[str],
         nlist: int | None = None,
-        pq: bool | None = None,
+        codec: str | None = "keep",
         calibration_queries: np.ndarray | None = None,
         *,
         target_recall: float = DEFAULT_TARGET_RECALL,
         map_shards: shards.ShardMap | None = None,
         n_shards: int = 1,
     ) -> VectorIndex:
-        """A new index re-trained on ``vectors`` (the whole current catalogue), keeping FAISS ids stable."""
+        """A new index re-trained on ``vectors`` (the whole current catalogue), keeping FAISS ids stable.
+        ``codec="keep"`` keeps this index's codec; otherwise as in ``build``."""
         listing_ids = _as_listing_ids(listing_ids, len(vectors))
         next_id = self.next_faiss_id
         faiss_ids = np.empty(len(listing_ids), dtype=np.int64)
@@ -235,14 +237,14 @@ class VectorIndex:
             if known is None:
                 known, next_id = next_id, next_id + 1
             faiss_ids[position] = known
-        if pq is None and "PQ" in self.info.get("index_type", ""):
-            pq = True
+        if codec == "keep":
+            codec = self.codec
         return VectorIndex.build(
             vectors,
             listing_ids,
             self.model_fingerprint,
             nlist=nlist,
-            pq=pq,
+            codec=codec,
             calibration_queries=calibration_queries,
             metric=self.metric,
             target_recall=target_recall,
@@ -418,18 +420,28 @@ class VectorIndex:
 
     def _first_stage_search(self, queries: np.ndarray, k: int, nprobe: int | None = None, selector=None,
                             available: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS search; for a PQ index ``k * DEFAULT_REFINE_FACTOR`` candidates re-scored exactly."""
+        """FAISS search; for a compressed index ``k * refine_factor`` candidates re-scored exactly."""
         if self.exact is None:
             return ivf.search(self.index, queries, k, nprobe, selector)
         return refined_search(lambda q, wide: ivf.search(self.index, q, wide, nprobe, selector), queries, k,
-                              self.exact, available=available if available is not None else len(self),
-                              metric=self.metric)
+                              self.exact, factor=self.refine_factor,
+                              available=available if available is not None else len(self), metric=self.metric)
+
+    @property
+    def codec(self) -> str | None:
+        """``"sq8"`` or ``"pq"`` for an index of compressed codes, None for one of float32 vectors."""
+        return ivf.codec_of(self.info.get("index_type", "")) if self.exact is not None else None
+
+    @property
+    def refine_factor(self) -> int | None:
+        """Candidates re-scored with the exact vectors per wanted result (None: nothing to re-score)."""
+        return REFINE_FACTORS.get(self.codec, DEFAULT_REFINE_FACTOR) if self.exact is not None else None
 
     def _subset_search_limit(self) -> int:
         return SUBSET_SEARCH_MAX
 
     def _search_subset(self, queries: np.ndarray, k: int, faiss_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k among ``faiss_ids`` by brute force over their stored vectors (PQ: the exact ones)."""
+        """Exact top-k among ``faiss_ids`` by brute force over their stored vectors (SQ8/PQ: the exact ones)."""
         if self.exact is not None:
             return refine(queries, np.broadcast_to(faiss_ids, (len(queries), len(faiss_ids))).copy(), self.exact, k,
                           self.metric)
@@ -453,7 +465,7 @@ class VectorIndex:
         return np.fromiter((lookup.get(i, -1) for i in listing_ids), dtype=np.int64)
 
     def vectors(self, listing_ids: Sequence[str]) -> np.ndarray:
-        """The stored vectors of ``listing_ids`` (float32 (n, d); for PQ the exact ones kept beside the codes)."""
+        """The stored vectors of ``listing_ids`` (float32 (n, d); for SQ8/PQ the exact ones kept beside the codes)."""
         missing = [i for i in listing_ids if i not in self._faiss_id_of]
         if missing:
             raise KeyError(f"{len(missing)} listings are not indexed (e.g. {missing[:3]!r})")
@@ -502,7 +514,7 @@ class VectorIndex:
             "index_type": self.info.get("index_type", ivf.factory_string(self.nlist)),
             "next_faiss_id": self.next_faiss_id,
             "faiss_version": faiss.__version__,
-            "refine": ({"factor": DEFAULT_REFINE_FACTOR, "exact_vectors": "memory-mapped float32"}
+            "refine": ({"factor": self.refine_factor, "exact_vectors": "memory-mapped float32"}
                        if self.exact is not None else None),
             **{key: value for key, value in self.info.items() if key not in ("nlist", "index_type")},
         }

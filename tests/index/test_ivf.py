@@ -74,7 +74,7 @@ def test_pq_index_stores_codes_and_still_finds_neighbours(clustered, caplog):
     ids = np.arange(len(vectors), dtype=np.int64)
     m = ivf.choose_pq_subquantizers(vectors.shape[1])
     assert m == 8 and vectors.shape[1] % m == 0
-    index = ivf.build_ivf(vectors, ids, 64, pq=m)
+    index = ivf.build_ivf(vectors, ids, 64, codec="pq")
     assert ivf.ivf_of(index).code_size == m  # m bytes per vector instead of 4*d
     _, exact = ivf.exact_search(vectors, ids, queries, 10)
     _, approximate = ivf.search(index, queries, 10, nprobe=64)
@@ -85,6 +85,16 @@ def test_pq_index_stores_codes_and_still_finds_neighbours(clustered, caplog):
     assert "reaches only" in caplog.text
 
 
+def test_sq8_index_stores_one_byte_per_dimension_and_ranks_almost_exactly(clustered):
+    vectors, _, queries = clustered
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = ivf.build_ivf(vectors, ids, 64, codec="sq8")
+    assert ivf.ivf_of(index).code_size == vectors.shape[1]
+    assert ivf.codec_of(ivf.factory_string(64, ivf.codec_string("sq8", 32))) == "sq8"
+    _, found = ivf.search(index, queries[:40], 10, nprobe=64)
+    assert ivf.recall_at_k(found, brute_force(vectors, queries[:40], 10)) > 0.9
+
+
 def test_build_ivf_rejects_bad_input(clustered):
     vectors, _, _ = clustered
     ids = np.arange(len(vectors), dtype=np.int64)
@@ -92,6 +102,8 @@ def test_build_ivf_rejects_bad_input(clustered):
         ivf.build_ivf(vectors, ids[:-1], 16)
     with pytest.raises(ValueError, match="cannot train 100 IVF lists on 50 vectors"):
         ivf.build_ivf(vectors[:50], ids[:50], 100)
+    with pytest.raises(ValueError, match="unknown codec 'opq'"):
+        ivf.build_ivf(vectors, ids, 16, codec="opq")
     with pytest.raises(ValueError, match="unknown metric 'cosine'"):
         ivf.build_ivf(vectors, ids, 16, metric="cosine")
     broken = vectors[:100].copy()

@@ -1,4 +1,5 @@
-"""A PQ index re-scores its candidates with the exact vectors: recall recovers, and every path keeps them."""
+"""A compressed (SQ8 or PQ) index re-scores its candidates with the exact vectors: recall recovers, and every
+path keeps them."""
 
 import numpy as np
 import pytest
@@ -42,10 +43,11 @@ def test_refine_orders_by_exact_scores_and_pads_unknown_ids():
     np.testing.assert_allclose(scores[0, :3], [1.0, 0.8, 0.0])
 
 
-def test_a_pq_index_with_refine_recovers_the_recall_its_codes_lose(data, tmp_path):
+@pytest.mark.parametrize(("codec", "codes", "factor"), [("sq8", "SQ8", 10), ("pq", "PQ16x8", 20)])
+def test_a_compressed_index_with_refine_recovers_the_recall_its_codes_lose(data, tmp_path, codec, codes, factor):
     vectors, ids, queries = data
-    index = VectorIndex.build(vectors, ids, FP, nlist=64, pq=True, calibration_queries=queries)
-    assert "PQ" in index.manifest["index_type"] and index.manifest["refine"]["factor"] >= 1
+    index = VectorIndex.build(vectors, ids, FP, nlist=64, codec=codec, calibration_queries=queries)
+    assert index.manifest["index_type"] == f"IVF64,{codes}" and index.manifest["refine"]["factor"] == factor
     assert index.manifest["calibration"]["recall"] >= 0.95
     assert _recall(index, vectors, queries) >= 0.95
     codes_only = _recall_without_refine(index, vectors, queries)
@@ -54,7 +56,7 @@ def test_a_pq_index_with_refine_recovers_the_recall_its_codes_lose(data, tmp_pat
     index.save(tmp_path / "vi")
     loaded = VectorIndex.load(tmp_path / "vi")
     assert isinstance(loaded.exact.vectors, np.memmap)  # on disk, paged in as candidates need it
-    assert loaded.search(queries[:20], 10)[1] == index.search(queries[:20], 10)[1]
+    assert loaded.codec == codec and loaded.search(queries[:20], 10)[1] == index.search(queries[:20], 10)[1]
 
 
 def _recall_without_refine(index, vectors, queries):
@@ -65,9 +67,10 @@ def _recall_without_refine(index, vectors, queries):
         index.exact = exact
 
 
-def test_updates_and_filters_of_a_pq_index_use_the_exact_vectors(data):
+@pytest.mark.parametrize("codec", ["sq8", "pq"])
+def test_updates_and_filters_of_a_compressed_index_use_the_exact_vectors(data, codec):
     vectors, ids, queries = data
-    index = VectorIndex.build(vectors[:6000], ids[:6000], FP, nlist=32, pq=True)
+    index = VectorIndex.build(vectors[:6000], ids[:6000], FP, nlist=32, codec=codec)
     index.add(vectors[6000:6100], ids[6000:6100])
     index.remove(["L1", "L2"])
     index.update(vectors[6100:6101], ["L3"])  # L3 now holds L6100's vector
@@ -78,9 +81,12 @@ def test_updates_and_filters_of_a_pq_index_use_the_exact_vectors(data):
     assert found[0][0] == "L3" and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_pq_is_chosen_from_the_size_threshold(data, monkeypatch):
+def test_sq8_is_chosen_from_the_size_threshold_and_kept_by_a_rebuild(data, monkeypatch):
     vectors, ids, _ = data
-    monkeypatch.setattr(vi_module, "PQ_ABOVE", 10_000)
-    assert "PQ" in VectorIndex.build(vectors, ids, FP, nlist=32).manifest["index_type"]
-    assert "PQ" not in VectorIndex.build(vectors[:9000], ids[:9000], FP, nlist=32).manifest["index_type"]
-    assert "PQ" not in VectorIndex.build(vectors, ids, FP, nlist=32, pq=False).manifest["index_type"]
+    monkeypatch.setattr(vi_module, "COMPRESS_ABOVE", 10_000)
+    large = VectorIndex.build(vectors, ids, FP, nlist=32)
+    assert large.manifest["index_type"] == "IVF32,SQ8" and large.codec == "sq8"
+    assert VectorIndex.build(vectors[:9000], ids[:9000], FP, nlist=32).manifest["index_type"] == "IVF32,Flat"
+    assert VectorIndex.build(vectors, ids, FP, nlist=32, codec=None).manifest["index_type"] == "IVF32,Flat"
+    assert large.rebuild(vectors, ids, nlist=32).codec == "sq8"
+    assert large.rebuild(vectors, ids, nlist=32, codec="pq").manifest["index_type"] == "IVF32,PQ16x8"

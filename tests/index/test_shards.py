@@ -9,10 +9,10 @@ from index.shards import add_in_shards, deserialize, fill_shard, ray_map, serial
 from index.synthetic import clustered_vectors
 
 
-def _build_both(pq, shards, map_shards=map):
+def _build_both(codec, shards, map_shards=map):
     vectors = clustered_vectors(6000, 32, n_clusters=40, seed=1)
     faiss_ids = np.arange(1000, 1000 + len(vectors), dtype=np.int64)
-    trained = ivf.train_index(vectors, nlist=64, pq=pq, seed=0)
+    trained = ivf.train_index(vectors, nlist=64, codec=codec, seed=0)
     single = deserialize(serialize(trained))
     ivf.set_direct_map(single)
     single.add_with_ids(vectors, faiss_ids)
@@ -20,9 +20,9 @@ def _build_both(pq, shards, map_shards=map):
     return vectors, single, sharded
 
 
-@pytest.mark.parametrize("pq", [None, 8])
-def test_shards_merged_in_order_search_exactly_like_one_build(pq):
-    vectors, single, sharded = _build_both(pq, shards=3)
+@pytest.mark.parametrize("codec", [None, "sq8", "pq"])
+def test_shards_merged_in_order_search_exactly_like_one_build(codec):
+    vectors, single, sharded = _build_both(codec, shards=3)
     assert sharded.ntotal == single.ntotal == len(vectors)
     queries = vectors[::97] + 0.01
     for nprobe in (1, 8, 64):
