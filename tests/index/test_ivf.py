@@ -48,10 +48,11 @@ def test_calibrated_nprobe_reaches_target_recall_on_fresh_queries(clustered, met
     _, exact = ivf.exact_search(vectors, ids, calibration, 10, metric)
     nprobe, recall = ivf.calibrate_nprobe(index, calibration, exact, k=10, target_recall=0.95)
     assert 1 <= nprobe < nlist  # IVF actually prunes
-    assert recall >= 0.95
+    _, found = ivf.search(index, calibration, 10, nprobe)
+    assert ivf.recall_lower_bound(found, exact) >= 0.95 and recall >= 0.95  # with confidence, not just on average
     if nprobe > 1:  # the smallest such nprobe: one less misses the target
         _, fewer = ivf.search(index, calibration, 10, nprobe - 1)
-        assert ivf.recall_at_k(fewer, exact) < 0.95
+        assert ivf.recall_lower_bound(fewer, exact) < 0.95
 
     # Held-out queries, checked against an independent numpy reference.
     fresh = perturbed_queries(vectors, 300, noise=0.4, seed=99)
@@ -83,6 +84,15 @@ def test_pq_index_stores_codes_and_still_finds_neighbours(clustered, caplog):
     nprobe, recall = ivf.calibrate_nprobe(index, queries, exact, target_recall=0.99)
     assert nprobe == 64 and recall < 0.99
     assert "reaches only" in caplog.text
+
+
+def test_recall_lower_bound_is_below_the_mean_by_the_spread_over_queries():
+    exact = np.arange(40).reshape(4, 10)
+    found = exact.copy()
+    assert ivf.recall_lower_bound(found, exact) == 1.0  # every query perfect: no doubt
+    found[0, :5] = -1  # one query finds half its neighbours: mean 0.875, per-query std 0.25
+    assert ivf.recall_at_k(found, exact) == pytest.approx(0.875)
+    assert ivf.recall_lower_bound(found, exact) == pytest.approx(0.875 - 1.645 * 0.25 / 2)
 
 
 def test_sq8_index_stores_one_byte_per_dimension_and_ranks_almost_exactly(clustered):
