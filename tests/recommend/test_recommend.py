@@ -141,8 +141,7 @@ def test_a_new_listing_is_reachable_from_its_content(model, items):
     sims[row] = -np.inf
     history = [items.ids[r] for r in np.argsort(-sims)[:3]]
     profile = model.fold_in("fan", history, ["save"] * 3, [model.reference - 3600] * 3)
-    scores = model.source_scores(profile)
-    assert row in model.candidates(scores, model.eligible(profile, None), profile.home)
+    assert row in model.candidates(profile, model.eligible(profile, None), profile.home)
     assert items.ids[row] in {h.listing_id for h in model.recommend("fan", k=len(items))}
     model.forget("fan")
 
