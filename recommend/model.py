@@ -124,8 +124,8 @@ class Recommender:
         self.listed_rank = listed_rank(items.created)
         towns, self.town_code = np.unique(items.town.astype(str), return_inverse=True)
         self.town_codes = {town: code for code, town in enumerate(towns.tolist()) if town}
-        self.fresh_by_ctr = np.flatnonzero(self.is_new)[np.argsort(-self.ctr[self.is_new], kind="stable")]
         self.ctr = ((self.clicks + 1.0) / (self.impressions + 20.0)).astype(np.float32)
+        self.fresh_by_ctr = np.flatnonzero(self.is_new)[np.argsort(-self.ctr[self.is_new], kind="stable")]
         self.log_price = np.log1p(np.where(np.isfinite(items.price), items.price, np.nan)).astype(np.float32)
         self.available = items.active & ~self.sold
         self._als = None
