@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 LABEL_DAYS = 7.0
 MAX_LABEL_USERS = 1000  # the dev log's label window has 908; at 100k users more only cost time
-MAX_NEGATIVES = 100  # unengaged candidates per user in the blend's training data
+MAX_NEGATIVES = 200  # unengaged candidates per user in the blend's training data
 VALID_FRACTION = 0.2
 DEFAULT_ALS = {"factors": 64, "regularization": 0.05, "iterations": 15, "alpha": 2.0}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import shutil
 
 import numpy as np
@@ -222,3 +223,7 @@ def test_train_recs_and_evaluate_recs_use_a_catalogue_named_by_url(sim_workspace
                                          "--max-users", "20"])
     assert evaluated.exit_code == 0, evaluated.output
     assert not (root / "catalog.db").exists()
+    report = json.loads(next((root / "eval" / "recs").glob("*/report.json")).read_text())
+    assert {"hybrid", "hybrid_exact"} <= set(report["scores"]["all users"])
+    recall = report["candidate_recall"]["all users"]
+    assert recall["users"] > 0 and 0 < recall["approximate"] <= 1 and 0 < recall["exact"] <= 1
