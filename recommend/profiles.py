@@ -149,6 +149,15 @@ class Histories:
                                     self.grades[mine], self.bought[theirs], int(self.n_events[i]),
                                     self.user_factors(i))
 
+    def erase(self, i: int) -> None:
+        """Blank user ``i``'s id, listings, purchases and factors in place (an erased user leaves nothing)."""
+        self.user_ids[i] = ""
+        mine, theirs = slice(self.ptr[i], self.ptr[i + 1]), slice(self.bought_ptr[i], self.bought_ptr[i + 1])
+        self.items[mine], self.weights[mine], self.grades[mine], self.bought[theirs] = 0, 0.0, 0, 0
+        self.n_events[i] = 0
+        if self.factors is not None:
+            self.factors[i] = np.nan
+
     def user_factors(self, i: int) -> np.ndarray | None:
         if self.factors is None or not np.isfinite(self.factors[i]).all():  # NaN: the user was not in ALS
             return None
@@ -183,8 +192,10 @@ class Profiles(MutableMapping):
 
     def __delitem__(self, user_id: str) -> None:
         held = self._built.pop(user_id, None) is not None
-        held |= self._position.pop(user_id, None) is not None
-        if not held:
+        position = self._position.pop(user_id, None)
+        if position is not None:
+            self.histories.erase(position)
+        if not held and position is None:
             raise KeyError(user_id)
 
     def __iter__(self) -> Iterator[str]:

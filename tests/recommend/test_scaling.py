@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from recommend.collaborative import keep_top_per_row
 from recommend.data import Items, price_bands
 from recommend.model import listed_rank
-from recommend.profiles import Histories, build_profile
+from recommend.profiles import Histories, Profiles, build_profile
 from recommend.retrieval import EXACT_BELOW, ListingIndex
 
 
@@ -95,3 +95,21 @@ def test_keeping_the_strongest_entries_per_row_matches_a_row_by_row_sort():
 def test_the_listed_rank_puts_the_newest_listing_near_one_and_leaves_undated_ones_unknown():
     ranks = listed_rank(np.array([30.0, 10.0, np.nan, 20.0, 30.0]))
     assert ranks[1] == 0 and ranks[3] == 0.25 and ranks[0] == ranks[4] == 0.5 and np.isnan(ranks[2])
+
+
+def test_an_erased_user_leaves_nothing_in_the_packed_histories():
+    items = small_items(30)
+    rows = np.array([1, 2, 2, 5, 7, 7, 9])
+    users = np.array([0, 0, 0, 1, 1, 2, 2])
+    histories = Histories.from_events(np.array(["keep-a", "gone", "keep-b"]), users, rows,
+                                      np.ones(len(rows)), np.ones(len(rows), np.int8), rows == 7, len(items))
+    histories.factors = np.ones((3, 4), np.float32)
+    profiles = Profiles(items, histories)
+    before = profiles["keep-b"]
+    del profiles["gone"]
+    assert "gone" not in profiles and "gone" not in histories.user_ids.tolist()
+    assert not histories.weights[histories.ptr[1]:histories.ptr[2]].any() and not len(histories.bought[
+        histories.bought_ptr[1]:histories.bought_ptr[2]].nonzero()[0]) and np.isnan(histories.factors[1]).all()
+    packed = profiles.packed()
+    assert packed.user_ids.tolist() == ["keep-a", "keep-b"]
+    assert np.array_equal(Profiles(items, packed)["keep-b"].items, before.items)
