@@ -113,3 +113,12 @@ def test_an_erased_user_leaves_nothing_in_the_packed_histories():
     packed = profiles.packed()
     assert packed.user_ids.tolist() == ["keep-a", "keep-b"]
     assert np.array_equal(Profiles(items, packed)["keep-b"].items, before.items)
+
+
+def test_train_recs_samples_as_many_label_users_as_the_library_default():
+    import inspect
+
+    from recommend.cli import train_recs
+    from recommend.train import MAX_LABEL_USERS
+
+    assert inspect.signature(train_recs).parameters["max_label_users"].default == MAX_LABEL_USERS
