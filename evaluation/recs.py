@@ -32,7 +32,9 @@ from recommend.train import train_recommender
 logger = logging.getLogger(__name__)
 
 METRICS = ("recall@10", "ndcg@10", "mrr@10")
-SYSTEMS = ("popularity", "covisit", "als", "content", "hybrid")
+# hybrid: as served (candidates from the approximate search); hybrid_exact: the same blend over candidates from a
+# scan of the whole catalogue (what the approximate candidate stage costs)
+SYSTEMS = ("popularity", "covisit", "als", "content", "hybrid", "hybrid_exact")
 RUN_DEPTH = 100
 COLD_EVENTS = 2  # users with at most this many engaged events before T are the cold slice
 TIE_BREAK = 1e-6  # popularity only orders what a baseline scores equally
@@ -46,6 +48,8 @@ class RecsEvaluation:
     scores: dict[str, dict[str, dict[str, dict[str, float]]]]  # slice -> system -> metric -> mean/low/high
     slice_users: dict[str, int]
     new_listings: dict[str, float]
+    # slice -> mean share of a user's relevant listings among the blend's candidates (approximate, exact)
+    candidate_recall: dict[str, dict[str, float]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     # personalised search against today's on the test period's logged searches (None: no logged search)
     search: dict | None = None
@@ -68,6 +72,12 @@ class RecsEvaluation:
                      "rankable catalogue, "
                      f"{n['recommended_share']:.1%} of the hybrid's top-10 slots, {n['hit_share']:.1%} of its hits "
                      f"({int(n['hits'])} hits on new listings of {int(n['all_hits'])}).")
+        if self.candidate_recall:
+            lines += ["", "Candidate stage recall (mean share of a user's relevant listings, those the model may "
+                      "recommend them, among the blend's candidates):", "",
+                      "| slice | users | approximate search (served) | whole-catalogue scan |", "|---|---:|---:|---:|"]
+            for name, r in self.candidate_recall.items():
+                lines.append(f"| {name} | {int(r['users'])} | {r['approximate']:.4f} | {r['exact']:.4f} |")
         if self.search:
             lines += ["", f"## Personalised search ({self.search['searches']} logged searches after T; relevance: "
                       "the user's later engaged events on the candidates)", ""]
@@ -97,9 +107,29 @@ def system_runs(model: Recommender, user_ids: list[str], depth: int = RUN_DEPTH,
             base = tie if score is None else score.astype(np.float64) + tie
             ranked = _top(np.where(keep, base, -np.inf), depth)
             runs[system][user] = {ids[r]: float(base[r]) for r in ranked}
-        hits = model.recommend(user, depth)
-        runs["hybrid"][user] = {h.listing_id: float(len(hits) - rank) for rank, h in enumerate(hits)}
+        for system, exact in (("hybrid", False), ("hybrid_exact", True)):
+            hits = model.recommend(user, depth, exact=exact)
+            runs[system][user] = {h.listing_id: float(len(hits) - rank) for rank, h in enumerate(hits)}
     return runs
+
+
+def candidate_recall(model: Recommender, qrels: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
+    """Per user, the share of their relevant listings (those the model may recommend them) that the candidate
+    stage passes to the blend: ``approximate`` as served, ``exact`` from a scan of the whole catalogue."""
+    out: dict[str, dict[str, float]] = {"approximate": {}, "exact": {}}
+    for user, relevant in qrels.items():
+        profile = model.profile(user)
+        keep = model.eligible(profile, None)
+        rows = model.items.rows(list(relevant))
+        rows = rows[rows >= 0]
+        rows = rows[keep[rows]]
+        if not len(rows):
+            continue
+        home = model.home_of(profile, None)
+        for name, exact in (("approximate", False), ("exact", True)):
+            found = model.candidates(profile, keep, home, exact=exact)
+            out[name][user] = float(np.isin(rows, found).mean())
+    return out
 
 
 def bootstrap(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
@@ -193,6 +223,10 @@ def evaluate_recs(catalog, items, split: dt.datetime, *, test_until: dt.datetime
         "listings new after T": {u: n for u, q in qrels.items() if (n := {i: g for i, g in q.items() if i in new_ids})},
     }
     scores = {name: score_slice(q, runs) for name, q in slices.items() if q}
+    recall = candidate_recall(model, qrels)
+    candidate_stage = {name: {stage: float(np.mean([by_user[u] for u in q if u in by_user] or [0.0]))
+                              for stage, by_user in recall.items()} | {"users": sum(u in recall["exact"] for u in q)}
+                       for name, q in slices.items() if name != "listings new after T"}
     top10 = [i for u in users for i in list(runs["hybrid"][u])[:10]]
     hits = [i for u in users for i in list(runs["hybrid"][u])[:10] if i in qrels[u]]
     rankable = model.available
@@ -210,6 +244,7 @@ def evaluate_recs(catalog, items, split: dt.datetime, *, test_until: dt.datetime
             "hits": float(sum(i in new_ids for i in hits)),
             "all_hits": float(len(hits)),
         },
+        candidate_recall=candidate_stage,
         info={"train_events": model.info.get("events"), "train_users": model.info.get("users"),
               "test_events": len(test), "blend": model.info.get("blend_training"), "grades": GRADES,
               "search_ranker": model.info.get("search_ranker_training")},

@@ -35,7 +35,7 @@ def train_recs(
         "--label-days", min=0.5, help="The last days of the fitting period whose events label the learned "
         "blend's training data (the signals for it are fitted on the days before).")] = 7.0,
     max_label_users: Annotated[int, typer.Option(
-        "--max-label-users", min=10, help="Users sampled for the blend's training data.")] = 4000,
+        "--max-label-users", min=10, help="Users sampled for the blend's training data.")] = 1000,
     factors: Annotated[int, typer.Option("--factors", min=2, help="ALS latent factors.")] = 64,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="ALS iterations.")] = 15,
     fold_in: Annotated[bool, typer.Option(

@@ -75,16 +75,13 @@ def covisitation(session_rows: np.ndarray, item_rows: np.ndarray, n_items: int, 
 
 
 def keep_top_per_row(matrix: sp.csr_matrix, top: int) -> sp.csr_matrix:
-    indptr, indices, data = [0], [], []
-    for row in range(matrix.shape[0]):
-        start, end = matrix.indptr[row], matrix.indptr[row + 1]
-        values = matrix.data[start:end]
-        keep = np.argsort(-values, kind="stable")[:top]
-        indices.append(matrix.indices[start:end][keep])
-        data.append(values[keep])
-        indptr.append(indptr[-1] + len(keep))
-    return sp.csr_matrix(
-        (np.concatenate(data) if data else np.zeros(0, np.float32),
-         np.concatenate(indices) if indices else np.zeros(0, np.int32), np.array(indptr)),
-        shape=matrix.shape,
-    )
+    """The ``top`` largest entries of each row (ties: the lower column first), in whole-array operations."""
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    owner = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    order = np.lexsort((-matrix.data, owner))  # row by row, largest first; stable, so columns stay ascending
+    rank = np.arange(len(order)) - matrix.indptr[owner[order]]
+    kept = order[rank < top]
+    counts = np.bincount(owner[kept], minlength=matrix.shape[0])
+    return sp.csr_matrix((matrix.data[kept], matrix.indices[kept], np.concatenate([[0], np.cumsum(counts)])),
+                         shape=matrix.shape)

@@ -6,7 +6,8 @@ recs/
                   (listing count and a digest of the ids), reference time, features, parameters, counts
   items.npz       per listing (by id): ALS factors, popularity, engagement, impressions, first shown, sold
   covisit.npz     listing-to-listing co-visitation (scipy sparse, rows and columns in items.npz order)
-  users.npz       per user: history, purchases, interest vectors, affinities, home town, ALS factors
+  users.npz       per user: distinct listings engaged with (weight, grade), purchases, event count, ALS
+                  factors (interests and affinities are computed from these on first use)
   blend/          the learned blend (ranking.reranker.Reranker: model.txt + meta.json), when trained
 ```
 
@@ -29,10 +30,10 @@ import scipy.sparse as sp
 from core.files import make_temporary_dir, replace_dir, write_json_atomic
 from recommend.data import Items, as_utc
 from recommend.model import FEATURES, Recommender
-from recommend.profiles import UserProfile
+from recommend.profiles import Histories, Profiles
 
 FORMAT = "marketsearch-recs"
-VERSION = 1
+VERSION = 2  # 2: users.npz holds histories only (profiles are built from them on use)
 MIN_OVERLAP = 0.5
 TRAIN_HINT = "run `marketsearch train-recs`"
 
@@ -70,7 +71,7 @@ def _write(model: Recommender, out: Path, fingerprint: str) -> None:
         arrays["item_factors"] = model.item_factors
     np.savez(out / "items.npz", **arrays)
     sp.save_npz(out / "covisit.npz", model.covisit.tocsr())
-    np.savez(out / "users.npz", **_pack_users(list(model.profiles.values()), items.vectors.shape[1]))
+    np.savez(out / "users.npz", **_pack_users(model.profiles.packed()))
     if model.ranker is not None:
         model.ranker.save(out / "blend")
     write_json_atomic(out / "manifest.json", {
@@ -138,7 +139,7 @@ def load(folder: str | Path, items: Items, fingerprint: str) -> Recommender:
     covisit = sp.csr_matrix((covisit.data[keep], (target[covisit.row[keep]], target[covisit.col[keep]])),
                             shape=(n, n))
     with np.load(folder / "users.npz", allow_pickle=False) as packed:
-        profiles = _unpack_users(packed, target)
+        profiles = Profiles(items, _unpack_users(packed, target))
     ranker = None
     if (folder / "blend").is_dir():
         from ranking.reranker import Reranker
@@ -151,65 +152,32 @@ def load(folder: str | Path, items: Items, fingerprint: str) -> Recommender:
     return model
 
 
-def _pack_users(profiles: list[UserProfile], dim: int) -> dict[str, np.ndarray]:
-    vocab: dict[str, int] = {}
-    keys, values = [], []
-    for p in profiles:
-        keys.append([vocab.setdefault(k, len(vocab)) for k in p.affinity])
-        values.append(list(p.affinity.values()))
-    factors = [p.factors for p in profiles if p.factors is not None]
-    width = factors[0].shape[0] if factors else 0
-
-    def ptr(lengths) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(list(lengths), dtype=np.int64)]).astype(np.int64)
-
-    def cat(parts, dtype, shape=(0,)) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
-
+def _pack_users(histories: Histories) -> dict[str, np.ndarray]:
+    h = histories
     return {
-        "user_ids": np.array([p.user_id for p in profiles], dtype=str),
-        "history_ptr": ptr(len(p.items) for p in profiles),
-        "history_items": cat([p.items for p in profiles], np.int64),
-        "history_weights": cat([p.weights for p in profiles], np.float32),
-        "history_grades": cat([p.grades for p in profiles], np.int8),
-        "bought_ptr": ptr(len(p.bought) for p in profiles),
-        "bought_items": cat([p.bought for p in profiles], np.int64),
-        "interests_ptr": ptr(len(p.interests) for p in profiles),
-        "interests": cat([p.interests for p in profiles], np.float32, (0, dim)),
-        "interest_weights": cat([p.interest_weights for p in profiles], np.float32),
-        "affinity_ptr": ptr(len(k) for k in keys),
-        "affinity_keys": cat([np.array(k, np.int64) for k in keys], np.int64),
-        "affinity_values": cat([np.array(v, np.float32) for v in values], np.float32),
-        "affinity_vocab": np.array(list(vocab), dtype=str),
-        "home": np.array([p.home for p in profiles], dtype=str),
-        "n_events": np.array([p.n_events for p in profiles], np.int64),
-        "has_factors": np.array([p.factors is not None for p in profiles]),
-        "factors": np.stack([p.factors if p.factors is not None else np.zeros(width, np.float32)
-                             for p in profiles]) if width else np.zeros((len(profiles), 0), np.float32),
+        "user_ids": h.user_ids.astype(str), "history_ptr": h.ptr, "history_items": h.items,
+        "history_weights": h.weights, "history_grades": h.grades, "bought_ptr": h.bought_ptr,
+        "bought_items": h.bought, "n_events": h.n_events,
+        "factors": h.factors if h.factors is not None else np.zeros((len(h), 0), np.float32),
     }
 
 
-def _unpack_users(packed, target: np.ndarray) -> dict[str, UserProfile]:
-    vocab = packed["affinity_vocab"].tolist()
-    hp, bp, ip, ap = (packed[name] for name in ("history_ptr", "bought_ptr", "interests_ptr", "affinity_ptr"))
-    history, weights, grades = packed["history_items"], packed["history_weights"], packed["history_grades"]
-    bought, interests, shares = packed["bought_items"], packed["interests"], packed["interest_weights"]
-    keys, values = packed["affinity_keys"], packed["affinity_values"]
-    homes, n_events, has_factors, factors = packed["home"], packed["n_events"], packed["has_factors"], packed["factors"]
-    profiles = {}
-    for u, user_id in enumerate(packed["user_ids"].tolist()):
-        rows = target[history[hp[u]:hp[u + 1]]]
-        keep = rows >= 0
-        mine_bought = target[bought[bp[u]:bp[u + 1]]]
-        profiles[user_id] = UserProfile(
-            user_id=user_id, items=rows[keep], weights=weights[hp[u]:hp[u + 1]][keep],
-            grades=grades[hp[u]:hp[u + 1]][keep], bought=mine_bought[mine_bought >= 0],
-            interests=interests[ip[u]:ip[u + 1]], interest_weights=shares[ip[u]:ip[u + 1]],
-            affinity={vocab[k]: float(v) for k, v in zip(keys[ap[u]:ap[u + 1]], values[ap[u]:ap[u + 1]])},
-            home=str(homes[u]), n_events=int(n_events[u]),
-            factors=factors[u] if has_factors[u] else None,
-        )
-    return profiles
+def _unpack_users(packed, target: np.ndarray) -> Histories:
+    """The saved histories with listing rows mapped through ``target`` (-1: the listing is gone, dropped)."""
+
+    def remap(ptr: np.ndarray, rows: np.ndarray, *columns: np.ndarray):
+        owner = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+        mapped = target[rows] if len(rows) else rows
+        keep = mapped >= 0
+        new_ptr = np.concatenate([[0], np.cumsum(np.bincount(owner[keep], minlength=len(ptr) - 1))]).astype(np.int64)
+        return (new_ptr, mapped[keep].astype(np.int64), *(c[keep] for c in columns))
+
+    ptr, items, weights, grades = remap(packed["history_ptr"], packed["history_items"], packed["history_weights"],
+                                        packed["history_grades"])
+    bought_ptr, bought = remap(packed["bought_ptr"], packed["bought_items"])
+    factors = packed["factors"]
+    return Histories(packed["user_ids"], ptr, items, weights, grades, bought_ptr, bought, packed["n_events"],
+                     factors if factors.shape[1] else None)
 
 
 def workspace_fingerprint(workspace) -> str:
@@ -238,12 +206,10 @@ def forget_saved_user(folder: str | Path, user_id: str) -> int:
     with np.load(path, allow_pickle=False) as packed:
         if user_id not in set(packed["user_ids"].tolist()):
             return 0
-        dim = packed["interests"].shape[1]
-        n_items = int(packed["history_items"].max(initial=-1)) + 1
-        n_items = max(n_items, int(packed["bought_items"].max(initial=-1)) + 1)
-        profiles = _unpack_users(packed, np.arange(n_items))
-    profiles.pop(user_id)
-    arrays = _pack_users(list(profiles.values()), dim)
+        n_items = max(int(packed["history_items"].max(initial=-1)), int(packed["bought_items"].max(initial=-1))) + 1
+        profiles = Profiles(None, _unpack_users(packed, np.arange(n_items)))
+    del profiles[user_id]
+    arrays = _pack_users(profiles.packed())
     write_atomic(path, lambda staged: _savez(staged, arrays))
     return 1
 

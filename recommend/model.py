@@ -19,11 +19,12 @@ import scipy.sparse as sp
 
 from recommend.collaborative import fold_in
 from recommend.data import DAY, GRADES, Items, decay
-from recommend.profiles import UserProfile, build_profile
+from recommend.profiles import Profiles, UserProfile, build_profile
+from recommend.retrieval import ListingIndex
 
 FEATURES = (
     "als", "content_max", "content_mix", "covisit", "seen", "seen_grade", "pop", "ctr", "engaged", "age_days",
-    "is_new", "aff_top", "aff_cat", "aff_band", "aff_town", "same_town", "user_events", "n_interests",
+    "is_new", "listed_rank", "aff_top", "aff_cat", "aff_band", "aff_town", "same_town", "user_events", "n_interests",
     "has_image", "log_price",
 )
 POP_HALF_LIFE_DAYS = 7.0  # popularity is what is engaged with now
@@ -96,7 +97,7 @@ class Recommender:
     impressions: np.ndarray  # int32 (n,)
     first_shown: np.ndarray  # float64 (n,): seconds since 1970, NaN never shown
     sold: np.ndarray  # bool (n,): bought by someone before the reference time
-    profiles: dict[str, UserProfile]
+    profiles: Profiles  # user id -> UserProfile, built on first use
     als_params: dict = field(default_factory=dict)
     ranker: object | None = None  # ranking.reranker.Reranker over FEATURES
     # the personal search ranker trained with it (recommend.personal_search; saved to <root>/ranker-personal/)
@@ -120,10 +121,16 @@ class Recommender:
         age = (self.reference - self.first_shown) / DAY
         self.age_days = np.where(np.isfinite(age), np.maximum(age, 0.0), 0.0).astype(np.float32)
         self.is_new = ~np.isfinite(self.first_shown) | (self.age_days < NEW_DAYS)
+        self.listed_rank = listed_rank(items.created)
+        towns, self.town_code = np.unique(items.town.astype(str), return_inverse=True)
+        self.town_codes = {town: code for code, town in enumerate(towns.tolist()) if town}
         self.ctr = ((self.clicks + 1.0) / (self.impressions + 20.0)).astype(np.float32)
+        self.fresh_by_ctr = np.flatnonzero(self.is_new)[np.argsort(-self.ctr[self.is_new], kind="stable")]
         self.log_price = np.log1p(np.where(np.isfinite(items.price), items.price, np.nan)).astype(np.float32)
         self.available = items.active & ~self.sold
         self._als = None
+        self._vector_index: ListingIndex | None = None
+        self._factor_index: ListingIndex | None = None
 
     # -- users ----------------------------------------------------------------------------------------
     def profile(self, user_id: str) -> UserProfile | None:
@@ -177,21 +184,51 @@ class Recommender:
             keep &= filters.mask(self.items)
         return keep
 
-    def source_scores(self, profile: UserProfile | None) -> dict[str, np.ndarray]:
-        """Dense scores of every listing from each personal source (only those the user has)."""
+    def build_indexes(self) -> None:
+        """Build the candidate search indexes now rather than on the first request (a few seconds at 100k)."""
+        _ = self.vector_index, self.factor_index
+
+    @property
+    def vector_index(self) -> ListingIndex:
+        """Approximate inner-product search over the listing vectors (built on first use)."""
+        if self._vector_index is None:
+            self._vector_index = ListingIndex(self.items.vectors)
+        return self._vector_index
+
+    @property
+    def factor_index(self) -> ListingIndex | None:
+        """Approximate inner-product search over the ALS item factors (None without ALS)."""
+        if self._factor_index is None and self.item_factors is not None:
+            self._factor_index = ListingIndex(self.item_factors)
+        return self._factor_index
+
+    def user_covisit(self, profile: UserProfile) -> sp.csr_matrix:
+        """Co-visitation of the listings with the user's recent listings (weighted by their history weights):
+        (1, n) sparse, one pass over those rows' entries."""
+        recent = profile.items[:RECENT_ITEMS]
+        weights = profile.weights[:RECENT_ITEMS]
+        weights = sp.csr_matrix((weights / weights.sum())[None, :]) if len(recent) else sp.csr_matrix((1, 0))
+        covisit = (weights @ self.covisit[recent]).tocsr()
+        covisit.sort_indices()  # ties in the candidate pool go to the lower row, as everywhere else
+        return covisit
+
+    def source_scores(self, profile: UserProfile | None, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Scores of the listings ``rows`` (None: every listing) from each personal source the user has,
+        each aligned with ``rows``."""
         scores: dict[str, np.ndarray] = {}
         if profile is None:
             return scores
+        vectors = self.items.vectors if rows is None else self.items.vectors[rows]
         if profile.factors is not None and self.item_factors is not None:
-            scores["als"] = self.item_factors @ profile.factors
+            factors = self.item_factors if rows is None else self.item_factors[rows]
+            scores["als"] = factors @ profile.factors
         if len(profile.interests):
-            sims = self.items.vectors @ profile.interests.T
+            sims = vectors @ profile.interests.T
             scores["content_max"] = sims.max(axis=1)
             scores["content_mix"] = sims @ profile.interest_weights
-        recent = profile.items[:RECENT_ITEMS]
-        if len(recent):
-            weights = profile.weights[:RECENT_ITEMS]
-            scores["covisit"] = np.asarray(self.covisit[recent].T @ (weights / weights.sum())).ravel()
+        if len(profile.items):
+            covisit = self.user_covisit(profile)
+            scores["covisit"] = (covisit.toarray() if rows is None else covisit[:, rows].toarray()).ravel()
         return scores
 
     def home_of(self, profile: UserProfile | None, filters: Filters | None) -> str:
@@ -201,33 +238,50 @@ class Recommender:
             return self.town_names.get(filters.location.strip().lower(), "")
         return ""
 
-    def candidates(self, scores: dict[str, np.ndarray], keep: np.ndarray, home: str) -> np.ndarray:
-        """Union of every source's best eligible listings."""
+    def candidates(self, profile: UserProfile | None, keep: np.ndarray, home: str, exact: bool = False
+                   ) -> np.ndarray:
+        """Union of every source's best eligible listings (``keep``): the nearest listings to the user's ALS
+        factors and to their interest vectors (approximate search; ``exact``: a scan of the whole catalogue, what
+        the evaluation compares it with), co-visitation of their recent listings, popular near their home town,
+        popular everywhere, and new listings nearest their interests (or near them, without interests)."""
         pools = []
-        for name, size in (("als", SOURCE_SIZES["als"]), ("content_max", SOURCE_SIZES["content"]),
-                           ("covisit", SOURCE_SIZES["covisit"])):
-            if name in scores:
-                masked = np.where(keep, scores[name], -np.inf)
-                if name == "covisit":
-                    masked = np.where(masked > 0, masked, -np.inf)
-                pools.append(_top(masked, size))
+        has_factors = profile is not None and profile.factors is not None and self.item_factors is not None
+        has_interests = profile is not None and len(profile.interests) > 0
+        fresh = keep & self.is_new
+        if exact:
+            scores = self.source_scores(profile)
+            for name, size in (("als", SOURCE_SIZES["als"]), ("content_max", SOURCE_SIZES["content"])):
+                if name in scores:
+                    pools.append(_top(np.where(keep, scores[name], -np.inf), size))
+            if has_interests and fresh.any():
+                pools.append(_top(np.where(fresh, scores["content_max"], -np.inf), SOURCE_SIZES["new"]))
+        else:
+            if has_factors:
+                pools.append(self.factor_index.search(profile.factors, SOURCE_SIZES["als"], keep))
+            if has_interests:
+                pools.append(self.vector_index.search(profile.interests, SOURCE_SIZES["content"], keep))
+                if fresh.any() and fresh.sum() < keep.sum():  # (all fresh: the search above found them)
+                    pools.append(self.vector_index.search(profile.interests, SOURCE_SIZES["new"], fresh))
+        if profile is not None and len(profile.items):
+            covisit = self.user_covisit(profile)
+            linked = covisit.data > 0
+            linked[linked] = keep[covisit.indices[linked]]
+            best = np.argsort(-covisit.data[linked], kind="stable")[: SOURCE_SIZES["covisit"]]
+            pools.append(covisit.indices[linked][best])
         if home in self.by_town:
             local = self.by_town[home]
             pools.append(local[keep[local]][: SOURCE_SIZES["local"]])
         pools.append(self.popular_order[keep[self.popular_order]][: SOURCE_SIZES["popular"]])
-        fresh = keep & self.is_new
-        if fresh.any():
-            if "content_max" in scores:
-                order = _top(np.where(fresh, scores["content_max"], -np.inf), SOURCE_SIZES["new"])
-            else:
-                near = (self.items.town == home) if home else np.zeros(len(self.items), bool)
-                order = _top(np.where(fresh, near * 1.0 + self.ctr, -np.inf), SOURCE_SIZES["new"])
-            pools.append(order)
-        return np.unique(np.concatenate(pools)) if pools else np.zeros(0, np.int64)
+        if not has_interests:  # new listings near them first, by click-through rate
+            fresh_rows = self.fresh_by_ctr[keep[self.fresh_by_ctr]]
+            near = self.town_code[fresh_rows] == self.town_codes.get(home, -1)
+            pools.append(np.concatenate([fresh_rows[near], fresh_rows[~near]])[: SOURCE_SIZES["new"]])
+        return np.unique(np.concatenate(pools)).astype(np.int64) if pools else np.zeros(0, np.int64)
 
     def features(self, profile: UserProfile | None, rows: np.ndarray, scores: dict[str, np.ndarray],
                  home: str) -> np.ndarray:
-        """FEATURES of the listings ``rows`` for this user: float32 (len(rows), len(FEATURES)), NaN = unknown."""
+        """FEATURES of the listings ``rows`` for this user (``scores``: `source_scores` of those rows): float32
+        (len(rows), len(FEATURES)), NaN = unknown."""
         n = len(rows)
         items = self.items
         nan = np.full(n, np.nan, np.float32)
@@ -247,10 +301,10 @@ class Recommender:
             return np.array([affinity.get(prefix + str(k), 0.0) for k in keys], np.float32)
 
         columns = {
-            "als": scores["als"][rows] if "als" in scores else nan,
-            "content_max": scores["content_max"][rows] if "content_max" in scores else nan,
-            "content_mix": scores["content_mix"][rows] if "content_mix" in scores else nan,
-            "covisit": scores["covisit"][rows] if "covisit" in scores else nan,
+            "als": scores.get("als", nan),
+            "content_max": scores.get("content_max", nan),
+            "content_mix": scores.get("content_mix", nan),
+            "covisit": scores.get("covisit", nan),
             "seen": seen,
             "seen_grade": seen_grade,
             "pop": self.pop[rows],
@@ -258,6 +312,7 @@ class Recommender:
             "engaged": np.log1p(self.engaged[rows]),
             "age_days": self.age_days[rows],
             "is_new": self.is_new[rows],
+            "listed_rank": self.listed_rank[rows],
             "aff_top": aff("t:", items.top_category[rows]),
             "aff_cat": aff("c:", items.category[rows]),
             "aff_band": aff("b:", items.band[rows]),
@@ -270,13 +325,13 @@ class Recommender:
         }
         return np.column_stack([np.asarray(columns[name], np.float32) for name in FEATURES])
 
-    def score_user(self, profile: UserProfile | None, filters: Filters | None = None
+    def score_user(self, profile: UserProfile | None, filters: Filters | None = None, exact: bool = False
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], str]:
-        """Candidates of the user, their blended scores, the source scores and the home town."""
+        """Candidates of the user, their blended scores, their source scores and the home town."""
         keep = self.eligible(profile, filters)
-        scores = self.source_scores(profile)
         home = self.home_of(profile, filters)
-        rows = self.candidates(scores, keep, home)
+        rows = self.candidates(profile, keep, home, exact=exact)
+        scores = self.source_scores(profile, rows)
         if not len(rows):
             return rows, np.zeros(0, np.float32), scores, home
         X = self.features(profile, rows, scores, home)
@@ -286,28 +341,41 @@ class Recommender:
             blended = self.pop[rows]
         return rows, blended, scores, home
 
-    def recommend(self, user_id: str | None, k: int = 10, filters: Filters | None = None) -> list[Hit]:
+    def recommend(self, user_id: str | None, k: int = 10, filters: Filters | None = None, exact: bool = False
+                  ) -> list[Hit]:
         """The ``k`` best listings for the user (an unknown or absent user is a cold start), each with a
-        reason."""
+        reason. ``exact``: candidates from a scan of the whole catalogue instead of the approximate search."""
         profile = self.profile(user_id) if user_id else None
-        rows, blended, scores, home = self.score_user(profile, filters)
+        rows, blended, scores, home = self.score_user(profile, filters, exact=exact)
         order = list(np.lexsort((rows, -blended))[:k])
         top = order[:NEW_SLOT_EVERY]
         if "content_max" in scores and len(order) >= NEW_SLOT_RANK and not self.is_new[rows[top]].any():
-            fresh = [i for i in np.argsort(-scores["content_max"][rows], kind="stable") if self.is_new[rows[i]]]
+            fresh = [i for i in np.argsort(-scores["content_max"], kind="stable") if self.is_new[rows[i]]]
             if fresh:
                 order = [i for i in order if i != fresh[0]]
                 order.insert(NEW_SLOT_RANK - 1, fresh[0])
                 order = order[:k]
-        return [Hit(self.items.ids[rows[i]], float(blended[i]), self.reason(profile, int(rows[i]), home))
-                for i in order]
+        chosen = rows[order]
+        reasons = self.reasons(profile, chosen, home)
+        return [Hit(self.items.ids[row], float(blended[i]), reason) for i, row, reason in zip(order, chosen, reasons)]
 
-    def reason(self, profile: UserProfile | None, row: int, home: str) -> Reason:
+    def reasons(self, profile: UserProfile | None, rows: np.ndarray, home: str) -> list[Reason]:
+        """A reason for each of the listings ``rows`` (the co-visitation and similarity of all of them with the
+        user's recent listings in one product each)."""
+        if profile is None or not len(profile.items) or not len(rows):
+            return [self.reason(profile, int(row), home) for row in rows]
+        recent = profile.items[:RECENT_ITEMS]
+        covisits = self.covisit[recent][:, rows].toarray() * profile.weights[:RECENT_ITEMS, None]
+        sims = self.items.vectors[recent] @ self.items.vectors[rows].T
+        return [self.reason(profile, int(row), home, covisits[:, j], sims[:, j]) for j, row in enumerate(rows)]
+
+    def reason(self, profile: UserProfile | None, row: int, home: str, covisits: np.ndarray | None = None,
+               sims: np.ndarray | None = None) -> Reason:
+        """Why ``row`` is recommended; ``covisits`` and ``sims`` (with a profile that has history): its weighted
+        co-visitation and its similarity with the user's recent listings."""
         items = self.items
         if profile is not None and len(profile.items):
             recent = profile.items[:RECENT_ITEMS]
-            covisits = np.asarray(self.covisit[recent][:, row].todense()).ravel() * profile.weights[:RECENT_ITEMS]
-            sims = items.vectors[recent] @ items.vectors[row]
             pick = int(np.argmax(covisits)) if covisits.max() > 0 else int(np.argmax(sims))
             if covisits.max() > 0 or sims[pick] >= 0.5:
                 return Reason("history", listing_id=items.ids[recent[pick]],
@@ -327,9 +395,10 @@ class Recommender:
         row = self.items.row_of[listing_id]
         keep = self.available.copy()
         keep[row] = False
-        sims = np.where(keep, self.items.vectors @ self.items.vectors[row], -np.inf)
+        near = self.vector_index.search(self.items.vectors[row], max(50, 3 * k), keep)
+        sims = self.items.vectors[near] @ self.items.vectors[row]
         fused: dict[int, float] = {}
-        for rank, other in enumerate(_top(sims, max(50, 3 * k)), start=1):
+        for rank, other in enumerate(near[np.argsort(-sims, kind="stable")], start=1):
             fused[int(other)] = fused.get(int(other), 0.0) + 1.0 / (rrf_k + rank)
         start, end = self.covisit.indptr[row], self.covisit.indptr[row + 1]
         neighbours = self.covisit.indices[start:end][np.argsort(-self.covisit.data[start:end], kind="stable")]
@@ -337,6 +406,18 @@ class Recommender:
             fused[int(other)] = fused.get(int(other), 0.0) + 1.0 / (rrf_k + rank)
         best = sorted(fused.items(), key=lambda item: (-item[1], self.items.ids[item[0]]))[:k]
         return [(self.items.ids[other], score) for other, score in best]
+
+
+def listed_rank(created: np.ndarray) -> np.ndarray:
+    """Each listing's place among the catalogue's by creation time: the share of dated listings created before
+    it (the newest near 1), NaN undated. A rank rather than an age, so a blend learned at one reference time
+    reads the same at the next: a listing nobody has engaged with yet is either just listed or unwanted, and
+    only this tells them apart."""
+    out = np.full(len(created), np.nan, np.float32)
+    dated = np.flatnonzero(np.isfinite(created))
+    if len(dated):
+        out[dated] = np.searchsorted(np.sort(created[dated]), created[dated], side="left") / len(dated)
+    return out
 
 
 def _top(scores: np.ndarray, size: int) -> np.ndarray:

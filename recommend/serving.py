@@ -22,6 +22,16 @@ class ServedRecommender:
         self._lock = threading.Lock()
         self._folded_at: dict[str, float] = {}  # user -> newest event folded in
 
+    @property
+    def model(self) -> Recommender | None:
+        return self._model
+
+    @model.setter
+    def model(self, model: Recommender | None) -> None:
+        if model is not None:  # its candidate search indexes now, not on the first request
+            model.build_indexes()
+        self._model = model
+
     def refresh_user(self, catalog, user_id: str) -> None:
         """Fold the user in again when they have engaged events newer than what the model knows of them."""
         model = self.model

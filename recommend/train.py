@@ -30,12 +30,13 @@ from recommend.data import (
     load_impressions,
 )
 from recommend.model import FEATURES, POP_HALF_LIFE_DAYS, Recommender
-from recommend.profiles import build_profile
+from recommend.profiles import Histories, Profiles
 
 logger = logging.getLogger(__name__)
 
 LABEL_DAYS = 7.0
-MAX_LABEL_USERS = 4000
+MAX_LABEL_USERS = 1000  # the dev log's label window has 908; at 100k users more only cost time
+MAX_NEGATIVES = 200  # unengaged candidates per user in the blend's training data
 VALID_FRACTION = 0.2
 DEFAULT_ALS = {"factors": 64, "regularization": 0.05, "iterations": 15, "alpha": 2.0}
 
@@ -75,16 +76,8 @@ def fit_signals(log: EventLog, items: Items, reference: float, *, als_params: di
             impressions[row] = count
             first_shown[row] = log.first_shown[listing_id]
 
-    profiles = {}
-    order = np.argsort(user_rows, kind="stable")
-    bounds = np.searchsorted(user_rows[order], np.arange(len(user_ids) + 1))
-    for u in tqdm(range(len(user_ids)), desc="user profiles", unit="user", disable=not progress):
-        mine = order[bounds[u]:bounds[u + 1]]
-        profile = build_profile(str(user_ids[u]), items, rows[mine], weights[mine], grades[mine],
-                                rows[mine][log.types[mine] == purchase], len(mine))
-        if user_factors is not None:
-            profile.factors = user_factors[u]
-        profiles[profile.user_id] = profile
+    histories = Histories.from_events(user_ids, user_rows, rows, weights, grades, log.types == purchase, n)
+    histories.factors = user_factors
 
     return Recommender(
         items=items,
@@ -97,17 +90,18 @@ def fit_signals(log: EventLog, items: Items, reference: float, *, als_params: di
         impressions=impressions,
         first_shown=first_shown,
         sold=np.bincount(rows[log.types == purchase], minlength=n) > 0,
-        profiles=profiles,
+        profiles=Profiles(items, histories),
         als_params=als_params,
         info={"events": int(len(log)), "users": int(len(user_ids))},
     )
 
 
-def label_groups(stage: Recommender, window: EventLog, *, max_users: int = MAX_LABEL_USERS, seed: int = 0,
-                 progress: bool = False):
-    """Per user active in ``window``: the stage's candidates, their features and graded labels (the user's
-    strongest event on each in the window). Users none of whose candidates they engaged with are left out
-    (they teach the ranking nothing). Returns (X, y, group, user_ids)."""
+def label_groups(stage: Recommender, window: EventLog, *, max_users: int = MAX_LABEL_USERS,
+                 max_negatives: int = MAX_NEGATIVES, seed: int = 0, progress: bool = False):
+    """Per user active in ``window`` (``max_users`` of them at most, drawn at random): the stage's candidates,
+    their features and graded labels (the user's strongest event on each in the window), with
+    ``max_negatives`` of the unengaged candidates at most (drawn at random). Users none of whose candidates
+    they engaged with are left out (they teach the ranking nothing). Returns (X, y, group, user_ids)."""
     rows = stage.items.rows(window.listings)
     grades = window.grades()
     labels: dict[str, dict[int, int]] = {}
@@ -118,6 +112,7 @@ def label_groups(stage: Recommender, window: EventLog, *, max_users: int = MAX_L
     users = sorted(labels)
     if len(users) > max_users:
         users = sorted(np.random.default_rng(seed).choice(users, max_users, replace=False).tolist())
+    rng = np.random.default_rng(seed)
     X, y, group, kept = [], [], [], []
     for user in tqdm(users, desc="blend training data", unit="user", disable=not progress):
         profile = stage.profile(user)
@@ -125,6 +120,12 @@ def label_groups(stage: Recommender, window: EventLog, *, max_users: int = MAX_L
         grade = np.array([labels[user].get(int(r), 0) for r in candidates], np.int32)
         if not grade.any() or grade.all():
             continue
+        negatives = np.flatnonzero(grade == 0)
+        if len(negatives) > max_negatives:  # lambdarank's cost grows with the pairs in a group
+            sample = np.sort(np.concatenate([np.flatnonzero(grade > 0),
+                                             rng.choice(negatives, max_negatives, replace=False)]))
+            candidates, grade = candidates[sample], grade[sample]
+            scores = {name: values[sample] for name, values in scores.items()}
         X.append(stage.features(profile, candidates, scores, home))
         y.append(grade)
         group.append(len(candidates))
@@ -147,8 +148,10 @@ def train_blend(stage: Recommender, window: EventLog, *, max_users: int = MAX_LA
     held_out = np.array([zlib.crc32(u.encode()) % 100 < VALID_FRACTION * 100 for u in users])
     starts = np.concatenate([[0], np.cumsum(group)])
     row_held = np.repeat(held_out, group)
+    # one thread: on the shared 2 cores, LightGBM's two OpenMP threads waiting for each other made each boosting
+    # round 8x slower than one thread (150k rows, load average 11)
     params = {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 20,
-              "log_every": 0, **ranker_params}
+              "log_every": 0, "n_jobs": 1, **ranker_params}
     ranker = Reranker(**params)
     ranker.fit(
         X[~row_held], y[~row_held], group[~held_out], X[row_held], y[row_held], group[held_out],

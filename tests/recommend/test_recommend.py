@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import shutil
 
 import numpy as np
@@ -141,8 +142,7 @@ def test_a_new_listing_is_reachable_from_its_content(model, items):
     sims[row] = -np.inf
     history = [items.ids[r] for r in np.argsort(-sims)[:3]]
     profile = model.fold_in("fan", history, ["save"] * 3, [model.reference - 3600] * 3)
-    scores = model.source_scores(profile)
-    assert row in model.candidates(scores, model.eligible(profile, None), profile.home)
+    assert row in model.candidates(profile, model.eligible(profile, None), profile.home)
     assert items.ids[row] in {h.listing_id for h in model.recommend("fan", k=len(items))}
     model.forget("fan")
 
@@ -223,3 +223,7 @@ def test_train_recs_and_evaluate_recs_use_a_catalogue_named_by_url(sim_workspace
                                          "--max-users", "20"])
     assert evaluated.exit_code == 0, evaluated.output
     assert not (root / "catalog.db").exists()
+    report = json.loads(next((root / "eval" / "recs").glob("*/report.json")).read_text())
+    assert {"hybrid", "hybrid_exact"} <= set(report["scores"]["all users"])
+    recall = report["candidate_recall"]["all users"]
+    assert recall["users"] > 0 and 0 < recall["approximate"] <= 1 and 0 < recall["exact"] <= 1
