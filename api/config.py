@@ -54,10 +54,10 @@ class Settings(BaseSettings):
         "usable graph.",
     )
     onnx_int8: list[Literal["text", "image"]] = Field(
-        ["text"],
+        ["text", "image"],
         description="Towers that serve their int8 graph where its quality gate passed (`marketsearch export-onnx`); "
-        "the others, and a tower whose gate failed, serve fp32. /health says which and why. Default: the text "
-        "tower only, the one whose gate passes on the dev export (docs/benchmarks.md, \"Runtimes\").",
+        "the others, and a tower whose gate failed, serve fp32. /health says which and why. Default: both, "
+        "whose gates pass on the dev export (docs/benchmarks.md, \"Runtimes\").",
     )
 
     live_follow: bool = Field(

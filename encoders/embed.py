@@ -64,6 +64,10 @@ listing_embeddings = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 PHOTO_VECTOR_DTYPE = np.float16
+# Listing texts per forward. The tower sorts texts by length before batching, so small batches pad little:
+# a chunk of 64 dev listings padded to its longest text (128 tokens; median 46) took 1.5-2x the time of
+# batches of 16, with the same vectors (docs/benchmarks.md, "Catalogue encoding").
+TEXT_BATCH_SIZE = 16
 listing_photo_vectors = Table(
     "listing_photo_vectors",
     metadata,
@@ -131,6 +135,10 @@ class EmbedStats:
     image_errors: int = 0  # unreadable / missing photo files (logged, listing keeps its other photos)
     text_only: int = 0  # encoded listings without a usable photo
     seconds: float = 0.0
+    # of ``seconds``: encoding the listing texts, and the photo path (waiting for decoded pixels, then the
+    # image forwards); the rest is planning, database reads and writes
+    text_seconds: float = 0.0
+    photo_seconds: float = 0.0
     listings_per_s: float = 0.0
     batch_size: int = 0
     errors: list[str] = field(default_factory=list)
@@ -253,7 +261,10 @@ def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, image_b
                   stats: EmbedStats, photo_cache: FeatureCache | None = None):
     """Vectors of one chunk; ``pixels`` yields the preprocessed pixels (or the failure) of ``plan``'s photo
     files in order (``photo_stream.photo_pixels``)."""
+    started = time.perf_counter()
     text = model.encode_texts([listing.text for listing in listings], batch_size=text_batch_size)
+    photos_started = time.perf_counter()
+    stats.text_seconds += photos_started - started
     decoded, owners = [], []
     for row, image_id in zip(plan.fresh_owners, plan.fresh_ids):
         tensor, failure = next(pixels)
@@ -268,6 +279,7 @@ def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, image_b
                                                                                batch_size=image_batch_size)
         embeddings.append(fresh_embeddings)
         photo_vectors.append(normalize_rows(pooled))
+    stats.photo_seconds += time.perf_counter() - photos_started
     if plan.cached_keys:
         pooled = photo_cache.get(plan.cached_keys)
         embeddings.append(model.image_tower.embed_pooled(pooled))
@@ -306,7 +318,7 @@ class EncodedListings:
         return stored
 
 
-def encode_listings(model, catalog, listings, *, text_batch_size: int = 64, image_batch_size: int = 32,
+def encode_listings(model, catalog, listings, *, text_batch_size: int = TEXT_BATCH_SIZE, image_batch_size: int = 32,
                     stats: EmbedStats | None = None, photo_cache: FeatureCache | None = None,
                     plan: _ChunkPhotos | None = None, pixels: Iterator | None = None) -> EncodedListings:
     """Encode ``listings`` (their text and their photos read from ``catalog``) with ``model``.
@@ -399,7 +411,7 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
             transform = model.image_tower.backbone.transforms(train=False)
             pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths], transform, workers=workers)
             for listings, plan in zip(chunks, plans):
-                yield listings, encode_listings(model, catalog, listings, text_batch_size=batch_size,
+                yield listings, encode_listings(model, catalog, listings,
                                                 image_batch_size=image_batch_size, stats=stats,
                                                 photo_cache=photo_cache, plan=plan, pixels=pixels)
     for listings, encoded in encode_chunks(chunks):
@@ -448,9 +460,10 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     stats.checkpoint = checkpoint
     stats.seconds = time.perf_counter() - started
     stats.listings_per_s = stats.encoded / stats.seconds if stats.encoded and stats.seconds > 0 else 0.0
-    logger.info("embed: encoded %d listings (%d photos, %d of them from the feature cache, %d unreadable) in %.1fs, "
-                "%.1f listings/s; removed %d", stats.encoded, stats.images_encoded, stats.images_from_cache,
-                stats.image_errors, stats.seconds, stats.listings_per_s, stats.removed)
+    logger.info("embed: encoded %d listings (%d photos, %d of them from the feature cache, %d unreadable) in %.1fs "
+                "(texts %.1fs, photos %.1fs), %.1f listings/s; removed %d", stats.encoded, stats.images_encoded,
+                stats.images_from_cache, stats.image_errors, stats.seconds, stats.text_seconds, stats.photo_seconds,
+                stats.listings_per_s, stats.removed)
     return stats
 
 

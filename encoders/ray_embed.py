@@ -46,7 +46,7 @@ class ListingEncoder:
         if len(listings) != len(ids):  # deleted since the driver listed them: encoded next run, if at all
             found = {listing.id for listing in listings}
             raise LookupError(f"listings vanished while encoding: {[i for i in ids if i not in found][:5]}")
-        encoded = encode_listings(self.model, self.catalog, listings, text_batch_size=len(ids),
+        encoded = encode_listings(self.model, self.catalog, listings,
                                   image_batch_size=self.image_batch_size, photo_cache=self.photo_cache)
         pooled = int(self.model.image_tower.pooled_dim)
         photo = encoded.photo if encoded.photo is not None else np.zeros((len(ids), pooled), np.float32)

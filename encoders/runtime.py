@@ -5,9 +5,10 @@
     model/onnx/manifest.json     the model fingerprint the graphs were exported from, each graph's file name,
                                  sha256 and size, the ONNX Runtime version, the quality gates (evaluation)
     model/onnx/text.fp32.onnx    text backbone: input_ids, attention_mask -> last_hidden_state
-    model/onnx/text.int8.onnx    the same, dynamically quantised (int8 weights, activations per batch)
+    model/onnx/text.int8.onnx    the same, dynamically quantised (7-bit int8 weights per channel, activations per batch)
     model/onnx/image.fp32.onnx   image backbone: pixel_values -> feature_map
-    model/onnx/image.int8.onnx   the same, statically quantised (QDQ) with ranges calibrated on catalogue photos
+    model/onnx/image.int8.onnx   the same, statically quantised (QDQ) with ranges calibrated on catalogue photos;
+                                 the backbone's recipe (``IMAGE_QUANTISATION``) may leave some convs in fp32
 
 Only the backbones run in ONNX Runtime (they are almost all of an encode); pooling, the projection head and
 normalisation stay in torch, so a tower's output is defined in one place. The service opens the graphs at
@@ -27,7 +28,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -139,15 +140,17 @@ def _quiet_quantizer():
 
 
 def quantize_text_graph(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8 quantisation (``onnxruntime.quantization.quantize_dynamic``): int8 weights (one scale per
-    output channel) of every MatMul,
-    activations quantised per batch at run time (VNNI int8 dot products on these CPUs). The embedding tables
-    stay fp32: they are lookups, not arithmetic, and quantising them costs accuracy for no speed."""
+    """Dynamic int8 quantisation (``onnxruntime.quantization.quantize_dynamic``): int8 weights of every MatMul,
+    one scale per output channel and in 7 bits (``reduce_range``), activations quantised per batch at run
+    time (VNNI int8 dot products on these CPUs). On the dev export 7-bit weights gave NDCG@10 0.11 points above
+    fp32 where 8-bit gave 0.42 below, at the same speed (docs/benchmarks.md, `bench.text_int8_variants`).
+    The embedding tables stay fp32: they are lookups, not arithmetic, and quantising them costs accuracy for
+    no speed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_quantizer():
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=True)
+                         per_channel=True, reduce_range=True)
 
 
 class _PhotoBatches:
@@ -161,20 +164,74 @@ class _PhotoBatches:
         return None if batch is None else {"pixel_values": batch}
 
 
-def quantize_image_graph(fp32_path: Path, int8_path: Path, calibration: Iterable[np.ndarray]) -> None:
-    """Static int8 quantisation (``onnxruntime.quantization.quantize_static``, QDQ format, per-channel int8
-    weights, uint8 activations) with activation ranges calibrated on ``calibration`` batches of preprocessed
-    catalogue photos (float32 (n, 3, H, W))."""
+@dataclass(frozen=True)
+class ImageQuantisation:
+    """How the image graph is statically quantised. ``keep_fp32`` names groups of Conv nodes left in fp32:
+    ``first_conv`` (the stem, fed raw pixels), ``last_conv`` (the 1x1 conv to the feature map the tower pools),
+    ``depthwise`` (grouped convs: one 3x3 filter per channel, the classic int8 weak spot of MobileNets)."""
+
+    method: str = "MinMax"  # onnxruntime.quantization.CalibrationMethod name: MinMax, Percentile, Entropy
+    percentile: float = 99.999
+    photos: int = CALIBRATION_PHOTOS  # how many the variants bench calibrates on; export-onnx passes its photos
+    keep_fp32: tuple[str, ...] = ()
+    keep_first_convs: int = 0  # also leave the first N Conv nodes (graph order: the stem, then block by block) fp32
+    quant_format: str = "QDQ"  # or QOperator
+    activations: str = "QUInt8"  # QuantType name of the activations (weights: QInt8, per output channel)
+
+
+CONV_GROUPS = ("first_conv", "last_conv", "depthwise")
+
+# The image backbones' int8 recipes, from the variants measured on the dev export (docs/benchmarks.md,
+# `bench.image_int8_variants`). MobileNetV2: its first 6 convs (the stem and the first two inverted-residual
+# blocks) stay fp32. Quantised, the float-vs-int8 SQNR of the block outputs fell from 38 to 15 dB across them
+# (onnxruntime.quantization.qdq_loss_debug) and the gate lost 2 NDCG@10 points whatever the calibration;
+# kept fp32, the drop is 0.
+IMAGE_QUANTISATION = {"mobilenet_v2": ImageQuantisation(keep_first_convs=6)}
+
+
+def image_quantisation_for(backbone_name: str) -> ImageQuantisation:
+    return IMAGE_QUANTISATION.get(backbone_name, ImageQuantisation())
+
+
+def conv_nodes(model_path: Path, groups: Iterable[str], first: int = 0) -> list[str]:
+    """Names of the graph's Conv nodes in ``groups`` (``ImageQuantisation.keep_fp32``) or among its ``first``."""
+    import onnx
+
+    groups = set(groups)
+    unknown = groups - set(CONV_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown conv group(s) {sorted(unknown)}; choose from {CONV_GROUPS}")
+    convs = [node for node in onnx.load(str(model_path)).graph.node if node.op_type == "Conv"]
+    chosen = []
+    for index, node in enumerate(convs):
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if (index < first or ("first_conv" in groups and index == 0)
+                or ("last_conv" in groups and index == len(convs) - 1) or ("depthwise" in groups and group > 1)):
+            chosen.append(node.name)
+    return chosen
+
+
+def quantize_image_graph(fp32_path: Path, int8_path: Path, calibration: Iterable[np.ndarray],
+                         how: ImageQuantisation = ImageQuantisation()) -> None:
+    """Static int8 quantisation (``onnxruntime.quantization.quantize_static``; by default QDQ format,
+    per-channel int8 weights, uint8 activations) with activation ranges calibrated on ``calibration`` batches
+    of preprocessed catalogue photos (float32 (n, 3, H, W))."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as scratch, _quiet_quantizer():
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        # Calibration holds every activation of every photo (~28 MB a photo for MobileNetV2 at 224 px).
+        # CalibMaxIntermediateOutputs would bound that, but ONNX Runtime 1.32's MinMax calibrator drops the
+        # batches it clears instead of merging their ranges, so it is not used.
+        extra = {"CalibPercentile": how.percentile} if how.method == "Percentile" else {}
         quantize_static(
-            str(prepared), str(int8_path), _PhotoBatches(calibration), quant_format=QuantFormat.QDQ,
-            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            str(prepared), str(int8_path), _PhotoBatches(calibration), quant_format=QuantFormat[how.quant_format],
+            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType[how.activations],
+            calibrate_method=CalibrationMethod[how.method],
+            nodes_to_exclude=conv_nodes(prepared, how.keep_fp32, how.keep_first_convs),
+            extra_options=extra,
         )
 
 
@@ -190,9 +247,12 @@ def calibration_batches(image_tower, photo_paths: list[Path], batch_size: int = 
     return [torch.stack(tensors[s : s + batch_size]).numpy() for s in range(0, len(tensors), batch_size)]
 
 
-def export_graphs(model, target_dir: Path, calibration_photos: list[Path], *, int8: bool = True) -> dict:
+def export_graphs(model, target_dir: Path, calibration_photos: list[Path], *, int8: bool = True,
+                  image_quantisation: ImageQuantisation | None = None) -> dict:
     """Write the four graphs of ``model`` (a ``MultiModalModel``) and their manifest to ``target_dir``
-    (staged beside it, swapped in whole). Returns the manifest. Gates are added later (``record_gates``)."""
+    (staged beside it, swapped in whole). Returns the manifest. Gates are added later (``record_gates``).
+    ``image_quantisation``: the int8 image recipe, by default the image backbone's (``image_quantisation_for``)."""
+    how = image_quantisation or image_quantisation_for(model.image_tower.backbone.name)
     target_dir = Path(target_dir)
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = make_temporary_dir(target_dir)
@@ -211,8 +271,10 @@ def export_graphs(model, target_dir: Path, calibration_photos: list[Path], *, in
         if int8:
             if not batches:
                 raise ValueError("static int8 quantisation of the image graph needs catalogue photos to calibrate on")
-            quantize_image_graph(image_fp32, staging / graph_name("image", "int8"), batches)
+            quantize_image_graph(image_fp32, staging / graph_name("image", "int8"), batches, how)
         manifest = _manifest(model.fingerprint, staging, calibration=len(calibration_photos))
+        if int8:
+            manifest["image_quantisation"] = asdict(how)
         write_json_atomic(staging / MANIFEST, manifest)
         replace_dir(staging, target_dir)
     except BaseException:

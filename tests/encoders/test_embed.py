@@ -244,3 +244,21 @@ def test_photo_workers_give_the_vectors_of_inline_encoding(workspace_copy, train
     finally:
         catalog.close()
     assert stats.images_from_cache == 0 and stats.images_encoded > 0
+    # the run's time is split into the texts' encode and the photo path (what bench.bench_latency reports)
+    assert stats.text_seconds > 0 and stats.photo_seconds > 0
+    assert stats.text_seconds + stats.photo_seconds <= stats.seconds
+
+
+def test_listing_texts_in_small_length_sorted_batches_give_the_vectors_of_one_batch(trained_workspace, trained_model):
+    from encoders.embed import TEXT_BATCH_SIZE, encode_listings
+
+    catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
+    try:
+        listings = catalog.get_listings(catalog.listing_ids()[: 3 * TEXT_BATCH_SIZE])
+        small = encode_listings(trained_model, catalog, listings)
+        one_batch = encode_listings(trained_model, catalog, listings, text_batch_size=len(listings))
+    finally:
+        catalog.close()
+    assert len({len(listing.text) for listing in listings}) > TEXT_BATCH_SIZE  # lengths vary: padding differs
+    np.testing.assert_allclose(small.text, one_batch.text, atol=1e-5)
+    np.testing.assert_allclose(small.listing, one_batch.listing, atol=1e-5)

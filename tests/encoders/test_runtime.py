@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
+import torch
 
 from catalog.store import Catalog
 from encoders.photo_stream import load_photo
 from encoders.runtime import (
     GraphError,
     GraphSet,
+    ImageQuantisation,
+    conv_nodes,
     export_graphs,
+    export_image_onnx,
     graph_dir,
+    image_quantisation_for,
+    open_session,
+    quantize_image_graph,
     record_gates,
     sha256_file,
     use_graphs,
@@ -108,6 +116,10 @@ def test_manifest_binds_graphs_to_the_bundle_fingerprint_and_checksums(model, ex
     assert set(manifest["graphs"]) == {"text.fp32.onnx", "text.int8.onnx", "image.fp32.onnx", "image.int8.onnx"}
     for name, entry in manifest["graphs"].items():
         assert entry["sha256"] == sha256_file(exported / name)
+    # the int8 image graph's recipe is the image backbone's, recorded beside the graphs
+    recipe = image_quantisation_for(model.image_tower.backbone.name)
+    assert manifest["image_quantisation"] == json.loads(json.dumps(asdict(recipe)))
+    assert image_quantisation_for("mobilenet_v2").keep_first_convs == 6
     with pytest.raises(GraphError, match="exported from model"):
         GraphSet.open(exported, "0" * 64)  # graphs of other weights
     with pytest.raises(GraphError, match="export-onnx"):
@@ -142,3 +154,61 @@ def test_int8_is_chosen_only_where_its_gate_passed(model, exported, tmp_path):
     precision, why = graphs.choose_precision("image")
     assert precision == "fp32" and "failed its quality gate: NDCG@10 2.0 points below fp32" in why
     assert graphs.choose_precision("text", allow_int8=False)[0] == "fp32"  # the settings turned it off
+
+
+class _SeparableNet(torch.nn.Module):
+    """A stem conv, a depthwise and a pointwise conv, and a last 1x1 conv: the shape of a MobileNet block."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.depthwise = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pointwise = torch.nn.Conv2d(8, 16, 1)
+        self.last = torch.nn.Conv2d(16, 32, 1)
+        for parameter in self.parameters():
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.3
+
+    def forward(self, pixels):
+        x = torch.clamp(self.stem(pixels), 0, 6)
+        x = torch.clamp(self.depthwise(x), 0, 6)
+        return torch.clamp(self.last(self.pointwise(x)), 0, 6)
+
+
+def _float_conv_weights(path) -> list[bool]:
+    """Per Conv node of the graph, in order: does it read a float weight initializer (left in fp32)?"""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    floats = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    return [node.input[1] in floats for node in graph.node if node.op_type == "Conv"]
+
+
+@pytest.mark.parametrize(("how", "left_fp32"), [
+    (ImageQuantisation(), [False, False, False, False]),
+    (ImageQuantisation(keep_fp32=("first_conv", "depthwise")), [True, True, False, False]),
+    (ImageQuantisation(keep_fp32=("last_conv",)), [False, False, False, True]),
+    (ImageQuantisation(keep_first_convs=3), [True, True, True, False]),
+])
+def test_image_quantisation_leaves_the_chosen_convs_in_fp32(how, left_fp32, tmp_path):
+    net = _SeparableNet().eval()
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.rand(24, 3, 32, 32, generator=generator) * 2 - 1
+    fp32 = tmp_path / "fp32.onnx"
+    fp32.write_bytes(export_image_onnx(net, pixels[:2]))
+    int8 = tmp_path / "int8.onnx"
+    quantize_image_graph(fp32, int8, [pixels[:16].numpy()], how)
+    assert _float_conv_weights(int8) == left_fp32
+    with torch.inference_mode():
+        want = net(pixels[16:]).mean(dim=(2, 3)).numpy()
+    got = open_session(int8).run(None, {"pixel_values": pixels[16:].numpy()})[0].mean(axis=(2, 3))
+    cosine = (want * got).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
+    assert cosine.min() > 0.98  # quantised, still the same function of the pixels
+
+
+def test_conv_groups_are_checked(tmp_path):
+    fp32 = tmp_path / "fp32.onnx"
+    fp32.write_bytes(export_image_onnx(_SeparableNet().eval(), torch.zeros(2, 3, 32, 32)))
+    assert conv_nodes(fp32, ()) == []
+    with pytest.raises(ValueError, match="unknown conv group"):
+        conv_nodes(fp32, ("first_layer",))

@@ -1,0 +1,136 @@
+"""Static int8 variants of the image backbone graph, each judged like `export-onnx` judges the bundle's graph.
+
+    .venv/bin/python -m bench.image_int8_variants --workspace WS [--variants minmax,percentile,...] [--json out]
+
+Needs WS/model/onnx/image.fp32.onnx (`marketsearch export-onnx`). For every variant: quantise the fp32 graph
+(``encoders.runtime.quantize_image_graph`` with the variant's ``ImageQuantisation``), run the known-item image
+protocol on the test products with queries encoded by that graph (the fp32 run is computed once), and time
+the backbone alone (``session.run`` on one photo, 1 thread) interleaved with the fp32 graph.
+Prints one line per variant: NDCG@10 drop in points (gate: <= 1), top-20 overlap, fp32 / int8 backbone p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from core.workspace import Workspace
+from encoders.runtime import (
+    ImageQuantisation,
+    calibration_batches,
+    graph_dir,
+    graph_name,
+    open_session,
+    quantize_image_graph,
+)
+from evaluation.evaluate import collect_runs, compare_runs
+from evaluation.judgments import wanted_listing_qrels
+from evaluation.protocol import ProtocolBuilder
+from evaluation.runtime_gate import MAX_DROP_POINTS, STAGE, agreement
+
+VARIANTS = {
+    "minmax": ImageQuantisation(),
+    "percentile": ImageQuantisation(method="Percentile"),
+    "entropy": ImageQuantisation(method="Entropy"),
+    "minmax-256": ImageQuantisation(photos=256),
+    "minmax-skip-first-last": ImageQuantisation(keep_fp32=("first_conv", "last_conv")),
+    "minmax-skip-depthwise": ImageQuantisation(keep_fp32=("depthwise",)),
+    "minmax-skip-first-last-depthwise": ImageQuantisation(keep_fp32=("first_conv", "last_conv", "depthwise")),
+    "minmax-qoperator": ImageQuantisation(quant_format="QOperator"),
+    "minmax-skip-first-3-convs": ImageQuantisation(keep_first_convs=3),
+    "minmax-skip-first-6-convs": ImageQuantisation(keep_first_convs=6),
+    "minmax-skip-first-6-convs-last": ImageQuantisation(keep_first_convs=6, keep_fp32=("last_conv",)),
+    "minmax-skip-first-9-convs": ImageQuantisation(keep_first_convs=9),
+    "minmax-skip-first-6-convs-qoperator": ImageQuantisation(keep_first_convs=6, quant_format="QOperator"),
+    "minmax-skip-first-depthwise": ImageQuantisation(keep_fp32=("first_conv", "depthwise")),
+    "minmax-skip-last-depthwise": ImageQuantisation(keep_fp32=("last_conv", "depthwise")),
+    "minmax-skip-first-last-depthwise-qoperator": ImageQuantisation(keep_fp32=("first_conv", "last_conv", "depthwise"),
+                                                                     quant_format="QOperator"),
+    "minmax-s8s8": ImageQuantisation(activations="QInt8"),
+}
+
+
+def backbone_p50_ms(fp32_session, int8_session, pixels: np.ndarray, repeats: int = 60) -> tuple[float, float]:
+    """Interleaved p50 of the two sessions on one photo (so both see the same machine load)."""
+    feed = {"pixel_values": pixels}
+    fp32_session.run(None, feed), int8_session.run(None, feed)
+    times: dict[str, list[float]] = {"fp32": [], "int8": []}
+    for _ in range(repeats):
+        for name, session in (("fp32", fp32_session), ("int8", int8_session)):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return float(np.median(times["fp32"])), float(np.median(times["int8"]))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, required=True)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    ws = Workspace.at(args.workspace)
+    builder = ProtocolBuilder(ws, progress=False)
+    model = builder.model
+    backbone = model.image_tower.backbone
+    fp32_path = graph_dir(ws.model_dir) / graph_name("image", "fp32")
+    photos = [path for listing in builder.listings(("train",)) for image_id in listing.image_ids
+              if (path := builder.catalog.image_path(image_id)) is not None and path.is_file()]
+    protocol = builder.image_protocol(("test",), max_queries=args.max_queries)
+    wanted = wanted_listing_qrels(protocol.queries)
+
+    def run_with(session, precision):
+        backbone.attach_session(session, precision)
+        try:
+            return collect_runs(protocol.searcher, protocol.queries, depth=100, load_image=protocol.load_image)[STAGE]
+        finally:
+            backbone.detach_session()
+
+    fp32_session = open_session(fp32_path, 1)
+    fp32_run = run_with(fp32_session, "fp32")
+    probe = calibration_batches(model.image_tower, photos[-1:])[0]
+    results = []
+    for name in args.variants.split(","):
+        variant = VARIANTS[name]
+        step = max(len(photos) // variant.photos, 1)
+        batches = calibration_batches(model.image_tower, photos[::step][: variant.photos])
+        with tempfile.TemporaryDirectory() as scratch:
+            int8_path = Path(scratch) / "image.int8.onnx"
+            started = time.perf_counter()
+            quantize_image_graph(fp32_path, int8_path, batches, variant)
+            quantise_s = time.perf_counter() - started
+            int8_session = open_session(int8_path, 1)
+            size = int8_path.stat().st_size
+        int8_run = run_with(int8_session, "int8")
+        report = compare_runs(protocol.qrels, {"fp32": fp32_run, "int8": int8_run}, wanted=wanted,
+                              metrics=("ndcg@10",), name=name)
+        fp32, int8 = report.scores["fp32"]["ndcg@10"], report.scores["int8"]["ndcg@10"]
+        overlap, top1 = agreement(fp32_run, int8_run)
+        fp32_ms, int8_ms = backbone_p50_ms(fp32_session, int8_session, probe[:1])
+        row = {"variant": name, "config": asdict(variant), "queries": len(protocol.queries), "ndcg10_fp32": fp32,
+               "ndcg10_int8": int8, "drop_points": (fp32 - int8) * 100,
+               "passes": (fp32 - int8) * 100 <= MAX_DROP_POINTS["image"], "top20_overlap": overlap,
+               "top1_identical": top1, "backbone_p50_ms_fp32": fp32_ms, "backbone_p50_ms_int8": int8_ms,
+               "backbone_speedup": fp32_ms / int8_ms, "graph_bytes": size, "quantise_s": quantise_s}
+        results.append(row)
+        print(f"{name:34s} drop {row['drop_points']:+.2f} pts ({int8:.4f} vs {fp32:.4f}) overlap {overlap:.3f} "
+              f"top1 {top1:.3f} | backbone p50 {fp32_ms:.2f} / {int8_ms:.2f} ms = x{fp32_ms / int8_ms:.2f} "
+              f"| {size / 1e6:.1f} MB", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    builder.close()
+    return results
+
+
+if __name__ == "__main__":
+    main()
