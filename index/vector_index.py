@@ -588,8 +588,7 @@ class VectorIndex:
                 f"vector index at {folder} holds {manifest.get('dimension')}-d vectors but the current "
                 f"model embeds into {expected_dimension} dimensions; {REBUILD_HINT}"
             )
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index(str(folder / INDEX_FILE), flags)
+        index = faiss.read_index(str(folder / INDEX_FILE), _read_flags(manifest, mmap))
         if index.d != manifest["dimension"] or index.ntotal != manifest["count"]:
             raise IndexLoadError(
                 f"{folder / INDEX_FILE} holds {index.ntotal} {index.d}-d vectors but the manifest says "
@@ -649,3 +648,14 @@ def _now() -> str:
 
 
 __all__ = ["VectorIndex", "IndexLoadError"]
+
+
+def _read_flags(manifest: dict, mmap: bool) -> int:
+    """FAISS read flags: ``mmap`` maps the stored vectors read-only instead of copying them (the pages are the
+    file's, shared by every process serving it, and read in as searches touch them). The inverted lists of an
+    IVF index are mapped by ``IO_FLAG_MMAP``; the codes of a flat index by ``IO_FLAG_MMAP_IFC`` (FAISS refuses the
+    second flag on an IVF index and ignores the first on a flat one)."""
+    if not mmap:
+        return 0
+    flat = manifest.get("index_type", "").startswith("IDMap")
+    return (faiss.IO_FLAG_MMAP_IFC if flat else faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY

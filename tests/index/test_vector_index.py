@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -180,6 +181,22 @@ def test_save_load_round_trip(built_index, clustered, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["files"]) == {"index.faiss", "id_map.json"}
     assert manifest["faiss_version"] == faiss.__version__ and manifest["nprobe"] == built_index.nprobe
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+@pytest.mark.parametrize("kind", ["ivf", "flat"])
+def test_a_memory_mapped_load_searches_the_same_from_the_file_pages(kind, built_index, clustered, tmp_path):
+    """Serving maps the index file read-only (IVF lists and flat codes alike) instead of copying it."""
+    vectors, listing_ids, queries = clustered
+    index = built_index if kind == "ivf" else VectorIndex.build(vectors[:500], listing_ids[:500], "model-a")
+    index.save(tmp_path / "vector")
+    mapped = VectorIndex.load(tmp_path / "vector", mmap=True)
+    file = tmp_path / "vector" / storage.current_version(tmp_path / "vector") / "index.faiss"
+    assert str(file) in Path("/proc/self/maps").read_text()
+    expected_scores, expected_ids = index.search(queries[:20], 10)
+    scores, found = mapped.search(queries[:20], 10)
+    assert found == expected_ids
+    np.testing.assert_array_equal(scores, expected_scores)
 
 
 def test_load_refuses_other_model_and_dimension(built_index, tmp_path):
