@@ -31,6 +31,7 @@ from index.storage import (
 )
 
 logger = logging.getLogger(__name__)
+_search_threads: int | None = None  # VectorIndex.set_search_threads
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -356,6 +357,18 @@ class VectorIndex:
         return counts
 
     # ------------------------------------------------------------------ search
+    @staticmethod
+    def set_search_threads(threads: int | None) -> None:
+        """OpenMP threads of every later search, in whichever thread it runs (None: FAISS's default).
+
+        ``faiss.omp_set_num_threads`` sets only the calling thread's count: the service set it at start, in
+        the event loop's thread, and its searches ran in the request pool's threads with one OpenMP thread per
+        core, whose barrier waits for a core on a busy machine (20 ms instead of 0.07 for 600 listings, load 12)."""
+        global _search_threads
+        _search_threads = threads
+        if threads is not None:
+            faiss.omp_set_num_threads(threads)
+
     def search(
         self,
         queries: np.ndarray,
@@ -373,6 +386,8 @@ class VectorIndex:
         ``allowed_ids`` are never returned (FAISS id selector). A caller that filters often can pass
         the allowed set as ``allowed_faiss_ids`` (int64, from ``faiss_ids_of``) and skip the id lookup.
         """
+        if _search_threads is not None and faiss.omp_get_max_threads() != _search_threads:
+            faiss.omp_set_num_threads(_search_threads)  # this thread's own setting (see set_search_threads)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}")
         if allowed_ids is not None and allowed_faiss_ids is not None:

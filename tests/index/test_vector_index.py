@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import faiss
@@ -197,6 +198,26 @@ def test_a_memory_mapped_load_searches_the_same_from_the_file_pages(kind, built_
     scores, found = mapped.search(queries[:20], 10)
     assert found == expected_ids
     np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_the_search_threads_hold_in_every_thread_that_searches(built_index, clustered):
+    """The service sets them once; its searches run in other threads, where FAISS's setting is not inherited."""
+    _, _, queries = clustered
+    seen = []
+
+    def search():
+        built_index.search(queries[:1], 5)
+        seen.append(faiss.omp_get_max_threads())
+
+    VectorIndex.set_search_threads(5)  # no machine's default: this many cores is unusual
+    try:
+        thread = threading.Thread(target=search)
+        thread.start()
+        thread.join()
+    finally:
+        VectorIndex.set_search_threads(None)
+        faiss.omp_set_num_threads(2)  # the session's setting (conftest)
+    assert seen == [5]
 
 
 def test_load_refuses_other_model_and_dimension(built_index, tmp_path):
