@@ -8,7 +8,6 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import faiss
 import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,6 +29,7 @@ from api.routes.pages import STATIC_DIR
 from api.state import ServiceState, load_state, public_text, unusable_catalogue
 from catalog.errors import CatalogError
 from catalog.listing_writes import MAX_PHOTOS
+from index.vector_index import VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _set_torch_threads(threads: int) -> None:
     # and concurrent requests already use the other cores. FAISS gets the same budget.
 
     torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    VectorIndex.set_search_threads(threads)  # in the request threads too, not only this one
     logger.info("torch and faiss use %d intra-op thread(s) per model call", threads)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from api.config import Settings
@@ -84,9 +86,11 @@ def unusable_catalogue(error: CatalogError, workspace: Workspace) -> str:
 def load_state(settings: Settings) -> ServiceState:
     """Open the catalogue and load the search pipeline; failures are recorded, not raised, so the
     service still starts and can say what is missing."""
+    started = time.perf_counter()
     workspace = Workspace.at(settings.workspace)
     remove_stale_temporaries(workspace.temporary_folders())  # what a killed writer left (never one in use)
     state = _load(settings, workspace)
+    logger.info("artefacts loaded in %.2f s (after the imports)", time.perf_counter() - started)
     # what was logged names full paths; what the API tells its callers does not
     for name in ("catalog_error", "searcher_error", "ranker_error", "text_runtime_error", "image_runtime_error",
                  "recs_error"):
@@ -125,11 +129,12 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
             state.searcher_error += f"; {build_hint(workspace)}"
         logger.warning(state.searcher_error)
         return state
-    catalogue_encoder = None
+    load_encoder = None
     if "onnxruntime" in (settings.text_runtime, settings.image_runtime):
-        if settings.live_follow:
-            # listings written live are encoded like `marketsearch embed` does (fp32), whatever serves queries
-            catalogue_encoder = MultiModalModel.load(workspace.model_dir)
+        # listings written live are encoded like `marketsearch embed` does (the torch fp32 weights, so live and
+        # batch vectors are equal), whatever serves queries: the follower loads that copy on the first listing
+        # it encodes, in its own thread, so neither the start nor a search waits for it
+        load_encoder = partial(MultiModalModel.load, workspace.model_dir)
         _use_onnxruntime(state, settings, workspace)
     if workspace.ranker_dir.exists():
 
@@ -145,7 +150,7 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         state.follower = LiveFollower(state.searcher, workspace, poll_interval=settings.live_poll_interval,
                                       compact_after=settings.live_compact_after,
                                       compact_age_s=settings.live_compact_age_s,
-                                      encoder=catalogue_encoder).start()
+                                      load_encoder=load_encoder).start()
     _load_recommender(state, workspace)
     return state
 

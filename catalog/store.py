@@ -318,6 +318,17 @@ class Catalog:
                     found[row.id] = _listing_from_row(row)
         return [found[i] for i in ids if i in found]
 
+    def active_among(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are listings with status ``active`` (not sold, not deleted): one primary-key
+        read of the id and status columns, for serving a page of hits held in memory."""
+        listings = schema.listings.c
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+                found.update(conn.execute(select(listings.id).where(listings.id.in_(chunk),
+                                                                    listings.status == "active")).scalars())
+        return found
+
     def iter_listings(self, batch_size: int = 500) -> Iterator[list[Listing]]:
         """All listings ordered by id, in lists of `batch_size` (keyset pagination, constant memory)."""
         if batch_size < 1:

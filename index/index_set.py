@@ -125,8 +125,9 @@ def remove_legacy_layout(index_dir: str | os.PathLike) -> None:
 
 
 def load_index_set(index_dir: str | os.PathLike, *, expected_fingerprint: str | None = None,
-                   expected_dimension: int | None = None) -> IndexSet:
-    """The current index set of ``index_dir``, after verifying every checksum it names.
+                   expected_dimension: int | None = None, mmap: bool = False) -> IndexSet:
+    """The current index set of ``index_dir``, after verifying every checksum it names. ``mmap``: the vector
+    index is mapped read-only from its file (for serving: nothing may add to it), else read into memory.
 
     Raises IndexLoadError for a missing, corrupt or foreign set (or the layout before index sets), with
     the command that fixes it.
@@ -136,21 +137,23 @@ def load_index_set(index_dir: str | os.PathLike, *, expected_fingerprint: str | 
         raise IndexLoadError(f"the indexes at {index_dir} use the old layout: {LEGACY_HINT}")
     version = current_version(index_dir)
     try:
-        return _load(index_dir, expected_fingerprint, expected_dimension)
+        return _load(index_dir, expected_fingerprint, expected_dimension, mmap)
     except IndexLoadError:
         if current_version(index_dir) == version:
             raise
         # a writer published (and pruned the set being read) meanwhile: read the one CURRENT names now, once
-        return _load(index_dir, expected_fingerprint, expected_dimension)
+        return _load(index_dir, expected_fingerprint, expected_dimension, mmap)
 
 
-def _load(index_dir: Path, expected_fingerprint: str | None, expected_dimension: int | None) -> IndexSet:
+def _load(index_dir: Path, expected_fingerprint: str | None, expected_dimension: int | None,
+          mmap: bool) -> IndexSet:
     folder, manifest = open_version(index_dir, "index set")
     if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
         raise IndexLoadError(
             f"{folder} holds {manifest.get('kind')!r} format {manifest.get('format_version')!r}, expected "
             f"{KIND!r} format {FORMAT_VERSION}; {REBUILD_HINT}"
         )
-    vector = VectorIndex.read_from(folder / VECTOR_DIR, expected_fingerprint, expected_dimension, verify=False)
+    vector = VectorIndex.read_from(folder / VECTOR_DIR, expected_fingerprint, expected_dimension, mmap=mmap,
+                                   verify=False)
     bm25 = BM25Index.read_from(folder / BM25_DIR, verify=False)
     return IndexSet(version=folder.name, manifest=manifest, vector=vector, bm25=bm25)

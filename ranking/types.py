@@ -57,6 +57,19 @@ class Candidates:
         return np.asarray(values, dtype=np.float32).reshape(len(self))
 
 
+@dataclass(frozen=True, slots=True)
+class ListingCard:
+    """What a search hit shows of its listing, as the catalogue holds it (exact price, no ranking columns):
+    kept in memory beside the listing table so that a hit needs no catalogue read to be shown."""
+
+    title: str
+    price: float | None
+    category: str
+    top_category: str
+    location: str
+    thumbnail_image_id: str | None  # the first cleaned photo, None for a text-only listing
+
+
 @dataclass
 class ListingTable:
     """Columnar, in-memory metadata of every listing, used for filters and ranking features."""
@@ -73,6 +86,9 @@ class ListingTable:
     description_length: np.ndarray  # int32 (n,), characters
     created_days: np.ndarray  # float32 (n,), days since 1970-01-01 of the first photo, nan if unknown
     row_of: dict[str, int] = field(default_factory=dict)
+    # per row, what a hit shows (search/listing_table.py fills it from the listings); None when the table was
+    # built from columns alone (evaluation, tests): the service then reads the hits' listings from the catalogue
+    cards: list[ListingCard] | None = None
 
     def __post_init__(self) -> None:
         if not self.row_of:

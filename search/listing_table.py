@@ -11,7 +11,7 @@ import numpy as np
 from catalog.labels import LabelEncoder
 from catalog.models import Listing
 from catalog.store import Catalog
-from ranking.types import ListingTable
+from ranking.types import ListingCard, ListingTable
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def listing_columns(listings: Iterable[Listing], labels: LabelEncoder | None,
     """A ListingTable of ``listings`` in their order. ``median_price`` (top-category index -> median) gives the
     category medians to use (a live delta takes the main table's), else they are computed over these rows."""
     ids, titles, categories, towns, counties = [], [], [], [], []
-    top_index, price, photos, desc_len, created = [], [], [], [], []
+    top_index, price, photos, desc_len, created, cards = [], [], [], [], [], []
     known = set(labels.classes) if labels is not None else set()
     for listing in listings:
         ids.append(listing.id)
@@ -45,6 +45,7 @@ def listing_columns(listings: Iterable[Listing], labels: LabelEncoder | None,
         photos.append(len(listing.image_ids))
         desc_len.append(len(listing.description or ""))
         created.append(np.nan if listing.created_at is None else (listing.created_at - _EPOCH).days)
+        cards.append(listing_card(listing))
     top = np.asarray(top_index, dtype=np.int64)
     prices = np.asarray(price, dtype=np.float32)
     if median_price is None:
@@ -63,7 +64,13 @@ def listing_columns(listings: Iterable[Listing], labels: LabelEncoder | None,
         photo_count=np.asarray(photos, dtype=np.int32),
         description_length=np.asarray(desc_len, dtype=np.int32),
         created_days=np.asarray(created, dtype=np.float32),
+        cards=cards,
     )
+
+
+def listing_card(listing: Listing) -> ListingCard:
+    return ListingCard(listing.title, listing.price, listing.category, listing.top_category, listing.location,
+                       listing.image_ids[0] if listing.image_ids else None)
 
 
 def _category_medians(top: np.ndarray, prices: np.ndarray) -> np.ndarray:

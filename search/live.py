@@ -63,11 +63,16 @@ class LiveFollower:
 
     def __init__(self, searcher: Searcher, workspace, *, poll_interval: float = DEFAULT_POLL_INTERVAL_S,
                  compact_after: int = DEFAULT_COMPACT_AFTER, compact_age_s: float = DEFAULT_COMPACT_AGE_S,
-                 compaction: bool = True, encoder=None):
+                 compaction: bool = True, encoder=None, load_encoder=None):
         self.searcher = searcher
         # the model that encodes catalogue listings: the fp32 weights `marketsearch embed` encodes with, not the
-        # query runtime (the service may serve queries through int8 graphs; listing vectors must not depend on it)
-        self.encoder = encoder if encoder is not None else searcher.model
+        # query runtime (the service may serve queries through int8 graphs; listing vectors must not depend on it).
+        # ``load_encoder`` (no arguments -> the model) defers loading it to the first listing to encode, in this
+        # follower's threads: a process that serves no write never loads a second copy of the towers, and
+        # its start does not wait for one. Without either, the searcher's own model encodes.
+        self._encoder = encoder
+        self._load_encoder = load_encoder
+        self._encoder_lock = threading.Lock()
         self.workspace = workspace
         self.poll_interval = poll_interval
         self.compact_after = compact_after
@@ -83,6 +88,22 @@ class LiveFollower:
         self._threads: list[threading.Thread] = []
         self.last_compaction: dict | None = None
         self.last_error: str | None = None
+
+    @property
+    def encoder(self):
+        with self._encoder_lock:  # the follower and the compaction thread may both need it first
+            if self._encoder is None:
+                if self._load_encoder is None:
+                    self._encoder = self.searcher.model
+                else:
+                    started = time.monotonic()
+                    self._encoder = self._load_encoder()
+                    logger.info("live follower: catalogue encoder loaded in %.1f s", time.monotonic() - started)
+            return self._encoder
+
+    @property
+    def encoder_loaded(self) -> bool:
+        return self._encoder is not None
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -202,7 +223,7 @@ class LiveFollower:
     def reload(self) -> None:
         """Load the published index set aside, keep only the changes past its checkpoint, swap."""
         model = self.searcher.model
-        index_set = load_index_set(self.workspace.index_dir, expected_fingerprint=model.fingerprint)
+        index_set = load_index_set(self.workspace.index_dir, expected_fingerprint=model.fingerprint, mmap=True)
         listings = build_listing_table(self.catalog, model.labels)
         embeddings = load_embeddings(self.catalog, model.fingerprint)
         main = MainPart(listings, embeddings, index_set.vector, index_set.bm25, index_set.version,

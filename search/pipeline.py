@@ -25,7 +25,7 @@ from index.index_set import digest_of, load_index_set
 from index.vector_index import VectorIndex
 from ranking.features import build_features
 from ranking.reranker import Reranker
-from ranking.types import Candidates, ListingTable, QueryContext
+from ranking.types import Candidates, ListingCard, ListingTable, QueryContext
 from search.filters import SearchFilters
 from search.listing_table import build_listing_table
 from search.snapshot import Delta, MainPart, SearchSnapshot
@@ -57,6 +57,8 @@ class Hit:
     rank: int
     score: float
     scores: dict[str, float] = field(default_factory=dict)
+    # the listing as the searched snapshot holds it (None when its table has no cards): what the hit shows
+    card: ListingCard | None = None
 
 
 @dataclass
@@ -155,7 +157,8 @@ class Searcher:
         with Catalog(workspace.db_url, root=workspace.root) as catalog:
             listings = build_listing_table(catalog, model.labels)
             embeddings = load_embeddings(catalog, model.fingerprint)
-        index_set = load_index_set(workspace.index_dir, expected_fingerprint=model.fingerprint)
+        # mapped, not copied: a search only reads it, and a restart or a second worker shares the file's pages
+        index_set = load_index_set(workspace.index_dir, expected_fingerprint=model.fingerprint, mmap=True)
         built_from = index_set.manifest.get("embeddings", {}).get("digest")
         if built_from != digest_of(embeddings.ids, embeddings.listing):
             logger.warning("the listing embeddings changed since index set %s was built; run `marketsearch index`",
@@ -218,11 +221,13 @@ class Searcher:
         depth: int | None = None,
         filters: SearchFilters | None = None,
         timings: dict[str, float] | None = None,
+        snapshot: SearchSnapshot | None = None,
     ) -> Candidates:
-        """Vector top-``depth`` and BM25 top-``depth`` (text queries), unioned and fused with RRF."""
+        """Vector top-``depth`` and BM25 top-``depth`` (text queries), unioned and fused with RRF; their
+        ``rows`` are rows of ``snapshot`` (default: the current one)."""
         depth = depth or self.candidate_depth
         timings = {} if timings is None else timings
-        snap = self.snapshot
+        snap = snapshot or self.snapshot
         rows = self.allowed_rows(filters, snap)
         if rows is not None and not len(rows):
             return _empty_candidates()
@@ -364,19 +369,24 @@ class Searcher:
         timings: dict[str, float] = {}
         total_start = time.perf_counter()
         query_id = uuid.uuid4().hex
+        # one snapshot for the whole search: candidate rows, features, sort columns and the hits' cards all
+        # index its listing table (the follower may publish the next one meanwhile)
+        snap = self.snapshot
+        listings = snap.listings
 
         start = time.perf_counter()
         query = self.query_context(text, image)
         timings["encode"] = _ms_since(start)
 
-        candidates = self.candidates(query, depth=max(self.candidate_depth, k), filters=filters, timings=timings)
+        candidates = self.candidates(query, depth=max(self.candidate_depth, k), filters=filters, timings=timings,
+                                     snapshot=snap)
         scores = candidates.rrf_score.astype(np.float64)
         reranked = personalised = False
         features = None
         if len(candidates) and ((self.ranker is not None and rerank) or self.feature_logger is not None):
 
             start = time.perf_counter()
-            features, names = build_features(query, candidates, self.listings)
+            features, names = build_features(query, candidates, listings)
             if self.ranker is not None and rerank:
                 scores = np.asarray(self.ranker.predict(features), dtype=np.float64)
                 reranked = True
@@ -390,13 +400,15 @@ class Searcher:
             if self.feature_logger is not None:
                 self.feature_logger.log(query_id, query, candidates, features, names)
 
-        order = self._order(candidates, scores, sort)[offset : offset + k]
+        order = self._order(candidates, scores, sort, listings)[offset : offset + k]
+        cards = listings.cards
         hits = [
             Hit(
                 listing_id=candidates.listing_ids[i],
                 rank=rank,
                 score=float(scores[i]),
                 scores=_stage_scores(candidates, i, scores[i] if reranked else None),
+                card=None if cards is None else cards[candidates.rows[i]],
             )
             for rank, i in enumerate(order, start=offset + 1)
         ]
@@ -413,12 +425,11 @@ class Searcher:
             personalised=personalised,
         )
 
-    def _order(self, candidates: Candidates, scores: np.ndarray, sort: str) -> np.ndarray:
+    def _order(self, candidates: Candidates, scores: np.ndarray, sort: str, listings: ListingTable) -> np.ndarray:
         relevance = np.argsort(-scores, kind="stable")
         if sort == "relevance" or not len(candidates):
             return relevance
         # Secondary orders keep relevance as the tie-breaker and put unknown values last.
-        listings = self.listings
         column = listings.price if sort.startswith("price") else listings.created_days
         values = column[candidates.rows][relevance].astype(np.float64)
         key = values if sort == "price_asc" else -values

@@ -167,4 +167,5 @@ def _concat_tables(a: ListingTable, b: ListingTable) -> ListingTable:
         description_length=np.concatenate([a.description_length, b.description_length]),
         created_days=np.concatenate([a.created_days, b.created_days]),
         row_of=row_of,
+        cards=a.cards + b.cards if a.cards is not None and b.cards is not None else None,
     )

@@ -7,7 +7,7 @@ import time
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
@@ -36,8 +36,10 @@ from api.uploads import ACCEPTED_FORMATS, decode_image, read_upload
 from catalog.models import Listing
 from catalog.store import Catalog
 from personal.events import ID_PATTERN
+from ranking.types import ListingCard
 from recommend.serving import ServedRecommender
 from search.filters import SearchFilters
+from search.listing_table import listing_card
 from search.pipeline import Searcher, SearchResult, UserColumns
 
 router = APIRouter(prefix="/search", tags=["search"])
@@ -59,16 +61,16 @@ _IMAGE_RESPONSES = {200: {"links": _LISTING_LINK}, **error_responses(413, 415, 4
 # returned model in the thread pool. Each hop is a thread wake-up on a busy 2-core machine.
 
 
-@router.post("/text", responses=_TEXT_RESPONSES)
+@router.post("/text", response_model=SearchResponse, responses=_TEXT_RESPONSES)
 async def search_text(
     body: TextSearchRequest, searcher: SearcherDep, catalog: CatalogDep, settings: SettingsDep, state: StateDep
-) -> SearchResponse:
+) -> Response:
     """Search by words, with filters and sorting; ranked for `user_id` when the recommenders know them."""
     return await run_in_threadpool(_text_search, body, searcher, catalog, settings, state.recommender)
 
 
 def _text_search(body: TextSearchRequest, searcher: Searcher, catalog: Catalog, settings: Settings,
-                 recommender: ServedRecommender | None) -> SearchResponse:
+                 recommender: ServedRecommender | None) -> Response:
     start = time.perf_counter()
     user = _user_columns(recommender, searcher, catalog, body.user_id)
     result = _search(searcher, body.query, None, body, body.filters, settings.default_k, settings.rerank_default,
@@ -166,7 +168,7 @@ _PHOTO_ENCODING = {
 }
 
 
-@router.post("/image", responses=_IMAGE_RESPONSES, openapi_extra=_PHOTO_ENCODING)
+@router.post("/image", response_model=SearchResponse, responses=_IMAGE_RESPONSES, openapi_extra=_PHOTO_ENCODING)
 async def search_image(
     file: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WEBP, GIF or BMP).")],
     form: Annotated[ImageSearchForm, Depends(image_search_form)],
@@ -174,7 +176,7 @@ async def search_image(
     catalog: CatalogDep,
     settings: SettingsDep,
     state: StateDep,
-) -> SearchResponse:
+) -> Response:
     """Search by a photo, optionally with words that go with it ("in red"); same options as text search."""
     start = time.perf_counter()
     data = await read_upload(file, settings.max_upload_bytes)
@@ -191,7 +193,7 @@ def _image_search(
     settings: Settings,
     start: float,
     recommender: ServedRecommender | None,
-) -> SearchResponse:
+) -> Response:
     image = decode_image(
         data, max_pixels=settings.max_image_pixels, config=searcher.photo_config, content_type=content_type
     )
@@ -235,24 +237,32 @@ def _response(
     catalog: Catalog,
     start: float,
     service_timings: dict[str, float],
-) -> SearchResponse:
+) -> Response:
+    """The answer, serialised once (the route returns these bytes; FastAPI does not validate them again)."""
     hydrate_start = time.perf_counter()
-    listings = {listing.id: listing for listing in catalog.get_listings([h.listing_id for h in result.hits])}
+    cards = {hit.listing_id: hit.card for hit in result.hits}
+    if all(card is not None for card in cards.values()):
+        # The database decides, not the index: a listing deleted or sold before this request is never shown,
+        # even by a process whose follower has not applied that change yet. The listings themselves come from
+        # the searched snapshot: one read of the page's ids and statuses, no listing rows.
+        active = catalog.active_among(list(cards))
+    else:  # a pipeline whose table holds no cards (built from columns alone): the catalogue's listings
+        listings = catalog.get_listings(list(cards))
+        active = {listing.id for listing in listings if listing.status == "active"}
+        cards = {listing.id: listing_card(listing) for listing in listings}
     hits = [
         SearchHit(
             rank=hit.rank,
             score=_finite(hit.score),
             scores={name: value for name, value in hit.scores.items() if math.isfinite(value)},
-            listing=listing_summary(listings[hit.listing_id]),
+            listing=card_summary(hit.listing_id, cards[hit.listing_id]),
         )
         for hit in result.hits
-        # The database decides, not the index: a listing deleted or sold before this request is never shown,
-        # even by a process whose follower has not applied that change yet (the hits are read anyway).
-        if hit.listing_id in listings and listings[hit.listing_id].status == "active"
+        if hit.listing_id in active
     ]
     timings = {**result.timings_ms, **service_timings, "hydrate": _ms_since(hydrate_start)}
     timings["service_total"] = _ms_since(start)
-    return SearchResponse(
+    response = SearchResponse(
         query_id=result.query_id,
         query_type=query_type,
         offset=offset,
@@ -265,18 +275,23 @@ def _response(
         personalised=result.personalised,
         timings_ms={name: round(value, 3) for name, value in timings.items()},
     )
+    return Response(response.model_dump_json(), media_type="application/json")
 
 
 def listing_summary(listing: Listing) -> ListingSummary:
+    return card_summary(listing.id, listing_card(listing))
+
+
+def card_summary(listing_id: str, card: ListingCard) -> ListingSummary:
     return ListingSummary(
-        id=listing.id,
-        title=listing.title,
-        price=listing.price,
-        category=listing.category,
-        top_category=listing.top_category,
-        location=listing.location,
-        thumbnail_url=image_url(listing.image_ids[0]) if listing.image_ids else None,
-        url=listing_url(listing.id),
+        id=listing_id,
+        title=card.title,
+        price=card.price,
+        category=card.category,
+        top_category=card.top_category,
+        location=card.location,
+        thumbnail_url=image_url(card.thumbnail_image_id) if card.thumbnail_image_id else None,
+        url=listing_url(listing_id),
     )
 
 

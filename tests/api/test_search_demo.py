@@ -38,12 +38,32 @@ def test_text_search_returns_hydrated_hits(client, demo_state, with_photo):
         assert hit["listing"]["price"] == listing.price
         assert hit["listing"]["location"] == listing.location
         assert hit["listing"]["category"] == listing.category
+        assert hit["listing"]["top_category"] == listing.top_category
+        assert hit["listing"]["thumbnail_url"] == (f"/images/{listing.image_ids[0]}" if listing.image_ids else None)
         assert math.isfinite(hit["score"])
         assert set(hit["scores"]) <= {"vector", "bm25", "rrf", "rerank"}
     ids = [hit["listing"]["id"] for hit in body["hits"]]
     assert target.id in ids[:5]  # its own exact title
     for name in ("encode", "vector", "bm25", "fuse", "total", "hydrate", "service_total"):
         assert body["timings_ms"][name] >= 0
+
+
+def test_hits_are_shown_from_the_searched_snapshot_not_read_from_the_catalogue(client, demo_state, with_photo,
+                                                                              monkeypatch):
+    """The listing of each hit comes from the listing table the search used; the catalogue is asked only which
+    of the page's ids are still active (the stale-delete guard), never for the listings' rows."""
+    def no_rows(ids):
+        raise AssertionError(f"the search route read listing rows from the catalogue: {ids}")
+
+    asked = []
+    active_among = demo_state.catalog.active_among
+    monkeypatch.setattr(demo_state.catalog, "get_listings", no_rows)
+    monkeypatch.setattr(demo_state.catalog, "active_among", lambda ids: asked.append(list(ids)) or active_among(ids))
+    target = with_photo[5]
+    body = search(client, query=target.title, k=5)
+    assert [hit["listing"]["id"] for hit in body["hits"]] == asked[0]
+    assert body["hits"][0]["listing"]["id"] == target.id
+    assert body["hits"][0]["listing"]["title"] == target.title and body["hits"][0]["listing"]["price"] == target.price
 
 
 def test_predicted_category_and_probabilities(client, demo_state):

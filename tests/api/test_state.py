@@ -97,6 +97,8 @@ def test_exported_graphs_are_served_and_a_corrupted_one_falls_back_to_torch_with
         assert model["text_runtime"] == model["image_runtime"] == "onnxruntime"
         assert model["text_precision"] == model["image_precision"] == "fp32"
         assert "no int8 graph" in model["runtime_notes"]["text"]
+        # the catalogue encoder (torch, fp32) waits for the first listing written live: not loaded at start
+        assert not client.app.state.service.follower.encoder_loaded
     image_graph = graph_dir(workspace.model_dir) / "image.fp32.onnx"
     image_graph.write_bytes(image_graph.read_bytes()[:-100])  # truncated, as by a full disk
     with TestClient(create_app(Settings(workspace=workspace.root)), raise_server_exceptions=False) as client:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -180,6 +182,42 @@ def test_save_load_round_trip(built_index, clustered, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["files"]) == {"index.faiss", "id_map.json"}
     assert manifest["faiss_version"] == faiss.__version__ and manifest["nprobe"] == built_index.nprobe
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+@pytest.mark.parametrize("kind", ["ivf", "flat"])
+def test_a_memory_mapped_load_searches_the_same_from_the_file_pages(kind, built_index, clustered, tmp_path):
+    """Serving maps the index file read-only (IVF lists and flat codes alike) instead of copying it."""
+    vectors, listing_ids, queries = clustered
+    index = built_index if kind == "ivf" else VectorIndex.build(vectors[:500], listing_ids[:500], "model-a")
+    index.save(tmp_path / "vector")
+    mapped = VectorIndex.load(tmp_path / "vector", mmap=True)
+    file = tmp_path / "vector" / storage.current_version(tmp_path / "vector") / "index.faiss"
+    assert str(file) in Path("/proc/self/maps").read_text()
+    expected_scores, expected_ids = index.search(queries[:20], 10)
+    scores, found = mapped.search(queries[:20], 10)
+    assert found == expected_ids
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_the_search_threads_hold_in_every_thread_that_searches(built_index, clustered):
+    """The service sets them once; its searches run in other threads, where FAISS's setting is not inherited."""
+    _, _, queries = clustered
+    seen = []
+
+    def search():
+        built_index.search(queries[:1], 5)
+        seen.append(faiss.omp_get_max_threads())
+
+    VectorIndex.set_search_threads(5)  # no machine's default: this many cores is unusual
+    try:
+        thread = threading.Thread(target=search)
+        thread.start()
+        thread.join()
+    finally:
+        VectorIndex.set_search_threads(None)
+        faiss.omp_set_num_threads(2)  # the session's setting (conftest)
+    assert seen == [5]
 
 
 def test_load_refuses_other_model_and_dimension(built_index, tmp_path):

@@ -103,6 +103,38 @@ def test_live_and_batch_vectors_are_equal(live, workspace, tmp_path):
     assert np.abs(delta.photo[row].astype(np.float32) - batch.photo[batch_row].astype(np.float32)).max() <= 1e-3
 
 
+def test_a_deferred_catalogue_encoder_is_loaded_once_by_the_first_listing_to_encode(workspace, tmp_path):
+    """The service hands the follower a loader (its queries may be encoded by int8 graphs, listings never are):
+    nothing is loaded at start nor for a sale, and the vectors of the loaded model equal the batch path's."""
+    from encoders.bundle import MultiModalModel
+
+    searcher = Searcher.from_workspace(workspace, load_ranker=False)
+    loads = []
+    follower = LiveFollower(searcher, workspace, compaction=False,
+                            load_encoder=lambda: loads.append(1) or MultiModalModel.load(workspace.model_dir))
+    try:
+        with Catalog(workspace.db_url, root=workspace.root) as catalog:
+            follower.poll()
+            sold = next(batch for batch in catalog.iter_listings(batch_size=5))[0]
+            catalog.upsert_listings([dataclasses.replace(sold, status="sold")])
+            follower.poll()
+            assert loads == [] and not follower.encoder_loaded  # a tombstone needs no encoder
+            _create(catalog, _new_photo(workspace, tmp_path))
+            follower.poll()
+            assert loads == [1] and follower.encoder is not searcher.model
+            catalog.upsert_listings([dataclasses.replace(catalog.get_listing(NEW_ID), title="quuxified lawn bench")])
+            follower.poll()
+            assert loads == [1]
+            delta = searcher.snapshot.delta.embeddings
+            embed_catalog(searcher.model, catalog, progress=False)
+            batch = load_embeddings(catalog, searcher.model.fingerprint)
+    finally:
+        follower.stop()
+    for column in ("text", "image", "listing"):
+        assert np.abs(getattr(delta, column)[delta.row_of[NEW_ID]] - getattr(batch, column)[batch.row_of[NEW_ID]]
+                      ).max() <= 1e-6, column
+
+
 def test_an_edited_title_changes_what_finds_it(live, workspace):
     searcher, follower = live
     with Catalog(workspace.db_url, root=workspace.root) as catalog:
