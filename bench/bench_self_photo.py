@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--trim-padding", action="store_true",
                         help="Search the photo without its black padding (its original shape).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="Query a seeded sample of this many listings (the corpus stays the whole catalogue).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
@@ -55,6 +57,9 @@ def main() -> None:
     with Catalog(workspace.db_url, root=workspace.root) as catalog:
         listings = [x for batch in catalog.iter_listings() for x in batch if x.image_ids]
         paths = {x.id: catalog.image_path(x.image_ids[0]) for x in listings}
+    if args.limit is not None and args.limit < len(listings):
+        chosen = np.random.default_rng(args.seed).choice(len(listings), size=args.limit, replace=False)
+        listings = [listings[i] for i in sorted(chosen)]
     positions: dict[str, list[int]] = {"first stage": [], "reranked": []}
     in_candidates, photo_nearest = [], []
     table = searcher.embeddings
