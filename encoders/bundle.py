@@ -82,9 +82,9 @@ class MultiModalModel:
                 value = tensor.detach().cpu().contiguous()
                 digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
                 digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        # the lexical branch is left out: the fingerprint keys the stored embeddings and ONNX graphs, which the
+        # branch does not change, so adding it to a bundle must not force re-encoding the catalogue
         digest.update(json.dumps(self.labels.classes).encode())
-        if self.lexical is not None:
-            digest.update(b"lexical" + self.lexical.digest())
         return digest.hexdigest()
 
     def to(self, device: str | torch.device) -> MultiModalModel:

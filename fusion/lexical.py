@@ -15,7 +15,6 @@ where the head and the words have both been fitted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -83,15 +82,6 @@ class LexicalBranch:
         scores -= scores.max(1, keepdims=True)
         probs = np.exp(scores)
         return (probs / probs.sum(1, keepdims=True)).astype(np.float32)
-
-    def digest(self) -> bytes:
-        """Bytes that change with any fitted value (for the bundle's fingerprint)."""
-        fitted = {"weights": self.weights, "vocabulary": sorted(self.vectorizer.vocabulary_.items()),
-                  "params": self.classifier.get_params()}
-        h = hashlib.sha256(json.dumps(fitted, default=str).encode())
-        for array in (self.vectorizer.idf_, self.classifier.coef_, self.classifier.intercept_):
-            h.update(np.ascontiguousarray(array, np.float64).tobytes())
-        return h.digest()
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
