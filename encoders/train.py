@@ -549,7 +549,11 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
         "split": {"seed": config.seed, "val_fraction": config.val_fraction, "test_fraction": config.test_fraction},
     })
     if config.lexical_branch:
-        bundle.lexical, report["lexical"] = fit_lexical_branch(bundle, data, val_rows, *lexical_embeddings)
+        try:
+            bundle.lexical, report["lexical"] = fit_lexical_branch(bundle, data, val_rows, *lexical_embeddings)
+        except ValueError as error:  # a catalogue too small for a bag of words: the head alone classifies
+            logger.warning("lexical branch not fitted: %s", error)
+            report["lexical"] = {"skipped": str(error)}
     bundle.save(run_dir / "model")
     report["fingerprint"] = bundle.fingerprint
     write_json_atomic(run_dir / "report.json", report)
@@ -635,7 +639,7 @@ def report_markdown(report: dict) -> str:
         f"{(report.get('late_fusion') or {}).get('expert_weights', [1.0, 0.0, 0.0])}.", "",
         *([f"Lexical branch (bag of words pooled with the head; test accuracy): words alone "
            f"{report['lexical']['words_only']:.4f}, text + words {report['lexical']['text_only']:.4f}, "
-           f"fused + words {report['lexical']['fused']:.4f}.", ""] if report.get("lexical") else []),
+           f"fused + words {report['lexical']['fused']:.4f}.", ""] if "fused" in report.get("lexical", {}) else []),
         f"Backbones: image {report['backbones']['image']['name']} ({report['backbones']['image']['source']}), "
         f"text {report['backbones']['text']['name']} ({report['backbones']['text']['source']}).", "",
         "![confusion matrix](confusion_matrix.png)", "",

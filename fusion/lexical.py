@@ -55,7 +55,12 @@ class LexicalBranch:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
-        vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2)).fit(list(texts))
+        if len(np.unique(y)) < 2:
+            raise ValueError("the lexical branch needs training listings of at least two categories")
+        try:
+            vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2)).fit(list(texts))
+        except ValueError as error:  # no term in two listings: too few or too short texts
+            raise ValueError(f"the lexical branch found no usable words in {len(texts)} listings ({error})") from None
         train_bag, val_bag = vectorizer.transform(list(texts)), vectorizer.transform(list(val_texts))
         best = None
         for c in C_GRID:

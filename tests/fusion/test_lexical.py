@@ -61,3 +61,13 @@ def test_the_bundle_pools_the_words_into_classify_and_keeps_them_through_save_an
     np.testing.assert_array_equal(loaded.classify(text_emb, None, texts=texts), pooled)
     with pytest.raises(ValueError, match="one per embedding row"):
         with_words.classify(text_emb, None, texts=texts[:2])
+
+
+def test_a_catalogue_too_small_for_words_is_refused_with_a_reason():
+    uniform = np.full((2, 3), np.log(1 / 3))
+    with pytest.raises(ValueError, match="at least two categories"):
+        LexicalBranch.fit(["red kettle", "blue kettle"], np.array([0, 0]), ["x", "y"], np.array([0, 0]),
+                          {"text": uniform, "fused": uniform}, 3)
+    with pytest.raises(ValueError, match="no usable words"):
+        LexicalBranch.fit(["kettle", "sofa"], np.array([0, 1]), ["x", "y"], np.array([0, 1]),
+                          {"text": uniform, "fused": uniform}, 3)
