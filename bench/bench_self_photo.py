@@ -8,7 +8,10 @@ black bands that pad it to a square, as the seller's own photo was before paddin
 the whole catalogue with
 ``Searcher.search`` (the service's code path, the workspace's installed re-ranker), with and without
 re-ranking. Prints, per stage, the share of queries whose top hit is the listing itself and the mean
-reciprocal rank of the listing in the top 10; ``--json`` writes them.
+reciprocal rank of the listing in the top 10; ``--json`` writes them. Also where the misses come from:
+the share of queries whose listing is among the re-ranker's candidates at all, and the share whose
+listing is the nearest over the whole catalogue by the raw-backbone photo vectors (what a photo
+candidate source would put first), for all queries and for the re-ranked misses.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def main() -> None:
     parser.add_argument("--trim-padding", action="store_true",
                         help="Search the photo without its black padding (its original shape).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="Query a seeded sample of this many listings (the corpus stays the whole catalogue).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
@@ -52,7 +57,13 @@ def main() -> None:
     with Catalog(workspace.db_url, root=workspace.root) as catalog:
         listings = [x for batch in catalog.iter_listings() for x in batch if x.image_ids]
         paths = {x.id: catalog.image_path(x.image_ids[0]) for x in listings}
+    if args.limit is not None and args.limit < len(listings):
+        chosen = np.random.default_rng(args.seed).choice(len(listings), size=args.limit, replace=False)
+        listings = [listings[i] for i in sorted(chosen)]
     positions: dict[str, list[int]] = {"first stage": [], "reranked": []}
+    in_candidates, photo_nearest = [], []
+    table = searcher.embeddings
+    photos = None if table.photo is None else np.where(table.has_photo[:, None], table.photo.astype(np.float32), -1)
     for listing in listings:
         image = load_photo(paths[listing.id])
         if args.near_duplicate:
@@ -62,6 +73,11 @@ def main() -> None:
         for stage, rerank in (("first stage", False), ("reranked", True)):
             hits = [hit.listing_id for hit in searcher.search(image=image, k=10, rerank=rerank).hits]
             positions[stage].append(hits.index(listing.id) + 1 if listing.id in hits else 0)
+        query = searcher.query_context(image=image)
+        in_candidates.append(listing.id in set(searcher.candidates(query).listing_ids))
+        if photos is not None:
+            photo_nearest.append(table.ids[int(np.argmax(photos @ query.photo_vector.astype(np.float32)))]
+                                 == listing.id)
     result = {"queries": len(listings), "near_duplicate": args.near_duplicate, "trim_padding": args.trim_padding,
               "stages": {}}
     for stage, found in positions.items():
@@ -70,6 +86,19 @@ def main() -> None:
                                    "mrr@10": float(np.where(found > 0, 1.0 / np.maximum(found, 1), 0.0).mean())}
         print(f"{stage:12s} {len(found)} queries: own listing first {result['stages'][stage]['found_first']:.3f}, "
               f"MRR@10 {result['stages'][stage]['mrr@10']:.3f}")
+    missed = np.asarray(positions["reranked"]) != 1
+    in_candidates, photo_nearest = np.asarray(in_candidates), np.asarray(photo_nearest, bool)
+    result["in_candidates"] = float(in_candidates.mean())
+    result["missed"] = int(missed.sum())
+    result["missed_in_candidates"] = int(in_candidates[missed].sum())
+    if len(photo_nearest):
+        result["photo_nearest"] = float(photo_nearest.mean())
+        result["missed_photo_nearest"] = int(photo_nearest[missed].sum())
+        result["missed_photo_nearest_not_in_candidates"] = int((photo_nearest & ~in_candidates)[missed].sum())
+    print(f"own listing among the candidates: {result['in_candidates']:.4f}; nearest by photo vector over the "
+          f"catalogue: {result.get('photo_nearest', float('nan')):.4f}; re-ranked misses {result['missed']}: "
+          f"{result['missed_in_candidates']} among the candidates, {result.get('missed_photo_nearest', 0)} nearest "
+          f"by photo vector ({result.get('missed_photo_nearest_not_in_candidates', 0)} of them not candidates)")
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

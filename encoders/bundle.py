@@ -8,6 +8,7 @@ Layout of a saved bundle::
     image_tower/       Tower.save (tower.json + one folder per module)
     text_tower/        Tower.save (the text backbone folder is a plain Hugging Face checkpoint + tokenizer)
     fusion/            FusionClassifier.save
+    lexical/           LexicalBranch.save (optional: the bag-of-words branch pooled with the fusion head)
 
 ``MultiModalModel.load(MultiModalModel.save(m))`` gives bit-identical embeddings and the same fingerprint.
 """
@@ -28,6 +29,7 @@ from catalog.labels import LabelEncoder
 from core.files import make_temporary_dir, replace_dir, write_json_atomic
 from encoders.towers import Tower, library_versions
 from fusion.classifier import FusionClassifier
+from fusion.lexical import LexicalBranch
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class MultiModalModel:
     """Text and image encoders into one L2-normalised space, plus the category classifier."""
 
     def __init__(self, image_tower: Tower, text_tower: Tower, fusion: FusionClassifier, labels: LabelEncoder,
-                 info: dict | None = None):
+                 info: dict | None = None, lexical: LexicalBranch | None = None):
         if image_tower.embed_dim != text_tower.embed_dim:
             raise ValueError(
                 f"towers must share one embedding dimension, got image {image_tower.embed_dim} and "
@@ -49,8 +51,11 @@ class MultiModalModel:
         self.image_tower = image_tower.eval()
         self.text_tower = text_tower.eval()
         self.fusion = fusion.eval()
+        if lexical is not None and lexical.num_classes != len(labels):
+            raise ValueError(f"lexical branch has {lexical.num_classes} classes but the label encoder {len(labels)}")
         self.labels: LabelEncoder = labels
         self.info = dict(info or {})
+        self.lexical = lexical
 
     # -- properties
     @property
@@ -77,6 +82,8 @@ class MultiModalModel:
                 value = tensor.detach().cpu().contiguous()
                 digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
                 digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        # the lexical branch is left out: the fingerprint keys the stored embeddings and ONNX graphs, which the
+        # branch does not change, so adding it to a bundle must not force re-encoding the catalogue
         digest.update(json.dumps(self.labels.classes).encode())
         return digest.hexdigest()
 
@@ -96,12 +103,30 @@ class MultiModalModel:
         """float32 (n, embed_dim), L2-normalised, from PIL images (any mode; converted to RGB)."""
         return self.image_tower.encode(list(images), batch_size=batch_size)
 
-    def classify(self, text_emb: np.ndarray | None, image_emb: np.ndarray | None) -> np.ndarray:
+    def classify(self, text_emb: np.ndarray | None, image_emb: np.ndarray | None,
+                 texts: list[str] | None = None) -> np.ndarray:
         """Category probabilities float32 (n, C) (columns follow ``labels.classes``).
 
-        Either input may be None; an all-zero row counts as "this modality is missing" (the convention
-        of EmbeddingTable.image for listings without a photo).
+        Either embedding may be None; an all-zero row counts as "this modality is missing" (the convention
+        of EmbeddingTable.image for listings without a photo). ``texts`` (n, the words the text embeddings
+        were encoded from) feed the lexical branch when the bundle has one; without them the head alone
+        answers.
         """
+        probs = self._head_probs(text_emb, image_emb)
+        if self.lexical is None or texts is None or text_emb is None:
+            return probs
+        if isinstance(texts, str) or len(texts) != len(probs):
+            raise ValueError(f"texts must be a list of {len(probs)} strings, one per embedding row")
+        text = np.atleast_2d(np.asarray(text_emb, np.float32))
+        with_text = np.abs(text).sum(1) > 0
+        with_photo = np.zeros(len(probs), bool) if image_emb is None else \
+            np.abs(np.atleast_2d(np.asarray(image_emb, np.float32))).sum(1) > 0
+        for mode, rows in (("fused", with_text & with_photo), ("text", with_text & ~with_photo)):
+            if rows.any():
+                probs[rows] = self.lexical.pool(probs[rows], [texts[i] for i in np.flatnonzero(rows)], mode)
+        return probs
+
+    def _head_probs(self, text_emb: np.ndarray | None, image_emb: np.ndarray | None) -> np.ndarray:
         if text_emb is None and image_emb is None:
             raise ValueError("classify needs text_emb, image_emb or both")
         text = None if text_emb is None else np.atleast_2d(np.asarray(text_emb, np.float32))
@@ -135,6 +160,8 @@ class MultiModalModel:
             self.image_tower.save(staging / "image_tower")
             self.text_tower.save(staging / "text_tower")
             self.fusion.save(staging / "fusion")
+            if self.lexical is not None:
+                self.lexical.save(staging / "lexical")
             self.labels.to_json(staging / "labels.json")
             write_json_atomic(staging / "bundle.json", {
                 "format_version": FORMAT_VERSION,
@@ -172,6 +199,7 @@ class MultiModalModel:
             FusionClassifier.load(folder / "fusion"),
             LabelEncoder.from_json(folder / "labels.json"),
             info=manifest.get("info", {}),
+            lexical=LexicalBranch.load(folder / "lexical") if (folder / "lexical").is_dir() else None,
         ).to(device)
         if manifest.get("fingerprint") and manifest["fingerprint"] != model.fingerprint:
             logger.warning("model bundle %s: stored fingerprint differs from its content (files edited?)", folder)

@@ -45,6 +45,9 @@ def train(
     late_fusion: Annotated[bool, typer.Option(
         "--late-fusion/--no-late-fusion", help="Fit the fusion head's expert weights (joint, text alone, image "
         "alone) on the validation split after training (default), or keep the plain joint head.")] = True,
+    lexical_branch: Annotated[bool, typer.Option(
+        "--lexical-branch/--no-lexical-branch", help="Fit a bag of words pooled with the fusion head for the "
+        "category of typed words (default), or classify with the head alone.")] = True,
     device: Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")] = "auto",
     threads: ThreadsOption = 2,
     offline: Annotated[bool, typer.Option(
@@ -71,6 +74,7 @@ def train(
         model_config=config, image_backbone=image_backbone, text_backbone=text_backbone, embed_dim=embed_dim,
         epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, finetune_blocks=finetune_blocks,
         seed=seed, device=device, allow_download=not offline, late_fusion=late_fusion,
+        lexical_branch=lexical_branch,
     )
     try:
         result = run_training(ws, options, resume=resume)

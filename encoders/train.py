@@ -47,6 +47,7 @@ from encoders.loss import ClipLoss
 from encoders.towers import Tower, build_towers, get_model_config
 from fusion.classifier import FusionClassifier, fit_expert_weights
 from fusion.evaluate import evaluate_fusion, save_confusion_matrix
+from fusion.lexical import LexicalBranch
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class TrainConfig:
     head_dropout: float | None = None  # override the projection heads' dropout of the model config
     modality_dropout: float = 0.3  # share of complete rows that the fusion head sees with one modality hidden
     late_fusion: bool = True  # fit the fusion head's expert weights (joint, text, image) on the validation split
+    lexical_branch: bool = True  # a bag of words pooled with the fusion head (fusion.lexical), fitted after training
     # -- data
     seed: int = 0  # split seed and training seed
     val_fraction: float = 0.1
@@ -538,11 +540,20 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
         "late_fusion": late_fusion, "seconds": seconds, "device": str(device), "threads": torch.get_num_threads(),
         "backbones": {"image": model.image_tower.backbone.provenance, "text": model.text_tower.backbone.provenance},
     }
+    # embedded before the bundle moves the towers to the CPU (the cached features may be on the GPU)
+    lexical_embeddings = [listing_embeddings(model, features, data, rows) for rows in (val_rows, data.rows("test"))] \
+        if config.lexical_branch else []
     bundle = MultiModalModel(model.image_tower.cpu(), model.text_tower.cpu(), model.fusion.cpu(), labels, info={
         "run": run_dir.name, "trained_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "config": dataclasses.asdict(config), "test": report["test"], "best_epoch": best_epoch,
         "split": {"seed": config.seed, "val_fraction": config.val_fraction, "test_fraction": config.test_fraction},
     })
+    if config.lexical_branch:
+        try:
+            bundle.lexical, report["lexical"] = fit_lexical_branch(bundle, data, val_rows, *lexical_embeddings)
+        except ValueError as error:  # a catalogue too small for a bag of words: the head alone classifies
+            logger.warning("lexical branch not fitted: %s", error)
+            report["lexical"] = {"skipped": str(error)}
     bundle.save(run_dir / "model")
     report["fingerprint"] = bundle.fingerprint
     write_json_atomic(run_dir / "report.json", report)
@@ -567,6 +578,47 @@ def fit_late_fusion(model: JointModel, features, data: TrainingData, val_rows: n
     return {"expert_weights": list(weights), "val_complete_accuracy": accuracy, "val_complete_n": int(complete.sum())}
 
 
+def listing_embeddings(model: JointModel, features, data: TrainingData, rows: np.ndarray):
+    """Text and image embeddings of listing ``rows`` as numpy, a zero image row for a listing without a photo."""
+    with torch.no_grad():
+        text, _, image = embed_rows(model, features, data, rows)
+    text, image = text.cpu().numpy(), image.cpu().numpy()
+    image[~data.has_image[rows]] = 0
+    return text, image
+
+
+def fit_lexical_branch(bundle: MultiModalModel, data: TrainingData, val_rows: np.ndarray,
+                       val_embeddings: tuple[np.ndarray, np.ndarray],
+                       test_embeddings: tuple[np.ndarray, np.ndarray]) -> tuple[LexicalBranch, dict]:
+    """The bag-of-words branch: fitted on the train listings, C and pooling weights on ``val_rows``; test
+    accuracy of the words alone and pooled with the head, text only and fused (as ``classify`` serves them)."""
+    started = time.perf_counter()
+
+    def log_probs(text: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
+        return {"text": np.log(np.clip(bundle.classify(text, None), 1e-12, None)),
+                "fused": np.log(np.clip(bundle.classify(text, image), 1e-12, None))}
+
+    train_rows, test_rows = data.rows("train"), data.rows("test")
+    branch = LexicalBranch.fit([data.texts[r] for r in train_rows], data.y[train_rows],
+                               [data.texts[r] for r in val_rows], data.y[val_rows],
+                               log_probs(*val_embeddings), len(bundle.labels))
+    texts, y = [data.texts[r] for r in test_rows], data.y[test_rows]
+    text, image = test_embeddings
+    with_words = MultiModalModel(bundle.image_tower, bundle.text_tower, bundle.fusion, bundle.labels, lexical=branch)
+
+    def accuracy(probs: np.ndarray) -> float:
+        return float((np.asarray(probs).argmax(1) == y).mean())
+
+    result = {"words_only": accuracy(branch.log_proba(texts)),
+              "text_only": accuracy(with_words.classify(text, None, texts=texts)),
+              "fused": accuracy(with_words.classify(text, image, texts=texts)),
+              "weights": {mode: list(pair) for mode, pair in branch.weights.items()},
+              "terms": len(branch.vectorizer.vocabulary_), "seconds": time.perf_counter() - started, "n": len(y)}
+    logger.info("lexical branch on the test products: words %.4f, text + words %.4f, fused + words %.4f (%.0f s)",
+                result["words_only"], result["text_only"], result["fused"], result["seconds"])
+    return branch, result
+
+
 def report_markdown(report: dict) -> str:
     test = report["test"]
     lines = [
@@ -585,6 +637,9 @@ def report_markdown(report: dict) -> str:
         f"{test['title_to_photo_recall@10']:.4f}.", "",
         f"Late fusion (expert weights joint, text, image, fitted on validation): "
         f"{(report.get('late_fusion') or {}).get('expert_weights', [1.0, 0.0, 0.0])}.", "",
+        *([f"Lexical branch (bag of words pooled with the head; test accuracy): words alone "
+           f"{report['lexical']['words_only']:.4f}, text + words {report['lexical']['text_only']:.4f}, "
+           f"fused + words {report['lexical']['fused']:.4f}.", ""] if "fused" in report.get("lexical", {}) else []),
         f"Backbones: image {report['backbones']['image']['name']} ({report['backbones']['image']['source']}), "
         f"text {report['backbones']['text']['name']} ({report['backbones']['text']['source']}).", "",
         "![confusion matrix](confusion_matrix.png)", "",

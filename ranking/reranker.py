@@ -91,6 +91,7 @@ class Reranker:
         eval_at: Sequence[int] = (10,),
         early_stopping_rounds: int = 50,
         gain: str = "exponential",
+        label_gain: Sequence[float] | None = None,
         log_every: int = 50,
         n_jobs: int = 2,
         random_state: int = 0,
@@ -108,6 +109,13 @@ class Reranker:
             raise ValueError(f"gain must be 'exponential' (2**grade - 1) or 'linear' (grade), got {gain!r}")
         self.early_stopping_rounds = early_stopping_rounds
         self.gain = gain
+        if label_gain is not None:
+            label_gain = tuple(float(g) for g in label_gain)
+            if not label_gain or label_gain[0] != 0 or any(b < a for a, b in zip(label_gain, label_gain[1:])):
+                raise ValueError(
+                    f"label_gain must give grade 0 a gain of 0 and never lower a higher grade's, got {label_gain}"
+                )
+        self.label_gain = label_gain
         self.log_every = log_every
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -128,10 +136,25 @@ class Reranker:
             "eval_at": list(self.eval_at),
             "early_stopping_rounds": self.early_stopping_rounds,
             "gain": self.gain,
+            "label_gain": None if self.label_gain is None else list(self.label_gain),
             "log_every": self.log_every,
             "n_jobs": self.n_jobs,
             "random_state": self.random_state,
         }
+
+    def gains(self, max_grade: int) -> list[float]:
+        """The gain of each grade 0..max(max_grade, 3): ``label_gain`` when given, else from ``gain``.
+
+        ``label_gain`` lets one grade count far more than the next (the known-item protocol's wanted listing
+        against listings of its category path); grades beyond it are refused, not guessed.
+        """
+        if self.label_gain is not None:
+            if max_grade >= len(self.label_gain):
+                raise ValueError(f"grade {max_grade} has no gain in label_gain {list(self.label_gain)}; "
+                                 "give one gain per grade")
+            return list(self.label_gain)
+        grades = range(max(max_grade, 3) + 1)
+        return [float(2**g - 1) if self.gain == "exponential" else float(g) for g in grades]
 
     def _lgbm_ranker(self) -> lightgbm.LGBMRanker:
         return lightgbm.LGBMRanker(
@@ -215,8 +238,7 @@ class Reranker:
         # the gains must cover the validation grades too: LightGBM rejects a grade it has no gain for
         max_grade = max((int(labels.max()) for labels in (y, eval_y) if labels is not None and len(labels)), default=0)
         ranker = self._lgbm_ranker()
-        grades = range(max(max_grade, 3) + 1)
-        ranker.set_params(label_gain=[float(2**g - 1) if self.gain == "exponential" else float(g) for g in grades])
+        ranker.set_params(label_gain=self.gains(max_grade))
         ranker.fit(X, y, callbacks=callbacks, **fit_kwargs)
 
         best_iteration = int(ranker.best_iteration_ or ranker.booster_.current_iteration())

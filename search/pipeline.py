@@ -198,7 +198,8 @@ class Searcher:
         parts = [e[0] for e in (text_emb, image_emb) if e is not None]
         query = np.sum(parts, axis=0).astype(np.float32)
         query /= max(float(np.linalg.norm(query)), 1e-12)
-        probs = self.model.classify(text_emb=text_emb, image_emb=image_emb)[0].astype(np.float32)
+        probs = self.model.classify(text_emb=text_emb, image_emb=image_emb, texts=[text] if text else None)[0]
+        probs = probs.astype(np.float32)
         return QueryContext(text=text, has_image=image is not None, embedding=query, category_probs=probs,
                             photo_vector=photo_vector)
 

@@ -92,3 +92,17 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero():
     assert lr_factor(1.0, 1, 10) == pytest.approx(1.0)
     assert lr_factor(5.5, 1, 10) == pytest.approx(0.5)
     assert lr_factor(10.0, 1, 10) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_training_fits_the_lexical_branch_into_the_bundle(trained_run):
+    workspace, result = trained_run
+    lexical = result.report["lexical"]
+    assert lexical["n"] > 0
+    assert lexical["terms"] > 0 and all(0 <= lexical[k] <= 1 for k in ("words_only", "text_only", "fused"))
+    model = MultiModalModel.load(workspace.model_dir)
+    assert model.lexical is not None
+    assert tuple(model.lexical.weights["fused"]) == pytest.approx(tuple(lexical["weights"]["fused"]))
+    # served queries get the words: a typed query's probabilities differ from the head's alone
+    text = model.encode_texts(["fridge freezer"])
+    assert not np.allclose(model.classify(text, None, texts=["fridge freezer"]), model.classify(text, None))
+    assert "Lexical branch" in (result.run_dir / "report.md").read_text()

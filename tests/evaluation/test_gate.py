@@ -88,3 +88,27 @@ def test_ties_keep_the_first_stage_order_so_a_constant_ranker_is_level():
     text, image = gate["types"]["text"], gate["types"]["image"]
     assert text["reranked_score"] == pytest.approx(text["first_stage_score"]) and text["passed"]
     assert image["reranked_score"] == pytest.approx(1.0) and image["passed"]
+
+
+def test_a_ranker_that_trades_the_wanted_listing_for_its_category_fails_on_mrr():
+    # first stage: the wanted listing first, nine unrelated listings, then nine of its category path;
+    # the re-ranker puts the nine same-path listings first and the wanted listing tenth: NDCG@10 rises
+    # (nine grade-1 hits outweigh one grade-2 hit at rank 1), the buyer's listing falls from 1st to 10th
+    grades = np.array([2] + [0] * 9 + [1] * 9)
+    rrf = np.linspace(1.0, 0.1, len(grades))
+    X = query_rows(rrf, np.arange(1, len(grades) + 1), True, False)
+    data = TrainingData(X, grades, np.array([len(grades)]), ["t1"], list(FEATURE_NAMES))
+    reranked_order = np.array([1.5] + [0.0] * 9 + [10.0 - k for k in range(9)])  # same-path 10..2, wanted 1.5
+
+    ndcg_only = validation_gate(ScoresFromLabels(reranked_order), data)
+    assert ndcg_only["passed"] and "wanted" not in ndcg_only["types"]["text"]
+    assert ndcg_only["types"]["text"]["reranked_score"] > ndcg_only["types"]["text"]["first_stage_score"]
+
+    gate = validation_gate(ScoresFromLabels(reranked_order), data, wanted_grade=2)
+    wanted = gate["types"]["text"]["wanted"]
+    assert wanted["first_stage_score"] == pytest.approx(1.0) and wanted["reranked_score"] == pytest.approx(0.1)
+    assert not gate["passed"] and not wanted["passed"] and gate["types"]["text"]["passed"]  # NDCG@10 alone is ok
+    lines = gate_lines(gate)
+    assert any(line.startswith("text: MRR@10 (wanted listing) re-ranked 0.1000 vs hybrid 1.0000") and "WORSE" in line
+               for line in lines), lines
+    assert any(line.startswith("text: NDCG@10") and line.endswith("ok") for line in lines), lines

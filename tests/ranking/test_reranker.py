@@ -146,3 +146,24 @@ def test_a_validation_grade_above_every_training_grade_is_accepted():
     eval_y[0] = 5
     ranker = Reranker(n_estimators=5, log_every=0).fit(X, y, group, eval_X, eval_y, eval_group)
     assert ranker.predict(eval_X).shape == (len(eval_X),)
+
+
+def test_explicit_label_gains_reach_lightgbm_and_survive_save_and_load(tmp_path):
+    X, y, group = synthetic_queries(40)
+    y = np.minimum(y, 2)
+    ranker = Reranker(n_estimators=5, log_every=0, label_gain=(0, 1, 30)).fit(X, y, group)
+    assert "[label_gain: 0,1,30]" in ranker.booster_.model_to_string()
+    default = Reranker(n_estimators=5, log_every=0).fit(X, y, group)
+    assert "[label_gain: 0,1,3,7]" in default.booster_.model_to_string()
+    ranker.save(tmp_path / "ranker")
+    assert Reranker.load(tmp_path / "ranker").label_gain == (0.0, 1.0, 30.0)
+
+
+def test_label_gains_must_cover_every_grade_and_rise_with_it():
+    X, y, group = synthetic_queries(10)
+    with pytest.raises(ValueError, match="grade 3 has no gain"):
+        Reranker(n_estimators=2, log_every=0, label_gain=(0, 1, 30)).fit(X, y, group)
+    with pytest.raises(ValueError, match="never lower"):
+        Reranker(label_gain=(0, 5, 1))
+    with pytest.raises(ValueError, match="grade 0 a gain of 0"):
+        Reranker(label_gain=(1, 2, 3))

@@ -1,0 +1,121 @@
+"""How much the wanted listing should outweigh a same-category one in the re-ranker's labels.
+
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3,10,30,100
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 1 --category-gain 0
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --queries-from train,val
+
+Builds the training data of ``marketsearch train-ranker`` once (known-item text, image and self-photo
+queries on the model's val products) and the test-product candidates of ``marketsearch evaluate`` once,
+then fits one re-ranker per gain of the wanted listing (grade 2; grade 1, the same category path, keeps
+gain 1) and scores the test queries as ``evaluate`` does: graded NDCG@10, and MRR@10 and hit rate@1 of the
+wanted listing alone, against each protocol's first stage and reference. Gain 3 is LightGBM's default
+exponential gain (2**2 - 1). Each row also says whether ``train-ranker``'s gate (NDCG@10 and wanted-listing
+MRR@10 per query type, on the validation queries) would install the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from evaluation.evaluate import compare_runs, iter_query_candidates, stage_scores
+from evaluation.judgments import KNOWN_ITEM_GRADES, wanted_listing_qrels
+from evaluation.train import TrainRankerConfig, protocol_training_data, split_queries, validation_gate
+from ranking.reranker import Reranker
+
+METRICS = ["ndcg@10", "mrr@10", "hit_rate@1"]
+# stages shown beside the re-ranked one: the first stage of each protocol and the issue's anchors
+SHOWN = {"text": ("bm25", "hybrid"), "image": ("vector", "frozen_mobilenet_v2"), "self-photo": ("vector",)}
+
+
+def test_items(builder, depth: int) -> dict:
+    out = {}
+    for name in SHOWN:
+        if name == "text":
+            protocol = builder.text_protocol(("test",))
+        elif name == "image":
+            protocol = builder.image_protocol(("test",), frozen_baseline=True)
+        else:
+            protocol = builder.self_photo_protocol(("test",))
+        items = list(iter_query_candidates(protocol.searcher, protocol.queries, depth=depth,
+                                           load_image=protocol.load_image, description=f"test {name} queries"))
+        out[name] = (items, protocol)
+    return out
+
+
+def test_scores(ranker: Reranker, tests: dict) -> dict[str, dict[str, dict[str, float]]]:
+    scores = {}
+    for name, (items, protocol) in tests.items():
+        runs: dict = {}
+        for item in items:
+            rerank = ranker.predict(item.features) if len(item.candidates) else np.zeros(0)
+            for stage, run in stage_scores(item.candidates, rerank).items():
+                runs.setdefault(stage, {})[item.query_id] = run
+        runs = {stage: run for stage, run in runs.items() if stage in (*SHOWN[name], "reranked")}
+        runs.update(protocol.baseline_runs)
+        report = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries), metrics=METRICS)
+        scores[name] = report.scores
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
+    parser.add_argument("--gains", default="3,10,30,100", help="Comma-separated gains of the wanted listing.")
+    parser.add_argument("--category-gain", type=float, default=1.0,
+                        help="Gain of a listing of the wanted listing's category path (0: the wanted listing only).")
+    parser.add_argument("--queries-from", default="val",
+                        help="Products the training queries come from: val (train-ranker's default) or train,val.")
+    parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
+    parser.add_argument("--seed", type=int, default=0, help="Query sampling, early-stopping split and LightGBM.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
+    args = parser.parse_args()
+
+    import torch
+
+    from core.workspace import Workspace
+    from evaluation.protocol import ProtocolBuilder
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    results: dict = {"load_average_before": os.getloadavg(), "rows": []}
+    builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
+    try:
+        tests = test_items(builder, args.depth)
+        config = TrainRankerConfig(train_splits=tuple(args.queries_from.split(",")), depth=args.depth, seed=args.seed)
+        training = protocol_training_data(builder, config.train_splits, config, "val")
+    finally:
+        builder.close()
+    results["prepared_seconds"] = round(time.perf_counter() - started, 1)
+    train_ids, valid_ids = split_queries(training.query_ids, config.valid_fraction, args.seed)
+    fit_part, valid_part = training.select(train_ids), training.select(valid_ids)
+    for gain in (float(g) for g in args.gains.split(",")):
+        ranker = Reranker(label_gain=(0.0, args.category_gain, gain), n_jobs=1, log_every=0,
+                          random_state=args.seed).fit(
+            fit_part.X, fit_part.y, fit_part.group, valid_part.X, valid_part.y, valid_part.group,
+            feature_names=training.feature_names)
+        gate = validation_gate(ranker, valid_part, wanted_grade=KNOWN_ITEM_GRADES["target"])
+        row = {"wanted_gain": gain, "category_gain": args.category_gain, "queries_from": args.queries_from,
+               "trees": ranker.best_iteration_, "gate_passed": gate["passed"],
+               "gate": gate["types"], "test": test_scores(ranker, tests)}
+        results["rows"].append(row)
+        cells = []
+        for name, scores in row["test"].items():
+            cells.append(f"{name}: " + ", ".join(
+                f"{stage} " + "/".join(f"{scores[stage][m]:.4f}" for m in METRICS)
+                for stage in ("reranked", *SHOWN[name])))
+        verdict = "ok" if gate["passed"] else "REFUSED"
+        print(f"gains 0/{args.category_gain:g}/{gain:g}, queries from {args.queries_from} "
+              f"({row['trees']} trees, gate {verdict}) | "
+              + " | ".join(cells), flush=True)
+    results["load_average_after"] = os.getloadavg()
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
