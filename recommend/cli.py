@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from typing import Annotated
 
 import typer
 
 from core.options import DEFAULT_WORKSPACE, WorkspaceOption
+
+logger = logging.getLogger(__name__)
 
 # Workers are imported inside the command: `marketsearch --help` imports every cli module.
 
@@ -71,6 +74,7 @@ def train_recs(
         except FileNotFoundError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        logger.info("train-recs: model fingerprint read in %.1fs", time.perf_counter() - started)
         if fold_in:
             summary = _fold_in(ws, catalog, fingerprint, progress)
         else:
@@ -84,16 +88,20 @@ def train_recs(
             from recommend.personal_search import load_search_log
             from recommend.train import train_recommender
 
+            began = time.perf_counter()
             try:
                 items = load_items(catalog, fingerprint)
             except LookupError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
+            logger.info("train-recs: listings read in %.1fs (%d)", time.perf_counter() - began, len(items))
             model = train_recommender(catalog, items, epoch_seconds(end), label_days=label_days,
                                       max_label_users=max_label_users, seed=seed, progress=progress,
                                       als_params={"factors": factors, "iterations": iterations, "seed": seed},
                                       search_log=load_search_log(ws))
+            began = time.perf_counter()
             folder.save(model, ws.recs_dir, fingerprint)
+            logger.info("train-recs: folder written in %.1fs", time.perf_counter() - began)
             summary = {"folder": str(ws.recs_dir), "until": end.isoformat(), "listings": len(items),
                        **model.info}
             if model.search_ranker is not None:

@@ -12,6 +12,7 @@ with the blend.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 
 import numpy as np
@@ -163,6 +164,13 @@ def train_blend(stage: Recommender, window: EventLog, *, max_users: int = MAX_LA
     return ranker
 
 
+def _stage(name: str, began: float, detail: str = "") -> float:
+    """Log how long a stage of train-recs took (the end-to-end benchmark reads these lines); returns now."""
+    now = time.perf_counter()
+    logger.info("train-recs: %s in %.1fs%s", name, now - began, f" ({detail})" if detail else "")
+    return now
+
+
 def train_recommender(catalog, items: Items, until: float, *, label_days: float = LABEL_DAYS,
                       max_label_users: int = MAX_LABEL_USERS, als_params: dict | None = None, seed: int = 0,
                       search_log=None, progress: bool = False) -> Recommender:
@@ -170,14 +178,18 @@ def train_recommender(catalog, items: Items, until: float, *, label_days: float 
     since 1970). Nothing at or after ``until`` is read, impressions included. With ``search_log`` (the
     feature log of served searches, `ranking.feature_log.LoggedCandidates`), the personal search ranker is
     trained on the searches of the label window too (``model.search_ranker``; None when too few)."""
+    began = time.perf_counter()
     log = load_event_log(catalog, until=as_utc(until))
     split = until - label_days * DAY
     before = log.select(log.times < split, load_impressions(catalog, as_utc(split)))
     window = log.select(log.times >= split)
+    began = _stage("events read", began, f"{len(log)} engaged")
     ranker = search_ranker = None
     if len(before) and len(window):
         stage = fit_signals(before, items, split, als_params=als_params, progress=progress)
+        began = _stage("stage signals", began, f"{len(before)} events before the label window")
         ranker = train_blend(stage, window, max_users=max_label_users, seed=seed, progress=progress)
+        began = _stage("blend", began)
         if search_log is not None:
             from recommend.personal_search import logged_searches, search_labels, train_personal_ranker
 
@@ -185,6 +197,7 @@ def train_recommender(catalog, items: Items, until: float, *, label_days: float 
             search_ranker = train_personal_ranker(stage, searches, search_labels(catalog, searches, as_utc(until)),
                                                   search_log.feature_names, seed=seed)
     model = fit_signals(log, items, until, als_params=als_params, progress=progress)
+    _stage("signals", began, f"{len(log)} events")
     model.ranker = ranker
     model.search_ranker = search_ranker
     model.info.update({"label_days": label_days, "blend": ranker is not None,
