@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         "(or gone) within a poll, without a restart (docs/live.md).",
     )
     live_poll_interval: float = Field(0.2, gt=0, le=60, description="Seconds between two polls of the change log.")
+    live_preload_encoder: bool = Field(
+        True,
+        description="Load the fp32 catalogue encoder for live writes in the background right after start (when "
+        "queries are served by ONNX graphs), so the first write does not wait for it; false loads it on the first "
+        "listing to encode, and a process that never encodes one never loads it.",
+    )
     live_compact_after: int = Field(
         500, ge=1, description="Compact (embed + publish a new index set) when this many listings changed live."
     )

@@ -150,7 +150,8 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         state.follower = LiveFollower(state.searcher, workspace, poll_interval=settings.live_poll_interval,
                                       compact_after=settings.live_compact_after,
                                       compact_age_s=settings.live_compact_age_s,
-                                      load_encoder=load_encoder).start()
+                                      load_encoder=load_encoder,
+                                      preload_encoder=settings.live_preload_encoder).start()
     _load_recommender(state, workspace)
     return state
 

@@ -63,15 +63,17 @@ class LiveFollower:
 
     def __init__(self, searcher: Searcher, workspace, *, poll_interval: float = DEFAULT_POLL_INTERVAL_S,
                  compact_after: int = DEFAULT_COMPACT_AFTER, compact_age_s: float = DEFAULT_COMPACT_AGE_S,
-                 compaction: bool = True, encoder=None, load_encoder=None):
+                 compaction: bool = True, encoder=None, load_encoder=None, preload_encoder: bool = False):
         self.searcher = searcher
         # the model that encodes catalogue listings: the fp32 weights `marketsearch embed` encodes with, not the
         # query runtime (the service may serve queries through int8 graphs; listing vectors must not depend on it).
         # ``load_encoder`` (no arguments -> the model) defers loading it to the first listing to encode, in this
         # follower's threads: a process that serves no write never loads a second copy of the towers, and
-        # its start does not wait for one. Without either, the searcher's own model encodes.
+        # its start does not wait for one. ``preload_encoder`` loads it in a background thread from ``start``
+        # instead, so the first write does not wait either. Without either, the searcher's own model encodes.
         self._encoder = encoder
         self._load_encoder = load_encoder
+        self.preload_encoder = preload_encoder
         self._encoder_lock = threading.Lock()
         self.workspace = workspace
         self.poll_interval = poll_interval
@@ -111,6 +113,8 @@ class LiveFollower:
         self._threads = [threading.Thread(target=self._follow, name="live-follower", daemon=True)]
         if self.compaction:
             self._threads.append(threading.Thread(target=self._compact_loop, name="live-compaction", daemon=True))
+        if self.preload_encoder and self._load_encoder is not None:
+            self._threads.append(threading.Thread(target=self._preload, name="live-encoder-load", daemon=True))
         for thread in self._threads:
             thread.start()
         return self
@@ -121,6 +125,12 @@ class LiveFollower:
         for thread in self._threads:
             thread.join(timeout)
         self.catalog.close()
+
+    def _preload(self) -> None:
+        try:
+            self.encoder  # noqa: B018 -- the property loads it
+        except Exception:  # noqa: BLE001 -- the first listing to encode tries again and reports it
+            logger.exception("live follower: preloading the catalogue encoder failed")
 
     def _follow(self) -> None:
         while not self._stop.is_set():

@@ -92,7 +92,8 @@ def test_exported_graphs_are_served_and_a_corrupted_one_falls_back_to_torch_with
 
     workspace = _copy(indexed_workspace, tmp_path)
     export_graphs(MultiModalModel.load(workspace.model_dir), graph_dir(workspace.model_dir), [], int8=False)
-    with TestClient(create_app(Settings(workspace=workspace.root)), raise_server_exceptions=False) as client:
+    lazy = Settings(workspace=workspace.root, live_preload_encoder=False)
+    with TestClient(create_app(lazy), raise_server_exceptions=False) as client:
         model = client.get("/health").json()["model"]
         assert model["text_runtime"] == model["image_runtime"] == "onnxruntime"
         assert model["text_precision"] == model["image_precision"] == "fp32"

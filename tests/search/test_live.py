@@ -103,6 +103,25 @@ def test_live_and_batch_vectors_are_equal(live, workspace, tmp_path):
     assert np.abs(delta.photo[row].astype(np.float32) - batch.photo[batch_row].astype(np.float32)).max() <= 1e-3
 
 
+def test_a_preloaded_catalogue_encoder_is_loaded_once_after_start_without_any_write(workspace):
+    """``preload_encoder``: the first write does not wait for the encoder; it is loaded in the background once."""
+    from encoders.bundle import MultiModalModel
+
+    searcher = Searcher.from_workspace(workspace, load_ranker=False)
+    loads = []
+    follower = LiveFollower(searcher, workspace, compaction=False, preload_encoder=True,
+                            load_encoder=lambda: loads.append(1) or MultiModalModel.load(workspace.model_dir))
+    follower.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not follower.encoder_loaded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert follower.encoder_loaded and loads == [1]
+        assert follower.encoder is not searcher.model and loads == [1]
+    finally:
+        follower.stop()
+
+
 def test_a_deferred_catalogue_encoder_is_loaded_once_by_the_first_listing_to_encode(workspace, tmp_path):
     """The service hands the follower a loader (its queries may be encoded by int8 graphs, listings never are):
     nothing is loaded at start nor for a sale, and the vectors of the loaded model equal the batch path's."""
