@@ -35,6 +35,27 @@ def tower_embeddings(model, text_pooled: np.ndarray, photo_pooled: np.ndarray, p
     return text, np.divide(image, norms, out=np.zeros_like(image), where=norms > 0)
 
 
+def load_training_run(workspace_dir: Path, run_dir: Path, progress: bool):
+    """A finished training run's data, model and cached backbone features, and its listings' tower embeddings:
+    ``(workspace, data, model, features, text, image)``."""
+    import torch
+
+    from catalog.labels import LabelEncoder
+    from core.workspace import Workspace
+    from encoders.bundle import MultiModalModel
+    from encoders.train import CachedFeatures, TrainConfig, load_workspace_training_data
+
+    workspace = Workspace.at(workspace_dir)
+    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    data = load_workspace_training_data(workspace, LabelEncoder.from_json(workspace.labels_path), config)
+    model = MultiModalModel.load(run_dir / "model")
+    features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
+                              torch.device("cpu"), config.feature_batch_size, progress=progress)
+    text, image = tower_embeddings(model, features.text_full.numpy(), features.image.numpy(), data.photo_owner,
+                                   len(data.ids))
+    return workspace, data, model, features, text, image
+
+
 def cross_validated_accuracy(features: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -82,21 +103,10 @@ def main() -> None:
 
     import torch
 
-    from catalog.labels import LabelEncoder
-    from core.workspace import Workspace
-    from encoders.bundle import MultiModalModel
-    from encoders.train import CachedFeatures, TrainConfig, load_workspace_training_data
-
     torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()
-    workspace = Workspace.at(args.workspace)
-    config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
-    data = load_workspace_training_data(workspace, LabelEncoder.from_json(workspace.labels_path), config)
-    model = MultiModalModel.load(args.run / "model")
-    features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
-                              torch.device("cpu"), config.feature_batch_size, progress=True)
+    _, data, _, features, text, image = load_training_run(args.workspace, args.run, progress=True)
     n = len(data.ids)
-    text, image = tower_embeddings(model, features.text_full.numpy(), features.image.numpy(), data.photo_owner, n)
     unseen = np.concatenate([data.rows("val"), data.rows("test")])
     headroom = held_out_headroom(text, image, data.y, unseen[data.has_image[unseen]])
 

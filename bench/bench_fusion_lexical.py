@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.bench_fusion_headroom import tower_embeddings
+from bench.bench_fusion_headroom import load_training_run
 
 
 def main() -> None:
@@ -32,23 +32,13 @@ def main() -> None:
 
     import torch
 
-    from catalog.labels import LabelEncoder
     from core.files import copy_dir_atomic
-    from core.workspace import Workspace
-    from encoders.bundle import MultiModalModel
-    from encoders.train import CachedFeatures, TrainConfig, fit_lexical_branch, load_workspace_training_data
+    from encoders.train import fit_lexical_branch
 
     torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()
-    workspace = Workspace.at(args.workspace)
-    config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
-    data = load_workspace_training_data(workspace, LabelEncoder.from_json(workspace.labels_path), config)
-    model = MultiModalModel.load(args.run / "model")
+    workspace, data, model, _, text, image = load_training_run(args.workspace, args.run, progress=False)
     model.lexical = None
-    features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
-                              torch.device("cpu"), config.feature_batch_size, progress=False)
-    text, image = tower_embeddings(model, features.text_full.numpy(), features.image.numpy(), data.photo_owner,
-                                   len(data.ids))
     image[~data.has_image] = 0
     val, test = data.rows("val"), data.rows("test")
     head = {"text": float((model.classify(text[test], None).argmax(1) == data.y[test]).mean()),
