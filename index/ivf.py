@@ -258,16 +258,26 @@ def recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray) -> float:
 CALIBRATION_CONFIDENCE_Z = 1.645
 
 
-def recall_lower_bound(
-    approximate_ids: np.ndarray, exact_ids: np.ndarray, z: float = CALIBRATION_CONFIDENCE_Z
-) -> float:
-    """One-sided lower confidence bound of the mean per-query recall@k: ``mean - z * std / sqrt(n_queries)``."""
+def per_query_recall(approximate_ids: np.ndarray, exact_ids: np.ndarray) -> np.ndarray:
+    """Recall@k of each query: the share of its exact top-k among its first k approximate ids. The mean is
+    ``recall_at_k``."""
     approximate_ids, exact_ids = np.asarray(approximate_ids), np.asarray(exact_ids)
     k = exact_ids.shape[1]
-    per_query = np.array([len(set(a[:k].tolist()) & set(e.tolist())) / k for a, e in zip(approximate_ids, exact_ids)])
+    return np.array([len(set(a[:k].tolist()) & set(e.tolist())) / k for a, e in zip(approximate_ids, exact_ids)])
+
+
+def lower_confidence_bound(per_query: np.ndarray, z: float = CALIBRATION_CONFIDENCE_Z) -> float:
+    """One-sided lower confidence bound of the mean of ``per_query``: ``mean - z * std / sqrt(n)``."""
     if len(per_query) < 2:
         return float(per_query.mean()) if len(per_query) else 0.0
     return float(per_query.mean() - z * per_query.std(ddof=1) / np.sqrt(len(per_query)))
+
+
+def recall_lower_bound(
+    approximate_ids: np.ndarray, exact_ids: np.ndarray, z: float = CALIBRATION_CONFIDENCE_Z
+) -> float:
+    """One-sided lower confidence bound of the mean per-query recall@k."""
+    return lower_confidence_bound(per_query_recall(approximate_ids, exact_ids), z)
 
 
 def calibrate_nprobe(
@@ -300,7 +310,8 @@ def calibrate_nprobe(
         key = nprobe or 0
         if key not in cache:
             _, ids = search_fn(queries, k, nprobe)
-            cache[key] = recall_at_k(ids, exact_ids), recall_lower_bound(ids, exact_ids)
+            per_query = per_query_recall(ids, exact_ids)
+            cache[key] = float(per_query.mean()), lower_confidence_bound(per_query)
             logger.debug("nprobe=%s recall@%d=%.4f (lower bound %.4f)", nprobe, k, *cache[key])
         return cache[key]
 

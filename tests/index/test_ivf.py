@@ -92,6 +92,7 @@ def test_recall_lower_bound_is_below_the_mean_by_the_spread_over_queries():
     assert ivf.recall_lower_bound(found, exact) == 1.0  # every query perfect: no doubt
     found[0, :5] = -1  # one query finds half its neighbours: mean 0.875, per-query std 0.25
     assert ivf.recall_at_k(found, exact) == pytest.approx(0.875)
+    assert ivf.per_query_recall(found, exact).tolist() == [0.5, 1.0, 1.0, 1.0]
     assert ivf.recall_lower_bound(found, exact) == pytest.approx(0.875 - 1.645 * 0.25 / 2)
 
 
