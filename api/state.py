@@ -132,8 +132,9 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
     load_encoder = None
     if "onnxruntime" in (settings.text_runtime, settings.image_runtime):
         # listings written live are encoded like `marketsearch embed` does (the torch fp32 weights, so live and
-        # batch vectors are equal), whatever serves queries: the follower loads that copy on the first listing
-        # it encodes, in its own thread, so neither the start nor a search waits for it
+        # batch vectors are equal), whatever serves queries: the follower loads that copy in its own thread
+        # (right after start, or on the first listing it encodes: `live_preload_encoder`), so no start or search
+        # waits for it
         load_encoder = partial(MultiModalModel.load, workspace.model_dir)
         _use_onnxruntime(state, settings, workspace)
     if workspace.ranker_dir.exists():
