@@ -8,7 +8,6 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
@@ -158,11 +157,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 def _set_torch_threads(threads: int) -> None:
     # One query is a small batch: a thread pool per call costs more than it saves on a few shared cores,
-    # and concurrent requests already use the other cores. FAISS gets the same budget.
-
-    torch.set_num_threads(threads)
+    # and concurrent requests already use the other cores. torch gets the same budget where it is loaded
+    # (api.state._torch_model), ONNX Runtime per session.
     VectorIndex.set_search_threads(threads)  # in the request threads too, not only this one
-    logger.info("torch and faiss use %d intra-op thread(s) per model call", threads)
+    logger.info("models and faiss use %d intra-op thread(s) per call", threads)
 
 
 def _utf8_safe(value):

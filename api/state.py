@@ -14,9 +14,8 @@ from catalog.errors import CatalogError
 from catalog.store import Catalog
 from core.files import remove_stale_temporaries
 from core.workspace import Workspace
-from encoders.backbones import TextRuntimeError
-from encoders.bundle import MultiModalModel
-from encoders.runtime import GraphError, GraphSet, graph_dir, use_graphs
+from encoders.graphs import GraphError
+from encoders.served import ServedModel
 from ranking.feature_log import FeatureLogger
 from ranking.reranker import Reranker
 from recommend.serving import ServedRecommender
@@ -44,7 +43,8 @@ class ServiceState:
     recommender: ServedRecommender | None = None
     recs_error: str | None = None
     image_runtime_error: str | None = None  # the same for query photos
-    runtime_notes: dict[str, str] | None = None  # per tower, why its fp32 graph is served rather than int8
+    # per tower, why its fp32 graph is served rather than int8; "served_model": why the torch model is served
+    runtime_notes: dict[str, str] | None = None
 
     def close(self) -> None:
         if self.follower is not None:
@@ -107,11 +107,13 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         state.searcher_error = state.catalog_error
         logger.warning(state.catalog_error)
         return state
+    served, served_notes, served_error = _served_model(settings, workspace)
     try:
         state.catalog = Catalog(workspace.db_url, root=workspace.root)
         # The re-ranker is loaded separately: a stale or broken one should cost re-ranking, not search.
         state.searcher = Searcher.from_workspace(
-            workspace, load_ranker=False, feature_logger=_feature_logger(settings, workspace)
+            workspace, load_ranker=False, feature_logger=_feature_logger(settings, workspace),
+            model=served if served is not None else _torch_threads(settings.torch_threads),
         )
     except CatalogError as exc:  # not SQLite, damaged, another schema: nothing can be served from it
         state.close()
@@ -135,8 +137,14 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         # batch vectors are equal), whatever serves queries: the follower loads that copy in its own thread
         # (right after start, or on the first listing it encodes: `live_preload_encoder`), so no start or search
         # waits for it
-        load_encoder = partial(MultiModalModel.load, workspace.model_dir)
-        _use_onnxruntime(state, settings, workspace)
+        load_encoder = partial(_torch_model, workspace.model_dir, settings.torch_threads)
+        if served is not None:
+            state.runtime_notes = served_notes
+            logger.info("queries encoded by the served model (text %s, image %s, no torch)",
+                        served.text_tower.backbone.precision, served.image_tower.backbone.precision)
+        else:
+            _use_onnxruntime(state, settings, workspace)
+            state.runtime_notes["served_model"] = f"the torch model is served: {served_error}"
     if workspace.ranker_dir.exists():
 
         try:
@@ -189,12 +197,48 @@ def _load_personal_ranker(state: ServiceState, workspace: Workspace) -> None:
         logger.warning(state.ranker_error)
 
 
+def _torch_threads(threads: int) -> None:
+    """torch with ``threads`` intra-op threads: one query is a small batch, a thread pool per call costs more than it
+    saves on a few shared cores, and concurrent requests already use the other cores. Imported here, so a service
+    serving the served model loads torch only for the live follower's catalogue encoder, after start."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _torch_model(model_dir: Path, threads: int):
+    """The bundle's torch model (``MultiModalModel``), for the live follower's catalogue encoder."""
+    _torch_threads(threads)
+    from encoders.bundle import MultiModalModel
+
+    return MultiModalModel.load(model_dir)
+
+
+def _served_model(settings: Settings, workspace: Workspace) -> tuple[ServedModel | None, dict[str, str], str | None]:
+    """The served model (``encoders.served``: graphs and numpy, no torch) when both towers are to run in ONNX Runtime
+    and the bundle's graphs verify; else None and why not (the torch model is served)."""
+    if (settings.text_runtime, settings.image_runtime) != ("onnxruntime", "onnxruntime"):
+        return None, {}, "a tower is set to run in torch (MARKETSEARCH_TEXT_RUNTIME / MARKETSEARCH_IMAGE_RUNTIME)"
+    if not (workspace.model_dir / "bundle.json").is_file():
+        return None, {}, "no model bundle"
+    try:
+        model, notes = ServedModel.load(workspace.model_dir, int8=tuple(settings.onnx_int8),
+                                        threads=settings.torch_threads)
+    except (GraphError, OSError, ValueError) as exc:
+        logger.warning("serving the torch model: %s", exc)
+        return None, {}, str(exc)
+    return model, notes, None
+
+
 def _use_onnxruntime(state: ServiceState, settings: Settings, workspace: Workspace) -> None:
     """Encode queries with the bundle's ONNX graphs (`marketsearch export-onnx`), verified against the bundle's
     fingerprint and their checksums, int8 where its quality gate passed: the backbone forwards are the largest
     stage of a search, and ONNX Runtime runs them faster than torch (docs/benchmarks.md, "Runtimes"). A tower
     whose graph cannot be used stays in torch, with the reason in /health. A bundle without graphs (exported
     before this step existed) gets the text graph exported in memory, as before: slower to start."""
+
+    from encoders.backbones import TextRuntimeError
+    from encoders.runtime import GraphSet, graph_dir, use_graphs
 
     model = state.searcher.model
     state.runtime_notes = {}

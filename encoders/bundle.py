@@ -30,6 +30,7 @@ from core.files import make_temporary_dir, replace_dir, write_json_atomic
 from encoders.towers import Tower, library_versions
 from fusion.classifier import FusionClassifier
 from fusion.lexical import LexicalBranch
+from fusion.served import classify
 
 logger = logging.getLogger(__name__)
 
@@ -112,43 +113,7 @@ class MultiModalModel:
         were encoded from) feed the lexical branch when the bundle has one; without them the head alone
         answers.
         """
-        probs = self._head_probs(text_emb, image_emb)
-        if self.lexical is None or texts is None or text_emb is None:
-            return probs
-        if isinstance(texts, str) or len(texts) != len(probs):
-            raise ValueError(f"texts must be a list of {len(probs)} strings, one per embedding row")
-        text = np.atleast_2d(np.asarray(text_emb, np.float32))
-        with_text = np.abs(text).sum(1) > 0
-        with_photo = np.zeros(len(probs), bool) if image_emb is None else \
-            np.abs(np.atleast_2d(np.asarray(image_emb, np.float32))).sum(1) > 0
-        for mode, rows in (("fused", with_text & with_photo), ("text", with_text & ~with_photo)):
-            if rows.any():
-                probs[rows] = self.lexical.pool(probs[rows], [texts[i] for i in np.flatnonzero(rows)], mode)
-        return probs
-
-    def _head_probs(self, text_emb: np.ndarray | None, image_emb: np.ndarray | None) -> np.ndarray:
-        if text_emb is None and image_emb is None:
-            raise ValueError("classify needs text_emb, image_emb or both")
-        text = None if text_emb is None else np.atleast_2d(np.asarray(text_emb, np.float32))
-        image = None if image_emb is None else np.atleast_2d(np.asarray(image_emb, np.float32))
-        for name, value in (("text_emb", text), ("image_emb", image)):
-            if value is not None and value.shape[1] != self.embed_dim:
-                raise ValueError(f"{name} must have {self.embed_dim} columns, got shape {value.shape}")
-        if text is not None and image is not None:
-            if len(text) != len(image):
-                raise ValueError(f"text_emb has {len(text)} rows but image_emb has {len(image)}")
-            text_present = np.abs(text).sum(1) > 0
-            image_present = np.abs(image).sum(1) > 0
-            probs = np.empty((len(text), self.fusion.num_classes), np.float32)
-            both = text_present | ~image_present  # rows with text (or neither: fall back to text zeros)
-            if both.any():
-                probs[both] = self.fusion.predict_proba(image[both], text[both], image_present=image_present[both])
-            if (~both).any():
-                probs[~both] = self.fusion.predict_proba(image[~both], None)
-            return probs
-        if text is not None:
-            return self.fusion.predict_proba(None, text)
-        return self.fusion.predict_proba(image, None)
+        return classify(self.fusion, self.lexical, self.embed_dim, text_emb, image_emb, texts)
 
     # -- persistence
     def save(self, folder: str | Path) -> Path:

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from sqlalchemy import (
     Boolean,
     Column,
@@ -44,7 +43,6 @@ from sqlalchemy import (
 from tqdm.auto import tqdm
 
 from encoders.features import FeatureCache, backbone_key, photo_key
-from encoders.photo_stream import photo_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +273,8 @@ def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, image_b
         owners.append(row)
     embeddings, photo_vectors = [], []
     if decoded:
+        import torch  # here: the served model (encoders.served) imports this module and never encodes a catalogue
+
         fresh_embeddings, pooled = model.image_tower.encode_pixels_with_pooled(torch.stack(decoded),
                                                                                batch_size=image_batch_size)
         embeddings.append(fresh_embeddings)
@@ -332,6 +332,8 @@ def encode_listings(model, catalog, listings, *, text_batch_size: int = TEXT_BAT
     if plan is None:
         plan = _plan_photos(catalog, listings, stats, photo_cache)
     if pixels is None:
+        from encoders.photo_stream import photo_pixels  # torch DataLoader workers
+
         pixels = photo_pixels(plan.fresh_paths, model.image_tower.backbone.transforms(train=False), workers=0)
     text, image, has_image, counts, photo = _encode_chunk(model, listings, plan, pixels, image_batch_size,
                                                           text_batch_size, stats, photo_cache)
@@ -408,6 +410,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     if encode_chunks is None:
         def encode_chunks(chunks):
             plans = [_plan_photos(catalog, listings, stats, photo_cache) for listings in chunks]
+            from encoders.photo_stream import photo_pixels
+
             transform = model.image_tower.backbone.transforms(train=False)
             pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths], transform, workers=workers)
             for listings, plan in zip(chunks, plans):

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from core.files import write_atomic, write_json_atomic
@@ -35,10 +34,13 @@ def backbone_key(tower) -> str:
     described = {"name": backbone.name, "pooling": tower.pooling.get_config_dict()}
     if tower.modality == "image":
         described["preprocessing"] = backbone.get_config_dict()["preprocessing"]
+        described["resized"] = "as PIL images"  # since the served model's pixels (encoders.pixels); was tensors
     else:
         described["max_length"] = backbone.max_length
         described["tokenizer"] = type(backbone.tokenizer).__name__
     digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    import torch
+
     for name, tensor in sorted(backbone.state_dict().items()):
         value = tensor.detach().cpu().contiguous()
         digest.update(name.encode())

@@ -146,7 +146,11 @@ class ImageBackbone(SessionBackbone):
             if p.color_jitter > 0:
                 steps.append(v2.ColorJitter(p.color_jitter, p.color_jitter, p.color_jitter))
         else:
-            steps = [v2.Resize(p.resize, interpolation=interpolation, antialias=True), v2.CenterCrop(p.crop)]
+            # resized and cropped as PIL images (torchvision resizes those with PIL itself), so that the served
+            # model's preprocessing without torch (``encoders.pixels``) gives the same pixels
+            return v2.Compose([v2.Resize(p.resize, interpolation=interpolation, antialias=True),
+                               v2.CenterCrop(p.crop), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                               v2.Normalize(list(p.mean), list(p.std))])
         return v2.Compose([v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True),
                            v2.Normalize(list(p.mean), list(p.std))])
 

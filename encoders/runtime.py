@@ -3,97 +3,127 @@
 `marketsearch export-onnx` (a step of `build`) writes, beside the model bundle's weights::
 
     model/onnx/manifest.json     the model fingerprint the graphs were exported from, each graph's file name,
-                                 sha256 and size, the ONNX Runtime version, the quality gates (evaluation)
-    model/onnx/text.fp32.onnx    text backbone: input_ids, attention_mask -> last_hidden_state
-    model/onnx/text.int8.onnx    the same, dynamically quantised (7-bit int8 weights per channel, activations per batch)
-    model/onnx/image.fp32.onnx   image backbone: pixel_values -> feature_map
+                                 sha256 and size, the tokenizer and photo preprocessing of the towers, the ONNX
+                                 Runtime version, the quality gates (evaluation)
+    model/onnx/tokenizer.json    the text tower's tokenizer (``tokenizers``), its truncation and padding set
+    model/onnx/text.fp32.onnx    the whole text tower: input_ids, attention_mask -> last_hidden_state (the
+                                 backbone's output), shared_embedding (pooled, projected, L2-normalised)
+    model/onnx/text.int8.onnx    the same, dynamically quantised (7-bit int8 weights per channel, activations per
+                                 batch); the pooling and projection head stay fp32
+    model/onnx/image.fp32.onnx   the whole image tower: pixel_values -> feature_map (the backbone's output),
+                                 shared_embedding (L2-normalised), pooled_features (the raw backbone vector,
+                                 before the head)
     model/onnx/image.int8.onnx   the same, statically quantised (QDQ) with ranges calibrated on catalogue photos;
-                                 the backbone's recipe (``IMAGE_QUANTISATION``) may leave some convs in fp32
+                                 the backbone's recipe (``IMAGE_QUANTISATION``) may leave some convs in fp32, and
+                                 the pooling and projection head stay fp32
 
-Only the backbones run in ONNX Runtime (they are almost all of an encode); pooling, the projection head and
-normalisation stay in torch, so a tower's output is defined in one place. The service opens the graphs at
-start (``GraphSet.open``) instead of exporting them: a manifest from other weights, a graph whose sha256
-differs from the manifest or that ONNX Runtime cannot load raises ``GraphError`` with the reason, and the
-service encodes in torch and says so in /health. Retraining replaces the whole bundle folder, graphs
-included, so stale graphs never outlive their weights.
+One graph per tower and precision serves two callers. The served model (``encoders.served``) reads the towers'
+outputs (``shared_embedding``, ``pooled_features``) and needs neither torch nor transformers; a torch tower may run
+only its backbone in the graph (``use_graphs``: its first output), for `embed --runtime auto` and the benchmarks. The
+service opens the graphs at start (``GraphSet.open``) instead of exporting them: a manifest from other weights,
+a graph whose sha256 differs from the manifest or that ONNX Runtime cannot load raises ``GraphError`` with the
+reason, and the service encodes in torch and says so in /health. Retraining replaces the whole bundle folder,
+graphs included, so stale graphs never outlive their weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.files import make_temporary_dir, replace_dir, write_json_atomic
-from encoders.backbones import ONNX_OPSET, export_text_onnx
+from encoders.backbones import ONNX_OPSET
+from encoders.graphs import (  # noqa: F401 - the loading side, re-exported for the export side's callers
+    GRAPH_DIR,
+    IMAGE_OUTPUTS,
+    MANIFEST,
+    MANIFEST_VERSION,
+    MODALITIES,
+    PRECISIONS,
+    TEXT_OUTPUTS,
+    TOKENIZER,
+    GraphError,
+    GraphSet,
+    graph_dir,
+    graph_name,
+    open_session,
+    session_options,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
-GRAPH_DIR = "onnx"
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
-MODALITIES = ("text", "image")
-PRECISIONS = ("fp32", "int8")
 FP32_MAX_ABS_DIFF = 1e-4  # backbone outputs of an fp32 graph vs torch on the probe batch (measured ~1e-6)
+FP32_TOWER_MAX_ABS_DIFF = 1e-4  # embeddings of an fp32 whole-tower graph vs the torch tower at export
 CALIBRATION_PHOTOS = 128
-
-
-class GraphError(RuntimeError):
-    """An exported graph cannot be used (missing, from other weights, corrupted, or ONNX Runtime refuses it)."""
-
-
-def graph_dir(model_dir: str | Path) -> Path:
-    return Path(model_dir) / GRAPH_DIR
-
-
-def graph_name(modality: str, precision: str) -> str:
-    return f"{modality}.{precision}.onnx"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def session_options(threads: int = 1):
-    """The options every session of the service uses: ``threads`` intra-op threads that do not spin."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Idle pool threads must not spin: the cores are shared with other requests and processes.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-def open_session(model: bytes | str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session over a graph (bytes or file)."""
-    import onnxruntime as ort
-
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
 
 
 # ------------------------------------------------------------------------------------------------ export
 
 
+class _ImageTowerGraph(torch.nn.Module):
+    """The image tower as one function of its pixels, for export: (feature_map, embedding, pooled)."""
+
+    def __init__(self, tower):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, pixel_values):
+        feature_map = self.tower.backbone.net(pixel_values)
+        pooled = self.tower.pooling({"feature_map": feature_map})["pooled"]
+        return feature_map, self.tower.head(pooled), pooled
+
+
+class _TextTowerGraph(torch.nn.Module):
+    """The text tower as one function of its token ids, for export: (last_hidden_state, embedding)."""
+
+    def __init__(self, tower):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, input_ids, attention_mask):
+        tokens = self.tower.backbone.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = self.tower.pooling({"token_embeddings": tokens, "attention_mask": attention_mask})["pooled"]
+        return tokens, self.tower.head(pooled)
+
+
+def _export(module: torch.nn.Module, inputs: tuple, input_names: list[str], output_names: tuple[str, ...],
+            dynamic_shapes: dict) -> bytes:
+    # each submodule's own mode back afterwards: a wrapper built for the export is in training mode, and
+    # ``train(True)`` on it would switch the wrapped tower's dropout on
+    modes = {sub: sub.training for sub in module.modules()}
+    module.eval()
+    chatty = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [log.level for log in chatty]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own passes; the graph is checked instead
+            for log in chatty:
+                log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
+            program = torch.onnx.export(
+                module, inputs, dynamo=True, verbose=False, opset_version=ONNX_OPSET, input_names=input_names,
+                output_names=list(output_names), dynamic_shapes=dynamic_shapes,
+            )
+    finally:
+        for log, level in zip(chatty, levels):
+            log.setLevel(level)
+        for sub, training in modes.items():
+            sub.training = training
+    return program.model_proto.SerializeToString()
+
+
 def export_image_onnx(net: torch.nn.Module, example: torch.Tensor) -> bytes:
-    """The image net as an ONNX graph ``pixel_values (batch dynamic, 3, H, W) -> feature_map``."""
+    """An image net alone as an ONNX graph ``pixel_values (batch dynamic, 3, H, W) -> feature_map``."""
 
     class _Net(torch.nn.Module):
         def __init__(self, inner):
@@ -103,25 +133,36 @@ def export_image_onnx(net: torch.nn.Module, example: torch.Tensor) -> bytes:
         def forward(self, pixel_values):
             return self.inner(pixel_values)
 
-    was_training = net.training
-    net.eval()
-    chatty = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
-    levels = [log.level for log in chatty]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes on its own passes; the graph is checked instead
-            for log in chatty:
-                log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
-            program = torch.onnx.export(
-                _Net(net), (example.contiguous(),), dynamo=True, verbose=False, opset_version=ONNX_OPSET,
-                input_names=["pixel_values"], output_names=["feature_map"],
-                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
-            )
-    finally:
-        for log, level in zip(chatty, levels):
-            log.setLevel(level)
-        net.train(was_training)
-    return program.model_proto.SerializeToString()
+    return _export(_Net(net), (example.contiguous(),), ["pixel_values"], ("feature_map",),
+                   {"pixel_values": {0: torch.export.Dim("batch")}})
+
+
+def export_image_tower_onnx(tower, example: torch.Tensor) -> bytes:
+    """The whole image tower as an ONNX graph ``pixel_values (batch dynamic, 3, H, W) -> IMAGE_OUTPUTS``."""
+    return _export(_ImageTowerGraph(tower), (example.contiguous(),), ["pixel_values"], IMAGE_OUTPUTS,
+                   {"pixel_values": {0: torch.export.Dim("batch")}})
+
+
+def export_text_tower_onnx(tower, example: dict) -> bytes:
+    """The whole text tower as an ONNX graph ``input_ids, attention_mask (batch, seq dynamic) -> TEXT_OUTPUTS``."""
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    return _export(_TextTowerGraph(tower), (example["input_ids"], example["attention_mask"]),
+                   ["input_ids", "attention_mask"], TEXT_OUTPUTS,
+                   {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+
+
+def head_nodes(model_path: Path, backbone_output: str) -> list[str]:
+    """Names of the nodes downstream of ``backbone_output`` (the pooling, projection head and normalisation of a
+    whole-tower graph): quantisation leaves them fp32, they are a sliver of the compute."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    reached, names = {backbone_output}, []
+    for node in graph.node:  # ONNX graphs are stored in topological order
+        if any(name in reached for name in node.input):
+            reached.update(node.output)
+            names.append(node.name)
+    return names
 
 
 @contextlib.contextmanager
@@ -145,12 +186,13 @@ def quantize_text_graph(fp32_path: Path, int8_path: Path) -> None:
     time (VNNI int8 dot products on these CPUs). On the dev export 7-bit weights gave NDCG@10 0.11 points above
     fp32 where 8-bit gave 0.42 below, at the same speed (docs/benchmarks.md, `bench.text_int8_variants`).
     The embedding tables stay fp32: they are lookups, not arithmetic, and quantising them costs accuracy for
-    no speed."""
+    no speed. The nodes after the backbone's output (pooling, projection head) stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_quantizer():
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=True, reduce_range=True)
+                         per_channel=True, reduce_range=True,
+                         nodes_to_exclude=head_nodes(fp32_path, TEXT_OUTPUTS[0]))
 
 
 class _PhotoBatches:
@@ -230,7 +272,8 @@ def quantize_image_graph(fp32_path: Path, int8_path: Path, calibration: Iterable
             str(prepared), str(int8_path), _PhotoBatches(calibration), quant_format=QuantFormat[how.quant_format],
             per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType[how.activations],
             calibrate_method=CalibrationMethod[how.method],
-            nodes_to_exclude=conv_nodes(prepared, how.keep_fp32, how.keep_first_convs),
+            nodes_to_exclude=conv_nodes(prepared, how.keep_fp32, how.keep_first_convs)
+            + head_nodes(prepared, IMAGE_OUTPUTS[0]),
             extra_options=extra,
         )
 
@@ -249,30 +292,35 @@ def calibration_batches(image_tower, photo_paths: list[Path], batch_size: int = 
 
 def export_graphs(model, target_dir: Path, calibration_photos: list[Path], *, int8: bool = True,
                   image_quantisation: ImageQuantisation | None = None) -> dict:
-    """Write the four graphs of ``model`` (a ``MultiModalModel``) and their manifest to ``target_dir``
-    (staged beside it, swapped in whole). Returns the manifest. Gates are added later (``record_gates``).
-    ``image_quantisation``: the int8 image recipe, by default the image backbone's (``image_quantisation_for``)."""
+    """Write the four whole-tower graphs of ``model`` (a ``MultiModalModel``), the text tower's tokenizer and their
+    manifest to ``target_dir`` (staged beside it, swapped in whole). Returns the manifest. The fp32 graphs must
+    give the torch towers' embeddings on a probe batch (ValueError otherwise). Gates are added later
+    (``record_gates``). ``image_quantisation``: the int8 image recipe, by default the image backbone's
+    (``image_quantisation_for``). A lexical branch without its numpy arrays (a bundle saved before they
+    existed) gets them written beside its pickle."""
     how = image_quantisation or image_quantisation_for(model.image_tower.backbone.name)
     target_dir = Path(target_dir)
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = make_temporary_dir(target_dir)
     try:
-        text_backbone = model.text_tower.backbone
-        probe = text_backbone.tokenize(["a short query", "a longer query, so that the probe batch has padding"])
-        text_backbone.model.eval()
+        text_tower = model.text_tower
+        probe = _probe(text_tower)
         fp32 = staging / graph_name("text", "fp32")
-        fp32.write_bytes(export_text_onnx(text_backbone.model, (probe["input_ids"], probe["attention_mask"])))
+        fp32.write_bytes(export_text_tower_onnx(text_tower, probe))
+        _check_tower_graph(fp32, text_tower, probe)
         if int8:
             quantize_text_graph(fp32, staging / graph_name("text", "int8"))
+        tokenizer = save_tokenizer(text_tower.backbone, staging / TOKENIZER)
         batches = calibration_batches(model.image_tower, calibration_photos)
         example = torch.from_numpy(batches[0][:2]) if batches else _blank_pixels(model.image_tower)
         image_fp32 = staging / graph_name("image", "fp32")
-        image_fp32.write_bytes(export_image_onnx(model.image_tower.backbone.net, example))
+        image_fp32.write_bytes(export_image_tower_onnx(model.image_tower, example))
+        _check_tower_graph(image_fp32, model.image_tower, _probe(model.image_tower))
         if int8:
             if not batches:
                 raise ValueError("static int8 quantisation of the image graph needs catalogue photos to calibrate on")
             quantize_image_graph(image_fp32, staging / graph_name("image", "int8"), batches, how)
-        manifest = _manifest(model.fingerprint, staging, calibration=len(calibration_photos))
+        manifest = _manifest(model, staging, calibration=len(calibration_photos), tokenizer=tokenizer)
         if int8:
             manifest["image_quantisation"] = asdict(how)
         write_json_atomic(staging / MANIFEST, manifest)
@@ -280,8 +328,45 @@ def export_graphs(model, target_dir: Path, calibration_photos: list[Path], *, in
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if model.lexical is not None:
+        bundle_dir = target_dir.parent
+        if (bundle_dir / "lexical").is_dir() and not model.lexical.arrays_path(bundle_dir / "lexical").is_file():
+            model.lexical.save_arrays(bundle_dir / "lexical")
     logger.info("wrote ONNX graphs %s to %s", ", ".join(sorted(manifest["graphs"])), target_dir)
     return manifest
+
+
+def save_tokenizer(backbone, path: Path) -> dict:
+    """The text backbone's tokenizer as a ``tokenizers`` file, with the truncation and padding its ``tokenize``
+    asks for (at most ``max_length`` tokens, padded to the batch's longest on the right); returns those settings."""
+    fast = getattr(backbone.tokenizer, "backend_tokenizer", None)
+    if fast is None:
+        raise ValueError(f"the text backbone's tokenizer ({type(backbone.tokenizer).__name__}) is not a fast "
+                         f"tokenizer; the served model needs its tokenizers file")
+    tokenizer = type(fast).from_str(fast.to_str())
+    tokenizer.enable_truncation(backbone.max_length)
+    pad_token = backbone.tokenizer.pad_token
+    tokenizer.enable_padding(pad_id=backbone.tokenizer.pad_token_id, pad_token=pad_token,
+                             pad_type_id=backbone.tokenizer.pad_token_type_id,
+                             direction=backbone.tokenizer.padding_side)
+    tokenizer.save(str(path))
+    return {"file": path.name, "sha256": sha256_file(path), "max_length": backbone.max_length}
+
+
+def _check_tower_graph(path: Path, tower, probe: dict) -> None:
+    """The fp32 graph at ``path`` must give the tower's embeddings (and pooled vectors) on ``probe``."""
+    session = open_session(path)
+    feed = {name: value.numpy() for name, value in probe.items()}
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+    with torch.inference_mode():
+        features = tower.forward(dict(probe))
+    embedding = got[TEXT_OUTPUTS[1]]  # the same name as IMAGE_OUTPUTS[1]
+    diffs = {"embedding": float(np.abs(embedding - features["embedding"].numpy()).max())}
+    if IMAGE_OUTPUTS[2] in got:
+        diffs["pooled"] = float(np.abs(got[IMAGE_OUTPUTS[2]] - features["pooled"].numpy()).max())
+    if not max(diffs.values()) <= FP32_TOWER_MAX_ABS_DIFF:
+        raise ValueError(f"the exported {path.name} differs from the torch tower on a probe batch ({diffs}; allowed "
+                         f"{FP32_TOWER_MAX_ABS_DIFF})")
 
 
 def _blank_pixels(image_tower) -> torch.Tensor:
@@ -289,7 +374,7 @@ def _blank_pixels(image_tower) -> torch.Tensor:
     return torch.zeros(2, 3, size, size)
 
 
-def _manifest(fingerprint: str, folder: Path, calibration: int) -> dict:
+def _manifest(model, folder: Path, calibration: int, tokenizer: dict) -> dict:
     import onnxruntime as ort
 
     graphs = {}
@@ -299,8 +384,12 @@ def _manifest(fingerprint: str, folder: Path, calibration: int) -> dict:
             if path.is_file():
                 graphs[path.name] = {"modality": modality, "precision": precision, "sha256": sha256_file(path),
                                      "bytes": path.stat().st_size}
-    return {"format_version": MANIFEST_VERSION, "model_fingerprint": fingerprint, "opset": ONNX_OPSET,
+    image = model.image_tower
+    return {"format_version": MANIFEST_VERSION, "model_fingerprint": model.fingerprint, "opset": ONNX_OPSET,
             "onnxruntime": ort.__version__, "torch": torch.__version__, "calibration_photos": calibration,
+            "embed_dim": model.embed_dim, "tokenizer": tokenizer,
+            "image_preprocessing": image.backbone.get_config_dict()["preprocessing"],
+            "pooled_dim": {"text": model.text_tower.pooled_dim, "image": image.pooled_dim},
             "graphs": graphs, "gates": {}}
 
 
@@ -313,79 +402,6 @@ def record_gates(target_dir: Path, gates: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-
-
-@dataclass
-class GraphSet:
-    """The verified manifest of a bundle's graph folder; opens sessions of its graphs."""
-
-    folder: Path
-    manifest: dict
-    notes: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, folder: str | Path, fingerprint: str) -> GraphSet:
-        """Read the manifest; raises GraphError when it is missing, unreadable or from other weights."""
-        folder = Path(folder)
-        path = folder / MANIFEST
-        if not path.is_file():
-            raise GraphError(f"the model bundle has no exported ONNX graphs ({path} missing); run "
-                             f"`marketsearch export-onnx`")
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise GraphError(f"unreadable graph manifest {path}: {error}") from error
-        if manifest.get("format_version") != MANIFEST_VERSION:
-            raise GraphError(f"graph manifest {path} has format_version {manifest.get('format_version')!r}, "
-                             f"this code reads {MANIFEST_VERSION}; run `marketsearch export-onnx`")
-        if manifest.get("model_fingerprint") != fingerprint:
-            raise GraphError(f"the ONNX graphs in {folder} were exported from model "
-                             f"{str(manifest.get('model_fingerprint'))[:12]}, not from the bundle's "
-                             f"{fingerprint[:12]}; run `marketsearch export-onnx`")
-        return cls(folder, manifest)
-
-    def has(self, modality: str, precision: str) -> bool:
-        return graph_name(modality, precision) in self.manifest.get("graphs", {})
-
-    def gate(self, modality: str) -> dict | None:
-        return self.manifest.get("gates", {}).get(modality)
-
-    def choose_precision(self, modality: str, allow_int8: bool = True) -> tuple[str, str | None]:
-        """int8 where its graph exists and its quality gate passed, else fp32; with the reason for fp32."""
-        if not allow_int8:
-            return "fp32", "int8 not enabled for this tower (MARKETSEARCH_ONNX_INT8)"
-        if not self.has(modality, "int8"):
-            return "fp32", "no int8 graph in the bundle"
-        gate = self.gate(modality)
-        if gate is None:
-            return "fp32", "the int8 graph has no quality gate result (run `marketsearch export-onnx`)"
-        if not gate.get("passed"):
-            return "fp32", f"the int8 graph failed its quality gate: {gate.get('reason', 'no reason recorded')}"
-        return "int8", None
-
-    def verified_path(self, modality: str, precision: str) -> Path:
-        """The graph file, after checking its sha256 against the manifest."""
-        name = graph_name(modality, precision)
-        entry = self.manifest.get("graphs", {}).get(name)
-        if entry is None:
-            raise GraphError(f"the graph manifest lists no {name}; run `marketsearch export-onnx`")
-        path = self.folder / name
-        if not path.is_file():
-            raise GraphError(f"{path} is missing; run `marketsearch export-onnx`")
-        if sha256_file(path) != entry["sha256"]:
-            raise GraphError(f"{path} does not match its manifest (sha256 differs: corrupted or edited); "
-                             f"run `marketsearch export-onnx`")
-        return path
-
-    def session(self, modality: str, precision: str, threads: int = 1):
-        """A verified graph opened in ONNX Runtime; GraphError when it cannot be."""
-        path = self.verified_path(modality, precision)
-        try:
-            return open_session(path, threads)
-        except ImportError as error:
-            raise GraphError("onnxruntime is not installed") from error
-        except Exception as error:  # noqa: BLE001 - any load failure of the runtime means "cannot use it"
-            raise GraphError(f"ONNX Runtime cannot load {path.name}: {type(error).__name__}: {error}") from error
 
 
 def use_graphs(model, graphs: GraphSet, modality: str, precision: str, threads: int = 1) -> None:

@@ -20,13 +20,17 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import joblib
 import numpy as np
+
+from fusion.served import pool_with_words
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "lexical.joblib"
 CONFIG_FILE = "lexical.json"
+# the fitted arrays (vocabulary, idf, regression), read by the served model without scikit-learn
+# (``fusion.served.ServedLexical``); the analyzer settings are in CONFIG_FILE under "arrays"
+ARRAYS_FILE = "lexical.npz"
 FORMAT_VERSION = 1
 C_GRID = (1.0, 3.0, 10.0, 30.0)
 
@@ -81,28 +85,57 @@ class LexicalBranch:
 
     def pool(self, head_probs: np.ndarray, texts: Sequence[str], mode: str) -> np.ndarray:
         """The head's probabilities (n, C) pooled with the words of ``texts`` (n); ``mode`` ``text`` or ``fused``."""
-        head_weight, words_weight = self.weights[mode]
-        head = np.log(np.clip(np.asarray(head_probs, np.float64), 1e-12, None))
-        scores = head_weight * head + words_weight * self.log_proba(texts)
-        scores -= scores.max(1, keepdims=True)
-        probs = np.exp(scores)
-        return (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+        return pool_with_words(head_probs, self.log_proba(texts), self.weights[mode])
 
     def save(self, folder: Path) -> None:
+        import joblib
+
         folder.mkdir(parents=True, exist_ok=True)
         joblib.dump({"vectorizer": self.vectorizer, "classifier": self.classifier}, folder / MODEL_FILE)
+        self.save_arrays(folder)
+
+    @staticmethod
+    def arrays_path(folder: Path) -> Path:
+        return Path(folder) / ARRAYS_FILE
+
+    def save_arrays(self, folder: Path) -> None:
+        """The fitted vocabulary, idf and regression as numpy arrays (ARRAYS_FILE) and the analyzer settings, for
+        ``fusion.served.ServedLexical``; ValueError for a vectorizer whose analysis it does not reproduce."""
+        vectorizer, classifier = self.vectorizer, self.classifier
+        unsupported = {name: getattr(vectorizer, name) for name in ("preprocessor", "tokenizer", "stop_words",
+                                                                    "strip_accents")
+                       if getattr(vectorizer, name, None) is not None}
+        if vectorizer.analyzer != "word" or unsupported or not vectorizer.use_idf:
+            raise ValueError(f"the served lexical branch reproduces a word analyzer with idf and no custom "
+                             f"preprocessing, got analyzer={vectorizer.analyzer!r}, use_idf={vectorizer.use_idf}, "
+                             f"{unsupported}")
+        terms = np.empty(len(vectorizer.vocabulary_), dtype=object)
+        for term, column in vectorizer.vocabulary_.items():
+            terms[column] = term
+        np.savez(self.arrays_path(folder), terms=terms.astype(str), idf=vectorizer.idf_,
+                 coef=classifier.coef_, intercept=classifier.intercept_, classes=np.asarray(classifier.classes_))
+        settings = {"lowercase": vectorizer.lowercase, "token_pattern": vectorizer.token_pattern,
+                    "ngram_range": list(vectorizer.ngram_range), "sublinear_tf": vectorizer.sublinear_tf,
+                    "binary": vectorizer.binary, "norm": vectorizer.norm}
         (folder / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, "num_classes": self.num_classes,
-                                                      "weights": self.weights}, indent=2))
+                                                      "weights": self.weights, "arrays": settings}, indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> LexicalBranch:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"lexical branch in {folder} has format version {config.get('format_version')!r}, "
-                             f"this code reads {FORMAT_VERSION}; retrain with `marketsearch train`")
+        import joblib
+
+        config = read_config(folder)
         parts = joblib.load(folder / MODEL_FILE)  # written by `save` above, inside the model bundle
         return cls(parts["vectorizer"], parts["classifier"], int(config["num_classes"]),
                    {mode: tuple(pair) for mode, pair in config["weights"].items()})
+
+
+def read_config(folder: Path) -> dict:
+    config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"lexical branch in {folder} has format version {config.get('format_version')!r}, "
+                         f"this code reads {FORMAT_VERSION}; retrain with `marketsearch train`")
+    return config
 
 
 def _full_log_proba(classifier, bag, num_classes: int) -> np.ndarray:

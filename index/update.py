@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from catalog.store import Catalog
-from encoders.bundle import MultiModalModel
 from encoders.embed import EmbeddingTable, embedding_checkpoint, load_embeddings
 from index import ivf
 from index.bm25 import BM25Index, listing_text
@@ -64,6 +63,8 @@ def read_model_fingerprint(model_dir: str | Path) -> str:
 
     if not (Path(model_dir) / "bundle.json").is_file():
         raise FileNotFoundError(f"no model bundle at {model_dir} (bundle.json missing); run `marketsearch train`")
+    from encoders.bundle import MultiModalModel
+
     return MultiModalModel.load(model_dir).fingerprint
 
 

@@ -17,7 +17,6 @@ import numpy as np
 
 from catalog.images import ImageCleaningConfig, load_config, prepare_photo
 from catalog.store import Catalog
-from encoders.bundle import MultiModalModel
 from encoders.embed import EmbeddingTable, encode_images_with_photo_vectors, load_embeddings
 from index.bm25 import BM25Index
 from index.fusion import reciprocal_rank_fusion
@@ -34,6 +33,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from core.workspace import Workspace
+    from encoders.bundle import MultiModalModel
+    from encoders.served import ServedModel
     from ranking.feature_log import FeatureLogger
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Searcher:
 
     def __init__(
         self,
-        model: MultiModalModel,
+        model: MultiModalModel | ServedModel,
         listings: ListingTable,
         embeddings: EmbeddingTable,
         vector_index: VectorIndex,
@@ -143,17 +144,23 @@ class Searcher:
         load_ranker: bool = True,
         feature_logger: FeatureLogger | None = None,
         candidate_depth: int = DEFAULT_CANDIDATE_DEPTH,
+        model: MultiModalModel | ServedModel | None = None,
     ) -> Searcher:
         """Load model bundle, catalogue table, embeddings, the current index set and (if trained) the re-ranker.
 
-        The snapshot reflects the index set's checkpoint: a `search.live.LiveFollower` replays the change log
-        past it (a listing changed since is served from the index set as it was until then)."""
+        ``model``: the bundle already loaded (the service passes its served model, ``encoders.served``); by
+        default the torch model of the workspace's bundle. The snapshot reflects the index set's checkpoint: a
+        `search.live.LiveFollower` replays the change log past it (a listing changed since is served from the
+        index set as it was until then)."""
 
         if not (workspace.model_dir).exists():
             raise FileNotFoundError(
                 f"no model bundle in {workspace.model_dir}; run `marketsearch build --workspace {workspace.root}`"
             )
-        model = MultiModalModel.load(workspace.model_dir)
+        if model is None:
+            from encoders.bundle import MultiModalModel
+
+            model = MultiModalModel.load(workspace.model_dir)
         with Catalog(workspace.db_url, root=workspace.root) as catalog:
             listings = build_listing_table(catalog, model.labels)
             embeddings = load_embeddings(catalog, model.fingerprint)

@@ -1,0 +1,54 @@
+"""A photo's pixel values for the image tower, with PIL and numpy only: the eval transform of
+``encoders.modules.ImageBackbone.transforms`` (resize the shorter side, centre crop, scale to [0, 1],
+normalise per channel), for the served model, which starts without torch or torchvision."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# torchvision's InterpolationMode values -> PIL resampling filters
+RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+              "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+
+
+def resized(image: Image.Image, shorter: int, interpolation: str = "bilinear") -> Image.Image:
+    """``image`` with its shorter side ``shorter`` pixels and the longer one scaled (truncated), as torchvision's
+    ``Resize(int)`` computes it; the image itself when it already has that size."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = shorter, int(shorter * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    if size == (width, height):
+        return image
+    return image.resize(size, resample=RESAMPLING[interpolation])
+
+
+def center_cropped(pixels: np.ndarray, crop: int) -> np.ndarray:
+    """The central ``crop`` x ``crop`` of uint8 (H, W, C) pixels, zero-padded first where smaller (torchvision's
+    ``CenterCrop``)."""
+    height, width = pixels.shape[:2]
+    if crop > height or crop > width:
+        top, left = max(crop - height, 0), max(crop - width, 0)
+        pixels = np.pad(pixels, ((top // 2, (top + 1) // 2), (left // 2, (left + 1) // 2), (0, 0)))
+        height, width = pixels.shape[:2]
+    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    return pixels[top : top + crop, left : left + crop]
+
+
+def eval_pixels(images: list, preprocessing: dict) -> np.ndarray:
+    """float32 (n, 3, crop, crop) pixel values of PIL ``images`` (any mode; converted to RGB) under a backbone's
+    ``preprocessing`` (``encoders.backbones.ImagePreprocessing`` as a dict)."""
+    crop = int(preprocessing["crop"])
+    mean = np.asarray(preprocessing["mean"], np.float32).reshape(3, 1, 1)
+    std = np.asarray(preprocessing["std"], np.float32).reshape(3, 1, 1)
+    out = np.empty((len(images), 3, crop, crop), np.float32)
+    for row, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"expected a PIL.Image.Image, got {type(image).__name__}")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        rgb = resized(rgb, int(preprocessing["resize"]), preprocessing.get("interpolation", "bilinear"))
+        pixels = center_cropped(np.asarray(rgb), crop).transpose(2, 0, 1).astype(np.float32)
+        out[row] = (pixels * np.float32(1 / 255) - mean) / std
+    return out

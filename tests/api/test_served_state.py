@@ -1,0 +1,55 @@
+"""The service serves the served model (encoders.served) when the bundle's graphs verify, starting without torch,
+transformers or scikit-learn; otherwise the torch model, with the reason in /health."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from api.config import Settings
+from api.main import create_app
+from encoders.graphs import graph_dir
+
+
+def test_service_serves_the_torch_model_with_the_reason_when_the_graphs_do_not_verify(served_workspace, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(served_workspace.root, root)
+    graph = graph_dir(root / "model") / "text.fp32.onnx"
+    graph.write_bytes(graph.read_bytes()[:-100])
+    with TestClient(create_app(Settings(workspace=root, live_follow=False)), raise_server_exceptions=False) as client:
+        model = client.get("/health").json()["model"]
+        assert "the torch model is served" in model["runtime_notes"]["served_model"]
+        assert "does not match its manifest" in model["runtime_notes"]["served_model"]
+        assert model["text_runtime"] == "torch" and "does not match its manifest" in model["text_runtime_error"]
+        assert model["image_runtime"] == "onnxruntime"  # its graph still verifies: backbone in ONNX Runtime
+        response = client.post("/search/text", json={"query": "good condition"})
+        assert response.status_code == 200 and response.json()["count"] > 0
+
+
+def test_service_start_imports_no_torch_transformers_or_scikit_learn(served_workspace):
+    script = f"""
+import sys
+import api.main
+from api.config import Settings
+from api.state import load_state
+
+state = load_state(Settings(workspace={str(served_workspace.root)!r}, live_follow=False))
+assert state.searcher is not None, state.searcher_error
+assert type(state.searcher.model).__name__ == "ServedModel", state.runtime_notes
+state.searcher.search(text="good condition", k=5)
+loaded = sorted(m for m in ("torch", "torchvision", "transformers", "sklearn", "lightgbm") if m in sys.modules)
+print(",".join(loaded))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(done.stdout.strip().splitlines()[-1].split(",")) - {""}
+    assert not loaded & {"torch", "torchvision", "transformers"}
+    # lightgbm (the re-ranker) imports scikit-learn while it is installed; branch `rankserve` loads the re-ranker
+    # without it: after that merge, assert both absent here.
+    assert loaded <= {"lightgbm", "sklearn"} and ("sklearn" not in loaded or "lightgbm" in loaded)
+
