@@ -189,10 +189,12 @@ def quantize_text_graph(fp32_path: Path, int8_path: Path) -> None:
     no speed. The nodes after the backbone's output (pooling, projection head) stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    head = head_nodes(fp32_path, TEXT_OUTPUTS[0])
+    # quantize_dynamic first rewrites each Gemm as a MatMul named "<gemm>_MatMul" (and an Add), then quantises
+    head += [f"{name}_MatMul" for name in head]
     with _quiet_quantizer():
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=True, reduce_range=True,
-                         nodes_to_exclude=head_nodes(fp32_path, TEXT_OUTPUTS[0]))
+                         per_channel=True, reduce_range=True, nodes_to_exclude=head)
 
 
 class _PhotoBatches:

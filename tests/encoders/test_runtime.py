@@ -21,6 +21,7 @@ from encoders.runtime import (
     export_graphs,
     export_image_onnx,
     graph_dir,
+    head_nodes,
     image_quantisation_for,
     open_session,
     quantize_image_graph,
@@ -154,6 +155,37 @@ def test_int8_is_chosen_only_where_its_gate_passed(model, exported, tmp_path):
     precision, why = graphs.choose_precision("image")
     assert precision == "fp32" and "failed its quality gate: NDCG@10 2.0 points below fp32" in why
     assert graphs.choose_precision("text", allow_int8=False)[0] == "fp32"  # the settings turned it off
+
+
+def _head_weights_left_fp32(fp32_path, int8_path, backbone_output: str) -> dict[str, bool]:
+    """Per weight of a MatMul/Gemm after the backbone's output in the fp32 graph: is it still read as a float
+    initializer by a MatMul/Gemm of the int8 graph (not quantised)?"""
+    import onnx
+
+    head = set(head_nodes(fp32_path, backbone_output))
+    weights = [node.input[1] for node in onnx.load(str(fp32_path)).graph.node
+               if node.name in head and node.op_type in ("MatMul", "Gemm")]
+    graph = onnx.load(str(int8_path)).graph
+    floats = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    read = {name for node in graph.node if node.op_type in ("MatMul", "Gemm") for name in node.input}
+    return {weight: any(name.startswith(weight) and name in floats for name in read) for weight in weights}
+
+
+def test_whole_tower_graphs_quantise_the_backbone_and_leave_the_head_fp32(model, exported):
+    import onnx
+
+    assert not any(module.training for tower in (model.text_tower, model.image_tower)
+                   for module in tower.modules()), "the export leaves the towers in eval mode"
+    for modality, backbone_output in (("text", "last_hidden_state"), ("image", "feature_map")):
+        left = _head_weights_left_fp32(exported / f"{modality}.fp32.onnx", exported / f"{modality}.int8.onnx",
+                                       backbone_output)
+        assert len(left) == 2 and all(left.values()), (modality, left)  # the projection head's two Linears: fp32
+    text_ops = {node.op_type for node in onnx.load(str(exported / "text.int8.onnx")).graph.node}
+    assert "MatMulInteger" in text_ops or "DynamicQuantizeMatMul" in text_ops  # the backbone: int8
+    # MobileNetV2's recipe names its first 6 convs: they resolve in the whole-tower graph and stay fp32
+    kept = image_quantisation_for(model.image_tower.backbone.name).keep_first_convs
+    convs = _float_conv_weights(exported / "image.int8.onnx")
+    assert convs[:kept] == [True] * kept and not any(convs[kept:])
 
 
 class _SeparableNet(torch.nn.Module):
