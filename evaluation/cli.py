@@ -463,7 +463,7 @@ def export_onnx(
     threads: ThreadsOption = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest (graphs and gates) as JSON.")] = False,
 ) -> None:
-    """Export the encoders' backbones to ONNX into the model bundle (WORKSPACE/model/onnx), the service loads them.
+    """Export the encoders (whole towers) to ONNX into the model bundle (WORKSPACE/model/onnx), the service loads them.
 
     Writes fp32 graphs and, with --int8, int8 graphs with their quality gates: the known-item text and image
     protocols on the test products with queries encoded by each graph; int8 passes when its NDCG@10 is within

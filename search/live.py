@@ -39,6 +39,8 @@ from search.snapshot import Delta, MainPart, SearchSnapshot
 
 logger = logging.getLogger(__name__)
 
+ENCODER_LOAD_THREAD = "live-encoder-load"
+
 DEFAULT_POLL_INTERVAL_S = 0.2
 DEFAULT_COMPACT_AFTER = 500  # delta listings (changed, sold or deleted)
 DEFAULT_COMPACT_AGE_S = 600.0
@@ -114,7 +116,7 @@ class LiveFollower:
         if self.compaction:
             self._threads.append(threading.Thread(target=self._compact_loop, name="live-compaction", daemon=True))
         if self.preload_encoder and self._load_encoder is not None:
-            self._threads.append(threading.Thread(target=self._preload, name="live-encoder-load", daemon=True))
+            self._threads.append(threading.Thread(target=self._preload, name=ENCODER_LOAD_THREAD, daemon=True))
         for thread in self._threads:
             thread.start()
         return self
@@ -123,7 +125,9 @@ class LiveFollower:
         self._stop.set()
         self._compact_now.set()
         for thread in self._threads:
-            thread.join(timeout)
+            # the encoder preload (a daemon) may be importing torch, which nothing interrupts: not waited for
+            if thread.name != ENCODER_LOAD_THREAD:
+                thread.join(timeout)
         self.catalog.close()
 
     def _preload(self) -> None:
