@@ -45,7 +45,9 @@ class Settings(BaseSettings):
         "onnxruntime",
         description="Where the text tower encodes queries: onnxruntime (the bundle's exported graph, written by "
         "`marketsearch export-onnx`, verified at start; without one, an in-memory export of the loaded weights) "
-        "or torch. Falls back to torch, with the reason in /health, when ONNX Runtime cannot be used.",
+        "or torch. Falls back to torch, with the reason in /health, when ONNX Runtime cannot be used. With both "
+        "towers on onnxruntime and the bundle's graphs verified, the service serves the whole towers from their "
+        "graphs and starts without importing torch (encoders.served).",
     )
     image_runtime: Literal["onnxruntime", "torch"] = Field(
         "onnxruntime",
