@@ -108,12 +108,14 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         logger.warning(state.catalog_error)
         return state
     served, served_notes, served_error = _served_model(settings, workspace)
+    if served is None:
+        _torch_threads(settings.torch_threads)  # the torch model serves queries
     try:
         state.catalog = Catalog(workspace.db_url, root=workspace.root)
         # The re-ranker is loaded separately: a stale or broken one should cost re-ranking, not search.
         state.searcher = Searcher.from_workspace(
             workspace, load_ranker=False, feature_logger=_feature_logger(settings, workspace),
-            model=served if served is not None else _torch_threads(settings.torch_threads),
+            model=served,  # None: the torch model of the bundle
         )
     except CatalogError as exc:  # not SQLite, damaged, another schema: nothing can be served from it
         state.close()
