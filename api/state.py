@@ -227,7 +227,7 @@ def _served_model(settings: Settings, workspace: Workspace) -> tuple[ServedModel
         model, notes = ServedModel.load(workspace.model_dir, int8=tuple(settings.onnx_int8),
                                         threads=settings.torch_threads)
     except (GraphError, OSError, ValueError) as exc:
-        logger.warning("serving the torch model: %s", exc)
+        logger.info("the served model cannot be used, the torch model serves: %s", exc)  # /health says why
         return None, {}, str(exc)
     return model, notes, None
 
