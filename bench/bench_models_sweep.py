@@ -36,8 +36,8 @@ def main() -> None:
     from core.workspace import Workspace
     from encoders.loss import EmbeddingQueue
     from encoders.train import (
-        BACKBONE_PREFIXES,
         CachedFeatures,
+        TopLayerTextFeatures,
         TrainConfig,
         _build,
         _optimizer,
@@ -54,13 +54,22 @@ def main() -> None:
     data = load_workspace_training_data(workspace, labels, base)
     cpu = torch.device("cpu")
     reference = _build(base, labels, cpu)
-    features = CachedFeatures(data, reference.image_tower, reference.text_tower,
-                              workspace.feature_cache_dir, cpu, 32, False)
-    rebuild = {"head_dropout", "fusion_hidden_dim", "fusion_dropout", "embed_dim", "modality_dropout"}
+    base_features = CachedFeatures(data, reference.image_tower, reference.text_tower,
+                                   workspace.feature_cache_dir, cpu, 32, False)
+    rebuild = {"head_dropout", "fusion_hidden_dim", "fusion_dropout", "embed_dim", "modality_dropout",
+               "text_finetune_layers"}
+    top_layer_features = {}  # text_finetune_layers -> TopLayerTextFeatures (its lower states computed once)
     for name, overrides in json.loads(args.settings).items():
         config = dataclasses.replace(base, **overrides)
         torch.manual_seed(config.seed)
         model = _build(config, labels, cpu) if rebuild & set(overrides) else copy.deepcopy(reference)
+        features = base_features
+        if config.text_finetune_layers:
+            layers = config.text_finetune_layers
+            if layers not in top_layer_features:
+                top_layer_features[layers] = TopLayerTextFeatures(data, model.image_tower, model.text_tower,
+                                                                  workspace.feature_cache_dir, cpu, layers, 32, False)
+            features = top_layer_features[layers].with_tower(model.text_tower)
         optimizer, rng = _optimizer(model, config), np.random.default_rng(config.seed)
         queue = EmbeddingQueue(config.queue_size) if config.queue_size > 0 else None
         best_score, best_epoch, best_state, best_val = -1.0, -1, None, None
@@ -70,8 +79,7 @@ def main() -> None:
             val = evaluate_rows(model, features, data, data.rows("val"))
             if selection_score(val) > best_score:  # the checkpoint rule of `marketsearch train`
                 best_score, best_epoch, best_val = selection_score(val), epoch, val
-                best_state = {k: v.clone() for k, v in model.state_dict().items()
-                              if not k.startswith(BACKBONE_PREFIXES)}
+                best_state = model.trainable_state()  # heads, and the backbone layers being fine-tuned
             elif epoch - best_epoch > config.patience:
                 break
         model.load_state_dict(best_state, strict=False)

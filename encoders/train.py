@@ -18,6 +18,7 @@ A run folder ``<workspace>/runs/<timestamp>/`` holds config.json, split.json, ch
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -241,6 +242,12 @@ class TopLayerTextFeatures:
         row_of = {text: row for row, text in enumerate(distinct)}
         self.full = np.array([row_of[t] for t in data.texts], np.int64)
         self.title = np.array([row_of[t] for t in data.titles], np.int64)
+
+    def with_tower(self, text_tower: Tower) -> TopLayerTextFeatures:
+        """The same cached states, run through the top layers of another tower with the same backbone."""
+        bound = copy.copy(self)
+        bound.blocks, bound.pooling = text_tower.backbone.blocks[-len(self.blocks):], text_tower.pooling
+        return bound
 
     def image_pooled(self, photo_rows: np.ndarray, train: bool) -> torch.Tensor:
         return self.photos.image_pooled(photo_rows, train)

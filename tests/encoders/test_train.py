@@ -156,3 +156,16 @@ def test_top_layer_text_features_match_the_frozen_backbone_and_training_updates_
     assert not all(torch.equal(a, b) for a, b in zip(after[-1].state_dict().values(),
                                                       before[-1].state_dict().values()))
     assert result.report["test"]["gallery_size"] > 0
+
+
+@pytest.mark.parametrize("option", [["--photo-positives", "every"], ["--text-finetune-layers", "1",
+                                                                      "--finetune-blocks", "1"]])
+def test_train_refuses_inconsistent_shared_space_options_with_one_line(tmp_path, option):
+    from typer.testing import CliRunner
+
+    from marketsearch.cli import app
+
+    result = CliRunner().invoke(app, ["train", *option, "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option[0][2:].replace("-", "_") in lines[0]
