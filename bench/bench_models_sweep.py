@@ -37,7 +37,7 @@ def main() -> None:
     from encoders.loss import EmbeddingQueue
     from encoders.train import (
         CachedFeatures,
-        TopLayerTextFeatures,
+        TopLayerFeatures,
         TrainConfig,
         _build,
         _optimizer,
@@ -57,19 +57,19 @@ def main() -> None:
     base_features = CachedFeatures(data, reference.image_tower, reference.text_tower,
                                    workspace.feature_cache_dir, cpu, 32, False)
     rebuild = {"head_dropout", "fusion_hidden_dim", "fusion_dropout", "embed_dim", "modality_dropout",
-               "text_finetune_layers"}
-    top_layer_features = {}  # text_finetune_layers -> TopLayerTextFeatures (its lower states computed once)
+               "text_finetune_layers", "image_finetune_blocks"}
+    top_layer_features = {}  # (text layers, image blocks) -> TopLayerFeatures (its lower inputs computed once)
     for name, overrides in json.loads(args.settings).items():
         config = dataclasses.replace(base, **overrides)
         torch.manual_seed(config.seed)
         model = _build(config, labels, cpu) if rebuild & set(overrides) else copy.deepcopy(reference)
         features = base_features
-        if config.text_finetune_layers:
-            layers = config.text_finetune_layers
-            if layers not in top_layer_features:
-                top_layer_features[layers] = TopLayerTextFeatures(data, model.image_tower, model.text_tower,
-                                                                  workspace.feature_cache_dir, cpu, layers, 32, False)
-            features = top_layer_features[layers].with_tower(model.text_tower)
+        top = (config.text_finetune_layers, config.image_finetune_blocks)
+        if any(top):
+            if top not in top_layer_features:
+                top_layer_features[top] = TopLayerFeatures(data, model.image_tower, model.text_tower,
+                                                           workspace.feature_cache_dir, cpu, *top, 32, False)
+            features = top_layer_features[top].with_towers(model.image_tower, model.text_tower)
         optimizer, rng = _optimizer(model, config), np.random.default_rng(config.seed)
         queue = EmbeddingQueue(config.queue_size) if config.queue_size > 0 else None
         best_score, best_epoch, best_state, best_val = -1.0, -1, None, None

@@ -44,6 +44,9 @@ def train(
     text_finetune_layers: Annotated[int, typer.Option(
         "--text-finetune-layers", min=0, help="Train the text backbone's top N layers on hidden states of the "
         "layers below, computed once per text at the start (0 = frozen text backbone).")] = 0,
+    image_finetune_blocks: Annotated[int, typer.Option(
+        "--image-finetune-blocks", min=0, help="Train the image backbone's top N blocks on feature maps of the "
+        "blocks below, computed once per photo at the start (0 = frozen image backbone).")] = 0,
     backbone_lr: Annotated[float, typer.Option(
         "--backbone-lr", help="Learning rate of the backbone layers being fine-tuned.")] = 2e-5,
     photo_positives: Annotated[str, typer.Option(
@@ -89,7 +92,8 @@ def train(
             model_config=config, image_backbone=image_backbone, text_backbone=text_backbone, embed_dim=embed_dim,
             epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, finetune_blocks=finetune_blocks,
             seed=seed, device=device, allow_download=not offline, late_fusion=late_fusion,
-            lexical_branch=lexical_branch, text_finetune_layers=text_finetune_layers, backbone_lr=backbone_lr,
+            lexical_branch=lexical_branch, text_finetune_layers=text_finetune_layers,
+            image_finetune_blocks=image_finetune_blocks, backbone_lr=backbone_lr,
             photo_positives=photo_positives, category_batch_classes=category_batch_classes, queue_size=queue_size,
         )
         result = run_training(ws, options, resume=resume)

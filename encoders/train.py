@@ -87,6 +87,7 @@ class TrainConfig:
     patience: int = 8  # epochs without a better validation score before stopping
     finetune_blocks: int = 0  # unfreeze the top N blocks of each backbone (0 = frozen, cached features)
     text_finetune_layers: int = 0  # train the text backbone's top N layers on cached lower-layer states
+    image_finetune_blocks: int = 0  # train the image backbone's top N blocks on cached lower feature maps
     # -- shared space (contrastive loss)
     photo_positives: str = "one"  # one random photo per listing | all (multi-positive) | mean (listing mean)
     category_batch_classes: int = 0  # each batch from this many categories (same-category negatives; 0 = random)
@@ -100,11 +101,13 @@ class TrainConfig:
     def __post_init__(self):
         if self.photo_positives not in PHOTO_POSITIVES:
             raise ValueError(f"photo_positives must be one of {PHOTO_POSITIVES}, got {self.photo_positives!r}")
-        if self.text_finetune_layers and self.finetune_blocks:
-            raise ValueError("text_finetune_layers and finetune_blocks exclude each other (finetune_blocks runs "
-                             "the whole backbones in the loop)")
-        if self.category_batch_classes < 0 or self.queue_size < 0 or self.text_finetune_layers < 0:
-            raise ValueError("category_batch_classes, queue_size and text_finetune_layers must be >= 0")
+        if (self.text_finetune_layers or self.image_finetune_blocks) and self.finetune_blocks:
+            raise ValueError("text_finetune_layers / image_finetune_blocks and finetune_blocks exclude each other "
+                             "(finetune_blocks runs the whole backbones in the loop)")
+        if min(self.category_batch_classes, self.queue_size, self.text_finetune_layers,
+               self.image_finetune_blocks) < 0:
+            raise ValueError("category_batch_classes, queue_size, text_finetune_layers and image_finetune_blocks "
+                             "must be >= 0")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -225,34 +228,54 @@ class CachedFeatures:
         return torch.where(mask, self.text_title[index], self.text_full[index])
 
 
-class TopLayerTextFeatures:
-    """Photo features from the disk cache (``CachedFeatures``); text features from the text backbone's top
-    ``layers`` transformer layers (the trainable ones) run on the hidden states below them, which are computed
-    once per distinct text at the start of the run and held in memory (float16)."""
+class TopLayerFeatures:
+    """Pooled features where the top layers of a backbone are trained: the inputs of those layers are computed
+    once per text (hidden states below the top ``text_layers`` transformer layers, float16, padding dropped) or
+    per photo (feature maps below the top ``image_blocks`` blocks, float16, eval preprocessing) at the start of
+    the run and held in memory; each step runs only the top layers. A modality with 0 top layers reads its
+    frozen pooled features from the disk cache (``CachedFeatures``)."""
 
     def __init__(self, data: TrainingData, image_tower: Tower, text_tower: Tower, cache_root: Path,
-                 device: torch.device, layers: int, batch_size: int, progress: bool):
-        self.photos = CachedFeatures(data, image_tower, text_tower, cache_root, device, batch_size, progress,
-                                     with_text=False)
-        backbone = text_tower.backbone
-        self.blocks, self.pooling, self.config = backbone.blocks[-layers:], text_tower.pooling, backbone.model.config
-        self.device = device
-        distinct = list(dict.fromkeys(data.texts + data.titles))
-        self.states = lower_hidden_states(text_tower, distinct, layers, batch_size * 2, progress)
-        row_of = {text: row for row, text in enumerate(distinct)}
-        self.full = np.array([row_of[t] for t in data.texts], np.int64)
-        self.title = np.array([row_of[t] for t in data.titles], np.int64)
+                 device: torch.device, text_layers: int, image_blocks: int, batch_size: int, progress: bool):
+        self.device, self.text_layers, self.image_blocks = device, text_layers, image_blocks
+        self.cached = None
+        if not (text_layers and image_blocks):
+            self.cached = CachedFeatures(data, image_tower, text_tower, cache_root, device, batch_size, progress,
+                                         with_text=not text_layers)
+        if image_blocks:
+            self.maps = lower_feature_maps(image_tower, data.photo_paths, image_blocks, batch_size, progress)
+        if text_layers:
+            distinct = list(dict.fromkeys(data.texts + data.titles))
+            self.states = lower_hidden_states(text_tower, distinct, text_layers, batch_size * 2, progress)
+            row_of = {text: row for row, text in enumerate(distinct)}
+            self.full = np.array([row_of[t] for t in data.texts], np.int64)
+            self.title = np.array([row_of[t] for t in data.titles], np.int64)
+        self.bind(image_tower, text_tower)
 
-    def with_tower(self, text_tower: Tower) -> TopLayerTextFeatures:
-        """The same cached states, run through the top layers of another tower with the same backbone."""
+    def bind(self, image_tower: Tower, text_tower: Tower) -> None:
+        """Run the top layers of these towers (the same backbones as the ones the inputs were computed with)."""
+        self.image_tower, self.text_tower = image_tower, text_tower
+        self.text_blocks = text_tower.backbone.blocks[-self.text_layers:] if self.text_layers else []
+        self.image_blocks_ = image_tower.backbone.blocks[-self.image_blocks:] if self.image_blocks else []
+
+    def with_towers(self, image_tower: Tower, text_tower: Tower) -> TopLayerFeatures:
+        """The same cached inputs, run through the top layers of other towers with the same backbones."""
         bound = copy.copy(self)
-        bound.blocks, bound.pooling = text_tower.backbone.blocks[-len(self.blocks):], text_tower.pooling
+        bound.bind(image_tower, text_tower)
         return bound
 
     def image_pooled(self, photo_rows: np.ndarray, train: bool) -> torch.Tensor:
-        return self.photos.image_pooled(photo_rows, train)
+        if not self.image_blocks:
+            return self.cached.image_pooled(photo_rows, train)
+        x = self.maps[torch.as_tensor(photo_rows)].to(self.device, torch.float32)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for block in self.image_blocks_:  # batch-norm statistics stay those of the pretrained weights
+            x = block(x)
+        return self.image_tower.pooling({"feature_map": x})["pooled"]
 
     def text_pooled(self, rows: np.ndarray, title_only: np.ndarray, train: bool) -> torch.Tensor:
+        if not self.text_layers:
+            return self.cached.text_pooled(rows, title_only, train)
         from transformers.masking_utils import create_bidirectional_mask
 
         which = np.where(title_only, self.title[rows], self.full[rows])
@@ -261,11 +284,32 @@ class TopLayerTextFeatures:
         mask = torch.zeros(hidden.shape[:2], dtype=torch.int64, device=self.device)
         for i, state in enumerate(states):
             mask[i, : len(state)] = 1
-        attention = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask)
-        for block in self.blocks:
+        config = self.text_tower.backbone.model.config
+        attention = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+        for block in self.text_blocks:
             block.train(train)
             hidden = block(hidden, attention_mask=attention)
-        return self.pooling({"token_embeddings": hidden, "attention_mask": mask})["pooled"]
+        return self.text_tower.pooling({"token_embeddings": hidden, "attention_mask": mask})["pooled"]
+
+
+@torch.no_grad()
+def lower_feature_maps(image_tower: Tower, paths: list[Path], top_blocks: int, batch_size: int,
+                       progress: bool) -> torch.Tensor:
+    """The feature maps entering the image backbone's top ``top_blocks`` blocks, float16 (photos, C, H, W)
+    on the CPU, in the order of ``paths`` (eval preprocessing)."""
+    backbone = image_tower.backbone
+    backbone.eval()
+    net, lower = backbone.net, backbone.blocks[:-top_blocks]
+    out = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="photo maps", unit="batch", disable=not progress):
+        pixels = image_tower.prepare([load_photo(p) for p in paths[start : start + batch_size]])["pixel_values"]
+        x = pixels.contiguous(memory_format=torch.channels_last)
+        if hasattr(net, "stem"):
+            x = net.stem(x)
+        for block in lower:
+            x = block(x)
+        out.append(x.to(torch.float16).cpu().contiguous())
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -531,7 +575,7 @@ def _build(config: TrainConfig, labels: LabelEncoder, device: torch.device) -> J
         image_tower, text_tower = build_towers(arch, allow_download=config.allow_download)
         model = JointModel(image_tower, text_tower, len(labels), config.fusion_hidden_dim, config.modality_dropout,
                            labels.classes, config.fusion_dropout)
-    image_tower.freeze_backbone(config.finetune_blocks)
+    image_tower.freeze_backbone(config.finetune_blocks or config.image_finetune_blocks)
     text_tower.freeze_backbone(config.finetune_blocks or config.text_finetune_layers)
     return model.to(device)
 
@@ -595,10 +639,10 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
                                                     "split": dict(zip(data.ids, data.split.tolist()))})
     if config.finetune_blocks > 0:
         features = LiveFeatures(data, model.image_tower, model.text_tower)
-    elif config.text_finetune_layers > 0:
-        features = TopLayerTextFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
-                                        device, config.text_finetune_layers, config.feature_batch_size,
-                                        config.progress)
+    elif config.text_finetune_layers > 0 or config.image_finetune_blocks > 0:
+        features = TopLayerFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir, device,
+                                    config.text_finetune_layers, config.image_finetune_blocks,
+                                    config.feature_batch_size, config.progress)
     else:
         features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
                                   device, config.feature_batch_size, config.progress)

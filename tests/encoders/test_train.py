@@ -119,11 +119,11 @@ def test_category_batches_cover_every_row_once_with_few_categories_each():
     assert max(len(b) for b in batches) <= 16
 
 
-def test_top_layer_text_features_match_the_frozen_backbone_and_training_updates_only_the_top_layers(
+def test_top_layer_features_match_the_frozen_backbones_and_training_updates_only_the_top_layers(
         demo_workspace, tmp_path):
     from core.workspace import Workspace
     from encoders.towers import build_towers, get_model_config
-    from encoders.train import TopLayerTextFeatures, load_workspace_training_data
+    from encoders.train import TopLayerFeatures, load_workspace_training_data
 
     shutil.copytree(demo_workspace.root, tmp_path / "ws")
     workspace = Workspace.at(tmp_path / "ws")
@@ -134,8 +134,8 @@ def test_top_layer_text_features_match_the_frozen_backbone_and_training_updates_
     torch.manual_seed(0)
     image_tower, text_tower = build_towers(get_model_config("tiny"), allow_download=False)
     image_tower.eval(), text_tower.eval()
-    features = TopLayerTextFeatures(data, image_tower, text_tower, workspace.feature_cache_dir,
-                                    torch.device("cpu"), layers=1, batch_size=16, progress=False)
+    features = TopLayerFeatures(data, image_tower, text_tower, workspace.feature_cache_dir, torch.device("cpu"),
+                                text_layers=1, image_blocks=2, batch_size=16, progress=False)
     rows, title_only = np.arange(12), np.arange(12) % 2 == 0
     texts = [data.titles[r] if t else data.texts[r] for r, t in zip(rows, title_only)]
     with torch.no_grad():
@@ -143,18 +143,30 @@ def test_top_layer_text_features_match_the_frozen_backbone_and_training_updates_
         top = features.text_pooled(rows, title_only, train=False)
     assert torch.allclose(top, whole, atol=2e-2, rtol=1e-2)
     assert not torch.allclose(top[:1], whole[1:2], atol=2e-2)
+    # and the top 2 image blocks on the cached feature maps below them give what the whole image backbone gives
+    from encoders.train import load_photo
+
+    photo_rows = np.arange(6)
+    with torch.no_grad():
+        whole = image_tower.trunk(image_tower.prepare([load_photo(data.photo_paths[i]) for i in photo_rows]))
+        top = features.image_pooled(photo_rows, train=False)
+    assert torch.allclose(top, whole, atol=2e-2, rtol=1e-2)
+    assert not torch.allclose(top[:1], whole[1:2], atol=2e-2)
 
     # a run with every shared-space option: the top layer moves, the layers below it do not, and the saved
     # bundle's text tower encodes with the trained layer
     result = train(workspace, TrainConfig(model_config="tiny", epochs=2, patience=10, progress=False,
                                           allow_download=False, device="cpu", text_finetune_layers=1,
-                                          photo_positives="all", category_batch_classes=2, queue_size=64))
+                                          image_finetune_blocks=1, photo_positives="all",
+                                          category_batch_classes=2, queue_size=64))
     model = MultiModalModel.load(workspace.model_dir)
-    before = text_tower.backbone.blocks
-    after = model.text_tower.backbone.blocks
-    assert all(torch.equal(a, b) for a, b in zip(after[0].state_dict().values(), before[0].state_dict().values()))
-    assert not all(torch.equal(a, b) for a, b in zip(after[-1].state_dict().values(),
-                                                      before[-1].state_dict().values()))
+
+    def same(a, b) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    for saved, initial in ((model.text_tower, text_tower), (model.image_tower, image_tower)):
+        after, before = saved.backbone.blocks, initial.backbone.blocks
+        assert same(after[0], before[0]) and not same(after[-1], before[-1])
     assert result.report["test"]["gallery_size"] > 0
 
 
