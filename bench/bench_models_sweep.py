@@ -34,9 +34,10 @@ def main() -> None:
 
     from catalog.labels import LabelEncoder
     from core.workspace import Workspace
+    from encoders.loss import EmbeddingQueue
     from encoders.train import (
-        BACKBONE_PREFIXES,
         CachedFeatures,
+        TopLayerFeatures,
         TrainConfig,
         _build,
         _optimizer,
@@ -53,34 +54,44 @@ def main() -> None:
     data = load_workspace_training_data(workspace, labels, base)
     cpu = torch.device("cpu")
     reference = _build(base, labels, cpu)
-    features = CachedFeatures(data, reference.image_tower, reference.text_tower,
-                              workspace.feature_cache_dir, cpu, 32, False)
-    rebuild = {"head_dropout", "fusion_hidden_dim", "fusion_dropout", "embed_dim", "modality_dropout"}
+    base_features = CachedFeatures(data, reference.image_tower, reference.text_tower,
+                                   workspace.feature_cache_dir, cpu, 32, False)
+    rebuild = {"head_dropout", "fusion_hidden_dim", "fusion_dropout", "embed_dim", "modality_dropout",
+               "text_finetune_layers", "image_finetune_blocks"}
+    top_layer_features = {}  # (text layers, image blocks) -> TopLayerFeatures (its lower inputs computed once)
     for name, overrides in json.loads(args.settings).items():
         config = dataclasses.replace(base, **overrides)
         torch.manual_seed(config.seed)
         model = _build(config, labels, cpu) if rebuild & set(overrides) else copy.deepcopy(reference)
+        features = base_features
+        top = (config.text_finetune_layers, config.image_finetune_blocks)
+        if any(top):
+            if top not in top_layer_features:
+                top_layer_features[top] = TopLayerFeatures(data, model.image_tower, model.text_tower,
+                                                           workspace.feature_cache_dir, cpu, *top, 32, False)
+            features = top_layer_features[top].with_towers(model.image_tower, model.text_tower)
         optimizer, rng = _optimizer(model, config), np.random.default_rng(config.seed)
+        queue = EmbeddingQueue(config.queue_size) if config.queue_size > 0 else None
         best_score, best_epoch, best_state, best_val = -1.0, -1, None, None
         started = time.perf_counter()
         for epoch in range(config.epochs):
-            train_one_epoch(model, features, data, optimizer, config, epoch, rng)
+            train_one_epoch(model, features, data, optimizer, config, epoch, rng, queue=queue)
             val = evaluate_rows(model, features, data, data.rows("val"))
             if selection_score(val) > best_score:  # the checkpoint rule of `marketsearch train`
                 best_score, best_epoch, best_val = selection_score(val), epoch, val
-                best_state = {k: v.clone() for k, v in model.state_dict().items()
-                              if not k.startswith(BACKBONE_PREFIXES)}
+                best_state = model.trainable_state()  # heads, and the backbone layers being fine-tuned
             elif epoch - best_epoch > config.patience:
                 break
         model.load_state_dict(best_state, strict=False)
         line = (f"{name}: best epoch {best_epoch} | val fused {best_val['fused']['accuracy']:.3f} "
                 f"text {best_val['text_only']['accuracy']:.3f} image {best_val['image_only']['accuracy']:.3f} "
-                f"title->photo R@10 (val gallery) {best_val['title_to_photo_recall@10']:.3f}")
+                f"title->photo R@10 (val gallery) {best_val['title_to_photo_recall@10']:.3f} score {best_score:.3f}")
         if args.report_test:
-            test = evaluate_rows(model, features, data, data.rows("test"))
+            # the gallery of `marketsearch train`'s report: every listing with a photo
+            test = evaluate_rows(model, features, data, data.rows("test"), gallery_rows=np.arange(len(data.ids)))
             line += (f" | test fused {test['fused']['accuracy']:.3f} text {test['text_only']['accuracy']:.3f} "
-                     f"image {test['image_only']['accuracy']:.3f} title->photo R@10 (test gallery) "
-                     f"{test['title_to_photo_recall@10']:.3f}")
+                     f"image {test['image_only']['accuracy']:.3f} title->photo R@10 (full gallery, "
+                     f"{test['gallery_size']}) {test['title_to_photo_recall@10']:.4f}")
         print(f"{line} [{time.perf_counter() - started:.0f} s]", flush=True)
 
 if __name__ == "__main__":

@@ -41,6 +41,23 @@ def train(
     finetune_blocks: Annotated[int, typer.Option(
         "--finetune-blocks", min=0, help="Unfreeze the top N blocks of each backbone (0 = frozen backbones with "
         "cached features: the fast CPU profile).")] = 0,
+    text_finetune_layers: Annotated[int, typer.Option(
+        "--text-finetune-layers", min=0, help="Train the text backbone's top N layers on hidden states of the "
+        "layers below, computed once per text at the start (0 = frozen text backbone).")] = 0,
+    image_finetune_blocks: Annotated[int, typer.Option(
+        "--image-finetune-blocks", min=0, help="Train the image backbone's top N blocks on feature maps of the "
+        "blocks below, computed once per photo at the start (0 = frozen image backbone).")] = 0,
+    backbone_lr: Annotated[float, typer.Option(
+        "--backbone-lr", help="Learning rate of the backbone layers being fine-tuned.")] = 2e-5,
+    photo_positives: Annotated[str, typer.Option(
+        "--photo-positives", help="Photos in the contrastive loss: one (a random photo per listing), all (every "
+        "photo a positive of its listing's text) or mean (the listing's mean photo embedding).")] = "one",
+    category_batch_classes: Annotated[int, typer.Option(
+        "--category-batch-classes", min=0, help="Draw each batch from this many categories, so in-batch "
+        "negatives share the category (0 = random batches).")] = 0,
+    queue_size: Annotated[int, typer.Option(
+        "--queue-size", min=0, help="Embeddings of recent batches kept as extra contrastive negatives "
+        "(0 = in-batch negatives only).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the product-level split and of training.")] = 0,
     late_fusion: Annotated[bool, typer.Option(
         "--late-fusion/--no-late-fusion", help="Fit the fusion head's expert weights (joint, text alone, image "
@@ -70,13 +87,15 @@ def train(
 
     torch.set_num_threads(threads)
     ws = open_workspace(workspace)
-    options = TrainConfig(
-        model_config=config, image_backbone=image_backbone, text_backbone=text_backbone, embed_dim=embed_dim,
-        epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, finetune_blocks=finetune_blocks,
-        seed=seed, device=device, allow_download=not offline, late_fusion=late_fusion,
-        lexical_branch=lexical_branch,
-    )
     try:
+        options = TrainConfig(
+            model_config=config, image_backbone=image_backbone, text_backbone=text_backbone, embed_dim=embed_dim,
+            epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, finetune_blocks=finetune_blocks,
+            seed=seed, device=device, allow_download=not offline, late_fusion=late_fusion,
+            lexical_branch=lexical_branch, text_finetune_layers=text_finetune_layers,
+            image_finetune_blocks=image_finetune_blocks, backbone_lr=backbone_lr,
+            photo_positives=photo_positives, category_batch_classes=category_batch_classes, queue_size=queue_size,
+        )
         result = run_training(ws, options, resume=resume)
     except (MissingWeightsError, FileNotFoundError, ValueError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)

@@ -18,6 +18,7 @@ A run folder ``<workspace>/runs/<timestamp>/`` holds config.json, split.json, ch
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -43,7 +44,7 @@ from core.files import copy_dir_atomic, write_atomic, write_json_atomic
 from core.workspace import new_stamped_dir
 from encoders.bundle import MultiModalModel
 from encoders.features import cached_pooled_features, photo_key, text_key
-from encoders.loss import ClipLoss
+from encoders.loss import ClipLoss, EmbeddingQueue
 from encoders.towers import Tower, build_towers, get_model_config
 from fusion.classifier import FusionClassifier, fit_expert_weights
 from fusion.evaluate import evaluate_fusion, save_confusion_matrix
@@ -52,6 +53,7 @@ from fusion.lexical import LexicalBranch
 logger = logging.getLogger(__name__)
 
 BACKBONE_PREFIXES = ("image_tower.layers.0.", "text_tower.layers.0.")
+PHOTO_POSITIVES = ("one", "all", "mean")
 
 
 @dataclass
@@ -84,11 +86,28 @@ class TrainConfig:
     tower_ce_weight: float = 0.5  # weight of each tower's own probe cross-entropy
     patience: int = 8  # epochs without a better validation score before stopping
     finetune_blocks: int = 0  # unfreeze the top N blocks of each backbone (0 = frozen, cached features)
+    text_finetune_layers: int = 0  # train the text backbone's top N layers on cached lower-layer states
+    image_finetune_blocks: int = 0  # train the image backbone's top N blocks on cached lower feature maps
+    # -- shared space (contrastive loss)
+    photo_positives: str = "one"  # one random photo per listing | all (multi-positive) | mean (listing mean)
+    category_batch_classes: int = 0  # each batch from this many categories (same-category negatives; 0 = random)
+    queue_size: int = 0  # recent embeddings kept as extra contrastive negatives (0 = in-batch only)
     # -- system
     device: str = "auto"  # auto | cpu | cuda
     feature_batch_size: int = 32
     allow_download: bool = True  # let 'auto'/design-card backbones be downloaded (short timeout)
     progress: bool = True
+
+    def __post_init__(self):
+        if self.photo_positives not in PHOTO_POSITIVES:
+            raise ValueError(f"photo_positives must be one of {PHOTO_POSITIVES}, got {self.photo_positives!r}")
+        if (self.text_finetune_layers or self.image_finetune_blocks) and self.finetune_blocks:
+            raise ValueError("text_finetune_layers / image_finetune_blocks and finetune_blocks exclude each other "
+                             "(finetune_blocks runs the whole backbones in the loop)")
+        if min(self.category_batch_classes, self.queue_size, self.text_finetune_layers,
+               self.image_finetune_blocks) < 0:
+            raise ValueError("category_batch_classes, queue_size, text_finetune_layers and image_finetune_blocks "
+                             "must be >= 0")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -185,16 +204,18 @@ class CachedFeatures:
     """Pooled backbone features from the disk cache (frozen backbones)."""
 
     def __init__(self, data: TrainingData, image_tower: Tower, text_tower: Tower, cache_root: Path,
-                 device: torch.device, batch_size: int, progress: bool):
+                 device: torch.device, batch_size: int, progress: bool, with_text: bool = True):
         photo_keys = [photo_key(image_id, path) for image_id, path in zip(data.photo_ids, data.photo_paths)]
         path_of = dict(zip(photo_keys, data.photo_paths))
         image = cached_pooled_features(image_tower, cache_root, photo_keys, lambda key: load_photo(path_of[key]),
                                        batch_size=batch_size, progress=progress)
+        self.image = torch.as_tensor(image, device=device)
+        if not with_text:
+            return
         text_of = {text_key(t): t for t in data.texts + data.titles}
         text = cached_pooled_features(text_tower, cache_root, list(text_of), lambda key: text_of[key],
                                       batch_size=batch_size, progress=progress)
         row_of = {key: row for row, key in enumerate(text_of)}
-        self.image = torch.as_tensor(image, device=device)
         self.text_full = torch.as_tensor(text[[row_of[text_key(t)] for t in data.texts]], device=device)
         self.text_title = torch.as_tensor(text[[row_of[text_key(t)] for t in data.titles]], device=device)
 
@@ -205,6 +226,108 @@ class CachedFeatures:
         index = torch.as_tensor(rows, device=self.text_full.device)
         mask = torch.as_tensor(title_only, device=self.text_full.device).unsqueeze(1)
         return torch.where(mask, self.text_title[index], self.text_full[index])
+
+
+class TopLayerFeatures:
+    """Pooled features where the top layers of a backbone are trained: the inputs of those layers are computed
+    once per text (hidden states below the top ``text_layers`` transformer layers, float16, padding dropped) or
+    per photo (feature maps below the top ``image_blocks`` blocks, float16, eval preprocessing) at the start of
+    the run and held in memory; each step runs only the top layers. A modality with 0 top layers reads its
+    frozen pooled features from the disk cache (``CachedFeatures``)."""
+
+    def __init__(self, data: TrainingData, image_tower: Tower, text_tower: Tower, cache_root: Path,
+                 device: torch.device, text_layers: int, image_blocks: int, batch_size: int, progress: bool):
+        self.device, self.text_layers, self.image_blocks = device, text_layers, image_blocks
+        self.cached = None
+        if not (text_layers and image_blocks):
+            self.cached = CachedFeatures(data, image_tower, text_tower, cache_root, device, batch_size, progress,
+                                         with_text=not text_layers)
+        if image_blocks:
+            self.maps = lower_feature_maps(image_tower, data.photo_paths, image_blocks, batch_size, progress)
+        if text_layers:
+            distinct = list(dict.fromkeys(data.texts + data.titles))
+            self.states = lower_hidden_states(text_tower, distinct, text_layers, batch_size * 2, progress)
+            row_of = {text: row for row, text in enumerate(distinct)}
+            self.full = np.array([row_of[t] for t in data.texts], np.int64)
+            self.title = np.array([row_of[t] for t in data.titles], np.int64)
+        self.bind(image_tower, text_tower)
+
+    def bind(self, image_tower: Tower, text_tower: Tower) -> None:
+        """Run the top layers of these towers (the same backbones as the ones the inputs were computed with)."""
+        self.image_tower, self.text_tower = image_tower, text_tower
+        self.text_blocks = text_tower.backbone.blocks[-self.text_layers:] if self.text_layers else []
+        self.image_blocks_ = image_tower.backbone.blocks[-self.image_blocks:] if self.image_blocks else []
+
+    def with_towers(self, image_tower: Tower, text_tower: Tower) -> TopLayerFeatures:
+        """The same cached inputs, run through the top layers of other towers with the same backbones."""
+        bound = copy.copy(self)
+        bound.bind(image_tower, text_tower)
+        return bound
+
+    def image_pooled(self, photo_rows: np.ndarray, train: bool) -> torch.Tensor:
+        if not self.image_blocks:
+            return self.cached.image_pooled(photo_rows, train)
+        x = self.maps[torch.as_tensor(photo_rows)].to(self.device, torch.float32)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for block in self.image_blocks_:  # batch-norm statistics stay those of the pretrained weights
+            x = block(x)
+        return self.image_tower.pooling({"feature_map": x})["pooled"]
+
+    def text_pooled(self, rows: np.ndarray, title_only: np.ndarray, train: bool) -> torch.Tensor:
+        if not self.text_layers:
+            return self.cached.text_pooled(rows, title_only, train)
+        from transformers.masking_utils import create_bidirectional_mask
+
+        which = np.where(title_only, self.title[rows], self.full[rows])
+        states = [self.states[i] for i in which]
+        hidden = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).to(self.device, torch.float32)
+        mask = torch.zeros(hidden.shape[:2], dtype=torch.int64, device=self.device)
+        for i, state in enumerate(states):
+            mask[i, : len(state)] = 1
+        config = self.text_tower.backbone.model.config
+        attention = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+        for block in self.text_blocks:
+            block.train(train)
+            hidden = block(hidden, attention_mask=attention)
+        return self.text_tower.pooling({"token_embeddings": hidden, "attention_mask": mask})["pooled"]
+
+
+@torch.no_grad()
+def lower_feature_maps(image_tower: Tower, paths: list[Path], top_blocks: int, batch_size: int,
+                       progress: bool) -> torch.Tensor:
+    """The feature maps entering the image backbone's top ``top_blocks`` blocks, float16 (photos, C, H, W)
+    on the CPU, in the order of ``paths`` (eval preprocessing)."""
+    backbone = image_tower.backbone
+    backbone.eval()
+    net, lower = backbone.net, backbone.blocks[:-top_blocks]
+    out = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="photo maps", unit="batch", disable=not progress):
+        pixels = image_tower.prepare([load_photo(p) for p in paths[start : start + batch_size]])["pixel_values"]
+        x = pixels.contiguous(memory_format=torch.channels_last)
+        if hasattr(net, "stem"):
+            x = net.stem(x)
+        for block in lower:
+            x = block(x)
+        out.append(x.to(torch.float16).cpu().contiguous())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def lower_hidden_states(text_tower: Tower, texts: list[str], top_layers: int, batch_size: int,
+                        progress: bool) -> list[torch.Tensor]:
+    """The hidden states entering the text backbone's top ``top_layers`` layers, one float16 (tokens, hidden)
+    tensor per text (padding dropped), in the order of ``texts``; batched by length."""
+    backbone = text_tower.backbone
+    backbone.eval()
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in tqdm(range(0, len(order), batch_size), desc="text states", unit="batch", disable=not progress):
+        part = order[start : start + batch_size]
+        batch = {k: v.to(text_tower.device) for k, v in backbone.tokenize([texts[i] for i in part]).items()}
+        hidden = backbone.model(**batch, output_hidden_states=True).hidden_states[-top_layers - 1]
+        for row, i in enumerate(part):
+            out[i] = hidden[row, : int(batch["attention_mask"][row].sum())].to(torch.float16).cpu()
+    return out
 
 
 class LiveFeatures:
@@ -342,33 +465,65 @@ def effective_batch_size(batch_size: int, n_train: int, min_steps: int = 8) -> i
     return int(max(16, min(batch_size, n_train // min_steps)))
 
 
+def category_batches(rows: np.ndarray, y: np.ndarray, batch_size: int, classes_per_batch: int,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of shuffled ``rows`` that each hold about ``classes_per_batch`` categories (labels ``y[rows]``),
+    so that most in-batch negatives share the positive's category. Every row is in exactly one batch."""
+    chunk = max(1, batch_size // classes_per_batch)
+    chunks = []
+    for label in np.unique(y[rows]):
+        members = rng.permutation(rows[y[rows] == label])
+        chunks += [members[i : i + chunk] for i in range(0, len(members), chunk)]
+    chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+    return [np.concatenate(chunks[i : i + classes_per_batch]) for i in range(0, len(chunks), classes_per_batch)]
+
+
+def train_batches(data: TrainingData, config: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    rows = rng.permutation(data.rows("train"))
+    batch_size = effective_batch_size(config.batch_size, len(rows))
+    if config.category_batch_classes > 0:
+        return category_batches(rows, data.y, batch_size, config.category_batch_classes, rng)
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
 def train_one_epoch(model: JointModel, features, data: TrainingData, optimizer, config: TrainConfig,
-                    epoch: int, rng: np.random.Generator, writer=None) -> dict:
+                    epoch: int, rng: np.random.Generator, writer=None, queue: EmbeddingQueue | None = None) -> dict:
     model.train()
     # frozen backbones stay in eval mode (batch-norm statistics and dropout of pretrained weights untouched)
     model.image_tower.backbone.eval()
     model.text_tower.backbone.eval()
-    rows = rng.permutation(data.rows("train"))
-    batch_size = effective_batch_size(config.batch_size, len(rows))
-    steps = max(1, math.ceil(len(rows) / batch_size))
+    batches = train_batches(data, config, rng)
+    steps = len(batches)
     totals = {"loss": 0.0, "fusion_ce": 0.0, "probe_ce": 0.0, "contrastive": 0.0}
-    for step in range(steps):
-        batch = rows[step * batch_size : (step + 1) * batch_size]
+    for step, batch in enumerate(batches):
         if len(batch) < 2:
             continue
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(epoch + step / steps, config.warmup_epochs, config.epochs)
         has = data.photo_count[batch] > 0
         pick = (rng.random(has.sum()) * data.photo_count[batch[has]]).astype(np.int64)
-        photo_rows = data.photo_start[batch[has]] + pick  # one random photo per listing per step
         title_only = rng.random(len(batch)) < config.title_only_prob
         device = model.fusion.net[0].weight.device
         y = torch.as_tensor(data.y[batch], device=device)
         has_t = torch.as_tensor(has, device=device)
         text_emb = model.text_tower.head(features.text_pooled(batch, title_only, True))
         image_emb = torch.zeros_like(text_emb)
-        if has.any():
+        photo_emb = owner = None
+        if has.any() and config.photo_positives == "one":  # one random photo per listing per step
+            photo_rows = data.photo_start[batch[has]] + pick
             image_emb[has_t] = model.image_tower.head(features.image_pooled(photo_rows, True)).to(text_emb.dtype)
+        elif has.any():  # every photo of the batch's listings
+            counts = data.photo_count[batch[has]]
+            photo_rows = np.concatenate([np.arange(s, s + c) for s, c in zip(data.photo_start[batch[has]], counts)])
+            owner_np = np.repeat(np.arange(len(counts)), counts)
+            photo_emb = model.image_tower.head(features.image_pooled(photo_rows, True)).to(text_emb.dtype)
+            owner = torch.as_tensor(owner_np, device=device)
+            if config.photo_positives == "mean":  # the listing as the gallery represents it: mean of its photos
+                image_emb[has_t] = _scatter_mean_normalised(photo_emb, owner_np, len(counts))
+                photo_emb = owner = None
+            else:  # the fusion head and probe see one random photo, as with "one"
+                first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                image_emb[has_t] = photo_emb[torch.as_tensor(first + pick, device=device)]
         smoothing = config.label_smoothing
         fusion_ce = F.cross_entropy(model.fusion(image_emb, text_emb, image_present=has_t), y,
                                     label_smoothing=smoothing)
@@ -377,7 +532,13 @@ def train_one_epoch(model: JointModel, features, data: TrainingData, optimizer, 
         if has.sum() >= 2:
             probe_ce = probe_ce + F.cross_entropy(model.image_probe(image_emb[has_t]), y[has_t],
                                                   label_smoothing=smoothing)
-            contrastive = model.clip_loss(image_emb[has_t], text_emb[has_t])
+            ids = torch.as_tensor(batch[has], device=device)
+            images, texts = (image_emb[has_t], text_emb[has_t]) if photo_emb is None else (photo_emb, text_emb[has_t])
+            image_ids = ids if owner is None else ids[owner]
+            contrastive = model.clip_loss(images, texts, owner=owner, ids=ids,
+                                          queue=queue.negatives() if queue is not None else None)
+            if queue is not None:
+                queue.push(images, image_ids, texts, ids)
         loss = fusion_ce + config.tower_ce_weight * probe_ce + config.contrastive_weight * contrastive
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -414,8 +575,8 @@ def _build(config: TrainConfig, labels: LabelEncoder, device: torch.device) -> J
         image_tower, text_tower = build_towers(arch, allow_download=config.allow_download)
         model = JointModel(image_tower, text_tower, len(labels), config.fusion_hidden_dim, config.modality_dropout,
                            labels.classes, config.fusion_dropout)
-    image_tower.freeze_backbone(config.finetune_blocks)
-    text_tower.freeze_backbone(config.finetune_blocks)
+    image_tower.freeze_backbone(config.finetune_blocks or config.image_finetune_blocks)
+    text_tower.freeze_backbone(config.finetune_blocks or config.text_finetune_layers)
     return model.to(device)
 
 
@@ -478,6 +639,10 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
                                                     "split": dict(zip(data.ids, data.split.tolist()))})
     if config.finetune_blocks > 0:
         features = LiveFeatures(data, model.image_tower, model.text_tower)
+    elif config.text_finetune_layers > 0 or config.image_finetune_blocks > 0:
+        features = TopLayerFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir, device,
+                                    config.text_finetune_layers, config.image_finetune_blocks,
+                                    config.feature_batch_size, config.progress)
     else:
         features = CachedFeatures(data, model.image_tower, model.text_tower, workspace.feature_cache_dir,
                                   device, config.feature_batch_size, config.progress)
@@ -496,13 +661,14 @@ def train(workspace, config: TrainConfig | None = None, *, resume: Path | str | 
         rng = np.random.default_rng([config.seed, start_epoch])
         logger.info("resumed at epoch %d (best %.4f at epoch %d)", start_epoch, best_score, best_epoch)
     val_rows = data.rows("val")
+    queue = EmbeddingQueue(config.queue_size) if config.queue_size > 0 else None  # not checkpointed: refills
     bar = tqdm(range(start_epoch, config.epochs), desc="train", unit="epoch", disable=not config.progress,
                initial=start_epoch, total=config.epochs)
     for epoch in bar:
         if epoch - best_epoch > config.patience and best_epoch >= 0:
             logger.info("early stopping: no better validation score for %d epochs", config.patience)
             break
-        train_stats = train_one_epoch(model, features, data, optimizer, config, epoch, rng, writer)
+        train_stats = train_one_epoch(model, features, data, optimizer, config, epoch, rng, writer, queue)
         val = evaluate_rows(model, features, data, val_rows)
         score = selection_score(val)
         entry = {"epoch": epoch, "train": train_stats, "val": _jsonable(val), "score": score}

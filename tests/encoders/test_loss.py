@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from encoders.loss import ClipLoss
+from encoders.loss import ClipLoss, EmbeddingQueue, QueuedNegatives
 
 
 def test_orthogonal_pairs_give_log_one_plus_exp_minus_scale():
@@ -54,3 +54,53 @@ def test_mismatched_shapes_are_refused():
         ClipLoss()(torch.zeros(3, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="init_temperature"):
         ClipLoss(init_temperature=0.0)
+
+
+def test_several_photos_per_text_count_every_photo_as_a_positive():
+    # texts t0, t1; photos p0, p1 of t0 and p2 of t1; temperature 1 -> scale 1
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    image = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    owner = torch.tensor([0, 0, 1])
+    loss = ClipLoss(init_temperature=1.0, learnable=False)(image, text, owner=owner)
+    sims = text @ image.T  # (2, 3)
+    # text -> image: -log of the summed probability of the text's own photos
+    per_text = [torch.logsumexp(sims[0], 0) - torch.logsumexp(sims[0, :2], 0),
+                torch.logsumexp(sims[1], 0) - sims[1, 2]]
+    # image -> text: each photo has its one listing text as the positive
+    per_image = [torch.logsumexp(sims[:, j], 0) - sims[owner[j], j] for j in range(3)]
+    expected = (sum(per_text) / 2 + sum(per_image) / 3) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # a text with no photo is refused
+    with pytest.raises(ValueError, match="owner"):
+        ClipLoss()(image, text, owner=torch.tensor([0, 0, 0]))
+
+
+def test_queued_embeddings_are_negatives_except_those_of_the_same_listing():
+    torch.manual_seed(2)
+    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    text = torch.nn.functional.normalize(image + 0.5 * torch.randn(4, 8), dim=1)
+    ids = torch.tensor([10, 11, 12, 13])
+    loss_fn = ClipLoss(learnable=False)
+    in_batch = loss_fn(image, text, ids=ids)
+    assert in_batch.item() == pytest.approx(loss_fn(image, text).item(), rel=1e-6)
+    # one listing with two photos: nothing in the batch to confuse it with, the loss is 0; queued rows of the
+    # same listing are masked out (still 0), rows of another listing are negatives (> 0)
+    owner, one = torch.tensor([0, 0]), torch.tensor([10])
+    assert loss_fn(image[:2], text[:1], owner=owner, ids=one).item() == pytest.approx(0.0, abs=1e-6)
+    own = QueuedNegatives(image[2:], torch.tensor([10, 10]), text[1:], torch.tensor([10, 10, 10]))
+    assert loss_fn(image[:2], text[:1], owner=owner, ids=one, queue=own).item() == pytest.approx(0.0, abs=1e-6)
+    other = QueuedNegatives(image[:2], torch.tensor([11, 11]), text[:1], torch.tensor([11]))  # a duplicate listing
+    assert loss_fn(image[:2], text[:1], owner=owner, ids=one, queue=other).item() > 0.5
+    # queued rows of other listings are extra negatives: the loss grows, by the hand-computed amount
+    queue = EmbeddingQueue(size=3)
+    queue.push(image[:2], torch.tensor([20, 21]), text[:2], torch.tensor([20, 21]))
+    queue.push(image[2:], torch.tensor([22, 23]), text[2:], torch.tensor([22, 23]))
+    negatives = queue.negatives()
+    assert negatives.image_ids.tolist() == [21, 22, 23]  # first in, first out
+    with_queue = loss_fn(image, text, ids=ids, queue=negatives)
+    s = loss_fn.scale
+    positive = s * (text * image).sum(1)
+    per_text = torch.logsumexp(torch.cat([s * text @ image.T, s * text @ image[1:].T], 1), 1) - positive
+    per_image = torch.logsumexp(torch.cat([s * image @ text.T, s * image @ text[1:].T], 1), 1) - positive
+    assert with_queue.item() == pytest.approx(((per_text.mean() + per_image.mean()) / 2).item(), rel=1e-5)
+    assert with_queue > in_batch

@@ -7,11 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from catalog.labels import LabelEncoder
 from catalog.store import Catalog
 from encoders.bundle import MultiModalModel
-from encoders.train import TrainConfig, latest_run, lr_factor, recall_at_k, train
+from encoders.train import TrainConfig, category_batches, latest_run, lr_factor, recall_at_k, train
 
 
 def test_trained_model_beats_chance_on_held_out_products(trained_run):
@@ -106,3 +107,77 @@ def test_training_fits_the_lexical_branch_into_the_bundle(trained_run):
     text = model.encode_texts(["fridge freezer"])
     assert not np.allclose(model.classify(text, None, texts=["fridge freezer"]), model.classify(text, None))
     assert "Lexical branch" in (result.run_dir / "report.md").read_text()
+
+
+def test_category_batches_cover_every_row_once_with_few_categories_each():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(6), 20)  # 6 categories of 20 rows
+    rows = rng.permutation(len(y))
+    batches = category_batches(rows, y, batch_size=16, classes_per_batch=2, rng=rng)
+    assert sorted(np.concatenate(batches).tolist()) == sorted(rows.tolist())
+    assert all(len(set(y[b].tolist())) <= 2 for b in batches)
+    assert max(len(b) for b in batches) <= 16
+
+
+def test_top_layer_features_match_the_frozen_backbones_and_training_updates_only_the_top_layers(
+        demo_workspace, tmp_path):
+    from core.workspace import Workspace
+    from encoders.towers import build_towers, get_model_config
+    from encoders.train import TopLayerFeatures, load_workspace_training_data
+
+    shutil.copytree(demo_workspace.root, tmp_path / "ws")
+    workspace = Workspace.at(tmp_path / "ws")
+    # the top layer on the cached states below it gives what the whole backbone gives (states kept in float16)
+    config = TrainConfig(model_config="tiny", progress=False, allow_download=False, device="cpu")
+    labels = LabelEncoder.from_json(workspace.labels_path)
+    data = load_workspace_training_data(workspace, labels, config)
+    torch.manual_seed(0)
+    image_tower, text_tower = build_towers(get_model_config("tiny"), allow_download=False)
+    image_tower.eval(), text_tower.eval()
+    features = TopLayerFeatures(data, image_tower, text_tower, workspace.feature_cache_dir, torch.device("cpu"),
+                                text_layers=1, image_blocks=2, batch_size=16, progress=False)
+    rows, title_only = np.arange(12), np.arange(12) % 2 == 0
+    texts = [data.titles[r] if t else data.texts[r] for r, t in zip(rows, title_only)]
+    with torch.no_grad():
+        whole = text_tower.trunk(text_tower.prepare(texts))
+        top = features.text_pooled(rows, title_only, train=False)
+    assert torch.allclose(top, whole, atol=2e-2, rtol=1e-2)
+    assert not torch.allclose(top[:1], whole[1:2], atol=2e-2)
+    # and the top 2 image blocks on the cached feature maps below them give what the whole image backbone gives
+    from encoders.train import load_photo
+
+    photo_rows = np.arange(6)
+    with torch.no_grad():
+        whole = image_tower.trunk(image_tower.prepare([load_photo(data.photo_paths[i]) for i in photo_rows]))
+        top = features.image_pooled(photo_rows, train=False)
+    assert torch.allclose(top, whole, atol=2e-2, rtol=1e-2)
+    assert not torch.allclose(top[:1], whole[1:2], atol=2e-2)
+
+    # a run with every shared-space option: the top layer moves, the layers below it do not, and the saved
+    # bundle's text tower encodes with the trained layer
+    result = train(workspace, TrainConfig(model_config="tiny", epochs=2, patience=10, progress=False,
+                                          allow_download=False, device="cpu", text_finetune_layers=1,
+                                          image_finetune_blocks=1, photo_positives="all",
+                                          category_batch_classes=2, queue_size=64))
+    model = MultiModalModel.load(workspace.model_dir)
+
+    def same(a, b) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    for saved, initial in ((model.text_tower, text_tower), (model.image_tower, image_tower)):
+        after, before = saved.backbone.blocks, initial.backbone.blocks
+        assert same(after[0], before[0]) and not same(after[-1], before[-1])
+    assert result.report["test"]["gallery_size"] > 0
+
+
+@pytest.mark.parametrize("option", [["--photo-positives", "every"], ["--text-finetune-layers", "1",
+                                                                      "--finetune-blocks", "1"]])
+def test_train_refuses_inconsistent_shared_space_options_with_one_line(tmp_path, option):
+    from typer.testing import CliRunner
+
+    from marketsearch.cli import app
+
+    result = CliRunner().invoke(app, ["train", *option, "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option[0][2:].replace("-", "_") in lines[0]
