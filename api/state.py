@@ -15,8 +15,7 @@ from catalog.store import Catalog
 from core.files import remove_stale_temporaries
 from core.workspace import Workspace
 from encoders.backbones import TextRuntimeError
-from encoders.bundle import MultiModalModel
-from encoders.runtime import GraphError, GraphSet, graph_dir, use_graphs
+from encoders.runtime import GraphError, GraphSet, graph_dir, load_catalogue_encoder, use_graphs
 from ranking.feature_log import FeatureLogger
 from ranking.reranker import Reranker
 from recommend.serving import ServedRecommender
@@ -131,11 +130,11 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         return state
     load_encoder = None
     if "onnxruntime" in (settings.text_runtime, settings.image_runtime):
-        # listings written live are encoded like `marketsearch embed` does (the torch fp32 weights, so live and
-        # batch vectors are equal), whatever serves queries: the follower loads that copy in its own thread
-        # (right after start, or on the first listing it encodes: `live_preload_encoder`), so no start or search
-        # waits for it
-        load_encoder = partial(MultiModalModel.load, workspace.model_dir)
+        # listings written live are encoded like `marketsearch embed` does (the fp32 graphs, so live and batch
+        # vectors are equal), whatever serves queries: the follower loads that copy in its own thread (right
+        # after start, or on the first listing it encodes: `live_preload_encoder`), so no start or search waits
+        # for it
+        load_encoder = partial(load_catalogue_encoder, workspace.model_dir, threads=settings.torch_threads)
         _use_onnxruntime(state, settings, workspace)
     if workspace.ranker_dir.exists():
 
