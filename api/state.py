@@ -135,11 +135,11 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
         return state
     load_encoder = None
     if "onnxruntime" in (settings.text_runtime, settings.image_runtime):
-        # listings written live are encoded like `marketsearch embed` does (the torch fp32 weights, so live and
-        # batch vectors are equal), whatever serves queries: the follower loads that copy in its own thread
-        # (right after start, or on the first listing it encodes: `live_preload_encoder`), so no start or search
-        # waits for it
-        load_encoder = partial(_torch_model, workspace.model_dir, settings.torch_threads)
+        # listings written live are encoded like `marketsearch embed` does (the fp32 graphs, so live and batch
+        # vectors are equal), whatever serves queries: the follower loads that copy in its own thread (right
+        # after start, or on the first listing it encodes: `live_preload_encoder`), so no start or search waits
+        # for it
+        load_encoder = partial(_catalogue_encoder, workspace.model_dir, settings.torch_threads)
         if served is not None:
             state.runtime_notes = served_notes
             logger.info("queries encoded by the served model (text %s, image %s, no torch)",
@@ -208,12 +208,13 @@ def _torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _torch_model(model_dir: Path, threads: int):
-    """The bundle's torch model (``MultiModalModel``), for the live follower's catalogue encoder."""
+def _catalogue_encoder(model_dir: Path, threads: int):
+    """The live follower's catalogue encoder, loaded as `marketsearch embed` loads it
+    (``encoders.runtime.load_catalogue_encoder``: the bundle's weights, backbones in their fp32 graphs)."""
     _torch_threads(threads)
-    from encoders.bundle import MultiModalModel
+    from encoders.runtime import load_catalogue_encoder
 
-    return MultiModalModel.load(model_dir)
+    return load_catalogue_encoder(model_dir, threads=threads)
 
 
 def _served_model(settings: Settings, workspace: Workspace) -> tuple[ServedModel | None, dict[str, str], str | None]:

@@ -152,31 +152,20 @@ def embed(
     import torch
 
     from catalog.store import Catalog
-    from encoders.bundle import MultiModalModel
     from encoders.embed import embed_catalog
+    from encoders.runtime import GraphError, load_catalogue_encoder
 
     torch.set_num_threads(threads)
     ws = open_workspace(workspace)
-    try:
-        model = MultiModalModel.load(model_dir or ws.model_dir)
-    except (FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from error
     if runtime not in ("auto", "onnxruntime", "torch"):
         typer.secho(f"error: --runtime must be auto, onnxruntime or torch, got {runtime!r}", err=True,
                     fg=typer.colors.RED)
         raise typer.Exit(2)
-    if runtime != "torch":
-        from encoders.runtime import GraphError, GraphSet, graph_dir, use_graphs
-
-        try:  # fp32 only: catalogue vectors stay within 1e-5 of torch's; int8 is for queries, behind its gate
-            graphs = GraphSet.open(graph_dir(model_dir or ws.model_dir), model.fingerprint)
-            for modality in ("text", "image"):
-                use_graphs(model, graphs, modality, "fp32", threads=threads)
-        except GraphError as error:
-            if runtime == "onnxruntime":
-                typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-                raise typer.Exit(2) from error
+    try:  # the serving processes' live follower loads the same encoder
+        model = load_catalogue_encoder(model_dir or ws.model_dir, runtime=runtime, threads=threads)
+    except (FileNotFoundError, ValueError, GraphError) as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from error
     encode_chunks = None
     if ray_address is not None:  # the actors run torch: the vectors of `--runtime torch`
         from core.cluster import connect_ray, ray_cpus

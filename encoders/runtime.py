@@ -43,6 +43,7 @@ import torch
 
 from core.files import make_temporary_dir, replace_dir, write_json_atomic
 from encoders.backbones import ONNX_OPSET
+from encoders.bundle import MultiModalModel
 from encoders.graphs import (  # noqa: F401 - the loading side, re-exported for the export side's callers
     GRAPH_DIR,
     IMAGE_OUTPUTS,
@@ -446,3 +447,26 @@ def _probe(tower) -> dict:
     size = int(tower.backbone.preprocessing["crop"])
     generator = torch.Generator().manual_seed(0)
     return {"pixel_values": torch.rand(2, 3, size, size, generator=generator) * 2 - 1}
+
+
+def load_catalogue_encoder(model_dir: str | Path, *, runtime: str = "auto", threads: int = 1):
+    """The model that encodes catalogue listings: the bundle's weights with both backbones in their fp32 graphs.
+
+    ``runtime``: ``auto`` uses the graphs when `marketsearch export-onnx` wrote them and they verify, else torch;
+    ``onnxruntime`` raises GraphError when they cannot be used; ``torch`` uses none. `marketsearch embed` and the
+    serving processes' live follower both load their encoder here, so a listing written through the API and the
+    same listing embedded in batch get the same vectors. fp32 only: int8 is for queries, behind its gate."""
+    if runtime not in ("auto", "onnxruntime", "torch"):
+        raise ValueError(f"runtime must be auto, onnxruntime or torch, got {runtime!r}")
+    model = MultiModalModel.load(model_dir)
+    if runtime == "torch":
+        return model
+    try:
+        graphs = GraphSet.open(graph_dir(model_dir), model.fingerprint)
+        for modality in ("text", "image"):
+            use_graphs(model, graphs, modality, "fp32", threads=threads)
+    except GraphError as error:
+        if runtime == "onnxruntime":
+            raise
+        logger.warning("catalogue listings are encoded in torch: %s", error)
+    return model
