@@ -102,20 +102,22 @@ def today_days() -> float:
 
 
 def _gap_to_best(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.full_like(values, np.nan)
-    return np.where(finite, values[finite].max() - values, np.nan).astype(np.float32)
+    """The best value minus each value, column by column of (n,) or (n, k) ``values``; NaN where a value is
+    missing (not finite) or the column has none."""
+    finite = np.where(np.isfinite(values), values, np.nan)
+    if not len(finite):
+        return finite.astype(np.float32)
+    return (np.fmax.reduce(finite, axis=0) - finite).astype(np.float32)
 
 
 def _ratio_to_best(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.full_like(values, np.nan)
-    best = values[finite].max()
-    if best <= 0:
-        return np.full_like(values, np.nan)
-    return np.where(finite, values / best, np.nan).astype(np.float32)
+    """Each value over the best value, column by column; NaN where missing, or for a column whose best is <= 0."""
+    finite = np.where(np.isfinite(values), values, np.nan)
+    if not len(finite):
+        return finite.astype(np.float32)
+    best = np.fmax.reduce(finite, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(best > 0, finite / best, np.nan).astype(np.float32)
 
 
 def _lead_over_others(values: np.ndarray) -> np.ndarray:
@@ -331,21 +333,24 @@ def build_features(
     age = (np.float32(now_days) - created).astype(np.float32)  # NaN stays NaN
 
     has_text = 1.0 if query_terms else 0.0
+    vector_gap, text_gap, image_gap, photo_gap, coverage_gap = _gap_to_best(
+        np.column_stack([vector_score, text_sim, image_sim, photo_sim, term_coverage])).T
+    bm25_ratio, term_bm25_ratio = _ratio_to_best(np.column_stack([bm25_score, term_bm25])).T
     columns = {
         "vector_score": vector_score,
         "vector_rank": column(candidates.vector_rank),
-        "vector_score_gap": _gap_to_best(vector_score),
+        "vector_score_gap": vector_gap,
         "bm25_score": bm25_score,
         "bm25_rank": column(candidates.bm25_rank),
-        "bm25_score_ratio": _ratio_to_best(bm25_score),
+        "bm25_score_ratio": bm25_ratio,
         "rrf_score": rrf_score,
         "rrf_rank": _rank_descending(rrf_score) if n else rrf_score,
         "text_sim": text_sim,
-        "text_sim_gap": _gap_to_best(text_sim),
+        "text_sim_gap": text_gap,
         "image_sim": image_sim,
-        "image_sim_gap": _gap_to_best(image_sim),
+        "image_sim_gap": image_gap,
         "photo_sim": photo_sim,
-        "photo_sim_gap": _gap_to_best(photo_sim),
+        "photo_sim_gap": photo_gap,
         "photo_sim_rank": photo_rank,
         "photo_sim_lead": _lead_over_others(photo_sim),
         "photo_near_duplicate": _at_least(photo_sim, NEAR_DUPLICATE_PHOTO_SIM),
@@ -354,10 +359,10 @@ def build_features(
                                   dtype=np.float32),
         "title_overlap": _title_overlap(query_terms, titles),
         "term_coverage": term_coverage,
-        "term_coverage_gap": _gap_to_best(term_coverage),
+        "term_coverage_gap": coverage_gap,
         "idf_coverage": candidates.column("idf_coverage"),
         "term_bm25_score": term_bm25,
-        "term_bm25_ratio": _ratio_to_best(term_bm25),
+        "term_bm25_ratio": term_bm25_ratio,
         **category,
         "log_price": log_price,
         "price_to_category_median": price_ratio,
