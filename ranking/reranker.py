@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.files import make_temporary_dir, replace_dir
-from ranking.booster import NativeBooster
+from ranking.booster import LightGBMLibraryError, NativeBooster
 from ranking.features import FEATURE_NAMES, FEATURE_SET_VERSION
 
 if TYPE_CHECKING:
@@ -419,7 +419,12 @@ class Reranker:
             )
         params = {k: v for k, v in meta.get("params", {}).items() if k in cls().get_params()}
         reranker = cls(**params)
-        reranker._set_model(model_path.read_text())
+        try:
+            reranker._set_model(model_path.read_text())
+        except LightGBMLibraryError as error:
+            raise RerankerVersionError(
+                f"LightGBM cannot read {model_path} ({error}); retrain the re-ranker with `marketsearch train-ranker`"
+            ) from error
         if reranker._native.num_feature != len(meta["feature_names"]):
             raise RerankerVersionError(
                 f"{model_path} expects {reranker._native.num_feature} features but {META_FILE} lists "

@@ -114,3 +114,12 @@ def test_loading_and_scoring_import_neither_lightgbm_nor_scipy_sklearn_pandas(ra
     assert result["imported"] == []
     expected = lightgbm.Booster(model_file=str(ranker_dir / "model.txt")).predict(np.zeros((4, N_FEATURES)))
     assert result["scores"] == expected.tolist()
+
+
+def test_a_saved_folder_with_a_broken_model_is_refused_with_the_command_to_run(fitted, tmp_path):
+    from ranking.reranker import RerankerVersionError
+
+    folder = fitted.save(tmp_path / "ranker")
+    (folder / "model.txt").write_text("tree\nversion=v4\nnot a model\n")
+    with pytest.raises(RerankerVersionError, match=r"cannot read .*model\.txt.*marketsearch train-ranker"):
+        Reranker.load(folder)
