@@ -102,20 +102,22 @@ def today_days() -> float:
 
 
 def _gap_to_best(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.full_like(values, np.nan)
-    return np.where(finite, values[finite].max() - values, np.nan).astype(np.float32)
+    """The best value minus each value, column by column of (n,) or (n, k) ``values``; NaN where a value is
+    missing (not finite) or the column has none."""
+    finite = np.where(np.isfinite(values), values, np.nan)
+    if not len(finite):
+        return finite.astype(np.float32)
+    return (np.fmax.reduce(finite, axis=0) - finite).astype(np.float32)
 
 
 def _ratio_to_best(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.full_like(values, np.nan)
-    best = values[finite].max()
-    if best <= 0:
-        return np.full_like(values, np.nan)
-    return np.where(finite, values / best, np.nan).astype(np.float32)
+    """Each value over the best value, column by column; NaN where missing, or for a column whose best is <= 0."""
+    finite = np.where(np.isfinite(values), values, np.nan)
+    if not len(finite):
+        return finite.astype(np.float32)
+    best = np.fmax.reduce(finite, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(best > 0, finite / best, np.nan).astype(np.float32)
 
 
 def _lead_over_others(values: np.ndarray) -> np.ndarray:
@@ -149,29 +151,58 @@ def _rank_descending(values: np.ndarray) -> np.ndarray:
 
 
 def _title_overlap(query_terms: set[str], titles: list[str]) -> np.ndarray:
-    if not query_terms:
-        return np.full(len(titles), np.nan, dtype=np.float32)
-    overlap = np.empty(len(titles), dtype=np.float32)
-    for i, title in enumerate(titles):
-        if title:
-            overlap[i] = len(query_terms.intersection(tokenize(title))) / len(query_terms)
-        else:  # no title known (e.g. the description-only evaluation corpus)
-            overlap[i] = np.nan
+    """Share of the distinct query terms that are tokens of each title (NaN for a missing title).
+
+    One regular-expression pass over all the titles finds the terms' whole-token occurrences (a term is made of
+    word characters, so ``\\b`` on both sides matches exactly a ``tokenize`` token): no title is tokenised.
+    """
+    n = len(titles)
+    if not query_terms or n == 0:
+        return np.full(n, np.nan, dtype=np.float32)
+    lowered = [title.lower() if title else "" for title in titles]
+    lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=n)
+    starts = np.concatenate(([0], np.cumsum(lengths[:-1] + 1)))  # in the titles joined by newlines
+    terms = sorted(query_terms)
+    term_of = {term: i for i, term in enumerate(terms)}
+    pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, terms)) + r")\b")
+    found = [(match.start(), term_of[match.group()]) for match in pattern.finditer("\n".join(lowered))]
+    overlap = np.zeros(n, dtype=np.float32)
+    if found:
+        position, term = np.array(found, dtype=np.int64).T
+        title = np.searchsorted(starts, position, side="right") - 1
+        pairs = np.unique(title * len(terms) + term)  # each (title, term) once, however often it occurs
+        overlap = (np.bincount(pairs // len(terms), minlength=n) / len(terms)).astype(np.float32)
+    overlap[lengths == 0] = np.nan  # no title known (e.g. the description-only evaluation corpus)
     return overlap
 
 
-def _share_among(keys: list, top: np.ndarray) -> np.ndarray:
-    """For each candidate, the share of the ``top`` candidates whose key equals its key (NaN for a missing key)."""
-    n = len(keys)
-    if n == 0 or len(top) == 0:
-        return np.full(n, np.nan, dtype=np.float32)
-    counts: dict = {}
-    for i in top:
-        if keys[i] is not None:
-            counts[keys[i]] = counts.get(keys[i], 0) + 1
-    return np.fromiter(
-        (counts.get(key, 0) / len(top) if key is not None else np.nan for key in keys), dtype=np.float32, count=n
-    )
+def _shares_among(codes: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """float32 (len(groups), n): row g gives each candidate the share of the candidates in ``groups[g]`` (row
+    indices) whose code equals its own. ``codes`` int64 (n,) are small non-negative integers, -1 for a missing
+    key; a missing key or an empty group gives NaN."""
+    n = len(codes)
+    shares = np.full((len(groups), n), np.nan, dtype=np.float32)
+    if n == 0:
+        return shares
+    sizes = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
+    group_of = np.repeat(np.arange(len(groups)), sizes)
+    member_codes = codes[np.concatenate(groups).astype(np.int64)]
+    kept = member_codes >= 0
+    n_codes = int(codes.max()) + 1
+    # one count per (group, code), in one pass over all the groups' members
+    counts = np.bincount(group_of[kept] * n_codes + member_codes[kept], minlength=len(groups) * n_codes)
+    known = codes >= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares[:, known] = counts.reshape(len(groups), n_codes)[:, codes[known]] / sizes[:, None]
+    shares[sizes == 0] = np.nan
+    return shares
+
+
+def _path_codes(paths: list[str]) -> np.ndarray:
+    """Small integer codes of category paths (equal paths, equal codes), -1 for a missing (empty) path."""
+    codes: dict[str, int] = {}
+    return np.fromiter((codes.setdefault(path, len(codes)) if path else -1 for path in paths), dtype=np.int64,
+                       count=len(paths))
 
 
 def _top_by_rank(ranks: np.ndarray, k: int = 10) -> np.ndarray:
@@ -207,25 +238,29 @@ def _category_features(query: QueryContext, candidates: Candidates, listings: Li
 
     # the candidates' own categories vote: a listing in the category most of the top results share is
     # likely related even when the classifier only knows top-level categories
-    paths = [listings.categories[row] or None for row in rows]
-    tops = [int(c) if c >= 0 else None for c in category_index]
+    paths = _path_codes([listings.categories[row] for row in rows])
+    tops = np.where(category_index >= 0, category_index, -1)
     rrf_top = np.argsort(-np.asarray(candidates.rrf_score, dtype=np.float64), kind="stable")[:10]
     vector_top = _top_by_rank(np.asarray(candidates.vector_rank, dtype=np.float64))
     bm25_top = _top_by_rank(np.asarray(candidates.bm25_rank, dtype=np.float64))
     photo_top = _top_by_rank(np.asarray(photo_rank, dtype=np.float64))
+    path_groups = {
+        "category_path_share_top10": rrf_top,
+        "category_path_share_vector_top10": vector_top,
+        "category_path_share_bm25_top10": bm25_top,
+        "category_path_share_photo_top10": photo_top,
+        "category_path_share_top3": rrf_top[:3],
+        "same_path_as_rrf_top1": rrf_top[:1],
+        "same_path_as_vector_top1": vector_top[:1],
+        "same_path_as_bm25_top1": bm25_top[:1],
+        "same_path_as_photo_top1": photo_top[:1],
+    }
+    path_shares = _shares_among(paths, list(path_groups.values()))
     return {
         "category_prob": category_prob,
         "category_prob_ratio": category_prob_ratio,
-        "category_path_share_top10": _share_among(paths, rrf_top),
-        "category_path_share_vector_top10": _share_among(paths, vector_top),
-        "category_path_share_bm25_top10": _share_among(paths, bm25_top),
-        "top_category_share_top10": _share_among(tops, rrf_top),
-        "category_path_share_photo_top10": _share_among(paths, photo_top),
-        "category_path_share_top3": _share_among(paths, rrf_top[:3]),
-        "same_path_as_rrf_top1": _share_among(paths, rrf_top[:1]),
-        "same_path_as_vector_top1": _share_among(paths, vector_top[:1]),
-        "same_path_as_bm25_top1": _share_among(paths, bm25_top[:1]),
-        "same_path_as_photo_top1": _share_among(paths, photo_top[:1]),
+        "top_category_share_top10": _shares_among(tops, [rrf_top])[0],
+        **dict(zip(path_groups, path_shares)),
     }
 
 
@@ -298,21 +333,24 @@ def build_features(
     age = (np.float32(now_days) - created).astype(np.float32)  # NaN stays NaN
 
     has_text = 1.0 if query_terms else 0.0
+    vector_gap, text_gap, image_gap, photo_gap, coverage_gap = _gap_to_best(
+        np.column_stack([vector_score, text_sim, image_sim, photo_sim, term_coverage])).T
+    bm25_ratio, term_bm25_ratio = _ratio_to_best(np.column_stack([bm25_score, term_bm25])).T
     columns = {
         "vector_score": vector_score,
         "vector_rank": column(candidates.vector_rank),
-        "vector_score_gap": _gap_to_best(vector_score),
+        "vector_score_gap": vector_gap,
         "bm25_score": bm25_score,
         "bm25_rank": column(candidates.bm25_rank),
-        "bm25_score_ratio": _ratio_to_best(bm25_score),
+        "bm25_score_ratio": bm25_ratio,
         "rrf_score": rrf_score,
         "rrf_rank": _rank_descending(rrf_score) if n else rrf_score,
         "text_sim": text_sim,
-        "text_sim_gap": _gap_to_best(text_sim),
+        "text_sim_gap": text_gap,
         "image_sim": image_sim,
-        "image_sim_gap": _gap_to_best(image_sim),
+        "image_sim_gap": image_gap,
         "photo_sim": photo_sim,
-        "photo_sim_gap": _gap_to_best(photo_sim),
+        "photo_sim_gap": photo_gap,
         "photo_sim_rank": photo_rank,
         "photo_sim_lead": _lead_over_others(photo_sim),
         "photo_near_duplicate": _at_least(photo_sim, NEAR_DUPLICATE_PHOTO_SIM),
@@ -321,10 +359,10 @@ def build_features(
                                   dtype=np.float32),
         "title_overlap": _title_overlap(query_terms, titles),
         "term_coverage": term_coverage,
-        "term_coverage_gap": _gap_to_best(term_coverage),
+        "term_coverage_gap": coverage_gap,
         "idf_coverage": candidates.column("idf_coverage"),
         "term_bm25_score": term_bm25,
-        "term_bm25_ratio": _ratio_to_best(term_bm25),
+        "term_bm25_ratio": term_bm25_ratio,
         **category,
         "log_price": log_price,
         "price_to_category_median": price_ratio,

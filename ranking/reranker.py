@@ -4,24 +4,32 @@ The folder holds the booster's text model (``model.txt``, cut at the best iterat
 (feature names, feature-set and format versions, label definition, library versions, training
 summary). ``Reranker.load`` refuses a folder whose features or format differ from what the caller
 computes, so a service never scores candidates with a model trained on other columns.
+
+Training imports ``lightgbm``; loading and scoring do not: they go through LightGBM's C library
+(``ranking.booster``), whose scores are bit-identical to ``lightgbm.Booster.predict``, so a service that only
+re-ranks never pays for the package's imports of scipy, scikit-learn and pandas.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm
 import numpy as np
 
 from core.files import make_temporary_dir, replace_dir
+from ranking.booster import LightGBMLibraryError, NativeBooster
 from ranking.features import FEATURE_NAMES, FEATURE_SET_VERSION
+
+if TYPE_CHECKING:
+    import lightgbm
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +127,9 @@ class Reranker:
         self.log_every = log_every
         self.n_jobs = n_jobs
         self.random_state = random_state
-        self._booster: lightgbm.Booster | None = None
+        self._model_text: str | None = None  # the booster's text model, as saved in model.txt
+        self._native: NativeBooster | None = None  # that model in LightGBM's C library, for predict
+        self._booster: lightgbm.Booster | None = None  # the same model in the lightgbm package, built on demand
         self._meta: dict[str, Any] = {}
 
     # -- hyper-parameters -------------------------------------------------------------------------
@@ -157,6 +167,8 @@ class Reranker:
         return [float(2**g - 1) if self.gain == "exponential" else float(g) for g in grades]
 
     def _lgbm_ranker(self) -> lightgbm.LGBMRanker:
+        import lightgbm
+
         return lightgbm.LGBMRanker(
             objective="lambdarank",
             n_estimators=self.n_estimators,
@@ -202,6 +214,8 @@ class Reranker:
         label_definition : what the grades mean and where they came from, stored in meta.json.
         training_info : anything else worth keeping with the model (query counts, splits, ...).
         """
+        import lightgbm
+
         feature_names = list(feature_names)
         X = _check_matrix(X, len(feature_names), "X")
         y = np.asarray(y).ravel()
@@ -243,7 +257,7 @@ class Reranker:
 
         best_iteration = int(ranker.best_iteration_ or ranker.booster_.current_iteration())
         # keep only the trees up to the best iteration, so save/load/predict all see the same model
-        self._booster = lightgbm.Booster(model_str=ranker.booster_.model_to_string(num_iteration=best_iteration))
+        self._set_model(ranker.booster_.model_to_string(num_iteration=best_iteration))
         best_score = {
             name: {metric: float(value) for metric, value in scores.items()}
             for name, scores in (ranker.best_score_ or {}).items()
@@ -274,14 +288,23 @@ class Reranker:
         return self
 
     # -- fitted state -----------------------------------------------------------------------------
-    def _fitted(self) -> lightgbm.Booster:
-        if self._booster is None:
+    def _set_model(self, model_text: str) -> None:
+        self._model_text, self._native, self._booster = model_text, NativeBooster.from_string(model_text), None
+
+    def _fitted(self) -> NativeBooster:
+        if self._native is None:
             raise NotFittedError("this Reranker is not fitted yet: call fit(X, y, group, ...) or Reranker.load(dir)")
-        return self._booster
+        return self._native
 
     @property
     def booster_(self) -> lightgbm.Booster:
-        return self._fitted()
+        """The model as a ``lightgbm.Booster`` (imports lightgbm on first use; scoring does not need it)."""
+        self._fitted()
+        if self._booster is None:
+            import lightgbm
+
+            self._booster = lightgbm.Booster(model_str=self._model_text)
+        return self._booster
 
     @property
     def feature_names_(self) -> list[str]:
@@ -306,7 +329,7 @@ class Reranker:
     @property
     def feature_importances_(self) -> np.ndarray:
         """Total gain of each feature's splits, in ``feature_names_`` order."""
-        return self._fitted().feature_importance(importance_type="gain")
+        return self.booster_.feature_importance(importance_type="gain")
 
     @property
     def meta_(self) -> dict[str, Any]:
@@ -316,22 +339,18 @@ class Reranker:
     # -- inference --------------------------------------------------------------------------------
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Scores (n_rows,) float64; higher means more relevant. Only the order within a query matters."""
-        booster = self._fitted()
-        X = _check_matrix(X, len(self._meta["feature_names"]), "X")
-        if len(X) == 0:
-            return np.zeros(0, dtype=np.float64)
-        # one thread: for a hundred rows, waking OpenMP workers costs more than it saves
-        return booster.predict(X, num_threads=1, validate_features=False)
+        native = self._fitted()
+        return native.predict(_check_matrix(X, len(self._meta["feature_names"]), "X"))
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``model.txt`` and ``meta.json`` into ``directory``, replacing it atomically."""
-        booster = self._fitted()
+        self._fitted()
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = make_temporary_dir(directory)
         try:
-            booster.save_model(staging / MODEL_FILE)
+            (staging / MODEL_FILE).write_text(self._model_text)
             (staging / META_FILE).write_text(json.dumps(self._meta, indent=2, sort_keys=True))
             replace_dir(staging, directory)
         except BaseException:
@@ -392,24 +411,29 @@ class Reranker:
                     f"{meta.get('feature_set_version')!r}, but this code computes version {FEATURE_SET_VERSION!r} "
                     "(same feature names, changed definitions); retrain it with `marketsearch train-ranker`"
                 )
-        saved_lgbm = meta.get("lightgbm_version")
-        if saved_lgbm and saved_lgbm.split(".")[0] != lightgbm.__version__.split(".")[0]:
+        saved_lgbm, installed_lgbm = meta.get("lightgbm_version"), importlib.metadata.version("lightgbm")
+        if saved_lgbm and saved_lgbm.split(".")[0] != installed_lgbm.split(".")[0]:
             raise RerankerVersionError(
                 f"re-ranker in {directory} was written by LightGBM {saved_lgbm}, this environment has "
-                f"{lightgbm.__version__} (another major version); retrain it with `marketsearch train-ranker`"
+                f"{installed_lgbm} (another major version); retrain it with `marketsearch train-ranker`"
             )
         params = {k: v for k, v in meta.get("params", {}).items() if k in cls().get_params()}
         reranker = cls(**params)
-        reranker._booster = lightgbm.Booster(model_file=str(model_path))
-        if reranker._booster.num_feature() != len(meta["feature_names"]):
+        try:
+            reranker._set_model(model_path.read_text())
+        except LightGBMLibraryError as error:
             raise RerankerVersionError(
-                f"{model_path} expects {reranker._booster.num_feature()} features but {META_FILE} lists "
+                f"LightGBM cannot read {model_path} ({error}); retrain the re-ranker with `marketsearch train-ranker`"
+            ) from error
+        if reranker._native.num_feature != len(meta["feature_names"]):
+            raise RerankerVersionError(
+                f"{model_path} expects {reranker._native.num_feature} features but {META_FILE} lists "
                 f"{len(meta['feature_names'])}; the folder is inconsistent, retrain the re-ranker"
             )
         reranker._meta = meta
         return reranker
 
     def __repr__(self) -> str:
-        state = f"fitted, {self._meta.get('best_iteration')} trees" if self._booster is not None else "not fitted"
+        state = f"fitted, {self._meta.get('best_iteration')} trees" if self._native is not None else "not fitted"
         return f"Reranker({state})"
 

@@ -152,3 +152,37 @@ def test_rows_outside_the_table_are_refused():
 def test_tokenize_lowercases_and_splits_on_non_word_characters():
     assert tokenize("iPhone-12 Pro, 128GB") == ["iphone", "12", "pro", "128gb"]
     assert tokenize(None) == [] and tokenize("") == []
+
+
+def test_title_overlap_counts_each_distinct_query_term_found_as_a_whole_title_token():
+    """The one-pass matcher against the definition (distinct query terms among the title's tokenize tokens), on
+    titles with punctuation, prefixes of terms, repeated terms, non-ASCII case rules, newlines and no title."""
+    from ranking.features import _title_overlap
+
+    words = ["bike", "bikes", "e-bike", "BIKE", "red", "Red,", "straße", "STRASSE", "İstanbul", "naïve", "£50",
+             "c++", "x_y", "new\nred", "(new)", "renew", "σοφία", "ΣΟΦΙΑΣ", "50", "-", ""]
+    rng = np.random.default_rng(0)
+    titles = [" ".join(rng.choice(words, size=rng.integers(0, 7))) for _ in range(300)] + ["", None]
+    for query in ["red bike", "Bike bikes e", "straße istanbul naïve", "new 50 x_y", "σοφιας σοφία", "c renew"]:
+        terms = set(tokenize(query))
+        expected = [len(terms & set(tokenize(title))) / len(terms) if title else np.nan for title in titles]
+        np.testing.assert_array_equal(_title_overlap(terms, titles), np.asarray(expected, dtype=np.float32))
+    assert np.isnan(_title_overlap(set(), titles)).all()
+
+
+def test_category_shares_count_the_group_members_with_the_candidate_s_key():
+    from ranking.features import _path_codes, _shares_among
+
+    rng = np.random.default_rng(1)
+    paths = list(rng.choice(["A / B", "A / C", "B", ""], size=40))
+    codes = _path_codes(paths)
+    assert all((codes[i] == codes[j]) == (paths[i] == paths[j]) for i in range(40) for j in range(40) if paths[i])
+    assert (codes[[i for i, p in enumerate(paths) if not p]] == -1).all()
+    groups = [rng.permutation(40)[:10], np.arange(3), np.arange(1), np.zeros(0, dtype=np.int64)]
+    shares = _shares_among(codes, groups)
+    for g, members in enumerate(groups):
+        for i, path in enumerate(paths):
+            expected = sum(paths[m] == path for m in members) / len(members) if path and len(members) else np.nan
+            assert shares[g, i] == np.float32(expected) or (np.isnan(expected) and np.isnan(shares[g, i]))
+    all_missing = _shares_among(np.full(5, -1), [np.arange(3), np.arange(1)])
+    assert all_missing.shape == (2, 5) and np.isnan(all_missing).all()
