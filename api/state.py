@@ -155,15 +155,16 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
             state.ranker_error = f"re-ranker not loaded, serving without it ({type(exc).__name__}: {exc})"
             logger.warning(state.ranker_error)
     logger.info("search pipeline loaded from %s (re-ranker: %s)", workspace.root, state.searcher.ranker is not None)
+    _load_recommender(state, workspace)
     if settings.live_follow:
         # every process (each `serve --workers N` worker) follows the log on its own; the first poll replays
-        # the changes past the index set's checkpoint
+        # the changes past the index set's checkpoint. Started last: its thread imports torch for the catalogue
+        # encoder, and would hold the interpreter lock while the rest of the start still loads
         state.follower = LiveFollower(state.searcher, workspace, poll_interval=settings.live_poll_interval,
                                       compact_after=settings.live_compact_after,
                                       compact_age_s=settings.live_compact_age_s,
                                       load_encoder=load_encoder,
                                       preload_encoder=settings.live_preload_encoder).start()
-    _load_recommender(state, workspace)
     return state
 
 
