@@ -309,4 +309,5 @@ class LiveFollower:
             "checkpoint": snapshot.main.checkpoint,
             "last_compaction": self.last_compaction,
             "error": self.last_error,
+            "encoder_loaded": self.encoder_loaded,
         }
