@@ -27,7 +27,9 @@ def text_runtime_agreement(workspace: Path, bodies: list[dict], threads: int = 1
     import torch
 
     torch.set_num_threads(threads)
-    state = load_state(Settings(workspace=workspace, text_runtime="torch", torch_threads=threads))
+    # no live follower: a read-only check, and a compaction it started would keep encoding in this process
+    # during the HTTP measurements that follow
+    state = load_state(Settings(workspace=workspace, text_runtime="torch", torch_threads=threads, live_follow=False))
     if state.searcher is None:
         raise SystemExit(f"cannot load the search pipeline: {state.searcher_error}")
     searcher, model = state.searcher, state.searcher.model
