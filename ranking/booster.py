@@ -7,11 +7,11 @@ interface LightGBM's Python, R and Java packages are written against) and predic
 ``lightgbm.Booster.predict`` makes, so its scores are bit-identical to it: no second artefact to export, convert or
 keep in agreement, and every saved re-ranker folder is read as before.
 
-The alternatives were measured and left (docs/ranking.md, "Serving without the lightgbm package"): an ONNX graph
-converted with onnxmltools compares float32 features with float32 thresholds and sums the trees in float32
-(scores differ by up to ~1e-5, and a feature exactly at a rounded threshold takes the other branch); a numpy
-evaluator of ``dump_model()`` re-implements LightGBM's split rules by hand and walks 100 rows x hundreds of trees
-level by level, several times slower than the C library.
+The alternatives (docs/evaluation.md, "Serving without the lightgbm package"): an ONNX graph converted with
+onnxmltools (measured, ``bench/rerank_onnx_variant.py``) compares float32 features with float32 thresholds and
+sums the trees in float32, so its scores differ from LightGBM's by up to ~1e-6 and a feature at a rounded
+threshold can take the other branch; a numpy evaluator of ``dump_model()`` (not built) would re-implement
+LightGBM's split rules by hand.
 """
 
 from __future__ import annotations
