@@ -22,22 +22,21 @@ import shutil
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from catalog.labels import LabelEncoder
 from core.files import make_temporary_dir, replace_dir, write_json_atomic
+from encoders.query_model import QueryModel
 from encoders.towers import Tower, library_versions
 from fusion.classifier import FusionClassifier
 from fusion.lexical import LexicalBranch
-from fusion.served import classify
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 
-class MultiModalModel:
+class MultiModalModel(QueryModel):
     """Text and image encoders into one L2-normalised space, plus the category classifier."""
 
     def __init__(self, image_tower: Tower, text_tower: Tower, fusion: FusionClassifier, labels: LabelEncoder,
@@ -92,28 +91,6 @@ class MultiModalModel:
         for module in (self.image_tower, self.text_tower, self.fusion):
             module.to(device)
         return self
-
-    # -- encoding
-    def encode_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """float32 (n, embed_dim), L2-normalised."""
-        if isinstance(texts, str):
-            raise ValueError("encode_texts takes a list of strings; wrap a single query as [query]")
-        return self.text_tower.encode(list(texts), batch_size=batch_size)
-
-    def encode_images(self, images: list, batch_size: int = 32) -> np.ndarray:
-        """float32 (n, embed_dim), L2-normalised, from PIL images (any mode; converted to RGB)."""
-        return self.image_tower.encode(list(images), batch_size=batch_size)
-
-    def classify(self, text_emb: np.ndarray | None, image_emb: np.ndarray | None,
-                 texts: list[str] | None = None) -> np.ndarray:
-        """Category probabilities float32 (n, C) (columns follow ``labels.classes``).
-
-        Either embedding may be None; an all-zero row counts as "this modality is missing" (the convention
-        of EmbeddingTable.image for listings without a photo). ``texts`` (n, the words the text embeddings
-        were encoded from) feed the lexical branch when the bundle has one; without them the head alone
-        answers.
-        """
-        return classify(self.fusion, self.lexical, self.embed_dim, text_emb, image_emb, texts)
 
     # -- persistence
     def save(self, folder: str | Path) -> Path:

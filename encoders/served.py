@@ -20,7 +20,8 @@ import numpy as np
 from catalog.labels import LabelEncoder
 from encoders.graphs import IMAGE_OUTPUTS, TEXT_OUTPUTS, TOKENIZER, GraphError, GraphSet, graph_dir, sha256_file
 from encoders.pixels import eval_pixels
-from fusion.served import ServedFusionHead, ServedLexical, classify
+from encoders.query_model import QueryModel
+from fusion.served import ServedFusionHead, ServedLexical
 
 BUNDLE_FORMAT_VERSION = 1  # encoders.bundle.FORMAT_VERSION, read here without importing torch
 
@@ -85,7 +86,7 @@ class ServedImageTower:
         return self.encode_with_pooled(images, batch_size)[0]
 
 
-class ServedModel:
+class ServedModel(QueryModel):
     """The query side of ``encoders.bundle.MultiModalModel`` from the bundle's graphs and arrays."""
 
     def __init__(self, text_tower: ServedTextTower, image_tower: ServedImageTower, fusion: ServedFusionHead,
@@ -99,21 +100,6 @@ class ServedModel:
     @property
     def embed_dim(self) -> int:
         return self.text_tower.embed_dim
-
-    def encode_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """float32 (n, embed_dim), L2-normalised."""
-        if isinstance(texts, str):
-            raise ValueError("encode_texts takes a list of strings; wrap a single query as [query]")
-        return self.text_tower.encode(list(texts), batch_size=batch_size)
-
-    def encode_images(self, images: list, batch_size: int = 32) -> np.ndarray:
-        """float32 (n, embed_dim), L2-normalised, from PIL images (any mode; converted to RGB)."""
-        return self.image_tower.encode(list(images), batch_size=batch_size)
-
-    def classify(self, text_emb: np.ndarray | None, image_emb: np.ndarray | None,
-                 texts: list[str] | None = None) -> np.ndarray:
-        """Category probabilities float32 (n, C), as ``MultiModalModel.classify``."""
-        return classify(self.fusion, self.lexical, self.embed_dim, text_emb, image_emb, texts)
 
     @classmethod
     def load(cls, model_dir: str | Path, *, int8: tuple[str, ...] = ("text", "image"),
