@@ -158,8 +158,8 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
     _load_recommender(state, workspace)
     if settings.live_follow:
         # every process (each `serve --workers N` worker) follows the log on its own; the first poll replays
-        # the changes past the index set's checkpoint. Started last: its thread imports torch for the catalogue
-        # encoder, and would hold the interpreter lock while the rest of the start still loads
+        # the changes past the index set's checkpoint. Started last: its thread loads the catalogue encoder (and
+        # imports torch where the graphs cannot be used), which would compete with the rest of the start
         state.follower = LiveFollower(state.searcher, workspace, poll_interval=settings.live_poll_interval,
                                       compact_after=settings.live_compact_after,
                                       compact_age_s=settings.live_compact_age_s,
@@ -203,7 +203,7 @@ def _load_personal_ranker(state: ServiceState, workspace: Workspace) -> None:
 def _torch_threads(threads: int) -> None:
     """torch with ``threads`` intra-op threads: one query is a small batch, a thread pool per call costs more than it
     saves on a few shared cores, and concurrent requests already use the other cores. Imported here, so a service
-    serving the served model loads torch only for the live follower's catalogue encoder, after start."""
+    serving the served model never loads torch (unless its catalogue encoder falls back to it)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -211,11 +211,13 @@ def _torch_threads(threads: int) -> None:
 
 def _catalogue_encoder(model_dir: Path, threads: int):
     """The live follower's catalogue encoder, loaded as `marketsearch embed` loads it
-    (``encoders.runtime.load_catalogue_encoder``: the bundle's weights, backbones in their fp32 graphs)."""
-    _torch_threads(threads)
-    from encoders.runtime import load_catalogue_encoder
+    (``encoders.catalogue_encoder``: the whole-tower fp32 graphs without torch, else the torch bundle)."""
+    from encoders.catalogue_encoder import load_catalogue_encoder
 
-    return load_catalogue_encoder(model_dir, threads=threads)
+    encoder = load_catalogue_encoder(model_dir, threads=threads)
+    if encoder.image_tower.backbone.runtime == "torch":
+        _torch_threads(threads)
+    return encoder
 
 
 def _served_model(settings: Settings, workspace: Workspace) -> tuple[ServedModel | None, dict[str, str], str | None]:

@@ -160,17 +160,26 @@ def start_and_serve(workspace: Path, texts: list[dict], uploads: list[bytes], re
     }
 
 
-def encoding_throughput(workspace: Path, model: MultiModalModel, graphs: GraphSet | None, threads: int,
-                        listings: int | None = None) -> dict:
-    """photos/s and listings/s of `embed_catalog` (no feature cache) with 1 and 2 workers, and of the bare
-    image forward on preprocessed batches of 32, with both backbones in their fp32 graphs (as `embed`)."""
-    import torch
+def encoding_throughput(workspace: Path, threads: int, listings: int | None = None, runtime: str = "onnxruntime"
+                        ) -> dict:
+    """photos/s and listings/s of `embed_catalog` (no feature cache) with 1 and 2 workers, and of the bare image
+    forward on preprocessed batches of 32 in the same runtime, with the catalogue encoder `marketsearch embed`
+    loads (``encoders.catalogue_encoder``; by default the whole-tower fp32 graphs, no torch). The bare forward is
+    timed before and after each embed run; each ratio is over the mean of the two (the load of a shared machine
+    drifts)."""
+    import os
 
-    torch.set_num_threads(threads)
-    if graphs is not None:  # as `marketsearch embed --runtime auto`: both backbones in their fp32 graphs
-        for modality in ("text", "image"):
-            use_graphs(model, graphs, modality, "fp32", threads=threads)
-    out: dict = {"image_runtime": model.image_tower.backbone.runtime, "threads": threads}
+    import numpy as np
+
+    from encoders.catalogue_encoder import load_catalogue_encoder
+
+    encoder = load_catalogue_encoder(Workspace.at(workspace).model_dir, runtime=runtime, threads=threads)
+    if encoder.image_tower.backbone.runtime == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    out: dict = {"image_runtime": encoder.image_tower.backbone.runtime, "encoder": type(encoder).__name__,
+                 "threads": threads, "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as scratch:
         copy = Workspace.at(Path(scratch) / "ws")
         copy.root.mkdir()
@@ -179,32 +188,38 @@ def encoding_throughput(workspace: Path, model: MultiModalModel, graphs: GraphSe
         try:
             paths = [p for listing in catalog.get_listings(catalog.listing_ids()[:200]) for i in listing.image_ids
                      if (p := catalog.image_path(i)) is not None and p.is_file()][:256]
-            transform = model.image_tower.backbone.transforms(train=False)
-            pixels = torch.stack([transform(load_photo(p)) for p in paths])
-            model.image_tower.encode_pixels_with_pooled(pixels[:32])  # warm-up
-            start = time.perf_counter()
-            model.image_tower.encode_pixels_with_pooled(pixels, batch_size=32)
-            out["forward_photos_per_s"] = len(paths) / (time.perf_counter() - start)
+            transform = encoder.image_tower.eval_transform()
+            pixels = np.stack([transform(load_photo(p)) for p in paths])
+            encoder.image_tower.encode_pixels_with_pooled(pixels[:32])  # warm-up
+
+            def forward_photos_per_s() -> float:
+                start = time.perf_counter()
+                encoder.image_tower.encode_pixels_with_pooled(pixels, batch_size=32)
+                return len(paths) / (time.perf_counter() - start)
+
+            forwards = [forward_photos_per_s()]
             for workers in (1, 2):
                 with catalog.engine.begin() as conn:  # these listings are encoded again, the others are up to date
                     chosen = listing_embeddings.delete()
                     if listings is not None:
                         chosen = chosen.where(listing_embeddings.c.listing_id.in_(catalog.listing_ids()[:listings]))
                     conn.execute(chosen)
-                stats = embed_catalog(model, catalog, progress=False, workers=workers)
+                stats = embed_catalog(encoder, catalog, progress=False, workers=workers)
+                forwards.append(forward_photos_per_s())
+                forward = (forwards[-2] + forwards[-1]) / 2
                 key = f"embed_{workers}_worker{'s' if workers > 1 else ''}"
                 out[key] = {"listings_per_s": stats.encoded / stats.seconds,
                             "photos_per_s": stats.images_encoded / stats.seconds,
                             "photo_path_photos_per_s": stats.images_encoded / stats.photo_seconds,
                             "listings": stats.encoded, "photos": stats.images_encoded, "seconds": stats.seconds,
-                            "text_seconds": stats.text_seconds, "photo_seconds": stats.photo_seconds}
-                out[f"{key}_over_forward"] = out[key]["photos_per_s"] / out["forward_photos_per_s"]
-                out[f"{key}_photo_path_over_forward"] = (out[key]["photo_path_photos_per_s"]
-                                                         / out["forward_photos_per_s"])
+                            "text_seconds": stats.text_seconds, "photo_seconds": stats.photo_seconds,
+                            "forward_photos_per_s": forward}
+                out[f"{key}_over_forward"] = out[key]["photos_per_s"] / forward
+                out[f"{key}_photo_path_over_forward"] = out[key]["photo_path_photos_per_s"] / forward
+            out["forward_photos_per_s"] = forwards
         finally:
             catalog.close()
-    model.image_tower.backbone.detach_session()
-    model.text_tower.backbone.detach_session()
+    out["load_after"] = os.getloadavg()[0]
     return out
 
 
@@ -216,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads for the encoding part")
     parser.add_argument("--embed-listings", type=int, default=None,
                         help="catalogue encoding: encode only the first N listings again (default: all)")
+    parser.add_argument("--embed-runtime", default="onnxruntime", choices=("onnxruntime", "torch"),
+                        help="catalogue encoding: the whole-tower fp32 graphs (as `marketsearch embed`) or torch")
     parser.add_argument("--parts", default="encode,serve,embed",
                         help="which parts to run, comma-separated: encode (1), serve (2 and 3), embed (4)")
     parser.add_argument("--json", type=Path, default=None)
@@ -239,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
         results.update(start_and_serve(workspace.root, bodies, photo_uploads(workspace.root, 40, 0, (640, 480)),
                                        args.requests))
     if "embed" in parts:
-        results["encoding"] = encoding_throughput(workspace.root, model, graphs, args.threads, args.embed_listings)
+        results["encoding"] = encoding_throughput(workspace.root, args.threads, args.embed_listings,
+                                                  args.embed_runtime)
         results.update({k: v for k, v in results["encoding"].items() if k.endswith("_over_forward")})
     print(report(results))
     if args.json:

@@ -128,9 +128,9 @@ def embed(
     workers: Annotated[int, typer.Option(
         "--workers", min=0, help="Processes decoding and preprocessing photos ahead of the forwards (0: inline).")] = 1,
     runtime: Annotated[str, typer.Option(
-        "--runtime", help="Where the backbones run: auto (the bundle's fp32 ONNX graphs when `marketsearch "
-        "export-onnx` wrote them, the runtime the service encodes queries in; else torch), onnxruntime or "
-        "torch.")] = "auto",
+        "--runtime", help="Where the towers run: auto (the bundle's whole-tower fp32 ONNX graphs, without torch, "
+        "when `marketsearch export-onnx` wrote them and they verify; else torch), onnxruntime (the graphs or an "
+        "error) or torch.")] = "auto",
     model_dir: Annotated[Path | None, typer.Option(
         "--model", help="Model bundle folder (default: WORKSPACE/model).")] = None,
     ray_address: Annotated[str | None, typer.Option(
@@ -149,15 +149,13 @@ def embed(
     Photos whose frozen-backbone features training already cached (WORKSPACE/cache/features) only go
     through the trained head.
     """
-    import torch
-
     from catalog.store import Catalog
+    from encoders.catalogue_encoder import RUNTIMES, load_catalogue_encoder
     from encoders.embed import embed_catalog
-    from encoders.runtime import GraphError, load_catalogue_encoder
+    from encoders.graphs import GraphError
 
-    torch.set_num_threads(threads)
     ws = open_workspace(workspace)
-    if runtime not in ("auto", "onnxruntime", "torch"):
+    if runtime not in RUNTIMES:
         typer.secho(f"error: --runtime must be auto, onnxruntime or torch, got {runtime!r}", err=True,
                     fg=typer.colors.RED)
         raise typer.Exit(2)
@@ -166,6 +164,10 @@ def embed(
     except (FileNotFoundError, ValueError, GraphError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from error
+    if model.image_tower.backbone.runtime == "torch":  # the graphs' sessions have their threads already
+        import torch
+
+        torch.set_num_threads(threads)
     encode_chunks = None
     if ray_address is not None:  # the actors run torch: the vectors of `--runtime torch`
         from core.cluster import connect_ray, ray_cpus

@@ -42,7 +42,8 @@ from sqlalchemy import (
 )
 from tqdm.auto import tqdm
 
-from encoders.features import FeatureCache, backbone_key, photo_key
+from encoders.features import FeatureCache, photo_key
+from encoders.photo_stream import photo_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -273,9 +274,7 @@ def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, image_b
         owners.append(row)
     embeddings, photo_vectors = [], []
     if decoded:
-        import torch  # here: the served model (encoders.served) imports this module and never encodes a catalogue
-
-        fresh_embeddings, pooled = model.image_tower.encode_pixels_with_pooled(torch.stack(decoded),
+        fresh_embeddings, pooled = model.image_tower.encode_pixels_with_pooled(np.stack(decoded),
                                                                                batch_size=image_batch_size)
         embeddings.append(fresh_embeddings)
         photo_vectors.append(normalize_rows(pooled))
@@ -332,9 +331,7 @@ def encode_listings(model, catalog, listings, *, text_batch_size: int = TEXT_BAT
     if plan is None:
         plan = _plan_photos(catalog, listings, stats, photo_cache)
     if pixels is None:
-        from encoders.photo_stream import photo_pixels  # torch DataLoader workers
-
-        pixels = photo_pixels(plan.fresh_paths, model.image_tower.backbone.transforms(train=False), workers=0)
+        pixels = photo_pixels(plan.fresh_paths, model.image_tower.eval_transform(), workers=0)
     text, image, has_image, counts, photo = _encode_chunk(model, listings, plan, pixels, image_batch_size,
                                                           text_batch_size, stats, photo_cache)
     return EncodedListings(text=text, image=image, has_image=has_image, n_images=counts,
@@ -349,7 +346,12 @@ def open_photo_cache(model, feature_cache: str | os.PathLike | None) -> FeatureC
     """
     if feature_cache is None:
         return None
-    cache = FeatureCache(Path(feature_cache) / backbone_key(model.image_tower))
+    key = model.image_tower.feature_cache_key
+    if key is None:
+        logger.info("the model's graphs do not name their feature cache (exported before it was recorded): every "
+                    "photo is decoded and encoded; `marketsearch export-onnx` records it")
+        return None
+    cache = FeatureCache(Path(feature_cache) / key)
     return cache if cache.keys else None
 
 
@@ -410,10 +412,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     if encode_chunks is None:
         def encode_chunks(chunks):
             plans = [_plan_photos(catalog, listings, stats, photo_cache) for listings in chunks]
-            from encoders.photo_stream import photo_pixels
-
-            transform = model.image_tower.backbone.transforms(train=False)
-            pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths], transform, workers=workers)
+            pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths],
+                                  model.image_tower.eval_transform(), workers=workers)
             for listings, plan in zip(chunks, plans):
                 yield listings, encode_listings(model, catalog, listings,
                                                 image_batch_size=image_batch_size, stats=stats,

@@ -37,18 +37,32 @@ def center_cropped(pixels: np.ndarray, crop: int) -> np.ndarray:
     return pixels[top : top + crop, left : left + crop]
 
 
-def eval_pixels(images: list, preprocessing: dict) -> np.ndarray:
-    """float32 (n, 3, crop, crop) pixel values of PIL ``images`` (any mode; converted to RGB) under a backbone's
-    ``preprocessing`` (``encoders.backbones.ImagePreprocessing`` as a dict)."""
-    crop = int(preprocessing["crop"])
-    mean = np.asarray(preprocessing["mean"], np.float32).reshape(3, 1, 1)
-    std = np.asarray(preprocessing["std"], np.float32).reshape(3, 1, 1)
-    out = np.empty((len(images), 3, crop, crop), np.float32)
-    for row, image in enumerate(images):
+class EvalPixels:
+    """A photo's float32 (3, crop, crop) pixel values under a backbone's ``preprocessing``
+    (``encoders.backbones.ImagePreprocessing`` as a dict); picklable, for the catalogue's decoding workers
+    (``encoders.photo_stream``)."""
+
+    def __init__(self, preprocessing: dict):
+        self.preprocessing = dict(preprocessing)
+        self.crop, self.resize = int(preprocessing["crop"]), int(preprocessing["resize"])
+        self.interpolation = preprocessing.get("interpolation", "bilinear")
+        self.mean = np.asarray(preprocessing["mean"], np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(preprocessing["std"], np.float32).reshape(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
         if not isinstance(image, Image.Image):
             raise ValueError(f"expected a PIL.Image.Image, got {type(image).__name__}")
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        rgb = resized(rgb, int(preprocessing["resize"]), preprocessing.get("interpolation", "bilinear"))
-        pixels = center_cropped(np.asarray(rgb), crop).transpose(2, 0, 1).astype(np.float32)
-        out[row] = (pixels * np.float32(1 / 255) - mean) / std
+        rgb = resized(rgb, self.resize, self.interpolation)
+        pixels = center_cropped(np.asarray(rgb), self.crop).transpose(2, 0, 1).astype(np.float32)
+        return (pixels * np.float32(1 / 255) - self.mean) / self.std
+
+
+def eval_pixels(images: list, preprocessing: dict) -> np.ndarray:
+    """float32 (n, 3, crop, crop) pixel values of PIL ``images`` (any mode; converted to RGB) under a backbone's
+    ``preprocessing`` (``EvalPixels``)."""
+    transform = EvalPixels(preprocessing)
+    out = np.empty((len(images), 3, transform.crop, transform.crop), np.float32)
+    for row, image in enumerate(images):
+        out[row] = transform(image)
     return out

@@ -18,8 +18,9 @@
                                  the pooling and projection head stay fp32
 
 One graph per tower and precision serves two callers. The served model (``encoders.served``) reads the towers'
-outputs (``shared_embedding``, ``pooled_features``) and needs neither torch nor transformers; a torch tower may run
-only its backbone in the graph (``use_graphs``: its first output), for `embed --runtime auto` and the benchmarks. The
+outputs (``shared_embedding``, ``pooled_features``) and needs neither torch nor transformers, for queries and for
+catalogue listings (``encoders.catalogue_encoder``); a torch tower may run only its backbone in the graph
+(``use_graphs``: its first output), for the service's torch fallback and the benchmarks. The
 service opens the graphs at start (``GraphSet.open``) instead of exporting them: a manifest from other weights,
 a graph whose sha256 differs from the manifest or that ONNX Runtime cannot load raises ``GraphError`` with the
 reason, and the service encodes in torch and says so in /health. Retraining replaces the whole bundle folder,
@@ -43,7 +44,6 @@ import torch
 
 from core.files import make_temporary_dir, replace_dir, write_json_atomic
 from encoders.backbones import ONNX_OPSET
-from encoders.bundle import MultiModalModel
 from encoders.graphs import (  # noqa: F401 - the loading side, re-exported for the export side's callers
     GRAPH_DIR,
     IMAGE_OUTPUTS,
@@ -393,6 +393,9 @@ def _manifest(model, folder: Path, calibration: int, tokenizer: dict) -> dict:
             "embed_dim": model.embed_dim, "tokenizer": tokenizer,
             "image_preprocessing": image.backbone.get_config_dict()["preprocessing"],
             "pooled_dim": {"text": model.text_tower.pooled_dim, "image": image.pooled_dim},
+            # the training feature cache's folder for this image backbone, which the served model cannot compute
+            # without torch (``encoders.features.backbone_key``): catalogue encoding reads cached photos from it
+            "feature_cache": {"image": image.feature_cache_key},
             "graphs": graphs, "gates": {}}
 
 
@@ -447,26 +450,3 @@ def _probe(tower) -> dict:
     size = int(tower.backbone.preprocessing["crop"])
     generator = torch.Generator().manual_seed(0)
     return {"pixel_values": torch.rand(2, 3, size, size, generator=generator) * 2 - 1}
-
-
-def load_catalogue_encoder(model_dir: str | Path, *, runtime: str = "auto", threads: int = 1):
-    """The model that encodes catalogue listings: the bundle's weights with both backbones in their fp32 graphs.
-
-    ``runtime``: ``auto`` uses the graphs when `marketsearch export-onnx` wrote them and they verify, else torch;
-    ``onnxruntime`` raises GraphError when they cannot be used; ``torch`` uses none. `marketsearch embed` and the
-    serving processes' live follower both load their encoder here, so a listing written through the API and the
-    same listing embedded in batch get the same vectors. fp32 only: int8 is for queries, behind its gate."""
-    if runtime not in ("auto", "onnxruntime", "torch"):
-        raise ValueError(f"runtime must be auto, onnxruntime or torch, got {runtime!r}")
-    model = MultiModalModel.load(model_dir)
-    if runtime == "torch":
-        return model
-    try:
-        graphs = GraphSet.open(graph_dir(model_dir), model.fingerprint)
-        for modality in ("text", "image"):
-            use_graphs(model, graphs, modality, "fp32", threads=threads)
-    except GraphError as error:
-        if runtime == "onnxruntime":
-            raise
-        logger.warning("catalogue listings are encoded in torch: %s", error)
-    return model

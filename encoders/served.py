@@ -12,6 +12,7 @@ instead. It answers what the search pipeline asks of a model: ``encode_texts``, 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from catalog.labels import LabelEncoder
 from encoders.graphs import IMAGE_OUTPUTS, TEXT_OUTPUTS, TOKENIZER, GraphError, GraphSet, graph_dir, sha256_file
-from encoders.pixels import eval_pixels
+from encoders.pixels import EvalPixels, eval_pixels
 from encoders.query_model import QueryModel
 from fusion.served import ServedFusionHead, ServedLexical
 
@@ -60,16 +61,91 @@ class ServedTextTower:
         return out
 
 
+class ServedHead:
+    """The image tower's head (``encoders.modules.Projection``, then L2 normalisation) in numpy (float64 inside), from
+    the bundle's arrays: the embeddings of pooled backbone features already computed (the training feature cache)."""
+
+    LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which Projection uses
+
+    def __init__(self, config: dict, weights: dict[str, np.ndarray]):
+        self.in_dim, self.out_dim = int(config["in_dim"]), int(config["out_dim"])
+        self.hidden_dim, self.input_norm = int(config.get("hidden_dim", 0)), bool(config.get("input_norm", True))
+        # Projection.net: [LayerNorm], Dropout, Linear[, GELU, Dropout, Linear]
+        first = 2 if self.input_norm else 1
+        linears = [first, first + 3] if self.hidden_dim > 0 else [first]
+        try:
+            self.norm = ((weights["net.0.weight"].astype(np.float64), weights["net.0.bias"].astype(np.float64))
+                         if self.input_norm else None)
+            self.linears = [(weights[f"net.{i}.weight"].astype(np.float64), weights[f"net.{i}.bias"].astype(np.float64))
+                            for i in linears]
+        except KeyError as error:
+            raise ValueError(f"the projection weights have no {error}; its config: {config}") from error
+        if self.linears[0][0].shape[1] != self.in_dim or self.linears[-1][0].shape[0] != self.out_dim:
+            raise ValueError(f"projection weights {[w.shape for w, _ in self.linears]} do not match its config")
+
+    @classmethod
+    def load(cls, tower_dir: Path) -> ServedHead:
+        """The Projection module of the tower saved at ``tower_dir`` (``encoders.towers.Tower.save``)."""
+        from safetensors.numpy import load_file
+
+        modules = json.loads((Path(tower_dir) / "tower.json").read_text())["modules"]
+        entry = next((m for m in modules if m["type"] == "Projection"), None)
+        if entry is None:
+            raise ValueError(f"{tower_dir}/tower.json lists no Projection module")
+        folder = Path(tower_dir) / entry["path"]
+        return cls(json.loads((folder / "config.json").read_text()), load_file(str(folder / "model.safetensors")))
+
+    def __call__(self, pooled: np.ndarray) -> np.ndarray:
+        """float32 (n, in_dim) pooled features -> float32 (n, out_dim) L2-normalised embeddings."""
+        from scipy.special import erf  # scikit-learn's dependency; vectorised, where math.erf is per element
+
+        x = np.asarray(pooled, np.float64)
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"expected pooled features (n, {self.in_dim}), got {x.shape}")
+        if self.norm is not None:
+            centred = x - x.mean(1, keepdims=True)
+            scale = np.sqrt((centred**2).mean(1, keepdims=True) + self.LAYER_NORM_EPS)
+            x = centred / scale * self.norm[0] + self.norm[1]
+        for index, (weight, bias) in enumerate(self.linears):
+            x = x @ weight.T + bias
+            if index < len(self.linears) - 1:
+                x = 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))  # exact GELU, as torch.nn.GELU()
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 class ServedImageTower:
-    """PIL images -> pixels (PIL + numpy) -> the whole image tower graph -> embeddings and pooled backbone vectors."""
+    """PIL images -> pixels (PIL + numpy) -> the whole image tower graph -> embeddings and pooled backbone vectors.
+
+    For catalogue encoding (``encoders.embed``) it also runs the graph on pixels decoded elsewhere
+    (``encode_pixels_with_pooled``, with ``eval_transform`` in the decoding workers) and the head alone on pooled
+    features read from the training feature cache (``embed_pooled``, the folder named ``feature_cache_key``)."""
 
     modality = "image"
     outputs = list(IMAGE_OUTPUTS[1:])  # the embedding, the pooled backbone vector
 
-    def __init__(self, session, preprocessing: dict, precision: str, embed_dim: int, pooled_dim: int):
+    def __init__(self, session, preprocessing: dict, precision: str, embed_dim: int, pooled_dim: int,
+                 head: ServedHead | None = None, feature_cache_key: str | None = None):
         self.session, self.preprocessing = session, dict(preprocessing)
         self.backbone = GraphRuntime(precision)
         self.embed_dim, self.pooled_dim = int(embed_dim), int(pooled_dim)
+        self.head = head
+        # None: the graphs were exported before the manifest recorded it; the cache is not read
+        self.feature_cache_key = feature_cache_key
+
+    def eval_transform(self) -> EvalPixels:
+        """``PIL image -> float32 (3, H, W)`` pixels, picklable (``encoders.photo_stream`` workers)."""
+        return EvalPixels(self.preprocessing)
+
+    def encode_pixels_with_pooled(self, pixels: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_with_pooled`` of preprocessed pixels float32 (n, 3, H, W), in batches of ``batch_size``."""
+        pixels = np.asarray(pixels, np.float32)
+        embeddings = np.empty((len(pixels), self.embed_dim), np.float32)
+        pooled = np.empty((len(pixels), self.pooled_dim), np.float32)
+        for start in range(0, len(pixels), batch_size):
+            batch = np.ascontiguousarray(pixels[start : start + batch_size])
+            embeddings[start : start + len(batch)], pooled[start : start + len(batch)] = self.session.run(
+                self.outputs, {"pixel_values": batch})
+        return embeddings, pooled
 
     def encode_with_pooled(self, images: list, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings float32 (n, embed_dim) and pooled backbone features (n, pooled_dim), as
@@ -84,6 +160,16 @@ class ServedImageTower:
 
     def encode(self, images: list, batch_size: int = 32) -> np.ndarray:
         return self.encode_with_pooled(images, batch_size)[0]
+
+    def embed_pooled(self, pooled: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Embeddings (as ``encode``) of pooled backbone features already computed, as
+        ``encoders.towers.Tower.embed_pooled``."""
+        if self.head is None:
+            raise GraphError("the served image tower was loaded without its head")
+        pooled = np.asarray(pooled, np.float32)
+        if not len(pooled):
+            return np.zeros((0, self.embed_dim), np.float32)
+        return np.concatenate([self.head(pooled[s : s + batch_size]) for s in range(0, len(pooled), batch_size)])
 
 
 class ServedModel(QueryModel):
@@ -125,8 +211,13 @@ class ServedModel(QueryModel):
         embed_dim, pooled = int(manifest["embed_dim"]), manifest["pooled_dim"]
         text_session, text_precision = sessions["text"]
         text = ServedTextTower(text_session, load_tokenizer(graphs), text_precision, embed_dim, pooled["text"])
+        try:
+            head = ServedHead.load(model_dir / "image_tower")
+        except (OSError, ValueError, KeyError) as error:
+            raise GraphError(f"the image tower's head cannot be read without torch: {error}") from error
         image = ServedImageTower(sessions["image"][0], manifest["image_preprocessing"], sessions["image"][1],
-                                 embed_dim, pooled["image"])
+                                 embed_dim, pooled["image"], head=head,
+                                 feature_cache_key=(manifest.get("feature_cache") or {}).get("image"))
         _check_on_probe(text, image)
         try:
             fusion = ServedFusionHead.load(model_dir / "fusion")

@@ -22,6 +22,7 @@ from torch import nn
 
 from core.files import write_json_atomic
 from encoders.backbones import BackboneChoice, resolve_image_backbone, resolve_text_backbone
+from encoders.features import backbone_key
 from encoders.modules import ImageBackbone, Normalize, Pooling, Projection, TextBackbone, module_type
 
 logger = logging.getLogger(__name__)
@@ -197,11 +198,24 @@ class Tower(nn.Module):
         both = self._batched(items, batch_size, self._embedding_and_pooled, self.embed_dim + self.pooled_dim)
         return both[:, : self.embed_dim], both[:, self.embed_dim :]
 
-    def encode_pixels_with_pooled(self, pixels: torch.Tensor, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """``encode_with_pooled`` of images already preprocessed (``prepare``'s pixel values, float (n, 3, H, W)),
-        in batches of ``batch_size`` in order, as ``encode_with_pooled`` batches the images themselves."""
+    def eval_transform(self) -> TorchEvalPixels:
+        """The image eval transform as a picklable ``PIL image -> float32 (3, H, W)`` numpy callable, for the
+        catalogue's photo decoding workers (``encoders.photo_stream``)."""
+        if self.modality != "image":
+            raise ValueError("eval_transform is for the image tower")
+        return TorchEvalPixels(self.backbone.transforms(train=False))
+
+    @property
+    def feature_cache_key(self) -> str:
+        """The folder of this tower's frozen-feature cache (``encoders.features.backbone_key``)."""
+        return backbone_key(self)
+
+    def encode_pixels_with_pooled(self, pixels, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_with_pooled`` of images already preprocessed (``prepare``'s pixel values, float (n, 3, H, W),
+        a tensor or numpy), in batches of ``batch_size`` in order, as ``encode_with_pooled`` batches the images."""
         if self.modality != "image":
             raise ValueError("encode_pixels_with_pooled is for the image tower")
+        pixels = torch.as_tensor(pixels)
         out = np.empty((len(pixels), self.embed_dim + self.pooled_dim), np.float32)
         with self._inference():
             for s in range(0, len(pixels), batch_size):
@@ -254,6 +268,21 @@ class Tower(nn.Module):
             for block in self.backbone.blocks[-trainable_top_blocks:]:
                 for parameter in block.parameters():
                     parameter.requires_grad_(True)
+
+
+class TorchEvalPixels:
+    """A torchvision eval transform with numpy out (``Tower.eval_transform``)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def worker_init(self) -> None:
+        """In a decoding worker (``encoders.photo_stream``), before the first photo: one intra-op thread, as torch's
+        DataLoader workers do; a forked child that used the parent's OpenMP pool hangs."""
+        torch.set_num_threads(1)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.transform(image).numpy()
 
 
 def _rgb(image) -> Image.Image:

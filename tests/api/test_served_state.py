@@ -51,3 +51,48 @@ print("loaded:" + ",".join(loaded))
     loaded = set(done.stdout.strip().splitlines()[-1].removeprefix("loaded:").split(",")) - {""}
     assert not loaded, loaded  # (a re-ranker loads without lightgbm too: tests/ranking/test_booster.py)
 
+
+
+def test_a_listing_written_live_is_encoded_without_importing_torch(served_workspace, tmp_path):
+    """The live follower's catalogue encoder is the served model in fp32 (encoders.catalogue_encoder): loading the
+    state, preloading the encoder and encoding a new listing with a photo import no torch."""
+    root = tmp_path / "ws"
+    shutil.copytree(served_workspace.root, root)
+    script = f"""
+import io, sys, time
+from fastapi.testclient import TestClient
+from PIL import Image
+from api.config import Settings
+from api.main import create_app
+from catalog.api_keys import create_key
+from catalog.store import Catalog
+from core.workspace import Workspace
+
+workspace = Workspace.at({str(root)!r})
+with Catalog(workspace.db_url, root=workspace.root) as catalog:
+    _, key = create_key(catalog, "listings:write", name="test")
+photo = io.BytesIO()
+Image.new("RGB", (320, 240), (200, 40, 90)).save(photo, "PNG")
+with TestClient(create_app(Settings(workspace=workspace.root, live_preload_encoder=True))) as client:
+    response = client.post("/listings", headers={{"Authorization": "Bearer " + key}},
+                           data={{"title": "zorblaxian garden chair", "price": "25", "location": "Leeds",
+                                 "category": "Home & Garden / Garden / Furniture"}},
+                           files=[("photos", ("chair.png", photo.getvalue(), "image/png"))])
+    assert response.status_code == 201, response.text
+    listing_id = response.json()["id"]
+    service = client.app.state.service
+    deadline = time.monotonic() + 120
+    while listing_id not in service.searcher.snapshot.delta.embeddings.row_of and time.monotonic() < deadline:
+        time.sleep(0.05)
+    delta = service.searcher.snapshot.delta.embeddings
+    assert delta.has_image[delta.row_of[listing_id]], "the photo was not encoded"
+    assert type(service.follower.encoder).__name__ == "ServedModel"
+    assert client.get("/health").json()["live"]["encoder_loaded"]
+heavy = ("torch", "torchvision", "transformers", "sklearn")
+print("loaded:" + ",".join(m for m in heavy if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(done.stdout.strip().splitlines()[-1].removeprefix("loaded:").split(",")) - {""}
+    assert not loaded, loaded
