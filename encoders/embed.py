@@ -43,7 +43,7 @@ from sqlalchemy import (
 from tqdm.auto import tqdm
 
 from encoders.features import FeatureCache, photo_key
-from encoders.photo_stream import photo_pixels
+from encoders.photo_stream import PREFETCH_PER_WORKER, photo_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -412,8 +412,10 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     if encode_chunks is None:
         def encode_chunks(chunks):
             plans = [_plan_photos(catalog, listings, stats, photo_cache) for listings in chunks]
+            # two forward batches ahead: the workers decode the next batch while this one runs the forward
             pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths],
-                                  model.image_tower.eval_transform(), workers=workers)
+                                  model.image_tower.eval_transform(), workers=workers,
+                                  ahead=2 * image_batch_size + PREFETCH_PER_WORKER * workers)
             for listings, plan in zip(chunks, plans):
                 yield listings, encode_listings(model, catalog, listings,
                                                 image_batch_size=image_batch_size, stats=stats,

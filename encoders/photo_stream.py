@@ -4,8 +4,8 @@ Decoding a JPEG and resizing it costs about a third of MobileNetV2's forward pas
 catalogue encoding ran at a fraction of the backbone's speed. ``photo_pixels`` runs the image tower's eval
 transform (a picklable ``PIL image -> float32 (3, H, W)`` callable: ``encoders.pixels.EvalPixels`` for the graphs,
 ``encoders.towers.TorchEvalPixels`` for torch) in ``workers`` processes (0: in this process) and yields each
-photo's pixels or the reason it could not be read, in input order, at most ``PREFETCH_PER_WORKER`` photos per
-worker ahead of the consumer, so the caller batches them exactly as the inline path did. No torch here: the
+photo's pixels or the reason it could not be read, in input order and a bounded number ahead of the consumer, so
+the caller batches them exactly as the inline path did. No torch here: the
 graph path of `marketsearch embed` runs without it.
 """
 
@@ -62,26 +62,27 @@ def _context():
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
-def photo_pixels(paths: Sequence[Path], transform: Transform, workers: int = 1
+def photo_pixels(paths: Sequence[Path], transform: Transform, workers: int = 1, ahead: int | None = None
                  ) -> Iterator[tuple[np.ndarray | None, str | None]]:
-    """(pixels, None) or (None, reason) per path, in order; decoded in ``workers`` processes (0: inline).
-    The processes start at the first item asked for and stop when the iterator is exhausted or closed; a worker
-    that dies (a decoder crash) raises ``concurrent.futures.process.BrokenProcessPool`` here."""
+    """(pixels, None) or (None, reason) per path, in order; decoded in ``workers`` processes (0: inline), at most
+    ``ahead`` photos ahead of the consumer (default ``PREFETCH_PER_WORKER`` per worker; a consumer that forwards
+    batches of n should allow more than n, or the workers idle during each forward). The processes start at the
+    first item asked for and stop when the iterator is exhausted or closed; a worker that dies (a decoder crash)
+    raises ``concurrent.futures.process.BrokenProcessPool`` here."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if not paths:
         return iter(())
     if workers == 0:
         return (pixels_or_reason(path, transform) for path in paths)
-    return _pooled(list(paths), transform, workers)
+    return _pooled(list(paths), transform, workers, max(ahead or workers * PREFETCH_PER_WORKER, workers))
 
 
-def _pooled(paths: list[Path], transform: Transform, workers: int) -> Iterator:
+def _pooled(paths: list[Path], transform: Transform, workers: int, ahead: int) -> Iterator:
     executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_set_transform, initargs=(transform,))
     try:
         remaining = iter(paths)
-        pending = deque(executor.submit(_worker_pixels, path)
-                        for path in islice(remaining, workers * PREFETCH_PER_WORKER))
+        pending = deque(executor.submit(_worker_pixels, path) for path in islice(remaining, ahead))
         while pending:
             result = pending.popleft().result()
             following = next(remaining, None)
