@@ -6,7 +6,10 @@ the graph manifest, which must name the bundle's fingerprint (from ``bundle.json
 were saved), graphs whose sha256 match it, the tokenizer file, the photo preprocessing. Anything else raises
 ``GraphError`` with the reason, and the caller serves the torch model (``encoders.bundle.MultiModalModel``)
 instead. It answers what the search pipeline asks of a model: ``encode_texts``, ``encode_images``,
-``image_tower.encode_with_pooled`` (the photo vectors), ``classify``, ``labels``, ``fingerprint``.
+``image_tower.encode_with_pooled`` (the photo vectors), ``classify``, ``labels``, ``fingerprint``; loaded with
+``int8=()`` it is also the catalogue encoder of `marketsearch embed` and the live follower
+(``encoders.catalogue_encoder``), through the image tower's ``eval_transform``, ``encode_pixels_with_pooled`` and
+``embed_pooled``.
 """
 
 from __future__ import annotations
