@@ -14,7 +14,9 @@
    decoded; listing texts encoded too; `--embed-listings N`: only the first N listings): photos/s with 1
    and 2 decoding workers over the bare forward throughput of the image tower on preprocessed batches in
    the same runtime (target >= 0.8), end to end and on the photo path alone (`EmbedStats.photo_seconds`:
-   waiting for decoded pixels, then the forwards; the texts' encode left out).
+   waiting for decoded pixels, then the forwards; the texts' encode left out). The encoder is the one `embed`
+   loads (`encoders.catalogue_encoder`: the whole-tower fp32 graphs, no torch; `--embed-runtime torch` for the
+   torch bundle); the bare forward is timed before and after each run, and each ratio is over their mean.
 """
 
 from __future__ import annotations
