@@ -122,6 +122,7 @@ def test_manifest_binds_graphs_to_the_bundle_fingerprint_and_checksums(model, ex
     recipe = image_quantisation_for(model.image_tower.backbone.name)
     assert manifest["image_quantisation"] == json.loads(json.dumps(asdict(recipe)))
     assert image_quantisation_for("mobilenet_v2").keep_first_convs == 6
+    assert image_quantisation_for("mobilenet_v2").quant_format == "QOperator"
     with pytest.raises(GraphError, match="exported from model"):
         GraphSet.open(exported, "0" * 64)  # graphs of other weights
     with pytest.raises(GraphError, match="export-onnx"):
