@@ -7,6 +7,12 @@ Needs WS/model/onnx/image.fp32.onnx (`marketsearch export-onnx`). For every vari
 protocol on the test products with queries encoded by that graph (the fp32 run is computed once), and time
 the backbone alone (``session.run`` on one photo, 1 thread) interleaved with the fp32 graph.
 Prints one line per variant: NDCG@10 drop in points (gate: <= 1), top-20 overlap, fp32 / int8 backbone p50.
+
+    .venv/bin/python -m bench.image_int8_variants --workspace WS --speed-only --variants A,B [--rounds N]
+
+times the whole image tower graph of the fp32 export and of every listed variant (and of the bundle's recipe,
+also under other session settings: ``SESSION_VARIANTS``), interleaved photo by photo on 8 photos, no gate:
+a screen for which variants are worth gating.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from encoders.runtime import (
     calibration_batches,
     graph_dir,
     graph_name,
+    image_quantisation_for,
     open_session,
     quantize_image_graph,
 )
@@ -53,7 +60,17 @@ VARIANTS = {
     "minmax-skip-first-last-depthwise-qoperator": ImageQuantisation(keep_fp32=("first_conv", "last_conv", "depthwise"),
                                                                      quant_format="QOperator"),
     "minmax-s8s8": ImageQuantisation(activations="QInt8"),
+    # around the recipe (first 6 convs fp32): other kernels, calibrations, per-tensor weights
+    "percentile-skip-first-6-convs": ImageQuantisation(keep_first_convs=6, method="Percentile"),
+    "entropy-skip-first-6-convs": ImageQuantisation(keep_first_convs=6, method="Entropy"),
+    "minmax-skip-first-6-convs-per-tensor": ImageQuantisation(keep_first_convs=6, per_channel=False),
+    "minmax-skip-first-6-convs-qoperator-per-tensor": ImageQuantisation(keep_first_convs=6, quant_format="QOperator",
+                                                                         per_channel=False),
 }
+
+# session settings tried on the fp32 graph and the recipe's int8 graph (--speed-only): name -> (level, spinning)
+SESSION_VARIANTS = {"": ("ORT_ENABLE_ALL", "0"), " ORT_ENABLE_EXTENDED": ("ORT_ENABLE_EXTENDED", "0"),
+                    " spinning": ("ORT_ENABLE_ALL", "1")}
 
 
 def backbone_p50_ms(fp32_session, int8_session, pixels: np.ndarray, repeats: int = 60) -> tuple[float, float]:
@@ -69,12 +86,58 @@ def backbone_p50_ms(fp32_session, int8_session, pixels: np.ndarray, repeats: int
     return float(np.median(times["fp32"])), float(np.median(times["int8"]))
 
 
+def session(path: Path, level: str = "ORT_ENABLE_ALL", spinning: str = "0"):
+    """One intra-op thread, as served (``encoders.graphs.session_options``), at this optimisation level."""
+    import onnxruntime as ort
+
+    from encoders.graphs import session_options
+
+    options = session_options(1)
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def speed_screen(fp32_path: Path, variants: list[str], photos: list[Path], image_tower, rounds: int) -> dict:
+    """Tower p50 ms (``session.run`` on one photo, 1 thread) of the fp32 graph and every variant's int8 graph
+    (the recipe's also under each ``SESSION_VARIANTS`` setting), interleaved photo by photo; no gate."""
+    recipe = next(name for name, how in VARIANTS.items() if how == image_quantisation_for("mobilenet_v2"))
+    pixels = calibration_batches(image_tower, photos[-8:], batch_size=1)
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = {"fp32": fp32_path}
+        for name in dict.fromkeys([recipe, *variants]):
+            variant = VARIANTS[name]
+            step = max(len(photos) // variant.photos, 1)
+            paths[name] = Path(scratch) / f"{name}.onnx"
+            quantize_image_graph(fp32_path, paths[name], calibration_batches(image_tower, photos[::step][
+                : variant.photos]), variant)
+        sessions = {name: session(path) for name, path in paths.items()}
+        for suffix, (level, spinning) in SESSION_VARIANTS.items():
+            if suffix:
+                for name in ("fp32", recipe):
+                    sessions[name + suffix] = session(paths[name], level, spinning)
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for _ in range(rounds):
+            for photo in pixels:
+                for name, sess in sessions.items():
+                    start = time.perf_counter()
+                    sess.run(None, {"pixel_values": photo})
+                    times[name].append((time.perf_counter() - start) * 1000)
+    p50 = {name: float(np.median(values)) for name, values in times.items()}
+    for name, ms in p50.items():
+        print(f"{name:52s} p50 {ms:6.2f} ms  fp32 / this x{p50['fp32'] / ms:.2f}", flush=True)
+    return p50
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--speed-only", action="store_true",
+                        help="time every variant's graph interleaved with fp32 and the recipe's, no gate")
+    parser.add_argument("--rounds", type=int, default=10, help="--speed-only: x 8 photos per graph")
     args = parser.parse_args(argv)
     import torch
 
@@ -86,6 +149,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     fp32_path = graph_dir(ws.model_dir) / graph_name("image", "fp32")
     photos = [path for listing in builder.listings(("train",)) for image_id in listing.image_ids
               if (path := builder.catalog.image_path(image_id)) is not None and path.is_file()]
+    if args.speed_only:
+        p50 = speed_screen(fp32_path, args.variants.split(","), photos, model.image_tower, args.rounds)
+        if args.json:
+            args.json.write_text(json.dumps(p50, indent=2))
+        builder.close()
+        return [p50]
     protocol = builder.image_protocol(("test",), max_queries=args.max_queries)
     wanted = wanted_listing_qrels(protocol.queries)
 

@@ -1,12 +1,16 @@
-"""Text backbone graph variants (optimiser, quantisation options, threads), timed in one run, int8 ones gated.
+"""Text tower graph variants (exporter, BERT optimiser fusions, quantisation options), timed in one run, int8
+ones gated.
 
-    .venv/bin/python -m bench.text_int8_variants --workspace WS [--gate] [--json out]
+    .venv/bin/python -m bench.text_int8_variants --workspace WS [--gate] [--rounds N] [--json out]
 
-Needs WS/model/onnx/text.fp32.onnx (`marketsearch export-onnx`). Every variant is a graph plus session
-settings; all are timed interleaved on the same 40 short queries, one at a time (as served): the backbone
-alone (``session.run``) and the text tower's whole encode (tokenise, backbone graph, pooling and head in torch).
-With ``--gate``, every int8 variant also runs the known-item text protocol against the fp32 graph (NDCG@10
-drop in points, gate <= 0.5, top-20 overlap).
+Needs a workspace with a trained bundle and WS/model/onnx/tokenizer.json (`marketsearch export-onnx`). Every
+variant is a whole text tower graph exported here from the bundle's torch tower: the dynamo export (attention
+not fused, the recipe before), the TorchScript export with eager attention, that export fused by ONNX
+Runtime's BERT optimiser (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu), and their
+dynamic int8 quantisations. All are timed as the service encodes a query (``encoders.served.ServedTextTower``:
+tokenise, then the graph), one short query at a time, 1 intra-op thread, interleaved query by query so that
+every variant sees the same moments of the machine's load. With ``--gate``, every int8 variant also runs the
+known-item text protocol against its own fp32 graph (NDCG@10 drop in points, gate <= 0.5, top-20 overlap).
 """
 
 from __future__ import annotations
@@ -20,68 +24,63 @@ from pathlib import Path
 import numpy as np
 
 from core.workspace import Workspace
-from encoders.runtime import graph_dir, graph_name, open_session, session_options
+from encoders.runtime import (
+    TEXT_QUANTISATION,
+    TOKENIZER,
+    TextQuantisation,
+    export_text_tower_onnx,
+    export_torchscript_text_tower_onnx,
+    fuse_text_graph,
+    graph_dir,
+    open_session,
+    quantize_text_graph,
+)
 
 QUERIES = ["nike air max trainers size 9", "ikea desk", "vintage leather jacket brown medium",
            "iphone 12 pro max 256gb unlocked", "kids bike 16 inch", "lego star wars millennium falcon",
            "wooden dining table and 4 chairs", "sony headphones", "baby pram", "north face puffer jacket womens"]
 
-
-def optimised_fp32(fp32: Path, out: Path) -> Path:
-    """``onnxruntime.transformers`` BERT optimiser (SkipLayerNormalization, BiasGelu; attention is not fused
-    in the dynamo export: its SDPA pattern has IsNaN/Where guards the fusion does not match)."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    model = optimize_model(str(fp32), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
-    model.save_model_to_file(str(out))
-    return out
-
-
-def dynamic_int8(source: Path, out: Path, *, per_channel: bool = True, reduce_range: bool = False) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from encoders.runtime import _quiet_quantizer
-
-    with _quiet_quantizer():
-        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=per_channel, reduce_range=reduce_range)
-    return out
+# int8 variant -> (the fp32 graph it quantises, its recipe); the dynamo rows are the recipe served before
+INT8_VARIANTS = {
+    "int8 dynamo (MatMul, 7-bit per-channel)": ("fp32 dynamo", TextQuantisation(op_types=("MatMul",))),
+    "int8 torchscript (MatMul, 7-bit per-channel)": ("fp32 torchscript", TextQuantisation(op_types=("MatMul",))),
+    "int8 fused (MatMul + QAttention, 7-bit per-channel)": ("fp32 fused", TEXT_QUANTISATION),
+    "int8 fused, MatMul only": ("fp32 fused", TextQuantisation(op_types=("MatMul",))),
+    "int8 fused, 8-bit weights": ("fp32 fused", TextQuantisation(reduce_range=False)),
+    "int8 fused, per-tensor weights": ("fp32 fused", TextQuantisation(per_channel=False)),
+}
 
 
-def session(path: Path, threads: int = 1, level: str | None = None):
-    if level is None:
-        return open_session(path, threads)
-    import onnxruntime as ort
+def fp32_graphs(tower, scratch: Path) -> dict[str, Path]:
+    from encoders.runtime import _probe
 
-    options = session_options(threads)
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    probe = _probe(tower)
+    graphs = {"fp32 dynamo": scratch / "dynamo.onnx", "fp32 torchscript": scratch / "torchscript.onnx",
+              "fp32 fused": scratch / "fused.onnx"}
+    graphs["fp32 dynamo"].write_bytes(export_text_tower_onnx(tower, probe))
+    graphs["fp32 torchscript"].write_bytes(export_torchscript_text_tower_onnx(tower, probe))
+    fused = fuse_text_graph(graphs["fp32 torchscript"], graphs["fp32 fused"], tower.backbone.model.config)
+    print(f"BERT optimiser on the TorchScript export: {fused}", flush=True)
+    return graphs
 
 
-def timings(model, sessions: dict, rounds: int = 3) -> dict:
-    """p50 ms of ``session.run`` and of ``model.encode_texts([query])`` for every session, interleaved query by
-    query (every session sees the same moments of the machine's load)."""
-    backbone = model.text_tower.backbone
-    feeds = [{k: v.numpy() for k, v in backbone.tokenize([q]).items()} for q in QUERIES]
-    runs: dict = {name: {"backbone": [], "encode": []} for name in sessions}
-    for name, (sess, precision) in sessions.items():  # warm-up
-        backbone.attach_session(sess, precision)
-        model.encode_texts([QUERIES[0]])
+def timings(towers: dict, rounds: int) -> dict[str, float]:
+    """p50 ms of ``tower.encode([query])`` for every served tower, interleaved query by query."""
+    runs: dict = {name: [] for name in towers}
+    for tower in towers.values():  # warm-up
+        tower.encode(QUERIES[:2])
     for _ in range(rounds * 4):
-        for feed, query in zip(feeds, QUERIES):
-            for name, (sess, precision) in sessions.items():
-                backbone.attach_session(sess, precision)
+        for query in QUERIES:
+            for name, tower in towers.items():
                 start = time.perf_counter()
-                sess.run(None, feed)
-                middle = time.perf_counter()
-                model.encode_texts([query])
-                runs[name]["backbone"].append((middle - start) * 1000)
-                runs[name]["encode"].append((time.perf_counter() - middle) * 1000)
-    backbone.detach_session()
-    return {name: {k: float(np.median(v)) for k, v in parts.items()} for name, parts in runs.items()}
+                tower.encode([query])
+                runs[name].append((time.perf_counter() - start) * 1000)
+    return {name: float(np.median(values)) for name, values in runs.items()}
 
 
-def gate(builder, sessions: dict, names: list[str]) -> dict:
+def gate(builder, paths: dict[str, Path], pairs: dict[str, str]) -> dict:
+    """NDCG@10 of the known-item text protocol (test products) with queries encoded by each graph (the torch
+    tower with its backbone in the graph, as `export-onnx`'s gate), int8 drop against its own fp32 graph."""
     from evaluation.evaluate import collect_runs, compare_runs
     from evaluation.judgments import wanted_listing_qrels
     from evaluation.runtime_gate import STAGE, agreement
@@ -89,15 +88,17 @@ def gate(builder, sessions: dict, names: list[str]) -> dict:
     backbone = builder.model.text_tower.backbone
     protocol = builder.text_protocol(("test",))
     runs = {}
-    for name in ["fp32", *names]:
-        sess, precision = sessions[name]
-        backbone.attach_session(sess, precision)
+    for name in [*dict.fromkeys(pairs.values()), *pairs]:
+        backbone.attach_session(open_session(paths[name]), "int8" if name.startswith("int8") else "fp32")
         runs[name] = collect_runs(protocol.searcher, protocol.queries, depth=100)[STAGE]
     backbone.detach_session()
     report = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries), metrics=("ndcg@10",))
-    fp32 = report.scores["fp32"]["ndcg@10"]
-    return {name: {"ndcg10": report.scores[name]["ndcg@10"], "drop_points": (fp32 - report.scores[name]["ndcg@10"])
-                   * 100, "top20_overlap": agreement(runs["fp32"], runs[name])[0]} for name in runs}
+    scores = {name: report.scores[name]["ndcg@10"] for name in runs}
+    out = {name: {"ndcg10": scores[name]} for name in runs}
+    for name, base in pairs.items():
+        out[name].update(drop_points=(scores[base] - scores[name]) * 100,
+                         top20_overlap=agreement(runs[base], runs[name])[0], against=base)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,42 +109,39 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     import torch
+    from tokenizers import Tokenizer
 
+    from encoders.served import ServedTextTower
     from evaluation.protocol import ProtocolBuilder
 
     torch.set_num_threads(1)
     ws = Workspace.at(args.workspace)
     builder = ProtocolBuilder(ws, progress=False)
-    fp32 = graph_dir(ws.model_dir) / graph_name("text", "fp32")
+    text_tower = builder.model.text_tower
+    tokenizer = Tokenizer.from_file(str(graph_dir(ws.model_dir) / TOKENIZER))
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        optimised = optimised_fp32(fp32, scratch / "fp32.opt.onnx")
-        graphs = {
-            "int8": dynamic_int8(fp32, scratch / "int8.onnx"),
-            "int8 per-tensor": dynamic_int8(fp32, scratch / "int8.pt.onnx", per_channel=False),
-            "int8 reduce_range": dynamic_int8(fp32, scratch / "int8.rr.onnx", reduce_range=True),
-            "int8 of optimised": dynamic_int8(optimised, scratch / "int8.opt.onnx"),
-        }
-        sessions = {
-            "fp32": (session(fp32), "fp32"),
-            "fp32 ORT_ENABLE_BASIC": (session(fp32, level="ORT_ENABLE_BASIC"), "fp32"),
-            "fp32 optimised": (session(optimised), "fp32"),
-            "fp32 2 threads": (session(fp32, threads=2), "fp32"),
-            **{name: (session(path), "int8") for name, path in graphs.items()},
-            "int8 ORT_ENABLE_BASIC": (session(graphs["int8"], level="ORT_ENABLE_BASIC"), "int8"),
-            "int8 2 threads": (session(graphs["int8"], threads=2), "int8"),
-        }
-        results = {"timings": timings(builder.model, sessions, args.rounds)}
-        base = results["timings"]["fp32"]
-        for name, row in results["timings"].items():
-            print(f"{name:24s} backbone p50 {row['backbone']:6.2f} ms "
-                  f"(fp32 / this x{base['backbone'] / row['backbone']:.2f})"
-                  f"  encode p50 {row['encode']:6.2f} ms (x{base['encode'] / row['encode']:.2f})", flush=True)
+        paths = fp32_graphs(text_tower, scratch)
+        for index, (name, (source, how)) in enumerate(INT8_VARIANTS.items()):
+            paths[name] = scratch / f"int8.{index}.onnx"
+            quantize_text_graph(paths[source], paths[name], how)
+        towers = {name: ServedTextTower(open_session(path), tokenizer, name.split()[0], builder.model.embed_dim,
+                                        text_tower.pooled_dim) for name, path in paths.items()}
+        reference = towers["fp32 dynamo"].encode(QUERIES)
+        results: dict = {"timings": timings(towers, args.rounds), "cosine_min": {}}
+        base = results["timings"]["fp32 dynamo"]
+        for name, p50 in results["timings"].items():
+            cosine = float((towers[name].encode(QUERIES) * reference).sum(axis=1).min())
+            results["cosine_min"][name] = cosine
+            own = results["timings"][INT8_VARIANTS[name][0]] if name in INT8_VARIANTS else p50
+            print(f"{name:52s} encode p50 {p50:6.2f} ms  fp32 dynamo / this x{base / p50:.2f}  "
+                  f"own fp32 / this x{own / p50:.2f}  min cosine to fp32 dynamo {cosine:.4f}", flush=True)
         if args.gate:
-            results["gates"] = gate(builder, sessions, list(graphs))
+            results["gates"] = gate(builder, paths, {name: source for name, (source, _) in INT8_VARIANTS.items()})
             for name, row in results["gates"].items():
-                print(f"{name:24s} NDCG@10 {row['ndcg10']:.4f} drop {row['drop_points']:+.2f} points, "
-                      f"top-20 overlap {row['top20_overlap']:.3f}", flush=True)
+                extra = (f" drop {row['drop_points']:+.2f} points vs {row['against']}, top-20 overlap "
+                         f"{row['top20_overlap']:.3f}") if "against" in row else ""
+                print(f"{name:52s} NDCG@10 {row['ndcg10']:.4f}{extra}", flush=True)
     builder.close()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -7,13 +7,16 @@
                                  Runtime version, the quality gates (evaluation)
     model/onnx/tokenizer.json    the text tower's tokenizer (``tokenizers``), its truncation and padding set
     model/onnx/text.fp32.onnx    the whole text tower: input_ids, attention_mask -> last_hidden_state (the
-                                 backbone's output), shared_embedding (pooled, projected, L2-normalised)
-    model/onnx/text.int8.onnx    the same, dynamically quantised (7-bit int8 weights per channel, activations per
-                                 batch); the pooling and projection head stay fp32
+                                 backbone's output), shared_embedding (pooled, projected, L2-normalised); exported
+                                 with TorchScript and fused by ONNX Runtime's BERT optimiser (Attention,
+                                 EmbedLayerNormalization, SkipLayerNormalization, BiasGelu)
+    model/onnx/text.int8.onnx    the same, dynamically quantised (7-bit int8 weights per channel of the MatMuls and
+                                 the fused attention, QAttention; activations per batch); the pooling and
+                                 projection head stay fp32
     model/onnx/image.fp32.onnx   the whole image tower: pixel_values -> feature_map (the backbone's output),
                                  shared_embedding (L2-normalised), pooled_features (the raw backbone vector,
                                  before the head)
-    model/onnx/image.int8.onnx   the same, statically quantised (QDQ) with ranges calibrated on catalogue photos;
+    model/onnx/image.int8.onnx   the same, statically quantised (QOperator) with ranges calibrated on catalogue photos;
                                  the backbone's recipe (``IMAGE_QUANTISATION``) may leave some convs in fp32, and
                                  the pooling and projection head stay fp32
 
@@ -67,6 +70,9 @@ logger = logging.getLogger(__name__)
 FP32_MAX_ABS_DIFF = 1e-4  # backbone outputs of an fp32 graph vs torch on the probe batch (measured ~1e-6)
 FP32_TOWER_MAX_ABS_DIFF = 1e-4  # embeddings of an fp32 whole-tower graph vs the torch tower at export
 CALIBRATION_PHOTOS = 128
+# The TorchScript text export's opset: the BERT optimiser's fusions match opset 17's graph; at opset 18 (ReduceMean
+# axes as an input) it fused no Attention and no SkipLayerNormalization on MiniLM.
+TORCHSCRIPT_TEXT_OPSET = 17
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -145,11 +151,72 @@ def export_image_tower_onnx(tower, example: torch.Tensor) -> bytes:
 
 
 def export_text_tower_onnx(tower, example: dict) -> bytes:
-    """The whole text tower as an ONNX graph ``input_ids, attention_mask (batch, seq dynamic) -> TEXT_OUTPUTS``."""
+    """The whole text tower as an ONNX graph ``input_ids, attention_mask (batch, seq dynamic) -> TEXT_OUTPUTS``,
+    from the dynamo exporter. Its attention (SDPA with IsNaN/Where guards) is not fused by ONNX Runtime's BERT
+    optimiser; ``export_fused_text_tower_onnx`` is the export the bundle keeps."""
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     return _export(_TextTowerGraph(tower), (example["input_ids"], example["attention_mask"]),
                    ["input_ids", "attention_mask"], TEXT_OUTPUTS,
                    {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+
+
+def export_torchscript_text_tower_onnx(tower, example: dict) -> bytes:
+    """The whole text tower through the TorchScript exporter (``dynamo=False``) with the backbone's eager
+    attention: the graph whose attention, embeddings, layer norms and GELUs ONNX Runtime's BERT optimiser fuses.
+    The backbone's attention implementation is put back afterwards."""
+    import io
+
+    model = tower.backbone.model
+    attention = model.config._attn_implementation
+    module = _TextTowerGraph(tower)
+    modes = {sub: sub.training for sub in module.modules()}
+    module.eval()
+    buffer = io.BytesIO()
+    dynamic = {0: "batch", 1: "seq"}
+    try:
+        model.set_attn_implementation("eager")
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(
+                module, (example["input_ids"], example["attention_mask"]), buffer, dynamo=False,
+                opset_version=TORCHSCRIPT_TEXT_OPSET, input_names=["input_ids", "attention_mask"],
+                output_names=list(TEXT_OUTPUTS),
+                dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, TEXT_OUTPUTS[0]: dynamic,
+                              TEXT_OUTPUTS[1]: {0: "batch"}},
+            )
+    finally:
+        model.set_attn_implementation(attention)
+        for sub, training in modes.items():
+            sub.training = training
+    return buffer.getvalue()
+
+
+def fuse_text_graph(source: Path, target: Path, config) -> dict:
+    """ONNX Runtime's BERT optimiser (``onnxruntime.transformers.optimizer``, its Python fusions only: the graph
+    stays portable across ONNX Runtime builds) on a text tower graph: Attention, EmbedLayerNormalization,
+    SkipLayerNormalization, BiasGelu. Returns the count of each fused operator. ``config``: the backbone's
+    Hugging Face config (heads and hidden size; 0 lets the optimiser read them from the graph)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads = getattr(config, "num_attention_heads", getattr(config, "n_heads", 0))
+    hidden = getattr(config, "hidden_size", getattr(config, "dim", 0))
+    with _quiet_quantizer():  # the optimiser, like the quantiser, logs through the root logger
+        optimised = optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+    optimised.save_model_to_file(str(target))
+    return {op: count for op, count in optimised.get_fused_operator_statistics().items() if count}
+
+
+def export_fused_text_tower_onnx(tower, example: dict, target: Path) -> dict:
+    """The bundle's fp32 text graph at ``target``: the TorchScript export fused by the BERT optimiser. On the dev
+    export the served tower encoded a short query x1.06-x1.08 faster on the fused fp32 graph than on the dynamo
+    graph, and x1.24 faster on its int8 graph (QAttention) than on the dynamo graph's int8, within the same gate
+    (docs/benchmarks.md, `bench.text_int8_variants`). Returns the recipe for the manifest."""
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = Path(scratch) / "exported.onnx"
+        exported.write_bytes(export_torchscript_text_tower_onnx(tower, example))
+        fused = fuse_text_graph(exported, target, tower.backbone.model.config)
+    return {"exporter": "torchscript", "opset": TORCHSCRIPT_TEXT_OPSET, "attention": "eager",
+            "optimiser": "onnxruntime.transformers bert", "fused": fused}
 
 
 def head_nodes(model_path: Path, backbone_output: str) -> list[str]:
@@ -181,21 +248,40 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
-def quantize_text_graph(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8 quantisation (``onnxruntime.quantization.quantize_dynamic``): int8 weights of every MatMul,
-    one scale per output channel and in 7 bits (``reduce_range``), activations quantised per batch at run
-    time (VNNI int8 dot products on these CPUs). On the dev export 7-bit weights gave NDCG@10 0.11 points above
-    fp32 where 8-bit gave 0.42 below, at the same speed (docs/benchmarks.md, `bench.text_int8_variants`).
-    The embedding tables stay fp32: they are lookups, not arithmetic, and quantising them costs accuracy for
-    no speed. The nodes after the backbone's output (pooling, projection head) stay fp32."""
+@dataclass(frozen=True)
+class TextQuantisation:
+    """How the text graph is dynamically quantised: which operators get int8 weights (``Attention``: the fused
+    attention becomes ``QAttention``, its packed Q/K/V projection in int8), per output channel or per tensor,
+    7-bit weights (``reduce_range``) or 8."""
+
+    op_types: tuple[str, ...] = ("MatMul", "Attention")
+    per_channel: bool = True
+    reduce_range: bool = True
+
+
+TEXT_QUANTISATION = TextQuantisation()
+
+
+def quantize_text_graph(fp32_path: Path, int8_path: Path, how: TextQuantisation = TEXT_QUANTISATION) -> None:
+    """Dynamic int8 quantisation (``onnxruntime.quantization.quantize_dynamic``): int8 weights of every MatMul
+    and fused Attention, by default one scale per output channel and in 7 bits (``reduce_range``), activations
+    quantised per batch at run time (VNNI int8 dot products on these CPUs). On the dev export 7-bit weights gave
+    NDCG@10 0.11 points above fp32 where 8-bit gave 0.42 below, at the same speed (docs/benchmarks.md,
+    `bench.text_int8_variants`). The embedding tables stay fp32: they are lookups, not arithmetic, and
+    quantising them costs accuracy for no speed. The nodes after the backbone's output (pooling, projection
+    head) stay fp32."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     head = head_nodes(fp32_path, TEXT_OUTPUTS[0])
     # quantize_dynamic first rewrites each Gemm as a MatMul named "<gemm>_MatMul" (and an Add), then quantises
     head += [f"{name}_MatMul" for name in head]
     with _quiet_quantizer():
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=True, reduce_range=True, nodes_to_exclude=head)
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=list(how.op_types), per_channel=how.per_channel,
+                         reduce_range=how.reduce_range, nodes_to_exclude=head,
+                         # ONNX shape inference types no output of the fused (com.microsoft) operators
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 class _PhotoBatches:
@@ -221,7 +307,8 @@ class ImageQuantisation:
     keep_fp32: tuple[str, ...] = ()
     keep_first_convs: int = 0  # also leave the first N Conv nodes (graph order: the stem, then block by block) fp32
     quant_format: str = "QDQ"  # or QOperator
-    activations: str = "QUInt8"  # QuantType name of the activations (weights: QInt8, per output channel)
+    activations: str = "QUInt8"  # QuantType name of the activations (weights: QInt8)
+    per_channel: bool = True  # weights: one scale per output channel (else one per tensor)
 
 
 CONV_GROUPS = ("first_conv", "last_conv", "depthwise")
@@ -230,8 +317,10 @@ CONV_GROUPS = ("first_conv", "last_conv", "depthwise")
 # `bench.image_int8_variants`). MobileNetV2: its first 6 convs (the stem and the first two inverted-residual
 # blocks) stay fp32. Quantised, the float-vs-int8 SQNR of the block outputs fell from 38 to 15 dB across them
 # (onnxruntime.quantization.qdq_loss_debug) and the gate lost 2 NDCG@10 points whatever the calibration;
-# kept fp32, the drop is 0.
-IMAGE_QUANTISATION = {"mobilenet_v2": ImageQuantisation(keep_first_convs=6)}
+# kept fp32, the drop is 0. QOperator format (QLinearConv nodes written into the graph) rather than QDQ (which
+# ONNX Runtime fuses into the same kernels at load): the same rankings, and the faster graph in three interleaved
+# screens out of three on the dev export (docs/benchmarks.md).
+IMAGE_QUANTISATION = {"mobilenet_v2": ImageQuantisation(keep_first_convs=6, quant_format="QOperator")}
 
 
 def image_quantisation_for(backbone_name: str) -> ImageQuantisation:
@@ -273,7 +362,7 @@ def quantize_image_graph(fp32_path: Path, int8_path: Path, calibration: Iterable
         extra = {"CalibPercentile": how.percentile} if how.method == "Percentile" else {}
         quantize_static(
             str(prepared), str(int8_path), _PhotoBatches(calibration), quant_format=QuantFormat[how.quant_format],
-            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType[how.activations],
+            per_channel=how.per_channel, weight_type=QuantType.QInt8, activation_type=QuantType[how.activations],
             calibrate_method=CalibrationMethod[how.method],
             nodes_to_exclude=conv_nodes(prepared, how.keep_fp32, how.keep_first_convs)
             + head_nodes(prepared, IMAGE_OUTPUTS[0]),
@@ -309,10 +398,10 @@ def export_graphs(model, target_dir: Path, calibration_photos: list[Path], *, in
         text_tower = model.text_tower
         probe = _probe(text_tower)
         fp32 = staging / graph_name("text", "fp32")
-        fp32.write_bytes(export_text_tower_onnx(text_tower, probe))
+        text_graph = export_fused_text_tower_onnx(text_tower, probe, fp32)
         _check_tower_graph(fp32, text_tower, probe)
         if int8:
-            quantize_text_graph(fp32, staging / graph_name("text", "int8"))
+            quantize_text_graph(fp32, staging / graph_name("text", "int8"), TEXT_QUANTISATION)
         tokenizer = save_tokenizer(text_tower.backbone, staging / TOKENIZER)
         batches = calibration_batches(model.image_tower, calibration_photos)
         example = torch.from_numpy(batches[0][:2]) if batches else _blank_pixels(model.image_tower)
@@ -324,7 +413,9 @@ def export_graphs(model, target_dir: Path, calibration_photos: list[Path], *, in
                 raise ValueError("static int8 quantisation of the image graph needs catalogue photos to calibrate on")
             quantize_image_graph(image_fp32, staging / graph_name("image", "int8"), batches, how)
         manifest = _manifest(model, staging, calibration=len(calibration_photos), tokenizer=tokenizer)
+        manifest["text_graph"] = text_graph
         if int8:
+            manifest["text_quantisation"] = asdict(TEXT_QUANTISATION)
             manifest["image_quantisation"] = asdict(how)
         write_json_atomic(staging / MANIFEST, manifest)
         replace_dir(staging, target_dir)

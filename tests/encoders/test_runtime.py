@@ -14,6 +14,7 @@ import torch
 from catalog.store import Catalog
 from encoders.photo_stream import load_photo
 from encoders.runtime import (
+    TEXT_QUANTISATION,
     GraphError,
     GraphSet,
     ImageQuantisation,
@@ -121,10 +122,48 @@ def test_manifest_binds_graphs_to_the_bundle_fingerprint_and_checksums(model, ex
     recipe = image_quantisation_for(model.image_tower.backbone.name)
     assert manifest["image_quantisation"] == json.loads(json.dumps(asdict(recipe)))
     assert image_quantisation_for("mobilenet_v2").keep_first_convs == 6
+    assert image_quantisation_for("mobilenet_v2").quant_format == "QOperator"
     with pytest.raises(GraphError, match="exported from model"):
         GraphSet.open(exported, "0" * 64)  # graphs of other weights
     with pytest.raises(GraphError, match="export-onnx"):
         GraphSet.open(tmp_path / "nothing", model.fingerprint)
+
+
+def _op_counts(path) -> dict[str, int]:
+    import collections
+
+    import onnx
+
+    return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def test_the_text_graph_is_fused_and_its_int8_quantises_the_fused_attention(exported):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    fp32, int8 = _op_counts(exported / "text.fp32.onnx"), _op_counts(exported / "text.int8.onnx")
+    layers = fp32["Attention"]
+    assert layers > 0 and manifest["text_graph"]["fused"]["Attention"] == layers
+    assert manifest["text_graph"]["exporter"] == "torchscript"
+    # every fused attention became QAttention (its Q/K/V projection in int8); no unfused attention MatMul is left
+    assert int8["QAttention"] == layers and int8["Attention"] == 0
+    assert manifest["text_quantisation"] == json.loads(json.dumps(asdict(TEXT_QUANTISATION)))
+
+
+def test_a_fused_graph_that_cannot_run_is_refused_with_the_reason(model, exported, tmp_path):
+    import onnx
+
+    copy = tmp_path / "onnx"
+    shutil.copytree(exported, copy)
+    graph = onnx.load(str(copy / "text.fp32.onnx"))
+    attention = next(node for node in graph.graph.node if node.op_type == "Attention")
+    heads = next(a for a in attention.attribute if a.name == "num_heads")
+    heads.i = heads.i * 1000 + 1  # not a divisor of the hidden size
+    onnx.save(graph, str(copy / "text.fp32.onnx"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["graphs"]["text.fp32.onnx"]["sha256"] = sha256_file(copy / "text.fp32.onnx")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GraphError, match="text.fp32.onnx"):
+        use_graphs(model, GraphSet.open(copy, model.fingerprint), "text", "fp32")
+    assert model.text_tower.backbone.runtime == "torch"
 
 
 def test_a_corrupted_graph_is_refused_with_the_reason(model, exported, tmp_path):
