@@ -42,6 +42,8 @@ from core.workspace import Workspace
 from encoders.bundle import MultiModalModel
 from encoders.embed import (
     combine_embeddings,
+    content_hash,
+    embed_catalog,
     ensure_table,
     listing_embeddings,
     listing_photo_vectors,
@@ -53,7 +55,7 @@ from index.update import update_indexes
 logger = logging.getLogger("bench.synthetic_catalog")
 
 BENCH_MANIFEST = "bench-manifest.json"
-BENCH_FORMAT = 2  # 2: replicas carry photo vectors (feature set 3)
+BENCH_FORMAT = 3  # 2: replicas carry photo vectors (feature set 3); 3: real content hashes and a checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -209,6 +211,8 @@ def build_bench_workspace(config: BuildConfig):
         vectors = combine_embeddings(text, image, has_image)
 
         catalog.write_batch(listings, [image_row(x) for x in images])
+        # the digests `embed` computes: a compaction (or `marketsearch embed`) finds the replicas up to date
+        digests = [content_hash(x, catalog) for x in listings]
         with catalog.engine.begin() as conn:
             ids = [x.id for x in listings]
             conn.execute(delete(listing_embeddings).where(listing_embeddings.c.listing_id.in_(ids)))
@@ -218,7 +222,7 @@ def build_bench_workspace(config: BuildConfig):
                     {
                         "listing_id": x.id,
                         "model_fingerprint": model.fingerprint,
-                        "content_hash": f"bench-replica-{config.seed}",
+                        "content_hash": digests[k],
                         "dim": int(text.shape[1]),
                         "has_image": bool(has_image[k]),
                         "n_images": len(x.image_ids),
@@ -239,7 +243,7 @@ def build_bench_workspace(config: BuildConfig):
                         {
                             "listing_id": x.id,
                             "model_fingerprint": model.fingerprint,
-                            "content_hash": f"bench-replica-{config.seed}",
+                            "content_hash": digests[k],
                             "dim": int(table.photo.shape[1]),
                             "n_photos": len(x.image_ids) if table.has_photo[rows[k]] else 0,
                             "vector": table.photo[rows[k]].tobytes() if table.has_photo[rows[k]] else b"",
@@ -250,7 +254,13 @@ def build_bench_workspace(config: BuildConfig):
                 )
         written += len(listings)
         logger.info("wrote %d / %d listings", written, config.listings)
+    # As `marketsearch embed` ends: every listing found up to date, and the change-log seq the stored vectors
+    # reflect recorded. Without that checkpoint the index set's is 0, and each serving process's live follower
+    # replays (and encodes) the whole catalogue's log, then compacts.
+    stats = embed_catalog(model, catalog, progress=False)
     catalog.close()
+    if stats.encoded:
+        raise RuntimeError(f"the replicas' stored vectors are out of date for `embed` ({stats.encoded} encoded)")
 
     # Indexes and re-ranker exactly as `marketsearch build` makes them.
     index_report = update_indexes(target_ws)
