@@ -15,7 +15,10 @@ listing's vectors plus isotropic Gaussian noise (``noise``, relative to the unit
 consistent with the trained model without encoding 100k listings. The vector index (nprobe calibrated on
 real encoded title queries) and BM25 are built with the project's own `VectorIndex.build` /
 `BM25Index.build` (through `index.update.update_indexes`); a trained re-ranker in the base is copied. The
-built workspace is reused while base model, size, seed and noise are unchanged.
+stored vectors carry the content hashes `marketsearch embed` computes and the build ends with an `embed` pass
+that finds every listing up to date and records the embeddings' checkpoint: the index set reflects the whole
+change log, so a serving process's live follower starts with nothing to replay and a compaction encodes
+nothing. The built workspace is reused while base model, size, seed and noise are unchanged.
 """
 
 from __future__ import annotations
