@@ -18,6 +18,10 @@ What it does
    client, and reports the per-stage timings the service returns (timings_ms) so the dominant stage of
    each latency is named. The query sets (`text_queries`, `photo_uploads`) are made here.
 4. Prints a Markdown table (for docs/benchmarks.md "Service") and writes all numbers as JSON.
+
+``--compare-workers 1 2`` measures instead only the concurrent text load (and the resident memory of each
+server process after it), for each number of server processes in turn, ``--rounds`` times alternating
+(1, 2, 1, 2, ...), so that each configuration sees the same moments of a shared machine's load.
 """
 
 from __future__ import annotations
@@ -34,7 +38,16 @@ from pathlib import Path
 
 from PIL import Image as PILImage
 
-from bench.http_load import dominant, free_port, run_concurrent_text, run_image, run_text, serving, summarize
+from bench.http_load import (
+    dominant,
+    free_port,
+    resident_memory_bytes,
+    run_concurrent_text,
+    run_image,
+    run_text,
+    serving,
+    summarize,
+)
 from bench.query_runtime import text_runtime_agreement
 from bench.synthetic_catalog import add_build_arguments, build_from_args
 from catalog.store import Catalog
@@ -128,6 +141,44 @@ def _uptime() -> str:
         return "load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def compare_workers(args: argparse.Namespace, bodies: list[dict], build: dict) -> dict:
+    """Concurrent text throughput with each number of server processes, alternating, ``args.rounds`` times."""
+    results: dict = {"cpus": os.cpu_count(), "build": build, "clients": args.clients,
+                     "requests_per_client": args.requests_per_client, "runs": []}
+    for round_ in range(args.rounds):
+        for workers in args.compare_workers:
+            load_before = _uptime()
+            with serving(args.workspace, args.port or free_port(), workers) as (url, health, pid):
+                logger.info("round %d, %d server process(es): warming up", round_ + 1, workers)
+                for _ in range(workers):  # each worker takes a share of the connections
+                    run_concurrent_text(url, bodies, args.clients, 5)
+                samples, wall = run_concurrent_text(url, bodies, args.clients, args.requests_per_client)
+                memory = resident_memory_bytes(pid)
+                live = health.get("live") or {}
+            run = {"round": round_ + 1, "server_workers": workers, **summarize(samples),
+                   "throughput_rps": len(samples) / wall, "wall_s": wall,
+                   "rss_mb": {str(p): round(b / 2**20) for p, b in memory.items()},
+                   "live_lag": live.get("lag"), "load_before": load_before, "load_after": _uptime()}
+            results["runs"].append(run)
+            logger.info("%d server process(es): %.1f req/s, p50 %.1f ms, RSS %s MB", workers,
+                        run["throughput_rps"], run["p50_ms"], run["rss_mb"])
+    rows = ["| round | server processes | requests | errors | throughput | p50 ms | p99 ms | RSS per process MB |",
+            "|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        rows.append(f"| {run['round']} | {run['server_workers']} | {run['requests']} | {run['errors']} | "
+                    f"{run['throughput_rps']:.0f} req/s | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} | "
+                    f"{' + '.join(str(mb) for mb in run['rss_mb'].values())} |")
+    results["table"] = "\n".join(rows)
+    out = args.json_out or (args.workspace / "bench-workers.json")
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(results["table"])
+    for run in results["runs"]:
+        print(f"round {run['round']}, {run['server_workers']} process(es): before {run['load_before']}; "
+              f"after {run['load_after']}")
+    print(f"all numbers: {out}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_build_arguments(parser)
@@ -139,6 +190,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--photo-size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
     parser.add_argument("--port", type=int, default=0, help="0 = a free port")
     parser.add_argument("--server-workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--compare-workers", type=int, nargs="+", default=None, metavar="N",
+        help="only the concurrent text load, with each of these numbers of server processes, alternating",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare-workers")
     parser.add_argument("--json-out", type=Path, default=None, help="default: <workspace>/bench-results.json")
     parser.add_argument(
         "--no-runtime-check",
@@ -157,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         return build
 
     bodies = text_queries(args.workspace, 400, args.seed)
+    if args.compare_workers:
+        return compare_workers(args, bodies, build)
     uploads = photo_uploads(args.workspace, 50, args.seed, tuple(args.photo_size))
     results: dict = {"load_before": _uptime(), "cpus": os.cpu_count(), "build": build}
     results["server_workers"] = args.server_workers

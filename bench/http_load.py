@@ -3,15 +3,15 @@
     with serving(workspace, free_port()) as (url, health, pid):
         summary = summarize(run_text(url, bodies, 500))
 
-`serving` starts `marketsearch serve` (uvicorn, ``workers`` processes) on 127.0.0.1 in a subprocess
-(its output goes to ``log_path``, default ``<workspace>/bench-server.log``) and yields once /health says ok,
-with the server's process id (`peak_memory_bytes(pid)`: its peak resident memory, worker processes
-included). The load functions send a bounded number of requests with httpx (keep-alive, one connection per
-client): text search at one client (`run_text`), at several concurrent clients (`run_concurrent_text`:
-samples and wall time), photo search, optionally with words (`run_image`), and any mix of requests
-(`Call`s, each with the status the API documents for it) at several clients for a bounded time
-(`run_mixed`). Each request becomes a `Sample`; `summarize` gives errors, p50/p90/p99 latency and the
-per-stage timings the service returns (``timings_ms``), `status_counts` the statuses per call, and
+`serving` starts `marketsearch serve` (uvicorn, ``workers`` processes) on 127.0.0.1 in a subprocess (its output
+goes to ``log_path``, default ``<workspace>/bench-server.log``) and yields once /health says ok, with the server's
+process id (`peak_memory_bytes(pid)`: its peak resident memory, worker processes included;
+`resident_memory_bytes(pid)`: the resident memory of each process now). The load functions send a bounded number of
+requests with httpx (keep-alive, one connection per client): text search at one client (`run_text`), at several
+concurrent clients (`run_concurrent_text`: samples and wall time), photo search, optionally with words
+(`run_image`), and any mix of requests (`Call`s, each with the status the API documents for it) at several clients
+for a bounded time (`run_mixed`). Each request becomes a `Sample`; `summarize` gives errors, p50/p90/p99 latency
+and the per-stage timings the service returns (``timings_ms``), `status_counts` the statuses per call, and
 `dominant` names the top stages of a summary.
 """
 
@@ -130,11 +130,21 @@ def peak_memory_bytes(pid: int) -> int:
     return sum(_vm_hwm_bytes(p) for p in [pid, *_descendants(pid)])
 
 
+def resident_memory_bytes(pid: int) -> dict[int, int]:
+    """Resident memory now (``VmRSS``) of process ``pid`` and of each of its descendants alive now, by pid
+    (uvicorn's supervisor first, then its workers). Linux only."""
+    return {p: _status_bytes(p, "VmRSS") for p in [pid, *_descendants(pid)]}
+
+
 def _vm_hwm_bytes(pid: int) -> int:
+    return _status_bytes(pid, "VmHWM")
+
+
+def _status_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
-    raise ValueError(f"/proc/{pid}/status has no VmHWM line")
+    raise ValueError(f"/proc/{pid}/status has no {field} line")
 
 
 def _descendants(pid: int) -> list[int]:

@@ -15,7 +15,10 @@ listing's vectors plus isotropic Gaussian noise (``noise``, relative to the unit
 consistent with the trained model without encoding 100k listings. The vector index (nprobe calibrated on
 real encoded title queries) and BM25 are built with the project's own `VectorIndex.build` /
 `BM25Index.build` (through `index.update.update_indexes`); a trained re-ranker in the base is copied. The
-built workspace is reused while base model, size, seed and noise are unchanged.
+stored vectors carry the content hashes `marketsearch embed` computes and the build ends with an `embed` pass
+that finds every listing up to date and records the embeddings' checkpoint: the index set reflects the whole
+change log, so a serving process's live follower starts with nothing to replay and a compaction encodes
+nothing. The built workspace is reused while base model, size, seed and noise are unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from core.workspace import Workspace
 from encoders.bundle import MultiModalModel
 from encoders.embed import (
     combine_embeddings,
+    content_hash,
+    embed_catalog,
     ensure_table,
     listing_embeddings,
     listing_photo_vectors,
@@ -53,7 +58,7 @@ from index.update import update_indexes
 logger = logging.getLogger("bench.synthetic_catalog")
 
 BENCH_MANIFEST = "bench-manifest.json"
-BENCH_FORMAT = 2  # 2: replicas carry photo vectors (feature set 3)
+BENCH_FORMAT = 3  # 2: replicas carry photo vectors (feature set 3); 3: real content hashes and a checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -209,6 +214,8 @@ def build_bench_workspace(config: BuildConfig):
         vectors = combine_embeddings(text, image, has_image)
 
         catalog.write_batch(listings, [image_row(x) for x in images])
+        # the digests `embed` computes: a compaction (or `marketsearch embed`) finds the replicas up to date
+        digests = [content_hash(x, catalog) for x in listings]
         with catalog.engine.begin() as conn:
             ids = [x.id for x in listings]
             conn.execute(delete(listing_embeddings).where(listing_embeddings.c.listing_id.in_(ids)))
@@ -218,7 +225,7 @@ def build_bench_workspace(config: BuildConfig):
                     {
                         "listing_id": x.id,
                         "model_fingerprint": model.fingerprint,
-                        "content_hash": f"bench-replica-{config.seed}",
+                        "content_hash": digests[k],
                         "dim": int(text.shape[1]),
                         "has_image": bool(has_image[k]),
                         "n_images": len(x.image_ids),
@@ -239,7 +246,7 @@ def build_bench_workspace(config: BuildConfig):
                         {
                             "listing_id": x.id,
                             "model_fingerprint": model.fingerprint,
-                            "content_hash": f"bench-replica-{config.seed}",
+                            "content_hash": digests[k],
                             "dim": int(table.photo.shape[1]),
                             "n_photos": len(x.image_ids) if table.has_photo[rows[k]] else 0,
                             "vector": table.photo[rows[k]].tobytes() if table.has_photo[rows[k]] else b"",
@@ -250,7 +257,13 @@ def build_bench_workspace(config: BuildConfig):
                 )
         written += len(listings)
         logger.info("wrote %d / %d listings", written, config.listings)
+    # As `marketsearch embed` ends: every listing found up to date, and the change-log seq the stored vectors
+    # reflect recorded. Without that checkpoint the index set's is 0, and each serving process's live follower
+    # replays (and encodes) the whole catalogue's log, then compacts.
+    stats = embed_catalog(model, catalog, progress=False)
     catalog.close()
+    if stats.encoded:
+        raise RuntimeError(f"the replicas' stored vectors are out of date for `embed` ({stats.encoded} encoded)")
 
     # Indexes and re-ranker exactly as `marketsearch build` makes them.
     index_report = update_indexes(target_ws)

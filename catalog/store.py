@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select, text
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +22,11 @@ from catalog.migrations import prepare_schema
 from catalog.models import Image, Listing
 
 logger = logging.getLogger(__name__)
+
+# Built once: a search reads the page's statuses with it on every request (building the statement cost as much as
+# running it; the expanding parameter keeps one cached compilation for any number of ids).
+_ACTIVE_AMONG = select(schema.listings.c.id).where(schema.listings.c.id.in_(bindparam("ids", expanding=True)),
+                                                   schema.listings.c.status == "active")
 
 _LISTING_COLUMNS = [c.name for c in schema.listings.columns]
 
@@ -321,12 +326,10 @@ class Catalog:
     def active_among(self, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` that are listings with status ``active`` (not sold, not deleted): one primary-key
         read of the id and status columns, for serving a page of hits held in memory."""
-        listings = schema.listings.c
         found: set[str] = set()
         with self.engine.connect() as conn:
             for chunk in _chunks(list(dict.fromkeys(ids)), 500):
-                found.update(conn.execute(select(listings.id).where(listings.id.in_(chunk),
-                                                                    listings.status == "active")).scalars())
+                found.update(conn.execute(_ACTIVE_AMONG, {"ids": chunk}).scalars())
         return found
 
     def iter_listings(self, batch_size: int = 500) -> Iterator[list[Listing]]:

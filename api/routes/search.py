@@ -13,8 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BeforeValidator, ValidationError
 
-from api.config import Settings
-from api.deps import CatalogDep, SearcherDep, SettingsDep, StateDep
+from api.deps import SearchServices, SearchServicesDep
 from api.schemas import (
     MAX_FILTER_CHARS,
     MAX_K,
@@ -62,17 +61,15 @@ _IMAGE_RESPONSES = {200: {"links": _LISTING_LINK}, **error_responses(413, 415, 4
 
 
 @router.post("/text", response_model=SearchResponse, responses=_TEXT_RESPONSES)
-async def search_text(
-    body: TextSearchRequest, searcher: SearcherDep, catalog: CatalogDep, settings: SettingsDep, state: StateDep
-) -> Response:
+async def search_text(body: TextSearchRequest, services: SearchServicesDep) -> Response:
     """Search by words, with filters and sorting; ranked for `user_id` when the recommenders know them."""
-    return await run_in_threadpool(_text_search, body, searcher, catalog, settings, state.recommender)
+    return await run_in_threadpool(_text_search, body, services)
 
 
-def _text_search(body: TextSearchRequest, searcher: Searcher, catalog: Catalog, settings: Settings,
-                 recommender: ServedRecommender | None) -> Response:
+def _text_search(body: TextSearchRequest, services: SearchServices) -> Response:
     start = time.perf_counter()
-    user = _user_columns(recommender, searcher, catalog, body.user_id)
+    searcher, catalog, settings = services.searcher, services.catalog, services.settings
+    user = _user_columns(services.recommender, searcher, catalog, body.user_id)
     result = _search(searcher, body.query, None, body, body.filters, settings.default_k, settings.rerank_default,
                      user)
     return _response(result, "text", body.offset or 0, catalog, start, {})
@@ -172,33 +169,23 @@ _PHOTO_ENCODING = {
 async def search_image(
     file: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WEBP, GIF or BMP).")],
     form: Annotated[ImageSearchForm, Depends(image_search_form)],
-    searcher: SearcherDep,
-    catalog: CatalogDep,
-    settings: SettingsDep,
-    state: StateDep,
+    services: SearchServicesDep,
 ) -> Response:
     """Search by a photo, optionally with words that go with it ("in red"); same options as text search."""
     start = time.perf_counter()
-    data = await read_upload(file, settings.max_upload_bytes)
-    return await run_in_threadpool(_image_search, data, file.content_type, form, searcher, catalog, settings, start,
-                                   state.recommender)
+    data = await read_upload(file, services.settings.max_upload_bytes)
+    return await run_in_threadpool(_image_search, data, file.content_type, form, services, start)
 
 
 def _image_search(
-    data: bytes,
-    content_type: str | None,
-    form: ImageSearchForm,
-    searcher: Searcher,
-    catalog: Catalog,
-    settings: Settings,
-    start: float,
-    recommender: ServedRecommender | None,
+    data: bytes, content_type: str | None, form: ImageSearchForm, services: SearchServices, start: float
 ) -> Response:
+    searcher, catalog, settings = services.searcher, services.catalog, services.settings
     image = decode_image(
         data, max_pixels=settings.max_image_pixels, config=searcher.photo_config, content_type=content_type
     )
     service_timings = {"decode": _ms_since(start)}
-    user = _user_columns(recommender, searcher, catalog, form.user_id)
+    user = _user_columns(services.recommender, searcher, catalog, form.user_id)
     result = _search(searcher, form.text, image, form, form.filters(), settings.default_k, settings.rerank_default,
                      user)
     query_type = "image+text" if form.text else "image"
