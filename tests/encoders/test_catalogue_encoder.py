@@ -81,19 +81,22 @@ def test_the_numpy_head_gives_the_torch_heads_embeddings(served_workspace, train
         head(pooled[:, :10])
 
 
+def embed_again(catalog, encoder, **embed_options):
+    """Every listing encoded anew by ``encoder`` (stored vectors deleted first): the stats and the stored vectors."""
+    with catalog.engine.begin() as conn:
+        conn.execute(delete(listing_embeddings))
+        conn.execute(delete(listing_photo_vectors))
+    stats = embed_catalog(encoder, catalog, progress=False, **embed_options)
+    return stats, load_embeddings(catalog, encoder.fingerprint)
+
+
 def test_cached_and_fresh_photo_embeddings_agree_on_the_graph_path(served_copy, graph_encoder):
     assert graph_encoder.image_tower.feature_cache_key == MultiModalModel.load(
         served_copy.model_dir).image_tower.feature_cache_key  # recorded by export-onnx
     with Catalog(served_copy.db_url, root=served_copy.root) as catalog:
-        def embed_again(feature_cache):
-            with catalog.engine.begin() as conn:
-                conn.execute(delete(listing_embeddings))
-                conn.execute(delete(listing_photo_vectors))
-            stats = embed_catalog(graph_encoder, catalog, progress=False, feature_cache=feature_cache, workers=0)
-            return stats, load_embeddings(catalog, graph_encoder.fingerprint)
-
-        cached_stats, cached = embed_again(served_copy.feature_cache_dir)
-        fresh_stats, fresh = embed_again(None)
+        cached_stats, cached = embed_again(catalog, graph_encoder, feature_cache=served_copy.feature_cache_dir,
+                                           workers=0)
+        fresh_stats, fresh = embed_again(catalog, graph_encoder, feature_cache=None, workers=0)
     assert cached_stats.images_encoded > 0 and cached_stats.images_from_cache == cached_stats.images_encoded
     assert fresh_stats.images_from_cache == 0 and fresh_stats.images_encoded == cached_stats.images_encoded
     np.testing.assert_array_equal(cached.has_image, fresh.has_image)
@@ -110,15 +113,8 @@ def test_photo_workers_on_the_graph_path_give_the_inline_vectors_and_report_unre
         broken = catalog.image_path(listings[0].image_ids[0])
         broken.write_bytes(b"not a photo")
 
-        def embed_again(workers):
-            with catalog.engine.begin() as conn:
-                conn.execute(delete(listing_embeddings))
-                conn.execute(delete(listing_photo_vectors))
-            stats = embed_catalog(graph_encoder, catalog, progress=False, workers=workers, batch_size=8)
-            return stats, load_embeddings(catalog, graph_encoder.fingerprint)
-
-        inline_stats, inline = embed_again(0)
-        stats, pooled = embed_again(workers)
+        inline_stats, inline = embed_again(catalog, graph_encoder, workers=0, batch_size=8)
+        stats, pooled = embed_again(catalog, graph_encoder, workers=workers, batch_size=8)
     assert stats.image_errors == inline_stats.image_errors == 1
     assert stats.errors == inline_stats.errors and listings[0].image_ids[0] in stats.errors[0]
     assert stats.images_encoded == inline_stats.images_encoded > 0
