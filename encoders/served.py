@@ -155,10 +155,10 @@ class ServedImageTower:
         ``encoders.towers.Tower.encode_with_pooled``."""
         embeddings = np.empty((len(images), self.embed_dim), np.float32)
         pooled = np.empty((len(images), self.pooled_dim), np.float32)
-        for start in range(0, len(images), batch_size):
-            pixels = eval_pixels(images[start : start + batch_size], self.preprocessing)
-            embeddings[start : start + len(pixels)], pooled[start : start + len(pixels)] = self.session.run(
-                self.outputs, {"pixel_values": pixels})
+        for start in range(0, len(images), batch_size):  # preprocessed a batch at a time: bounded memory
+            rows = slice(start, start + batch_size)
+            embeddings[rows], pooled[rows] = self.encode_pixels_with_pooled(
+                eval_pixels(images[rows], self.preprocessing), batch_size)
         return embeddings, pooled
 
     def encode(self, images: list, batch_size: int = 32) -> np.ndarray:
