@@ -11,7 +11,11 @@ graph path of `marketsearch embed` runs without it.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -42,14 +46,51 @@ def pixels_or_reason(path: Path, transform: Transform) -> tuple[np.ndarray | Non
 
 
 _worker_transform: Transform | None = None
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _set_transform(transform: Transform) -> None:
+def _init_worker(transform: Transform, parent: int) -> None:
     global _worker_transform
+    _die_with(parent)
+    _release_inherited_sockets()
     _worker_transform = transform
     worker_init = getattr(transform, "worker_init", None)  # e.g. torch's thread pool, which a forked child must reset
     if worker_init is not None:
         worker_init()
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this worker when ``parent`` dies: a worker orphaned by a ``kill -9`` of its parent would wait on
+    its task queue forever. The kernel sends it when the *thread* that started the worker ends, which is why the
+    stream must be consumed by the thread that began it. Linux only; elsewhere an orphan lingers as before."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(1)
+
+
+def _release_inherited_sockets() -> None:
+    """Point every socket a forked worker inherited (a server's listening socket, a database connection) at
+    /dev/null, keeping the descriptor numbers valid: the worker never uses them, and until it exits it would
+    otherwise keep the server's port bound after the server itself was killed."""
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in descriptors:
+            if fd > 2 and fd != devnull:
+                try:
+                    if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                        os.dup2(devnull, fd)
+                except OSError:  # the listing's own descriptor, closed since
+                    pass
+    finally:
+        os.close(devnull)
 
 
 def _worker_pixels(path: Path) -> tuple[np.ndarray | None, str | None]:
@@ -67,8 +108,10 @@ def photo_pixels(paths: Sequence[Path], transform: Transform, workers: int = 1, 
     """(pixels, None) or (None, reason) per path, in order; decoded in ``workers`` processes (0: inline), at most
     ``ahead`` photos ahead of the consumer (default ``PREFETCH_PER_WORKER`` per worker; a consumer that forwards
     batches of n should allow more than n, or the workers idle during each forward). The processes start at the
-    first item asked for and stop when the iterator is exhausted or closed; a worker that dies (a decoder crash)
-    raises ``concurrent.futures.process.BrokenProcessPool`` here."""
+    first item asked for and stop when the iterator is exhausted or closed, or when the thread that asked for the
+    first item ends, so consume it from one thread; a worker that dies (a decoder crash) raises
+    ``concurrent.futures.process.BrokenProcessPool`` here, and the workers die with this process (``kill -9``
+    included) without holding on to its sockets."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if not paths:
@@ -79,7 +122,8 @@ def photo_pixels(paths: Sequence[Path], transform: Transform, workers: int = 1, 
 
 
 def _pooled(paths: list[Path], transform: Transform, workers: int, ahead: int) -> Iterator:
-    executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_set_transform, initargs=(transform,))
+    executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker,
+                                   initargs=(transform, os.getpid()))
     try:
         remaining = iter(paths)
         pending = deque(executor.submit(_worker_pixels, path) for path in islice(remaining, ahead))

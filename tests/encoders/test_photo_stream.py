@@ -3,6 +3,14 @@ reported, whatever the decoding window."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -56,3 +64,51 @@ def test_a_stream_closed_early_stops_its_workers(paths):
         next(stream)
     with pytest.raises(ValueError, match="workers"):
         photo_pixels(paths, EvalPixels(PREPROCESSING), workers=-1)
+
+
+KILLED_PARENT = """
+import multiprocessing, socket, sys, time
+from pathlib import Path
+from encoders.photo_stream import photo_pixels
+from encoders.pixels import EvalPixels
+PREPROCESSING = {preprocessing!r}
+listener = socket.create_server(("127.0.0.1", 0))
+paths = [Path(p) for p in sys.argv[1:]] * 50
+stream = photo_pixels(paths, EvalPixels(PREPROCESSING), workers=2, ahead=4)
+next(stream)
+print(listener.getsockname()[1], *[child.pid for child in multiprocessing.active_children()], flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="Linux: prctl and /proc")
+def test_workers_of_a_killed_process_die_and_free_its_port(paths):
+    """A server killed (-9) while its catalogue encoding decodes photos: its workers must not outlive it, nor keep
+    its listening port bound (a restart on the same port failed with 'already in use')."""
+    readable = [str(path) for path in paths if path.suffix == ".png" and path.stat().st_size > 100]
+    code = KILLED_PARENT.format(preprocessing=PREPROCESSING)
+    parent = subprocess.Popen([sys.executable, "-c", code, *readable], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        port, *workers = (int(field) for field in parent.stdout.readline().split())
+    finally:
+        parent.kill()
+        parent.wait()
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    try:
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in workers)
+        socket.create_server(("127.0.0.1", port)).close()  # the port is free again
+    finally:
+        for pid in filter(_alive, workers):  # a failing run leaves no orphans behind
+            os.kill(pid, signal.SIGKILL)
