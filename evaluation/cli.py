@@ -225,8 +225,9 @@ def evaluate(
         "--ranker", help="Re-ranker folder to evaluate (default WORKSPACE/ranker; skipped when absent).")] = None,
     no_ranker: Annotated[bool, typer.Option("--no-ranker", help="Evaluate the first stages only.")] = False,
     frozen_baseline: Annotated[bool, typer.Option(
-        "--frozen-baseline/--no-frozen-baseline", help="Add the image protocol's baseline: frozen ImageNet "
-        "MobileNetV2 features searched exactly.")] = True,
+        "--frozen-baseline/--no-frozen-baseline", help="Add the pretrained anchors: frozen ImageNet MobileNetV2 "
+        "features searched exactly (image), all-MiniLM-L6-v2 as published searched exactly and its reciprocal "
+        "rank fusion with BM25 (text).")] = True,
     stat_test: Annotated[str, typer.Option(
         "--stat-test", help="Paired significance test: student (t-test) or fisher (randomization).")] = "student",
     max_p: Annotated[float, typer.Option("--max-p", help="Significance level.")] = 0.01,
@@ -287,13 +288,15 @@ def evaluate(
             write_evaluation(out_dir, report, runs, judged, query_set)
             reports.append(report)
         else:
-            from evaluation.protocol import ProtocolBuilder
+            from evaluation.evaluate import rrf_run
+            from evaluation.protocol import FROZEN_TEXT_BASELINE, RRF_TEXT_BASELINE, ProtocolBuilder
 
             builder = ProtocolBuilder(ws)
             try:
                 for name in _protocols(protocol):
                     if name == "text":
-                        prot = builder.text_protocol(_splits(splits), max_queries=max_queries)
+                        prot = builder.text_protocol(_splits(splits), max_queries=max_queries,
+                                                     frozen_baseline=frozen_baseline)
                     elif name == "image":
                         prot = builder.image_protocol(_splits(splits), max_queries=max_queries,
                                                       frozen_baseline=frozen_baseline)
@@ -306,6 +309,8 @@ def evaluate(
                         runs.pop("bm25", None)
                         runs.pop("hybrid", None)
                     runs.update(prot.baseline_runs)
+                    if FROZEN_TEXT_BASELINE in runs and "bm25" in runs:
+                        runs[RRF_TEXT_BASELINE] = rrf_run([runs["bm25"], runs[FROZEN_TEXT_BASELINE]], depth=depth)
                     wanted = wanted_listing_qrels(prot.queries)
                     report = compare_runs(prot.qrels, runs, wanted=wanted, stat_test=stat_test, max_p=max_p,
                                           name=f"{prot.name} ({'+'.join(prot.splits)} products)")

@@ -111,6 +111,23 @@ def scores_from_ranking(ranked_ids: Sequence[str]) -> dict[str, float]:
     return {listing_id: float(n - position) for position, listing_id in enumerate(ranked_ids)}
 
 
+def rrf_run(runs: Sequence[Mapping[str, Mapping[str, float]]], *, k: int = 60, depth: int = 100
+            ) -> dict[str, dict[str, float]]:
+    """Reciprocal rank fusion: each listing scores the sum of ``1 / (k + rank)`` over the runs that rank it,
+    cut to ``depth``; the standard way to combine a lexical and a dense ranking into one anchor. (ranx's
+    ``fuse`` needs every run to rank every query; here a run with no result for a query, e.g. BM25 for a
+    query none of whose words occur, simply adds nothing.)"""
+    fused: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for query_id, docs in run.items():
+            ranked = sorted(docs, key=lambda listing_id: (-docs[listing_id], listing_id))
+            scores = fused.setdefault(query_id, {})
+            for rank, listing_id in enumerate(ranked, start=1):
+                scores[listing_id] = scores.get(listing_id, 0.0) + 1.0 / (k + rank)
+    return {q: scores_from_ranking(sorted(scores, key=lambda i: (-scores[i], i))[:depth])
+            for q, scores in fused.items() if scores}
+
+
 # -- running queries through a searcher -----------------------------------------------------------
 @dataclass
 class QueryCandidates:

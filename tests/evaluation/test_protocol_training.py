@@ -54,6 +54,21 @@ def test_protocol_corpora_hide_the_query_side(builder):
     assert set(baseline) == set(image.queries) and all(len(run) > 0 for run in baseline.values())
 
 
+def test_the_frozen_minilm_anchor_finds_titles_by_description(builder):
+    """All-MiniLM-L6-v2 as published, title against descriptions: a real anchor, far above chance, whose cached
+    encodings give the same run again."""
+    text = builder.text_protocol(("test",), frozen_baseline=True)
+    run = text.baseline_runs["frozen_minilm"]
+    corpus = set(text.searcher.listings.ids)
+    assert set(run) == set(text.queries)
+    assert all(0 < len(docs) <= 100 and set(docs) <= corpus for docs in run.values())
+    wanted = {q: {query.target_id: 1} for q, query in text.queries.items()}
+    mrr = compare_runs(wanted, {"frozen_minilm": run}, metrics=["mrr@10"]).scores["frozen_minilm"]["mrr@10"]
+    assert mrr > 20 / len(corpus)  # chance is about 1.5 / corpus size
+    again = builder.text_protocol(("test",), frozen_baseline=True).baseline_runs["frozen_minilm"]
+    assert again == run
+
+
 def test_image_protocol_photo_vectors_leave_out_the_query_photo(builder):
     from encoders.embed import normalize_rows
 
