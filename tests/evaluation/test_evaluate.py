@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from evaluation.evaluate import (
-    rrf_run,
     METRICS_VERSION,
     compare_runs,
     compare_slice,
     mark_superseded,
+    rrf_run,
     scores_from_ranking,
     stage_scores,
     write_evaluation,
