@@ -58,6 +58,9 @@ def train(
     queue_size: Annotated[int, typer.Option(
         "--queue-size", min=0, help="Embeddings of recent batches kept as extra contrastive negatives "
         "(0 = in-batch negatives only).")] = 0,
+    title_match_weight: Annotated[float, typer.Option(
+        "--title-match-weight", min=0.0, help="Weight of a known-item loss in the shared space: each listing's "
+        "title alone must find the listing's full text among the batch's (0 = off).")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the product-level split and of training.")] = 0,
     late_fusion: Annotated[bool, typer.Option(
         "--late-fusion/--no-late-fusion", help="Fit the fusion head's expert weights (joint, text alone, image "
@@ -95,6 +98,7 @@ def train(
             lexical_branch=lexical_branch, text_finetune_layers=text_finetune_layers,
             image_finetune_blocks=image_finetune_blocks, backbone_lr=backbone_lr,
             photo_positives=photo_positives, category_batch_classes=category_batch_classes, queue_size=queue_size,
+            title_match_weight=title_match_weight,
         )
         result = run_training(ws, options, resume=resume)
     except (MissingWeightsError, FileNotFoundError, ValueError) as error:

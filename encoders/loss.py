@@ -107,3 +107,11 @@ class ClipLoss(nn.Module):
             positive_per_image = F.pad(positive_per_image, (0, image_vs_queue.shape[1]), value=False)
         return (multi_positive_cross_entropy(logits_per_image, positive_per_image)
                 + multi_positive_cross_entropy(logits_per_text, positive)) / 2
+
+
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Symmetric InfoNCE with a fixed temperature: row ``i`` of ``queries`` and ``keys`` (L2-normalised) is a
+    positive pair, every other row of the batch a negative."""
+    logits = queries @ keys.T / temperature
+    target = torch.arange(len(queries), device=queries.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

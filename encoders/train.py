@@ -44,7 +44,7 @@ from core.files import copy_dir_atomic, write_atomic, write_json_atomic
 from core.workspace import new_stamped_dir
 from encoders.bundle import MultiModalModel
 from encoders.features import cached_pooled_features, photo_key, text_key
-from encoders.loss import ClipLoss, EmbeddingQueue
+from encoders.loss import ClipLoss, EmbeddingQueue, info_nce
 from encoders.towers import Tower, build_towers, get_model_config
 from fusion.classifier import FusionClassifier, fit_expert_weights
 from fusion.evaluate import evaluate_fusion, save_confusion_matrix
@@ -92,6 +92,7 @@ class TrainConfig:
     photo_positives: str = "one"  # one random photo per listing | all (multi-positive) | mean (listing mean)
     category_batch_classes: int = 0  # each batch from this many categories (same-category negatives; 0 = random)
     queue_size: int = 0  # recent embeddings kept as extra contrastive negatives (0 = in-batch only)
+    title_match_weight: float = 0.0  # InfoNCE of a listing's title-only text against its full text (known item)
     # -- system
     device: str = "auto"  # auto | cpu | cuda
     feature_batch_size: int = 32
@@ -105,9 +106,9 @@ class TrainConfig:
             raise ValueError("text_finetune_layers / image_finetune_blocks and finetune_blocks exclude each other "
                              "(finetune_blocks runs the whole backbones in the loop)")
         if min(self.category_batch_classes, self.queue_size, self.text_finetune_layers,
-               self.image_finetune_blocks) < 0:
-            raise ValueError("category_batch_classes, queue_size, text_finetune_layers and image_finetune_blocks "
-                             "must be >= 0")
+               self.image_finetune_blocks, self.title_match_weight) < 0:
+            raise ValueError("category_batch_classes, queue_size, text_finetune_layers, image_finetune_blocks and "
+                             "title_match_weight must be >= 0")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -494,7 +495,7 @@ def train_one_epoch(model: JointModel, features, data: TrainingData, optimizer, 
     model.text_tower.backbone.eval()
     batches = train_batches(data, config, rng)
     steps = len(batches)
-    totals = {"loss": 0.0, "fusion_ce": 0.0, "probe_ce": 0.0, "contrastive": 0.0}
+    totals = {"loss": 0.0, "fusion_ce": 0.0, "probe_ce": 0.0, "contrastive": 0.0, "title_match": 0.0}
     for step, batch in enumerate(batches):
         if len(batch) < 2:
             continue
@@ -539,13 +540,20 @@ def train_one_epoch(model: JointModel, features, data: TrainingData, optimizer, 
                                           queue=queue.negatives() if queue is not None else None)
             if queue is not None:
                 queue.push(images, image_ids, texts, ids)
-        loss = fusion_ce + config.tower_ce_weight * probe_ce + config.contrastive_weight * contrastive
+        title_match = torch.zeros((), device=device)
+        if config.title_match_weight > 0:  # a title must find its own listing's text among the batch's
+            titles_only = np.ones(len(batch), bool)
+            titles = model.text_tower.head(features.text_pooled(batch, titles_only, True))
+            texts = model.text_tower.head(features.text_pooled(batch, ~titles_only, True))
+            title_match = info_nce(titles, texts)
+        loss = (fusion_ce + config.tower_ce_weight * probe_ce + config.contrastive_weight * contrastive
+                + config.title_match_weight * title_match)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
         optimizer.step()
         for name, value in (("loss", loss), ("fusion_ce", fusion_ce), ("probe_ce", probe_ce),
-                            ("contrastive", contrastive)):
+                            ("contrastive", contrastive), ("title_match", title_match)):
             totals[name] += float(value.detach()) / steps
     totals["temperature"] = float(1.0 / model.clip_loss.scale.detach())
     if writer is not None:

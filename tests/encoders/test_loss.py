@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from encoders.loss import ClipLoss, EmbeddingQueue, QueuedNegatives
+from encoders.loss import ClipLoss, EmbeddingQueue, QueuedNegatives, info_nce
 
 
 def test_orthogonal_pairs_give_log_one_plus_exp_minus_scale():
@@ -104,3 +104,14 @@ def test_queued_embeddings_are_negatives_except_those_of_the_same_listing():
     per_image = torch.logsumexp(torch.cat([s * image @ text.T, s * image @ text[1:].T], 1), 1) - positive
     assert with_queue.item() == pytest.approx(((per_text.mean() + per_image.mean()) / 2).item(), rel=1e-5)
     assert with_queue > in_batch
+
+
+def test_info_nce_is_the_fixed_temperature_clip_loss_and_prefers_matched_rows():
+    torch.manual_seed(1)
+    queries = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    keys = torch.nn.functional.normalize(queries + 0.3 * torch.randn(6, 8), dim=1)
+    expected = ClipLoss(init_temperature=0.05, learnable=False)(queries, keys)
+    assert info_nce(queries, keys).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert info_nce(queries, keys) < info_nce(queries, keys.roll(1, dims=0))
+    # orthogonal pairs, temperature 0.5: log(1 + e^-2), as for ClipLoss above
+    assert info_nce(torch.eye(2), torch.eye(2), 0.5).item() == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-6)

@@ -158,8 +158,10 @@ def test_top_layer_features_match_the_frozen_backbones_and_training_updates_only
     result = train(workspace, TrainConfig(model_config="tiny", epochs=2, patience=10, progress=False,
                                           allow_download=False, device="cpu", text_finetune_layers=1,
                                           image_finetune_blocks=1, photo_positives="all",
-                                          category_batch_classes=2, queue_size=64))
+                                          category_batch_classes=2, queue_size=64, title_match_weight=0.5))
     model = MultiModalModel.load(workspace.model_dir)
+    history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
+    assert all(epoch["train"]["title_match"] > 0 for epoch in history)  # the known-item loss ran
 
     def same(a, b) -> bool:
         return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
