@@ -14,7 +14,7 @@ import numpy as np
 
 from ranking.types import Candidates, ListingTable, QueryContext
 
-FEATURE_SET_VERSION = "4"
+FEATURE_SET_VERSION = "5"
 
 # Cosine of raw-backbone photo vectors at or above which the query photo counts as a near-duplicate of the
 # listing's photos. A listing's photo vector is the mean over its photos, so the query's own photo scores
