@@ -38,7 +38,7 @@ def main() -> None:
     from evaluation.protocol import load_photo, near_duplicate, query_rng
     from search.pipeline import Searcher
 
-    workspace = Workspace(args.workspace)
+    workspace = Workspace.at(args.workspace)
     searcher = Searcher.from_workspace(workspace, load_ranker=False)
     table = searcher.embeddings
     if table.photo is None:
