@@ -8,12 +8,15 @@ is committed in its own transaction). With frozen backbones (the default profile
 features training already computed are read from the workspace's feature cache and only go through
 the trained head, so embedding right after training does not run the image backbone again.
 
-Beside them, from the same forward pass, the listing's *photo vector*: the image tower's pooled
-backbone output (before the projection head) of each photo, L2-normalised, averaged over the listing's
-photos and re-normalised, stored as float16 (``listing_photo_vectors``). The re-ranker compares a query
-photo with it (``photo_sim``): the raw backbone keeps the near-duplicate detail that the trained head,
-mapping photos into the shared text-image space, gives up. float16 listing means cost
-``2 * pooled_dim`` bytes per listing (2.5 KiB for MobileNetV2's 1280, 256 MB at 100k listings).
+Beside them, from the same forward pass, the listing's *photo vector*: each photo's appearance vector
+(``encoders.appearance``: the image tower's pooled backbone output before the projection head, joined with the
+photo's colour signature), averaged over the listing's photos and re-normalised, stored as float16
+(``listing_photo_vectors``). The re-ranker compares a query photo with it (``photo_sim``): the raw backbone keeps
+the near-duplicate detail that the trained head, mapping photos into the shared text-image space, gives up, and
+the colour signature the colours, background and light that photos of one item share. float16 listing means
+cost ``2 * (pooled_dim + 512)`` bytes per listing (3.5 KiB with MobileNetV2's 1280, 358 MB at 100k listings).
+The colour signature needs the decoded photo: the decoding workers compute it beside the pixels, and decode the
+photos whose pooled features come from the feature cache for it alone (a second stream).
 """
 
 from __future__ import annotations
@@ -414,7 +417,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     catalogue. feature_cache: the workspace's frozen-feature cache (``Workspace.feature_cache_dir``):
     photos whose pooled features training already computed with this very backbone skip the backbone
     and go through the trained head only (read-only: photos not in it are encoded as usual, not added).
-    workers: processes decoding and preprocessing photos ahead of the forwards (0: inline, one after the other).
+    workers: processes decoding and preprocessing photos ahead of the forwards (0: inline, one after the other), per
+    stream: the photos to encode, and those read from the feature cache (decoded for their colour signature).
     encode_chunks: where the listings are encoded (default: here, with ``model``); the vectors are the same.
     Returns counts and throughput.
     """
