@@ -10,7 +10,7 @@ the whole catalogue with
 re-ranking. Prints, per stage, the share of queries whose top hit is the listing itself and the mean
 reciprocal rank of the listing in the top 10; ``--json`` writes them. Also where the misses come from:
 the share of queries whose listing is among the re-ranker's candidates at all, and the share whose
-listing is the nearest over the whole catalogue by the raw-backbone photo vectors (what a photo
+listing is the nearest over the whole catalogue by the photo vectors (raw backbone + colour) (what a photo
 candidate source would put first), for all queries and for the re-ranked misses.
 """
 

@@ -130,7 +130,8 @@ def embed(
         "--image-batch-size", min=1, help="Photos per forward pass of the image tower.")] = 32,
     threads: ThreadsOption = 2,
     workers: Annotated[int, typer.Option(
-        "--workers", min=0, help="Processes decoding and preprocessing photos ahead of the forwards (0: inline).")] = 1,
+        "--workers", min=0, help="Processes decoding and preprocessing photos ahead of the forwards, per stream "
+        "(the photos to encode; those from the feature cache, decoded for their colour signature) (0: inline).")] = 1,
     runtime: Annotated[str, typer.Option(
         "--runtime", help="Where the towers run: auto (the bundle's whole-tower fp32 ONNX graphs, without torch, "
         "when `marketsearch export-onnx` wrote them and they verify; else torch), onnxruntime (the graphs or an "

@@ -8,12 +8,15 @@ is committed in its own transaction). With frozen backbones (the default profile
 features training already computed are read from the workspace's feature cache and only go through
 the trained head, so embedding right after training does not run the image backbone again.
 
-Beside them, from the same forward pass, the listing's *photo vector*: the image tower's pooled
-backbone output (before the projection head) of each photo, L2-normalised, averaged over the listing's
-photos and re-normalised, stored as float16 (``listing_photo_vectors``). The re-ranker compares a query
-photo with it (``photo_sim``): the raw backbone keeps the near-duplicate detail that the trained head,
-mapping photos into the shared text-image space, gives up. float16 listing means cost
-``2 * pooled_dim`` bytes per listing (2.5 KiB for MobileNetV2's 1280, 256 MB at 100k listings).
+Beside them, from the same forward pass, the listing's *photo vector*: each photo's appearance vector
+(``encoders.appearance``: the image tower's pooled backbone output before the projection head, joined with the
+photo's colour signature), averaged over the listing's photos and re-normalised, stored as float16
+(``listing_photo_vectors``). The re-ranker compares a query photo with it (``photo_sim``): the raw backbone keeps
+the near-duplicate detail that the trained head, mapping photos into the shared text-image space, gives up, and
+the colour signature the colours, background and light that photos of one item share. float16 listing means
+cost ``2 * (pooled_dim + 512)`` bytes per listing (3.5 KiB with MobileNetV2's 1280, 358 MB at 100k listings).
+The colour signature needs the decoded photo: the decoding workers compute it beside the pixels, and decode the
+photos whose pooled features come from the feature cache for it alone (a second stream).
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ from sqlalchemy import (
 )
 from tqdm.auto import tqdm
 
+from encoders.appearance import (
+    AppearancePixels,
+    appearance_vectors,
+    colour_signature,
+    colour_signatures,
+    photo_vector_dim,
+)
 from encoders.features import FeatureCache, photo_key
 from encoders.photo_stream import PREFETCH_PER_WORKER, photo_pixels
 
@@ -75,7 +85,9 @@ listing_photo_vectors = Table(
     Column("content_hash", String(64), nullable=False),
     Column("dim", Integer, nullable=False),
     Column("n_photos", Integer, nullable=False),  # 0: no usable photo, the vector is empty
-    Column("vector", LargeBinary, nullable=False),  # float16 (dim,), L2-normalised mean of the photo vectors
+    # float16 (dim,), L2-normalised mean of the photo vectors; dim = pooled_dim + COLOUR_DIM names the recipe
+    # (encoders.appearance): rows of another dim were made by an older one and are re-encoded
+    Column("vector", LargeBinary, nullable=False),
     Column("updated_at", DateTime, nullable=False),
 )
 
@@ -101,8 +113,8 @@ class EmbeddingTable:
     has_image: np.ndarray  # bool (n,)
     listing: np.ndarray  # float32 (n, d), normalised combination: what the vector index holds
     row_of: dict[str, int] = field(default_factory=dict)
-    # float16 (n, p): L2-normalised mean of the photos' raw backbone vectors, zeros where the listing has
-    # none; None when the catalogue stores no photo vectors for this model (run `marketsearch embed`)
+    # float16 (n, p): L2-normalised mean of the photos' appearance vectors (encoders.appearance), zeros where the
+    # listing has none; None when the catalogue stores no photo vectors for this model (run `marketsearch embed`)
     photo: np.ndarray | None = None
     has_photo: np.ndarray | None = None  # bool (n,): the row of `photo` holds a vector
 
@@ -160,14 +172,21 @@ def combine_embeddings(text: np.ndarray, image: np.ndarray, has_image: np.ndarra
 
 
 def encode_images_with_photo_vectors(model, images: list, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Shared-space embeddings and raw-backbone photo vectors of ``images`` from one forward pass.
+    """Shared-space embeddings and photo vectors of ``images`` from one forward pass.
 
-    Returns ``(embeddings float32 (n, embed_dim), photo_vectors float32 (n, pooled_dim))``, both
-    L2-normalised: the embeddings are what ``model.encode_images`` returns, the photo vectors the image
-    tower's pooled backbone output before its projection head.
+    Returns ``(embeddings float32 (n, embed_dim), photo_vectors float32 (n, pooled_dim + COLOUR_DIM))``, both
+    L2-normalised: the embeddings are what ``model.encode_images`` returns, the photo vectors the image tower's
+    pooled backbone output before its projection head joined with the photo's colour signature
+    (``encoders.appearance.appearance_vectors``).
     """
-    embeddings, pooled = model.image_tower.encode_with_pooled(list(images), batch_size=batch_size)
-    return embeddings, normalize_rows(pooled)
+    images = list(images)
+    embeddings, pooled = model.image_tower.encode_with_pooled(images, batch_size=batch_size)
+    return embeddings, appearance_vectors(pooled, colour_signatures(images))
+
+
+def model_photo_dim(model) -> int:
+    """The dimension of the photo vectors ``model`` makes (its image backbone's outputs and the colour signature)."""
+    return photo_vector_dim(model.image_tower.pooled_dim)
 
 
 def mean_photo_vectors(photo_vectors: np.ndarray, owners: np.ndarray, n_listings: int) -> np.ndarray:
@@ -225,6 +244,8 @@ class _ChunkPhotos:
     fresh_paths: list[Path] = field(default_factory=list)
     cached_keys: list[str] = field(default_factory=list)
     cached_owners: list[int] = field(default_factory=list)
+    cached_ids: list[str] = field(default_factory=list)
+    cached_paths: list[Path] = field(default_factory=list)  # decoded for their colour signature only
 
 
 def _skip_photo(stats: EmbedStats, listing_id: str, image_id: str, reason: str) -> None:
@@ -249,6 +270,8 @@ def _plan_photos(catalog, listings, stats: EmbedStats, photo_cache: FeatureCache
             if key is not None and key in photo_cache.row_of:
                 plan.cached_keys.append(key)
                 plan.cached_owners.append(row)
+                plan.cached_ids.append(image_id)
+                plan.cached_paths.append(path)
             else:
                 plan.fresh_owners.append(row)
                 plan.fresh_ids.append(image_id)
@@ -256,39 +279,50 @@ def _plan_photos(catalog, listings, stats: EmbedStats, photo_cache: FeatureCache
     return plan
 
 
-def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, image_batch_size: int, text_batch_size: int,
-                  stats: EmbedStats, photo_cache: FeatureCache | None = None):
-    """Vectors of one chunk; ``pixels`` yields the preprocessed pixels (or the failure) of ``plan``'s photo
-    files in order (``photo_stream.photo_pixels``)."""
+def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, colours: Iterator, image_batch_size: int,
+                  text_batch_size: int, stats: EmbedStats, photo_cache: FeatureCache | None = None):
+    """Vectors of one chunk. ``pixels`` yields the (preprocessed pixels, colour signature) pair, or the failure, of
+    each of ``plan``'s photo files to encode, in order; ``colours`` the colour signature (or the failure) of each
+    photo whose pooled features come from the feature cache (``photo_stream.photo_pixels``)."""
     started = time.perf_counter()
     text = model.encode_texts([listing.text for listing in listings], batch_size=text_batch_size)
     photos_started = time.perf_counter()
     stats.text_seconds += photos_started - started
-    decoded, owners = [], []
+    decoded, decoded_colours, owners = [], [], []
     for row, image_id in zip(plan.fresh_owners, plan.fresh_ids):
-        tensor, failure = next(pixels)
+        both, failure = next(pixels)
         if failure is not None:
             _skip_photo(stats, listings[row].id, image_id, failure)
             continue
-        decoded.append(tensor)
+        decoded.append(both[0])
+        decoded_colours.append(both[1])
         owners.append(row)
     embeddings, photo_vectors = [], []
     if decoded:
         fresh_embeddings, pooled = model.image_tower.encode_pixels_with_pooled(np.stack(decoded),
                                                                                batch_size=image_batch_size)
         embeddings.append(fresh_embeddings)
-        photo_vectors.append(normalize_rows(pooled))
+        photo_vectors.append(appearance_vectors(pooled, np.stack(decoded_colours)))
+    cached_keys, cached_colours = [], []
+    for row, image_id, key in zip(plan.cached_owners, plan.cached_ids, plan.cached_keys):
+        colour, failure = next(colours)
+        if failure is not None:
+            _skip_photo(stats, listings[row].id, image_id, failure)
+            continue
+        cached_keys.append(key)
+        cached_colours.append(colour)
+        owners.append(row)
     stats.photo_seconds += time.perf_counter() - photos_started
-    if plan.cached_keys:
-        pooled = photo_cache.get(plan.cached_keys)
+    if cached_keys:
+        pooled = photo_cache.get(cached_keys)
         embeddings.append(model.image_tower.embed_pooled(pooled))
-        photo_vectors.append(normalize_rows(pooled))
-        stats.images_from_cache += len(plan.cached_keys)
+        photo_vectors.append(appearance_vectors(pooled, np.stack(cached_colours)))
+        stats.images_from_cache += len(cached_keys)
     image = np.zeros_like(text)
     counts = np.zeros(len(listings), np.int64)
     photo = None
     if embeddings:
-        owners_array = np.asarray(owners + plan.cached_owners, np.int64)
+        owners_array = np.asarray(owners, np.int64)
         np.add.at(image, owners_array, np.concatenate(embeddings))
         np.add.at(counts, owners_array, 1)
         photo = mean_photo_vectors(np.concatenate(photo_vectors), owners_array, len(listings))
@@ -296,6 +330,17 @@ def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, image_b
     has_image = counts > 0
     image[has_image] = normalize_rows(image[has_image])
     return text, image, has_image, counts, photo
+
+
+def photo_streams(plans: list[_ChunkPhotos], transform, *, workers: int, ahead: int | None = None
+                  ) -> tuple[Iterator, Iterator]:
+    """The two decoding streams of ``plans``' photos: (pixels, colour signature) of the files to encode, through
+    the image tower's eval ``transform``, and the colour signatures of those whose pooled features are cached."""
+    pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths], AppearancePixels(transform),
+                          workers=workers, ahead=ahead)
+    colours = photo_pixels([path for plan in plans for path in plan.cached_paths], colour_signature,
+                           workers=workers, ahead=ahead)
+    return pixels, colours
 
 
 @dataclass
@@ -307,11 +352,12 @@ class EncodedListings:
     has_image: np.ndarray  # bool (n,)
     n_images: np.ndarray  # int64 (n,), photos encoded per listing
     listing: np.ndarray  # float32 (n, d), `combine_embeddings`: what the vector index holds
-    photo: np.ndarray | None  # float32 (n, p), normalised mean raw-backbone photo vector; None without photos
+    photo: np.ndarray | None  # float32 (n, p), normalised mean of the photos' appearance vectors; None without photos
 
-    def photo_rows(self, pooled_dim: int) -> np.ndarray:
-        """The photo vectors as stored (``PHOTO_VECTOR_DTYPE`` (n, pooled_dim), zeros without a photo)."""
-        stored = np.zeros((len(self.text), pooled_dim), PHOTO_VECTOR_DTYPE)
+    def photo_rows(self, dim: int) -> np.ndarray:
+        """The photo vectors as stored (``PHOTO_VECTOR_DTYPE`` (n, dim), zeros without a photo; ``dim``:
+        ``model_photo_dim(model)``)."""
+        stored = np.zeros((len(self.text), dim), PHOTO_VECTOR_DTYPE)
         if self.photo is not None:
             stored[self.n_images > 0] = self.photo[self.n_images > 0].astype(PHOTO_VECTOR_DTYPE)
         return stored
@@ -319,20 +365,21 @@ class EncodedListings:
 
 def encode_listings(model, catalog, listings, *, text_batch_size: int = TEXT_BATCH_SIZE, image_batch_size: int = 32,
                     stats: EmbedStats | None = None, photo_cache: FeatureCache | None = None,
-                    plan: _ChunkPhotos | None = None, pixels: Iterator | None = None) -> EncodedListings:
+                    plan: _ChunkPhotos | None = None, pixels: Iterator | None = None,
+                    colours: Iterator | None = None) -> EncodedListings:
     """Encode ``listings`` (their text and their photos read from ``catalog``) with ``model``.
 
     The one encoding path of catalogue listings: `embed_catalog` (batch, on Ray too) and the serving processes'
     live follower (search/live.py) all call it, so a listing created live and the same listing embedded in batch
     get the same vectors. Unreadable photos are skipped with a warning (counted in ``stats``). ``plan`` and
-    ``pixels``: the photos' plan (`_plan_photos`) and their preprocessed pixels from a stream that decodes
-    ahead in worker processes (`photo_stream.photo_pixels`); without them the photos are decoded here."""
+    ``pixels`` and ``colours``: the photos' plan (`_plan_photos`) and their two streams (`photo_streams`) that
+    decode ahead in worker processes; without them the photos are decoded here."""
     stats = stats if stats is not None else EmbedStats()
     if plan is None:
         plan = _plan_photos(catalog, listings, stats, photo_cache)
-    if pixels is None:
-        pixels = photo_pixels(plan.fresh_paths, model.image_tower.eval_transform(), workers=0)
-    text, image, has_image, counts, photo = _encode_chunk(model, listings, plan, pixels, image_batch_size,
+    if pixels is None or colours is None:
+        pixels, colours = photo_streams([plan], model.image_tower.eval_transform(), workers=0)
+    text, image, has_image, counts, photo = _encode_chunk(model, listings, plan, pixels, colours, image_batch_size,
                                                           text_batch_size, stats, photo_cache)
     return EncodedListings(text=text, image=image, has_image=has_image, n_images=counts,
                            listing=combine_embeddings(text, image, has_image), photo=photo)
@@ -370,7 +417,8 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     catalogue. feature_cache: the workspace's frozen-feature cache (``Workspace.feature_cache_dir``):
     photos whose pooled features training already computed with this very backbone skip the backbone
     and go through the trained head only (read-only: photos not in it are encoded as usual, not added).
-    workers: processes decoding and preprocessing photos ahead of the forwards (0: inline, one after the other).
+    workers: processes decoding and preprocessing photos ahead of the forwards (0: inline, one after the other), per
+    stream: the photos to encode, and those read from the feature cache (decoded for their colour signature).
     encode_chunks: where the listings are encoded (default: here, with ``model``); the vectors are the same.
     Returns counts and throughput.
     """
@@ -387,10 +435,17 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
         stored = dict(conn.execute(
             select(table.c.listing_id, table.c.content_hash).where(table.c.model_fingerprint == fingerprint)
         ).all())
-        stored_photo = dict(conn.execute(
-            select(photo_table.c.listing_id, photo_table.c.content_hash)
+        photo_rows_stored = conn.execute(
+            select(photo_table.c.listing_id, photo_table.c.content_hash, photo_table.c.dim)
             .where(photo_table.c.model_fingerprint == fingerprint)
-        ).all())
+        ).all()
+    # a photo vector of another dimension was made by an older recipe (encoders.appearance): its listing is redone
+    photo_dim = model_photo_dim(model)
+    stored_photo = {row.listing_id: row.content_hash for row in photo_rows_stored if row.dim == photo_dim}
+    outdated_photo = len(photo_rows_stored) - len(stored_photo)
+    if outdated_photo:
+        logger.info("embed: %d stored photo vectors of model %s were made by an older recipe (not %d-d): "
+                    "re-encoding their listings", outdated_photo, fingerprint[:12], photo_dim)
     stats = EmbedStats(batch_size=batch_size)
     todo, seen = [], set()
     for listings in catalog.iter_listings(batch_size=500):
@@ -413,13 +468,12 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
         def encode_chunks(chunks):
             plans = [_plan_photos(catalog, listings, stats, photo_cache) for listings in chunks]
             # two forward batches ahead: the workers decode the next batch while this one runs the forward
-            pixels = photo_pixels([path for plan in plans for path in plan.fresh_paths],
-                                  model.image_tower.eval_transform(), workers=workers,
-                                  ahead=2 * image_batch_size + PREFETCH_PER_WORKER * workers)
+            pixels, colours = photo_streams(plans, model.image_tower.eval_transform(), workers=workers,
+                                            ahead=2 * image_batch_size + PREFETCH_PER_WORKER * workers)
             for listings, plan in zip(chunks, plans):
                 yield listings, encode_listings(model, catalog, listings,
                                                 image_batch_size=image_batch_size, stats=stats,
-                                                photo_cache=photo_cache, plan=plan, pixels=pixels)
+                                                photo_cache=photo_cache, plan=plan, pixels=pixels, colours=colours)
     for listings, encoded in encode_chunks(chunks):
         chunk = [(listing, digest_of[listing.id]) for listing in listings]
         if encoded_elsewhere:
@@ -434,7 +488,6 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
             "text": text[i].tobytes(), "image": image[i].tobytes(), "listing": vectors[i].tobytes(),
             "updated_at": now,
         } for i, (listing, digest) in enumerate(chunk)]
-        photo_dim = int(model.image_tower.pooled_dim)
         photo_rows = [{
             "listing_id": listing.id, "model_fingerprint": fingerprint, "content_hash": digest,
             "dim": photo_dim, "n_photos": int(counts[i]),
@@ -454,7 +507,7 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     bar.close()
     if prune:
         stale = [listing_id for listing_id in stored if listing_id not in seen]
-        stale_photo = [listing_id for listing_id in stored_photo if listing_id not in seen]
+        stale_photo = [row.listing_id for row in photo_rows_stored if row.listing_id not in seen]
         with catalog.engine.begin() as conn:
             for stored_table, ids in ((table, stale), (photo_table, stale_photo)):
                 for begin in range(0, len(ids), 500):
@@ -473,11 +526,13 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     return stats
 
 
-def load_embeddings(catalog, fingerprint: str) -> EmbeddingTable:
+def load_embeddings(catalog, fingerprint: str, *, photo_dim: int | None = None) -> EmbeddingTable:
     """Stored embeddings of ``fingerprint`` for the listings currently in the catalogue, ordered by id.
 
     Raises LookupError when the catalogue has listings but none is embedded with this model (the fix
     is `marketsearch embed`); listings added since the last embed run are left out with a warning.
+    ``photo_dim``: the photo vectors' dimension the caller's model makes (``model_photo_dim``); stored photo
+    vectors of another one (an older recipe) are left out with a warning that says to run `marketsearch embed`.
     """
     ensure_table(catalog)
     table = listing_embeddings
@@ -507,7 +562,7 @@ def load_embeddings(catalog, fingerprint: str) -> EmbeddingTable:
     def stack(column: str) -> np.ndarray:
         return np.stack([np.frombuffer(getattr(by_id[i], column), np.float32, count=dim) for i in ids]).copy()
 
-    photo, has_photo = load_photo_vectors(catalog, fingerprint, ids)
+    photo, has_photo = load_photo_vectors(catalog, fingerprint, ids, photo_dim=photo_dim)
     return EmbeddingTable(
         ids=ids, text=stack("text"), image=stack("image"),
         has_image=np.array([bool(by_id[i].has_image) for i in ids]), listing=stack("listing"),
@@ -515,9 +570,11 @@ def load_embeddings(catalog, fingerprint: str) -> EmbeddingTable:
     )
 
 
-def load_photo_vectors(catalog, fingerprint: str, ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+def load_photo_vectors(catalog, fingerprint: str, ids: list[str], *, photo_dim: int | None = None
+                       ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Stored photo vectors of ``ids`` (float16 (n, p), zero rows where none; bool (n,) present), or
-    (None, None) when the catalogue holds none for this model (embedded before photo vectors existed)."""
+    (None, None) when the catalogue holds none for this model (embedded before photo vectors existed) or, with
+    ``photo_dim``, none of that dimension (made by an older recipe)."""
     table = listing_photo_vectors
     with catalog.engine.connect() as conn:
         rows = conn.execute(
@@ -534,6 +591,12 @@ def load_photo_vectors(catalog, fingerprint: str, ids: list[str]) -> tuple[np.nd
         raise ValueError(f"photo vectors of model {fingerprint[:12]} have several dimensions {sorted(dims)}; "
                          "re-run `marketsearch embed`")
     dim = dims.pop()
+    if photo_dim is not None and dim != photo_dim:
+        logger.warning("the photo vectors stored for model %s are %d-d, made by an older recipe than this code's "
+                       "%d-d (raw backbone + colour signature, encoders.appearance): photo_sim stays missing until "
+                       "you run `marketsearch embed` (it re-encodes them), then `marketsearch index`", fingerprint[:12],
+                       dim, photo_dim)
+        return None, None
     photo = np.zeros((len(ids), dim), PHOTO_VECTOR_DTYPE)
     has_photo = np.zeros(len(ids), bool)
     missing = 0

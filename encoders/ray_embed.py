@@ -48,8 +48,10 @@ class ListingEncoder:
             raise LookupError(f"listings vanished while encoding: {[i for i in ids if i not in found][:5]}")
         encoded = encode_listings(self.model, self.catalog, listings,
                                   image_batch_size=self.image_batch_size, photo_cache=self.photo_cache)
-        pooled = int(self.model.image_tower.pooled_dim)
-        photo = encoded.photo if encoded.photo is not None else np.zeros((len(ids), pooled), np.float32)
+        from encoders.embed import model_photo_dim
+
+        photo = (encoded.photo if encoded.photo is not None
+                 else np.zeros((len(ids), model_photo_dim(self.model)), np.float32))
         return {"listing_id": np.asarray(ids, dtype=object), "text": encoded.text, "image": encoded.image,
                 "has_image": encoded.has_image, "n_images": encoded.n_images, "listing": encoded.listing,
                 "photo": photo.astype(np.float32)}

@@ -7,7 +7,7 @@ products) whose listings are represented the way the protocol demands:
 - known-item text: every listing's indexed text is its description only (BM25 over descriptions, text
   vectors encoded from descriptions, titles hidden from the features); the queries are the titles.
 - known-item image: a listing with several photos is represented by its other photos (its image
-  vector and its raw-backbone photo vector are the means over those photos); the query is its first
+  vector and its photo vector (raw backbone + colour) are the means over those photos); the query is its first
   photo.
 - self-photo: the corpus is the catalogue as stored (every listing keeps all its photos) and the query
   is a listing's first photo: as served for evaluation, or lightly transformed (``near_duplicate``: crop,
@@ -44,6 +44,7 @@ from catalog.images import load_config, load_verified
 from catalog.split import assign_split
 from catalog.store import Catalog
 from core.files import write_atomic
+from encoders.appearance import appearance_vectors, colour_signatures
 from encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_image_net, load_image_weights, minilm_path
 from encoders.bundle import MultiModalModel
 from encoders.embed import (
@@ -52,6 +53,7 @@ from encoders.embed import (
     encode_images_with_photo_vectors,
     load_embeddings,
     mean_photo_vectors,
+    model_photo_dim,
     normalize_rows,
 )
 from encoders.features import cached_pooled_features, photo_key
@@ -264,7 +266,8 @@ class ProtocolBuilder:
         self.split_of = self._split_assignment()
         self._listings = {listing.id: listing for batch in self.catalog.iter_listings() for listing in batch}
         try:
-            self.embeddings = load_embeddings(self.catalog, self.model.fingerprint)
+            self.embeddings = load_embeddings(self.catalog, self.model.fingerprint,
+                                              photo_dim=model_photo_dim(self.model))
         except LookupError:
             logger.warning("catalogue embeddings of model %s are not stored (`marketsearch embed`); "
                            "encoding the protocol listings here", self.model.fingerprint[:12])
@@ -359,20 +362,26 @@ class ProtocolBuilder:
         return self.cache.get_or_encode(kind, list(image_ids), encode)
 
     def _encode_photos_and_vectors(self, image_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Shared-space embeddings and raw-backbone photo vectors of photos (both L2-normalised)."""
+        """Shared-space embeddings and photo vectors (raw backbone + colour signature, ``encoders.appearance``)
+        of photos, both L2-normalised, as ``encoders.embed`` computes them."""
         tower = self.model.image_tower
         if not image_ids:
-            return np.zeros((0, self.model.embed_dim), np.float32), np.zeros((0, tower.pooled_dim), np.float32)
+            return (np.zeros((0, self.model.embed_dim), np.float32),
+                    np.zeros((0, model_photo_dim(self.model)), np.float32))
         if self.frozen_backbones:
             paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
             keys = [photo_key(image_id, paths[image_id]) for image_id in image_ids]
             path_of = {key: paths[image_id] for key, image_id in zip(keys, image_ids)}
-            return self._frozen_head(tower, keys, lambda key: load_photo(path_of[key]), with_pooled=True)
+            embeddings, pooled = self._frozen_head(tower, keys, lambda key: load_photo(path_of[key]),
+                                                   with_pooled=True)
+            colours = self.cache.get_or_encode(
+                "colour", keys, lambda positions: colour_signatures([load_photo(path_of[keys[i]]) for i in positions]))
+            return embeddings, appearance_vectors(pooled, colours)
 
         def encoder(images: list[Image.Image]) -> np.ndarray:
             return np.concatenate(encode_images_with_photo_vectors(self.model, images, self.image_batch_size), 1)
 
-        both = self._encode_photos(image_ids, kind="photo_and_vector", encoder=encoder)
+        both = self._encode_photos(image_ids, kind="photo_and_appearance", encoder=encoder)
         return both[:, : self.model.embed_dim], both[:, self.model.embed_dim :]
 
     def load_query_image(self, query: EvalQuery) -> Image.Image:

@@ -26,7 +26,7 @@ import numpy as np
 
 from core.files import make_temporary_dir, replace_dir
 from ranking.booster import LightGBMLibraryError, NativeBooster
-from ranking.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from ranking.features import FEATURE_NAMES, FEATURE_SET_CHANGE, FEATURE_SET_VERSION
 
 if TYPE_CHECKING:
     import lightgbm
@@ -409,7 +409,8 @@ class Reranker:
                 raise RerankerVersionError(
                     f"re-ranker in {directory} was trained on feature set version "
                     f"{meta.get('feature_set_version')!r}, but this code computes version {FEATURE_SET_VERSION!r} "
-                    "(same feature names, changed definitions); retrain it with `marketsearch train-ranker`"
+                    f"(same feature names, changed definitions: in {FEATURE_SET_VERSION}, {FEATURE_SET_CHANGE}); "
+                    "retrain it with `marketsearch train-ranker`"
                 )
         saved_lgbm, installed_lgbm = meta.get("lightgbm_version"), importlib.metadata.version("lightgbm")
         if saved_lgbm and saved_lgbm.split(".")[0] != installed_lgbm.split(".")[0]:

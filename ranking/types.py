@@ -19,8 +19,8 @@ class QueryContext:
     has_image: bool
     embedding: np.ndarray  # float32 (d,), L2-normalised, the vector used for retrieval
     category_probs: np.ndarray  # float32 (C,), fusion classifier's distribution for the query
-    # float32 (p,), L2-normalised raw-backbone vector of the query photo (the image tower's pooled output
-    # before its projection head); None without a photo
+    # float32 (p,), L2-normalised appearance vector of the query photo (the image tower's pooled output before
+    # its projection head joined with the photo's colour signature, encoders.appearance); None without a photo
     photo_vector: np.ndarray | None = None
 
 

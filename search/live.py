@@ -27,7 +27,7 @@ import numpy as np
 
 from catalog.change_log import LogCursor
 from catalog.store import Catalog
-from encoders.embed import EmbeddingTable, content_hash, encode_listings, load_embeddings
+from encoders.embed import EmbeddingTable, content_hash, encode_listings, load_embeddings, model_photo_dim
 from index.bm25 import listing_text
 from index.bm25_delta import BM25Delta
 from index.compaction import compact
@@ -191,7 +191,7 @@ class LiveFollower:
         if to_encode:
             model = self.encoder
             encoded = encode_listings(model, self.catalog, [listing for listing, _ in to_encode])
-            photos = encoded.photo_rows(int(model.image_tower.pooled_dim))
+            photos = encoded.photo_rows(model_photo_dim(model))
             keep_photo = self.searcher.snapshot.has_photo_vectors()
             for i, (listing, digest) in enumerate(to_encode):
                 self._entries[listing.id] = _Entry(
@@ -239,7 +239,7 @@ class LiveFollower:
         model = self.searcher.model
         index_set = load_index_set(self.workspace.index_dir, expected_fingerprint=model.fingerprint, mmap=True)
         listings = build_listing_table(self.catalog, model.labels)
-        embeddings = load_embeddings(self.catalog, model.fingerprint)
+        embeddings = load_embeddings(self.catalog, model.fingerprint, photo_dim=model_photo_dim(model))
         main = MainPart(listings, embeddings, index_set.vector, index_set.bm25, index_set.version,
                         index_set.checkpoint)
         applied = self.cursor.high

@@ -17,7 +17,7 @@ import numpy as np
 
 from catalog.images import ImageCleaningConfig, load_config, prepare_photo
 from catalog.store import Catalog
-from encoders.embed import EmbeddingTable, encode_images_with_photo_vectors, load_embeddings
+from encoders.embed import EmbeddingTable, encode_images_with_photo_vectors, load_embeddings, model_photo_dim
 from index.bm25 import BM25Index
 from index.fusion import reciprocal_rank_fusion
 from index.index_set import digest_of, load_index_set
@@ -163,7 +163,7 @@ class Searcher:
             model = MultiModalModel.load(workspace.model_dir)
         with Catalog(workspace.db_url, root=workspace.root) as catalog:
             listings = build_listing_table(catalog, model.labels)
-            embeddings = load_embeddings(catalog, model.fingerprint)
+            embeddings = load_embeddings(catalog, model.fingerprint, photo_dim=model_photo_dim(model))
         # mapped, not copied: a search only reads it, and a restart or a second worker shares the file's pages
         index_set = load_index_set(workspace.index_dir, expected_fingerprint=model.fingerprint, mmap=True)
         built_from = index_set.manifest.get("embeddings", {}).get("digest")
@@ -296,7 +296,7 @@ class Searcher:
     def match_signals(self, query: QueryContext, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Per-candidate re-ranking columns that need the searcher's stores, for listing-table ``rows``.
 
-        ``photo_sim`` (query photo vs the listing's stored photo vector, raw backbone space) and
+        ``photo_sim`` (query photo vs the listing's stored photo vector: raw backbone + colour signature) and
         ``term_coverage``, ``idf_coverage``, ``term_bm25_score`` (the query's BM25 terms in the listing's
         indexed text); float32 (len(rows),) each, NaN where undefined.
         """
@@ -313,7 +313,8 @@ class Searcher:
         }
 
     def _photo_similarity(self, snap: SearchSnapshot, query: QueryContext, emb_rows: np.ndarray) -> np.ndarray:
-        """cosine(query photo, listing photo) in the raw backbone space; NaN where either vector is missing."""
+        """cosine(query photo, listing photo) of their appearance vectors (raw backbone + colour,
+        ``encoders.appearance``); NaN where either vector is missing."""
         sims = np.full(len(emb_rows), np.nan, dtype=np.float32)
         photo = snap.main.embeddings.photo
         if query.photo_vector is None or photo is None or photo.shape[1] != len(query.photo_vector):

@@ -19,7 +19,7 @@ from catalog.api_keys import create_key
 from catalog.store import Catalog
 from core.workspace import Workspace
 from encoders.bundle import MultiModalModel
-from encoders.embed import load_embeddings
+from encoders.embed import load_embeddings, model_photo_dim
 from encoders.runtime import export_graphs, graph_dir
 from marketsearch.cli import app
 
@@ -72,3 +72,6 @@ def test_a_listing_created_through_the_api_is_encoded_by_the_fp32_graphs_as_mark
     live, stored = delta.row_of[listing_id], batch.row_of[listing_id]
     for column in ("text", "image", "listing"):
         assert np.abs(getattr(delta, column)[live] - getattr(batch, column)[stored]).max() <= 1e-6, column
+    # the photo vectors too: the colour half computed in `embed`'s decoding workers and in the live follower
+    assert delta.photo.shape[1] == batch.photo.shape[1] == model_photo_dim(encoder)
+    assert np.abs(delta.photo[live].astype(np.float32) - batch.photo[stored].astype(np.float32)).max() <= 1e-3

@@ -139,8 +139,9 @@ def test_unknown_model_has_no_embeddings(trained_workspace):
         catalog.close()
 
 
-def test_photo_vectors_are_the_normalised_mean_of_the_raw_backbone_outputs(trained_workspace, trained_model):
-    from encoders.embed import PHOTO_VECTOR_DTYPE, encode_images_with_photo_vectors, normalize_rows
+def test_photo_vectors_are_the_normalised_mean_of_the_photos_appearance_vectors(trained_workspace, trained_model):
+    from encoders.appearance import COLOUR_DIM, appearance_vectors, colour_signatures
+    from encoders.embed import PHOTO_VECTOR_DTYPE, encode_images_with_photo_vectors, model_photo_dim, normalize_rows
 
     catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
     try:
@@ -150,7 +151,8 @@ def test_photo_vectors_are_the_normalised_mean_of_the_raw_backbone_outputs(train
     finally:
         catalog.close()
     tower = trained_model.image_tower
-    assert table.photo.dtype == PHOTO_VECTOR_DTYPE and table.photo.shape == (len(table), tower.pooled_dim)
+    assert model_photo_dim(trained_model) == tower.pooled_dim + COLOUR_DIM
+    assert table.photo.dtype == PHOTO_VECTOR_DTYPE and table.photo.shape == (len(table), model_photo_dim(trained_model))
     np.testing.assert_array_equal(table.has_photo, table.has_image)
     assert not table.photo[~table.has_photo].any()
     np.testing.assert_allclose(np.linalg.norm(table.photo[table.has_photo].astype(np.float32), axis=1), 1, atol=2e-3)
@@ -158,9 +160,47 @@ def test_photo_vectors_are_the_normalised_mean_of_the_raw_backbone_outputs(train
     embeddings, vectors = encode_images_with_photo_vectors(trained_model, photos, batch_size=1)
     # one forward pass gives exactly what the two separate encoders give
     np.testing.assert_allclose(embeddings, trained_model.encode_images(photos), atol=1e-5)
-    np.testing.assert_allclose(vectors, normalize_rows(tower.encode_pooled(photos)), atol=1e-5)
+    pooled = tower.encode_pooled(photos)
+    np.testing.assert_allclose(vectors, appearance_vectors(pooled, colour_signatures(photos)), atol=1e-5)
     expected = normalize_rows(vectors.sum(0, keepdims=True))[0]
-    np.testing.assert_allclose(table.photo[table.row_of[listing.id]].astype(np.float32), expected, atol=2e-3)
+    stored = table.photo[table.row_of[listing.id]].astype(np.float32)
+    np.testing.assert_allclose(stored, expected, atol=2e-3)
+    # its backbone part alone is the former recipe's vector: the normalised mean of the unit backbone vectors
+    np.testing.assert_allclose(normalize_rows(stored[None, : tower.pooled_dim])[0],
+                               normalize_rows(normalize_rows(pooled).sum(0, keepdims=True))[0], atol=2e-3)
+
+
+def test_photo_vectors_of_an_older_recipe_are_never_served_and_are_re_encoded(workspace_copy, trained_model, caplog):
+    """Photo vectors stored by the former recipe (the raw backbone alone, pooled_dim wide) are not mixed with this
+    recipe's query vectors: loading them says to run `marketsearch embed`, which re-encodes every such listing."""
+    from sqlalchemy import select
+
+    from encoders.embed import listing_photo_vectors, model_photo_dim
+
+    tower = trained_model.image_tower
+    catalog = Catalog(workspace_copy.db_url, root=workspace_copy.root)
+    try:
+        current = load_embeddings(catalog, trained_model.fingerprint)
+        with catalog.engine.begin() as conn:  # rewrite them as the former recipe stored them
+            rows = conn.execute(select(listing_photo_vectors)).all()
+            conn.execute(listing_photo_vectors.delete())
+            conn.execute(listing_photo_vectors.insert(), [
+                {**row._asdict(), "dim": tower.pooled_dim,
+                 "vector": np.frombuffer(row.vector, np.float16)[: tower.pooled_dim].tobytes() if row.n_photos else b""}
+                for row in rows])
+        with caplog.at_level("WARNING", logger="encoders.embed"):
+            old = load_embeddings(catalog, trained_model.fingerprint, photo_dim=model_photo_dim(trained_model))
+        assert old.photo is None and old.has_photo is None  # photo_sim stays missing rather than wrong
+        assert "older recipe" in caplog.text and "marketsearch embed" in caplog.text
+        np.testing.assert_array_equal(old.listing, current.listing)
+
+        stats = embed_catalog(trained_model, catalog, progress=False)
+        assert stats.encoded == catalog.count() and stats.up_to_date == 0
+        new = load_embeddings(catalog, trained_model.fingerprint, photo_dim=model_photo_dim(trained_model))
+        np.testing.assert_allclose(new.photo.astype(np.float32), current.photo.astype(np.float32), atol=1e-3)
+        assert embed_catalog(trained_model, catalog, progress=False).encoded == 0
+    finally:
+        catalog.close()
 
 
 def test_embeddings_stored_before_photo_vectors_existed_are_redone(workspace_copy, trained_model):
@@ -238,9 +278,12 @@ def test_photo_workers_give_the_vectors_of_inline_encoding(workspace_copy, train
         table = load_embeddings(catalog, trained_model.fingerprint)
         for listing in listings:
             images = [load_photo(catalog.image_path(i)) for i in listing.image_ids]
-            embeddings, _ = encode_images_with_photo_vectors(trained_model, images)
+            embeddings, photo_vectors = encode_images_with_photo_vectors(trained_model, images)
             mean = embeddings.sum(0) / np.linalg.norm(embeddings.sum(0))
             np.testing.assert_allclose(table.image[table.row_of[listing.id]], mean, atol=1e-5)
+            # the colour half of the photo vector is computed in the workers too: the query path's vector
+            mean = photo_vectors.sum(0) / np.linalg.norm(photo_vectors.sum(0))
+            np.testing.assert_allclose(table.photo[table.row_of[listing.id]].astype(np.float32), mean, atol=2e-3)
     finally:
         catalog.close()
     assert stats.images_from_cache == 0 and stats.images_encoded > 0

@@ -86,6 +86,30 @@ def test_image_protocol_photo_vectors_leave_out_the_query_photo(builder):
     assert np.isfinite(candidates.photo_sim[candidates.listing_ids.index(query.target_id)])
 
 
+def test_protocol_photo_vectors_are_the_stored_and_the_query_ones(builder):
+    """Evaluation, `marketsearch embed` and a query photo make the same appearance vectors (backbone + colour)."""
+    from catalog.images import prepare_photo
+    from encoders.embed import encode_images_with_photo_vectors, model_photo_dim
+    from evaluation.protocol import load_photo
+
+    listing = next(x for x in builder.listings(("test",)) if len(x.image_ids) >= 2)
+    _, _, photo, has_photo = builder._listing_photo_vectors([listing.id])
+    assert has_photo[0] and photo.shape == (1, model_photo_dim(builder.model))
+    stored = builder.embeddings.photo[builder.embeddings.row_of[listing.id]].astype(np.float32)
+    np.testing.assert_allclose(photo[0], stored, atol=2e-3)  # float16 storage
+
+    first = listing.image_ids[0]
+    _, vectors = builder._encode_photos_and_vectors([first])
+    searcher = builder.image_protocol(("test",)).searcher
+    photo = load_photo(builder._photo_path(first))
+    query = searcher.query_context(image=photo).photo_vector
+    # a query photo is first re-encoded as ingest stores photos (catalog.images.prepare_photo): the same recipe on
+    # those pixels, and a JPEG generation away from the stored photo's vector
+    prepared = prepare_photo(photo, builder.photo_config)
+    np.testing.assert_allclose(query, encode_images_with_photo_vectors(builder.model, [prepared])[1][0], atol=1e-5)
+    assert query.shape == vectors[0].shape and float(query @ vectors[0]) > 0.99
+
+
 def test_training_uses_only_train_and_val_products(trained, builder):
     ranker, summary = trained
     assert ranker.feature_names_ == list(FEATURE_NAMES)

@@ -60,8 +60,9 @@ def test_image_query_photo_similarity(searcher, indexed_workspace):
     candidates = searcher.candidates(query, depth=30)
     assert listings.ids[row] in candidates.listing_ids
     own = candidates.listing_ids.index(listings.ids[row])
-    # the listing's only photo is the query photo: cosine 1 up to float16 storage, the best of all candidates
-    assert candidates.photo_sim[own] == pytest.approx(1.0, abs=2e-3)
+    # the listing's only photo is the query photo, re-encoded as ingest stores photos (prepare_photo): the best of
+    # all candidates, and nearly 1 (a JPEG generation moves a few pixels across the colour signature's bins)
+    assert candidates.photo_sim[own] > 0.99
     assert candidates.photo_sim[own] == np.nanmax(candidates.photo_sim)
     no_photo = listings.photo_count[candidates.rows] == 0
     assert np.isnan(candidates.photo_sim[no_photo]).all() and np.isfinite(candidates.photo_sim[~no_photo]).all()
