@@ -42,6 +42,7 @@ from sqlalchemy import delete
 from catalog.models import Image, Listing
 from catalog.store import Catalog, image_row
 from core.workspace import Workspace
+from encoders.appearance import PHOTO_VECTOR_RECIPE
 from encoders.bundle import MultiModalModel
 from encoders.embed import (
     combine_embeddings,
@@ -104,6 +105,7 @@ def build_bench_workspace(config: BuildConfig):
         "format": BENCH_FORMAT,
         "base": str(base_ws.root.resolve()),
         "model_fingerprint": model.fingerprint,
+        "photo_vectors": PHOTO_VECTOR_RECIPE,  # the replicas copy the base's photo vectors
         "listings": config.listings,
         "seed": config.seed,
         "noise": config.noise,
