@@ -112,3 +112,39 @@ def test_a_ranker_that_trades_the_wanted_listing_for_its_category_fails_on_mrr()
     assert any(line.startswith("text: MRR@10 (wanted listing) re-ranked 0.1000 vs hybrid 1.0000") and "WORSE" in line
                for line in lines), lines
     assert any(line.startswith("text: NDCG@10") and line.endswith("ok") for line in lines), lines
+
+
+def text_queries(first_orders, reranked_orders) -> tuple[TrainingData, np.ndarray]:
+    """Text queries of three candidates graded (2, 1, 0) in that row order; each first-stage (RRF) and re-ranked
+    order is given as the rank (1 = top) of each row."""
+    blocks, scores = [], []
+    for first, reranked in zip(first_orders, reranked_orders):
+        blocks.append(query_rows(-np.asarray(first, np.float32), first, True, False))
+        scores.append(-np.asarray(reranked, np.float64))
+    n = len(blocks)
+    data = TrainingData(np.concatenate(blocks), np.tile([2, 1, 0], n), np.full(n, 3),
+                        [f"t{i}" for i in range(n)], list(FEATURE_NAMES))
+    return data, np.concatenate(scores)
+
+
+def test_a_lower_mean_on_a_few_queries_is_not_a_loss_unless_the_paired_test_says_so():
+    # six queries: the re-ranker swaps the top two on two of them and fixes one: a lower mean, p ~ 0.3
+    best, swapped = [1, 2, 3], [2, 1, 3]
+    data, scores = text_queries([best, best, best, swapped, best, best], [swapped, swapped, best, best, best, best])
+    gate = validation_gate(ScoresFromLabels(scores), data)
+    text = gate["types"]["text"]
+    assert text["reranked_score"] < text["first_stage_score"]
+    assert 0.05 < text["p_value"] < 1.0 and text["passed"] and gate["passed"] and gate["max_p"] == 0.05
+    assert any("lower, not significantly (p = " in line and line.endswith(": ok") for line in gate_lines(gate))
+
+
+def test_a_loss_on_most_queries_fails_with_its_p_value():
+    best, swapped, worst = [1, 2, 3], [2, 1, 3], [3, 2, 1]
+    data, scores = text_queries([best] * 6, [swapped, worst, swapped, worst, swapped, best])
+    gate = validation_gate(ScoresFromLabels(scores), data)
+    text = gate["types"]["text"]
+    assert text["p_value"] < 0.05 and not text["passed"] and not gate["passed"]
+    line = next(line for line in gate_lines(gate) if line.startswith("text: NDCG@10"))
+    assert f"WORSE than the first stage (p = {text['p_value']:.2g})" in line
+    # the same loss judged at a laxer level passes
+    assert validation_gate(ScoresFromLabels(scores), data, max_p=text["p_value"] / 2)["passed"]
