@@ -19,6 +19,7 @@ import stat
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from pathlib import Path
 
@@ -29,6 +30,11 @@ PREFETCH_PER_WORKER = 8
 UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
 
 Transform = Callable[[Image.Image], np.ndarray]
+
+
+class PhotoDecoderCrashed(RuntimeError):
+    """A decoding worker died (the decoder crashed on a photo, or the worker was killed): unlike an unreadable
+    file, which is reported and skipped, nothing says which photo did it, so the message names those in flight."""
 
 
 def load_photo(path) -> Image.Image:
@@ -110,7 +116,7 @@ def photo_pixels(paths: Sequence[Path], transform: Transform, workers: int = 1, 
     batches of n should allow more than n, or the workers idle during each forward). The processes start at the
     first item asked for and stop when the iterator is exhausted or closed, or when the thread that asked for the
     first item ends, so consume it from one thread; a worker that dies (a decoder crash) raises
-    ``concurrent.futures.process.BrokenProcessPool`` here, and the workers die with this process (``kill -9``
+    ``PhotoDecoderCrashed`` here, naming the photos in flight, and the workers die with this process (``kill -9``
     included) without holding on to its sockets."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
@@ -126,12 +132,21 @@ def _pooled(paths: list[Path], transform: Transform, workers: int, ahead: int) -
                                    initargs=(transform, os.getpid()))
     try:
         remaining = iter(paths)
-        pending = deque(executor.submit(_worker_pixels, path) for path in islice(remaining, ahead))
+        pending = deque((path, executor.submit(_worker_pixels, path)) for path in islice(remaining, ahead))
         while pending:
-            result = pending.popleft().result()
+            try:
+                result = pending[0][1].result()
+            except BrokenProcessPool as error:
+                in_flight = [str(path) for path, _ in pending]
+                raise PhotoDecoderCrashed(
+                    f"a photo decoding worker died while one of these {len(in_flight)} photos was being decoded: "
+                    f"{', '.join(in_flight[:5])}{', ...' if len(in_flight) > 5 else ''}; a file that crashes the "
+                    f"decoder is corrupt or hostile: move it aside and run again (--workers 0 decodes in this "
+                    f"process, one photo at a time)") from error
+            pending.popleft()
             following = next(remaining, None)
             if following is not None:
-                pending.append(executor.submit(_worker_pixels, following))
+                pending.append((following, executor.submit(_worker_pixels, following)))
             yield result
     finally:
         executor.shutdown(wait=True, cancel_futures=True)

@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.photo_stream import photo_pixels
+from encoders.photo_stream import PhotoDecoderCrashed, photo_pixels
 from encoders.pixels import EvalPixels
 
 PREPROCESSING = {"resize": 40, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
@@ -69,7 +70,7 @@ def test_a_stream_closed_early_stops_its_workers(paths):
 KILLED_PARENT = """
 import multiprocessing, socket, sys, time
 from pathlib import Path
-from encoders.photo_stream import photo_pixels
+from encoders.photo_stream import PhotoDecoderCrashed, photo_pixels
 from encoders.pixels import EvalPixels
 PREPROCESSING = {preprocessing!r}
 listener = socket.create_server(("127.0.0.1", 0))
@@ -112,3 +113,30 @@ def test_workers_of_a_killed_process_die_and_free_its_port(paths):
     finally:
         for pid in filter(_alive, workers):  # a failing run leaves no orphans behind
             os.kill(pid, signal.SIGKILL)
+
+
+class CrashOnHeight:
+    """A transform whose decoding worker dies (the whole process) on photos of one height, as it would if the
+    decoder crashed on a hostile file; picklable for the workers."""
+
+    def __init__(self, height: int):
+        self.height, self.pixels = height, EvalPixels(PREPROCESSING)
+
+    def __call__(self, image):
+        if image.height == self.height:
+            os._exit(3)
+        return self.pixels(image)
+
+
+def test_a_worker_that_dies_names_the_photos_in_flight(paths):
+    readable = [path for path in paths if path.suffix == ".png" and path.stat().st_size > 100]
+    crashing = paths[6]  # 36 pixels high
+    decoded = []
+    with pytest.raises(PhotoDecoderCrashed) as raised:
+        for pixels, _ in photo_pixels(readable, CrashOnHeight(36), workers=2, ahead=3):
+            decoded.append(pixels)
+    message = str(raised.value)
+    # the crashing photo is among those named (at most `ahead` in flight), with what to do about it
+    assert str(crashing) in message and "--workers 0" in message
+    assert isinstance(raised.value.__cause__, BrokenProcessPool)
+    assert len(decoded) < readable.index(crashing) + 1 and all(x is not None for x in decoded)
