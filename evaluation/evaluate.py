@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from core.files import write_text_atomic
 from core.workspace import new_stamped_dir
 from evaluation.judgments import EvalQuery, Qrels, write_qrels, write_queries
+from index.fusion import reciprocal_rank_fusion
 from ranking.features import build_features
 from ranking.types import Candidates, ListingTable, QueryContext
 
@@ -113,19 +114,18 @@ def scores_from_ranking(ranked_ids: Sequence[str]) -> dict[str, float]:
 
 def rrf_run(runs: Sequence[Mapping[str, Mapping[str, float]]], *, k: int = 60, depth: int = 100
             ) -> dict[str, dict[str, float]]:
-    """Reciprocal rank fusion: each listing scores the sum of ``1 / (k + rank)`` over the runs that rank it,
-    cut to ``depth``; the standard way to combine a lexical and a dense ranking into one anchor. (ranx's
-    ``fuse`` needs every run to rank every query; here a run with no result for a query, e.g. BM25 for a
-    query none of whose words occur, simply adds nothing.)"""
+    """Reciprocal rank fusion of ``runs``, query by query, cut to ``depth``: the service's own RRF
+    (``index.fusion.reciprocal_rank_fusion``), the standard way to combine a lexical and a dense ranking into one
+    anchor. (ranx's ``fuse`` needs every run to rank every query; here a run with no result for a query, e.g.
+    BM25 for a query none of whose words occur, simply adds nothing.)"""
     fused: dict[str, dict[str, float]] = {}
-    for run in runs:
-        for query_id, docs in run.items():
-            ranked = sorted(docs, key=lambda listing_id: (-docs[listing_id], listing_id))
-            scores = fused.setdefault(query_id, {})
-            for rank, listing_id in enumerate(ranked, start=1):
-                scores[listing_id] = scores.get(listing_id, 0.0) + 1.0 / (k + rank)
-    return {q: scores_from_ranking(sorted(scores, key=lambda i: (-scores[i], i))[:depth])
-            for q, scores in fused.items() if scores}
+    for query_id in dict.fromkeys(q for run in runs for q in run):
+        rankings = [sorted(docs, key=lambda i, docs=docs: (-docs[i], i))
+                    for docs in (run.get(query_id, {}) for run in runs)]
+        hits = reciprocal_rank_fusion(rankings, k=k)[:depth]
+        if hits:
+            fused[query_id] = scores_from_ranking([listing_id for listing_id, _ in hits])
+    return fused
 
 
 # -- running queries through a searcher -----------------------------------------------------------
