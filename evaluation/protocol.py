@@ -558,28 +558,24 @@ class ProtocolBuilder:
                                           for lid in corpus_ids]))
         query_ids = list(queries)
         query_vectors = np.stack([vector_of[queries[q].image_id] for q in query_ids])
-        scores = query_vectors @ corpus.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-        return {q: scores_from_ranking([corpus_ids[j] for j in top[i]]) for i, q in enumerate(query_ids)}
-
+        return _exact_search_run(query_ids, query_vectors, corpus_ids, corpus, depth)
 
     def frozen_text_run(self, corpus_ids: Sequence[str], corpus_texts: Sequence[str],
                         queries: dict[str, EvalQuery], depth: int = 100) -> dict[str, dict[str, float]]:
         """Exact search with all-MiniLM-L6-v2 as published: each query's text against ``corpus_texts``."""
-        encoder: list[FrozenMiniLM] = []
+        encoder = None
 
         def encode(texts: Sequence[str]) -> np.ndarray:
             def missing(positions: list[int]) -> np.ndarray:
-                if not encoder:
-                    encoder.append(FrozenMiniLM())
-                return encoder[0].encode([texts[i] for i in positions])
+                nonlocal encoder
+                encoder = encoder or FrozenMiniLM()  # loaded only when the cache lacks some text
+                return encoder.encode([texts[i] for i in positions])
 
             return self.cache.get_or_encode(FROZEN_TEXT_BASELINE, [_text_key(text) for text in texts], missing)
 
         query_ids = list(queries)
-        scores = encode([queries[q].text for q in query_ids]) @ encode(corpus_texts).T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-        return {q: scores_from_ranking([corpus_ids[j] for j in top[i]]) for i, q in enumerate(query_ids)}
+        return _exact_search_run(query_ids, encode([queries[q].text for q in query_ids]), list(corpus_ids),
+                                 encode(corpus_texts), depth)
 
     def _frozen_mobilenet_v2(self, image_ids: list[str]) -> np.ndarray:
 
@@ -635,6 +631,13 @@ class FrozenMiniLM:
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  show_progress_bar=False, convert_to_numpy=True).astype(np.float32)
+
+
+def _exact_search_run(query_ids: Sequence[str], queries: np.ndarray, corpus_ids: Sequence[str], corpus: np.ndarray,
+                      depth: int) -> dict[str, dict[str, float]]:
+    """The run of an exact inner-product search: each query's ``depth`` best corpus rows, ties in corpus order."""
+    top = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :depth]
+    return {q: scores_from_ranking([corpus_ids[j] for j in top[i]]) for i, q in enumerate(query_ids)}
 
 
 def _sample(queries: dict[str, EvalQuery], qrels: Qrels, max_queries: int | None, seed: int
