@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.embed import ChunkEncoder, EncodedListings
+from encoders.embed import ChunkEncoder, EncodedListings, encode_listings, model_photo_dim
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ class ListingEncoder:
         self.image_batch_size = image_batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from encoders.embed import encode_listings
-
         ids = [str(i) for i in batch["listing_id"]]
         listings = self.catalog.get_listings(ids)
         if len(listings) != len(ids):  # deleted since the driver listed them: encoded next run, if at all
@@ -48,8 +46,6 @@ class ListingEncoder:
             raise LookupError(f"listings vanished while encoding: {[i for i in ids if i not in found][:5]}")
         encoded = encode_listings(self.model, self.catalog, listings,
                                   image_batch_size=self.image_batch_size, photo_cache=self.photo_cache)
-        from encoders.embed import model_photo_dim
-
         photo = (encoded.photo if encoded.photo is not None
                  else np.zeros((len(ids), model_photo_dim(self.model)), np.float32))
         return {"listing_id": np.asarray(ids, dtype=object), "text": encoded.text, "image": encoded.image,
