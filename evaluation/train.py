@@ -351,7 +351,7 @@ def _loss_p_value(reranked: np.ndarray, first: np.ndarray, tolerance: float) -> 
 def gate_lines(gate: dict) -> list[str]:
     """One line per query type and metric: both validation scores and the verdict."""
     def line(kind: str, metric: str, first_stage: str, scores: dict) -> str:
-        lower = scores["reranked_score"] < scores["first_stage_score"]
+        lower = scores["p_value"] < 1.0  # lower beyond rounding, as the gate judged it
         verdict = ("ok" if not lower else f"lower, not significantly (p = {scores['p_value']:.2g}): ok"
                    if scores["passed"] else f"WORSE than the first stage (p = {scores['p_value']:.2g})")
         return (f"{kind}: {metric} re-ranked {scores['reranked_score']:.4f} vs {first_stage} "
