@@ -172,7 +172,8 @@ class ListingSummary(BaseModel):
 class SearchHit(BaseModel):
     rank: int
     score: float
-    scores: dict[str, float] = Field(description="Per-stage scores that exist for this hit: vector, bm25, rrf, rerank.")
+    scores: dict[str, float] = Field(
+        description="Per-stage scores that exist for this hit: vector, bm25, photo, rrf, rerank.")
     listing: ListingSummary
 
 
@@ -193,7 +194,7 @@ class SearchResponse(BaseModel):
     reranked: bool
     personalised: bool = Field(False, description="Ranked for the request's user_id by the personal ranker.")
     timings_ms: dict[str, float] = Field(
-        description="Pipeline stages (encode, vector, bm25, fuse, rerank, total) plus service stages "
+        description="Pipeline stages (encode, vector, bm25, photo, fuse, rerank, total) plus service stages "
         "(decode for photos, hydrate, service_total)."
     )
 

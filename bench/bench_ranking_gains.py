@@ -3,10 +3,12 @@
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3,10,30,100
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 1 --category-gain 0
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --queries-from train,val
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2
 
 Builds the training data of ``marketsearch train-ranker`` once (known-item text, image and self-photo
 queries on the model's val products) and the test-product candidates of ``marketsearch evaluate`` once,
-then fits one re-ranker per gain of the wanted listing (grade 2; grade 1, the same category path, keeps
+then fits one re-ranker per gain of the wanted listing (and per LightGBM seed, ``--seeds``: the spread of one
+retraining) (grade 2; grade 1, the same category path, keeps
 gain 1) and scores the test queries as ``evaluate`` does: graded NDCG@10, and MRR@10 and hit rate@1 of the
 wanted listing alone, against each protocol's first stage and reference. Gain 3 is LightGBM's default
 exponential gain (2**2 - 1). Each row also says whether ``train-ranker``'s gate (NDCG@10 and wanted-listing
@@ -29,7 +31,8 @@ from ranking.reranker import Reranker
 
 METRICS = ["ndcg@10", "mrr@10", "hit_rate@1"]
 # stages shown beside the re-ranked one: the first stage of each protocol and the issue's anchors
-SHOWN = {"text": ("bm25", "hybrid"), "image": ("vector", "frozen_mobilenet_v2"), "self-photo": ("vector",)}
+SHOWN = {"text": ("bm25", "hybrid"), "image": ("vector", "photo", "frozen_mobilenet_v2"),
+         "self-photo": ("vector", "photo")}
 
 
 def test_items(builder, depth: int) -> dict:
@@ -71,7 +74,9 @@ def main() -> None:
     parser.add_argument("--queries-from", default="val",
                         help="Products the training queries come from: val (train-ranker's default) or train,val.")
     parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
-    parser.add_argument("--seed", type=int, default=0, help="Query sampling, early-stopping split and LightGBM.")
+    parser.add_argument("--seed", type=int, default=0, help="Query sampling and the early-stopping split.")
+    parser.add_argument("--seeds", default=None,
+                        help="Comma-separated LightGBM seeds, one re-ranker each (default: --seed).")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
     args = parser.parse_args()
 
@@ -93,13 +98,15 @@ def main() -> None:
     results["prepared_seconds"] = round(time.perf_counter() - started, 1)
     train_ids, valid_ids = split_queries(training.query_ids, config.valid_fraction, args.seed)
     fit_part, valid_part = training.select(train_ids), training.select(valid_ids)
-    for gain in (float(g) for g in args.gains.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    for gain, seed in ((float(g), seed) for g in args.gains.split(",") for seed in seeds):
         ranker = Reranker(label_gain=(0.0, args.category_gain, gain), n_jobs=1, log_every=0,
-                          random_state=args.seed).fit(
+                          random_state=seed).fit(
             fit_part.X, fit_part.y, fit_part.group, valid_part.X, valid_part.y, valid_part.group,
             feature_names=training.feature_names)
         gate = validation_gate(ranker, valid_part, wanted_grade=KNOWN_ITEM_GRADES["target"])
         row = {"wanted_gain": gain, "category_gain": args.category_gain, "queries_from": args.queries_from,
+               "seed": seed,
                "trees": ranker.best_iteration_, "gate_passed": gate["passed"],
                "gate": gate["types"], "test": test_scores(ranker, tests)}
         results["rows"].append(row)
@@ -109,7 +116,7 @@ def main() -> None:
                 f"{stage} " + "/".join(f"{scores[stage][m]:.4f}" for m in METRICS)
                 for stage in ("reranked", *SHOWN[name])))
         verdict = "ok" if gate["passed"] else "REFUSED"
-        print(f"gains 0/{args.category_gain:g}/{gain:g}, queries from {args.queries_from} "
+        print(f"gains 0/{args.category_gain:g}/{gain:g}, seed {seed}, queries from {args.queries_from} "
               f"({row['trees']} trees, gate {verdict}) | "
               + " | ".join(cells), flush=True)
     results["load_average_after"] = os.getloadavg()

@@ -328,6 +328,7 @@ PIPELINE_STAGES = (
     "encode",
     "vector",
     "bm25",
+    "photo",
     "fuse",
     "rerank",
     "pipeline_other",

@@ -48,7 +48,7 @@ METRICS: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100", "hit_rate@1", "ma
 # 1: every metric on the graded qrels (MRR@10 and Recall@100 counted any same-category listing);
 # 2: known-item metrics on the wanted listing only. Reports of an older version are marked superseded.
 METRICS_VERSION = 2
-STAGES: tuple[str, ...] = ("bm25", "vector", "hybrid", "reranked")
+STAGES: tuple[str, ...] = ("bm25", "vector", "photo", "hybrid", "reranked")
 DEFAULT_DEPTH = 100
 
 # run[query_id][listing_id] = score (higher first)
@@ -88,7 +88,7 @@ def _ordered_scores(listing_ids: Sequence[str], keys: Sequence[np.ndarray], keep
 def stage_scores(candidates: Candidates, rerank_scores: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """One query's ranking for each stage, from its first-stage candidates.
 
-    bm25 and vector rank only the candidates their retriever returned; hybrid ranks all candidates by
+    bm25, vector and photo rank only the candidates their retriever returned; hybrid ranks all candidates by
     RRF score; reranked ranks all candidates by the re-ranker (ties broken by RRF score).
     """
     ids = candidates.listing_ids
@@ -101,6 +101,9 @@ def stage_scores(candidates: Candidates, rerank_scores: np.ndarray | None = None
         "vector": _ordered_scores(ids, [-vector_rank], np.isfinite(vector_rank)),
         "hybrid": _ordered_scores(ids, [rrf], everything),
     }
+    if candidates.photo_rank is not None:
+        photo_rank = np.asarray(candidates.photo_rank, dtype=np.float64)
+        stages["photo"] = _ordered_scores(ids, [-photo_rank], np.isfinite(photo_rank))
     if rerank_scores is not None:
         stages["reranked"] = _ordered_scores(ids, [np.asarray(rerank_scores, dtype=np.float64), rrf], everything)
     return stages

@@ -79,12 +79,14 @@ def index(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Build or update the vector index (listing embeddings) and the BM25 index (title + description).
+    """Build or update the vector index (listing embeddings), the BM25 index (title + description) and the photo
+    index (the listings' photo vectors: the photo retriever of image queries).
 
     Incremental by default: new listings are added, deleted ones removed and re-embedded ones replaced
     without re-training, and nprobe is re-calibrated for recall@10 >= 0.95 on a sample of the catalogue's
-    text vectors. Run `marketsearch embed` first. Both indexes are published together, as one index set
-    (one version, switched atomically), in WORKSPACE/index/; a run that changes nothing publishes nothing.
+    text vectors (photo vectors for the photo index). Run `marketsearch embed` first. The indexes are published
+    together, as one index set (one version, switched atomically), in WORKSPACE/index/; a run that changes
+    nothing publishes nothing.
     """
     import faiss
 
@@ -123,6 +125,11 @@ def index(
         f"~{report.updated} ={report.unchanged}"
     )
     typer.echo(f"BM25 index: {report.bm25_count} listings; model {report.model_fingerprint[:12]}")
+    if report.photo_count:
+        typer.echo(f"photo index ({report.photo_index_type}): {report.photo_count} listings with a photo vector")
+    else:
+        typer.echo("no photo index: the catalogue stores no photo vectors of this model's recipe (run "
+                   "`marketsearch embed`); image queries go without the photo retriever")
     if report.published:
         typer.echo(f"index set {report.index_set} published (change-log checkpoint {report.checkpoint})")
     else:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from catalog.store import Catalog
-from encoders.embed import embed_catalog
+from encoders.embed import embed_catalog, model_photo_dim
 from index.update import IndexReport, update_indexes
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def compact(workspace, model, *, wait: bool = False) -> IndexReport | None:
             return None
         with Catalog(workspace.db_url, root=workspace.root) as catalog:
             stats = embed_catalog(model, catalog, progress=False)
-        report = update_indexes(workspace, fingerprint=model.fingerprint)
+        report = update_indexes(workspace, fingerprint=model.fingerprint, photo_dim=model_photo_dim(model))
         logger.info("compaction: %d listings re-embedded, index set %s (%s), checkpoint %d", stats.encoded,
                     report.index_set, "published" if report.published else "unchanged", report.checkpoint)
         return report

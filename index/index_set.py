@@ -9,9 +9,11 @@ published together as one version behind one pointer.
                                    file below
         vector/                    index.faiss, id_map.json, manifest.json  (`VectorIndex.write_to`)
         bm25/                      the bm25s files, listing_ids.json, manifest.json  (`BM25Index.write_to`)
+        photo/                     the photo index (a `VectorIndex` over the listings' photo vectors, the
+                                   image queries' photo retriever); absent when the catalogue stores none
       v-20261120T090000-9f8e7d/    the previous set (kept), older ones are deleted
 
-Both indexes are written into a temporary folder that becomes a version only when complete, and
+The indexes are written into a temporary folder that becomes a version only when complete, and
 ``CURRENT`` is switched with one ``os.replace`` (``index.storage.atomic_version``): a reader sees the
 previous set or the new one, never a vector index beside a BM25 index of another run.
 """
@@ -46,6 +48,7 @@ FORMAT_VERSION = 1
 KIND = "index_set"
 VECTOR_DIR = "vector"
 BM25_DIR = "bm25"
+PHOTO_DIR = "photo"
 # Before index sets, vector/ and bm25/ were two versioned folders with a CURRENT each, published one
 # after the other: a crash in between served a new vector index beside an old BM25 index.
 LEGACY_DIRS = (VECTOR_DIR, BM25_DIR)
@@ -57,12 +60,14 @@ LEGACY_HINT = (
 
 @dataclass
 class IndexSet:
-    """One published version: both indexes and its manifest."""
+    """One published version: its indexes and its manifest."""
 
     version: str
     manifest: dict
     vector: VectorIndex
     bm25: BM25Index
+    # over the listings' photo vectors (encoders.appearance); None in a set published without photo vectors
+    photo: VectorIndex | None = None
 
     @property
     def checkpoint(self) -> int:
@@ -86,12 +91,14 @@ def digest_of(ids: Sequence[str], values: Sequence[str] | np.ndarray) -> str:
 
 
 def publish_index_set(index_dir: str | os.PathLike, vector: VectorIndex, bm25: BM25Index, *,
-                      embeddings: dict, text_digest: str, checkpoint: int = 0) -> str:
-    """Write both indexes as a new version of ``index_dir`` and make it current; return the version.
+                      embeddings: dict, text_digest: str, checkpoint: int = 0,
+                      photo: VectorIndex | None = None) -> str:
+    """Write the indexes as a new version of ``index_dir`` and make it current; return the version.
 
     ``embeddings`` says which embeddings the vector index holds (``count``, ``digest`` = `digest_of` the
     listing ids and vectors); ``text_digest`` is `digest_of` the listing ids and the texts BM25 indexes;
-    ``checkpoint`` the catalogue change-log seq the set reflects (serving processes replay the log past it).
+    ``checkpoint`` the catalogue change-log seq the set reflects (serving processes replay the log past it);
+    ``photo`` the photo index, when the catalogue stores photo vectors.
     """
     manifest = {
         "kind": KIND,
@@ -103,10 +110,15 @@ def publish_index_set(index_dir: str | os.PathLike, vector: VectorIndex, bm25: B
         "vector": {"count": len(vector), "index_type": vector.manifest["index_type"], "nprobe": vector.nprobe},
         "bm25": {"count": len(bm25)},
     }
+    if photo is not None:
+        manifest["photo"] = {"count": len(photo), "dimension": photo.dimension,
+                             "index_type": photo.manifest["index_type"], "nprobe": photo.nprobe}
     version = new_version_name()
     with atomic_version(index_dir, manifest, version) as folder:
         vector.write_to(folder / VECTOR_DIR)
         bm25.write_to(folder / BM25_DIR)
+        if photo is not None:
+            photo.write_to(folder / PHOTO_DIR)
     remove_legacy_layout(index_dir)
     return version
 
@@ -156,4 +168,7 @@ def _load(index_dir: Path, expected_fingerprint: str | None, expected_dimension:
     vector = VectorIndex.read_from(folder / VECTOR_DIR, expected_fingerprint, expected_dimension, mmap=mmap,
                                    verify=False)
     bm25 = BM25Index.read_from(folder / BM25_DIR, verify=False)
-    return IndexSet(version=folder.name, manifest=manifest, vector=vector, bm25=bm25)
+    photo = None
+    if "photo" in manifest:
+        photo = VectorIndex.read_from(folder / PHOTO_DIR, expected_fingerprint, None, mmap=mmap, verify=False)
+    return IndexSet(version=folder.name, manifest=manifest, vector=vector, bm25=bm25, photo=photo)

@@ -1,9 +1,10 @@
 """Build or update a workspace's index set from its catalogue and stored embeddings.
 
 ``<workspace>/index/`` holds the published index set (``index.index_set``): the `VectorIndex` over the
-listing vectors and the `BM25Index` over title + description, as one version. By default the vector index
-is updated incrementally (new listings added, deleted ones removed, re-embedded ones replaced, nprobe
-re-calibrated); ``rebuild`` re-trains the coarse quantiser. BM25 is rebuilt whenever the catalogue's texts
+listing vectors, the `BM25Index` over title + description and the photo index (a `VectorIndex` over the
+listings' photo vectors, when the catalogue stores them), as one version. By default both vector indexes
+are updated incrementally (new listings added, deleted ones removed, re-embedded ones replaced, nprobe
+re-calibrated); ``rebuild`` re-trains their coarse quantisers. BM25 is rebuilt whenever the catalogue's texts
 changed (bm25s has no incremental updates; it takes about a second per 100k listings). A run that changes
 nothing publishes nothing.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from catalog.store import Catalog
-from encoders.embed import EmbeddingTable, embedding_checkpoint, load_embeddings
+from encoders.embed import EmbeddingTable, embedding_checkpoint, load_embeddings, model_photo_dim
 from index import ivf
 from index.bm25 import BM25Index, listing_text
 from index.index_set import IndexSet, digest_of, has_legacy_layout, load_index_set, publish_index_set
@@ -34,9 +35,11 @@ class IndexReport:
     mode: str  # "built", "rebuilt" or "updated"
     index_set: str  # the version now current
     published: bool  # False when nothing changed (the current set stays)
-    listings: int  # searchable (active) listings: what both indexes cover
+    listings: int  # searchable (active) listings: what the indexes cover
     vector_count: int
     bm25_count: int
+    photo_count: int = 0  # listings in the photo index (those with a photo vector); 0 without one
+    photo_index_type: str = ""
     added: int = 0
     removed: int = 0
     updated: int = 0
@@ -60,19 +63,23 @@ def read_model_fingerprint(model_dir: str | Path) -> str:
     ``bundle.json`` also records it, but a bundle whose files were edited (or written by an older
     version) would then disagree with what ``embed`` and the service compute, so the bundle is loaded.
     """
+    return _load_model(model_dir).fingerprint
 
+
+def _load_model(model_dir: str | Path):
     if not (Path(model_dir) / "bundle.json").is_file():
         raise FileNotFoundError(f"no model bundle at {model_dir} (bundle.json missing); run `marketsearch train`")
     from encoders.bundle import MultiModalModel
 
-    return MultiModalModel.load(model_dir).fingerprint
+    return MultiModalModel.load(model_dir)
 
 
-def _calibration_queries(text: np.ndarray, seed: int = 0, size: int = 1000) -> np.ndarray:
-    """Real-looking queries: a sample of the catalogue's own text vectors (what text queries look like)."""
-    if len(text) <= size:
-        return text
-    return text[np.sort(np.random.default_rng(seed).choice(len(text), size, replace=False))]
+def _calibration_queries(vectors: np.ndarray, seed: int = 0, size: int = 1000) -> np.ndarray:
+    """Real-looking queries: a sample of the catalogue's own text vectors (what text queries look like), or of
+    its photo vectors for the photo index (a query photo is encoded as catalogue photos are)."""
+    if len(vectors) <= size:
+        return vectors
+    return vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), size, replace=False))]
 
 
 def update_indexes(
@@ -83,6 +90,7 @@ def update_indexes(
     codec: str | None = None,
     model_dir: str | Path | None = None,
     fingerprint: str | None = None,
+    photo_dim: int | None = None,
     map_shards=None,
     n_shards: int = 1,
 ) -> IndexReport:
@@ -98,6 +106,8 @@ def update_indexes(
     size for a new index (``VectorIndex.build``), kept on a rebuild.
     ``map_shards`` / ``n_shards``: a new or rebuilt IVF index is filled in parallel shards (index/shards.py,
     e.g. on Ray); incremental updates are small and stay in this process.
+    The photo index covers the active listings with a stored photo vector; ``photo_dim`` (``model_photo_dim``
+    of the model) leaves out photo vectors of an older recipe, which `marketsearch embed` re-encodes.
     """
     sharding = {"map_shards": map_shards, "n_shards": n_shards}
     if codec not in (None, "flat", *ivf.CODECS):
@@ -106,12 +116,14 @@ def update_indexes(
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    fingerprint = fingerprint or read_model_fingerprint(model_dir or workspace.model_dir)
+    if fingerprint is None:
+        model = _load_model(model_dir or workspace.model_dir)
+        fingerprint, photo_dim = model.fingerprint, photo_dim or model_photo_dim(model)
     catalog = Catalog(workspace.db_url, root=workspace.root)
     try:
         # read before the catalogue is: a change committed meanwhile is past the checkpoint, so replayed
         checkpoint = min(catalog.settled_change(), embedding_checkpoint(catalog, fingerprint))
-        table = load_embeddings(catalog, fingerprint)
+        table = load_embeddings(catalog, fingerprint, photo_dim=photo_dim)
         ids, texts = [], []
         for batch in catalog.iter_listings():
             for listing in batch:
@@ -129,32 +141,10 @@ def update_indexes(
     timings["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    queries = _calibration_queries(table.text)
     current = _current_set(workspace.index_dir, fingerprint, table.dim)
-    existing = current.vector if current is not None else None
-    counts = {"added": len(table), "removed": 0, "updated": 0, "unchanged": 0}
-    if existing is None:
-        mode = "built"
-        vector_index = VectorIndex.build(table.listing, table.ids, fingerprint, nlist=nlist,
-                                         codec="auto" if codec is None else chosen_codec,
-                                         calibration_queries=queries, **sharding)  # fmt: skip
-    elif rebuild:
-        mode = "rebuilt"
-        before = set(existing.listing_ids)
-        vector_index = existing.rebuild(table.listing, table.ids, nlist=nlist,
-                                        codec="keep" if codec is None else chosen_codec,
-                                        calibration_queries=queries, **sharding)  # fmt: skip
-        counts = {"added": len(set(table.ids) - before), "removed": len(before - set(table.ids)),
-                  "updated": 0, "unchanged": len(before & set(table.ids))}  # fmt: skip
-    else:
-        mode = "updated"
-        if nlist is not None or codec is not None:
-            logger.warning("--nlist/--codec only apply to a new index or with --rebuild; keeping %s",
-                           existing.manifest["index_type"])  # fmt: skip
-        vector_index = existing
-        counts = vector_index.sync(table.listing, table.ids)
-        if counts["added"] or counts["removed"] or counts["updated"]:
-            vector_index.calibrate(table.listing, table.ids, queries)
+    build = {"rebuild": rebuild, "nlist": nlist, "codec": codec, "chosen_codec": chosen_codec, **sharding}
+    vector_index, mode, counts = _build_or_update(current.vector if current is not None else None, table.listing,
+                                                  table.ids, fingerprint, _calibration_queries(table.text), **build)
     drift = vector_index.drift()
     if drift["needs_rebuild"]:
         logger.warning("the vector index has drifted (%s); run `marketsearch index --rebuild`",
@@ -162,8 +152,29 @@ def update_indexes(
     timings["vector"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    photo_index, photo_changed = None, False
+    if table.photo is not None and table.has_photo.any():
+        photo_ids = [i for i, present in zip(table.ids, table.has_photo.tolist()) if present]
+        photo_vectors = table.photo[table.has_photo].astype(np.float32)
+        existing_photo = current.photo if current is not None else None
+        if existing_photo is not None and existing_photo.dimension != photo_vectors.shape[1]:
+            existing_photo = None  # photo vectors of another recipe: build afresh
+        photo_index, photo_mode, photo_counts = _build_or_update(
+            existing_photo, photo_vectors, photo_ids, fingerprint, _calibration_queries(photo_vectors), **build)
+        photo_changed = photo_mode != "updated" or any(photo_counts[key] for key in ("added", "removed", "updated"))
+        photo_drift = photo_index.drift()
+        if photo_drift["needs_rebuild"]:
+            drift = {"needs_rebuild": True, "reasons": [*drift["reasons"],
+                                                        *(f"photo index: {r}" for r in photo_drift["reasons"])]}
+            logger.warning("the photo index has drifted (%s); run `marketsearch index --rebuild`",
+                           "; ".join(photo_drift["reasons"]))  # fmt: skip
+        timings["photo"] = time.perf_counter() - started
+    elif current is not None and current.photo is not None:
+        photo_changed = True  # the catalogue no longer has photo vectors of this recipe: publish without
+
+    started = time.perf_counter()
     text_digest = digest_of(ids, texts)
-    vector_changed = mode != "updated" or any(counts[key] for key in ("added", "removed", "updated"))
+    vector_changed = mode != "updated" or any(counts[key] for key in ("added", "removed", "updated")) or photo_changed
     unchanged = not vector_changed and current is not None and current.manifest.get("text_digest") == text_digest
     if unchanged and current.manifest.get("checkpoint", 0) >= checkpoint:
         bm25, version, published = current.bm25, current.version, False
@@ -174,7 +185,7 @@ def update_indexes(
         started = time.perf_counter()
         embeddings = {"count": len(table), "digest": digest_of(table.ids, table.listing)}
         version = publish_index_set(workspace.index_dir, vector_index, bm25, embeddings=embeddings,
-                                    text_digest=text_digest, checkpoint=checkpoint)
+                                    text_digest=text_digest, checkpoint=checkpoint, photo=photo_index)
         published = True
         timings["publish"] = time.perf_counter() - started
 
@@ -187,6 +198,8 @@ def update_indexes(
         listings=len(ids),
         vector_count=len(vector_index),
         bm25_count=len(bm25),
+        photo_count=len(photo_index) if photo_index is not None else 0,
+        photo_index_type=photo_index.manifest["index_type"] if photo_index is not None else "",
         index_type=manifest["index_type"],
         nlist=manifest["nlist"],
         nprobe=manifest["nprobe"],
@@ -199,13 +212,42 @@ def update_indexes(
     )
 
 
+def _build_or_update(existing: VectorIndex | None, vectors: np.ndarray, ids: list[str], fingerprint: str,
+                     queries: np.ndarray, *, rebuild: bool, nlist: int | None, codec: str | None,
+                     chosen_codec: str | None, map_shards=None, n_shards: int = 1
+                     ) -> tuple[VectorIndex, str, dict[str, int]]:
+    """``existing`` brought up to date with ``vectors`` of ``ids`` (or a new index when there is none), the mode
+    ("built", "rebuilt", "updated") and the counts of added, removed, updated and unchanged listings."""
+    sharding = {"map_shards": map_shards, "n_shards": n_shards}
+    if existing is None:
+        index = VectorIndex.build(vectors, ids, fingerprint, nlist=nlist,
+                                  codec="auto" if codec is None else chosen_codec,
+                                  calibration_queries=queries, **sharding)  # fmt: skip
+        return index, "built", {"added": len(ids), "removed": 0, "updated": 0, "unchanged": 0}
+    if rebuild:
+        before = set(existing.listing_ids)
+        index = existing.rebuild(vectors, ids, nlist=nlist, codec="keep" if codec is None else chosen_codec,
+                                 calibration_queries=queries, **sharding)  # fmt: skip
+        return index, "rebuilt", {"added": len(set(ids) - before), "removed": len(before - set(ids)),
+                                  "updated": 0, "unchanged": len(before & set(ids))}  # fmt: skip
+    if nlist is not None or codec is not None:
+        logger.warning("--nlist/--codec only apply to a new index or with --rebuild; keeping %s",
+                       existing.manifest["index_type"])  # fmt: skip
+    counts = existing.sync(vectors, ids)
+    if counts["added"] or counts["removed"] or counts["updated"]:
+        existing.calibrate(vectors, ids, queries)
+    return existing, "updated", counts
+
+
 def _searchable(table: EmbeddingTable, active_ids: list[str]) -> EmbeddingTable:
     """The rows of ``table`` whose listing is active (sold listings keep their embeddings, unindexed)."""
     rows = [table.row_of[i] for i in active_ids if i in table.row_of]
     if len(rows) == len(table):
         return table
     return EmbeddingTable(ids=[table.ids[r] for r in rows], text=table.text[rows], image=table.image[rows],
-                          has_image=table.has_image[rows], listing=table.listing[rows])
+                          has_image=table.has_image[rows], listing=table.listing[rows],
+                          photo=None if table.photo is None else table.photo[rows],
+                          has_photo=None if table.has_photo is None else table.has_photo[rows])
 
 
 def _current_set(index_dir: Path, fingerprint: str, dimension: int) -> IndexSet | None:

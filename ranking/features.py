@@ -14,10 +14,10 @@ import numpy as np
 
 from ranking.types import Candidates, ListingTable, QueryContext
 
-FEATURE_SET_VERSION = "5"
+FEATURE_SET_VERSION = "6"
 # What this version changed, for the message that refuses a re-ranker of an older one
-FEATURE_SET_CHANGE = ("photo_sim and the features built on it compare photo vectors of the raw backbone joined with "
-                      "a colour signature (encoders.appearance), not the raw backbone alone")
+FEATURE_SET_CHANGE = ("an image query's candidates add the listings whose photo vectors are nearest the query photo "
+                      "(the photo retriever), and rrf_score and rrf_rank fuse that ranking too")
 
 # Cosine of photo vectors (raw backbone + colour signature, encoders.appearance) at or above which the query photo
 # counts as a near-duplicate of the listing's photos. A listing's photo vector is the mean over its photos, so the

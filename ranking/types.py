@@ -38,6 +38,9 @@ class Candidates:
     text_sim: np.ndarray  # float32 (n,), cosine(query, listing text vector), nan if unknown
     image_sim: np.ndarray  # float32 (n,), cosine(query, listing image vector), nan if the listing has no photo
     # Columns below default to None, which means "not computed": every value is then missing (NaN).
+    # 1-based rank in the photo-vector retriever (image queries: the listings whose photos are nearest the
+    # query photo), nan if not retrieved
+    photo_rank: np.ndarray | None = None
     # cosine(query photo vector, listing photo vector) in the raw backbone space; nan without either
     photo_sim: np.ndarray | None = None
     # share of the query's distinct analysed terms (BM25 tokenizer) found in the listing's indexed text;

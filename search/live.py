@@ -241,7 +241,7 @@ class LiveFollower:
         listings = build_listing_table(self.catalog, model.labels)
         embeddings = load_embeddings(self.catalog, model.fingerprint, photo_dim=model_photo_dim(model))
         main = MainPart(listings, embeddings, index_set.vector, index_set.bm25, index_set.version,
-                        index_set.checkpoint)
+                        index_set.checkpoint, index_set.photo)
         applied = self.cursor.high
         previous = self._entries
         self._entries, self._dead, self._delta_since = {}, set(), None

@@ -1,4 +1,5 @@
-"""The search pipeline: query -> towers -> shared vector index + BM25 -> filters -> fusion -> re-ranker.
+"""The search pipeline: query -> towers -> shared vector index + BM25 (text) + photo index (photos) -> filters ->
+fusion -> re-ranker.
 
 Serving, the CLI and the offline evaluation all go through this one class, so what is measured
 offline is what is served.
@@ -91,6 +92,7 @@ class Searcher:
         index_version: str | None = None,
         photo_config: ImageCleaningConfig | None = None,
         checkpoint: int = 0,
+        photo_index: VectorIndex | None = None,
     ) -> None:
         self.model = model
         # how the catalogue photos were cleaned: every query photo is prepared the same way
@@ -101,7 +103,7 @@ class Searcher:
         self.personal_ranker: Reranker | None = None
         self.feature_logger = feature_logger
         self.candidate_depth = candidate_depth
-        main = MainPart(listings, embeddings, vector_index, bm25, index_version, checkpoint)
+        main = MainPart(listings, embeddings, vector_index, bm25, index_version, checkpoint, photo_index)
         missing = int((main.embedding_row < 0).sum())
         if missing:
             logger.warning("%d listings have no embedding yet; run `marketsearch embed`", missing)
@@ -126,6 +128,10 @@ class Searcher:
     @property
     def bm25(self) -> BM25Index:
         return self.snapshot.main.bm25
+
+    @property
+    def photo_index(self) -> VectorIndex | None:
+        return self.snapshot.main.photo_index
 
     @property
     def index_version(self) -> str | None:
@@ -170,6 +176,9 @@ class Searcher:
         if built_from != digest_of(embeddings.ids, embeddings.listing):
             logger.warning("the listing embeddings changed since index set %s was built; run `marketsearch index`",
                            index_set.version)
+        if index_set.photo is None and embeddings.photo is not None:
+            logger.warning("index set %s has no photo index (published before it existed): image queries go without "
+                           "the photo retriever until you run `marketsearch index`", index_set.version)
         ranker = None
         if load_ranker and workspace.ranker_dir.exists():
             ranker = Reranker.load(workspace.ranker_dir)
@@ -185,6 +194,7 @@ class Searcher:
             index_version=index_set.version,
             photo_config=load_config(workspace.photo_config_path),
             checkpoint=index_set.checkpoint,
+            photo_index=index_set.photo,
         )
 
     # -- query understanding -------------------------------------------------------------------
@@ -231,8 +241,9 @@ class Searcher:
         timings: dict[str, float] | None = None,
         snapshot: SearchSnapshot | None = None,
     ) -> Candidates:
-        """Vector top-``depth`` and BM25 top-``depth`` (text queries), unioned and fused with RRF; their
-        ``rows`` are rows of ``snapshot`` (default: the current one)."""
+        """Vector top-``depth``, BM25 top-``depth`` (text queries) and photo top-``depth`` (queries with a photo:
+        the listings whose photo vectors are nearest), unioned and fused with RRF; their ``rows`` are rows of
+        ``snapshot`` (default: the current one)."""
         depth = depth or self.candidate_depth
         timings = {} if timings is None else timings
         snap = snapshot or self.snapshot
@@ -251,9 +262,15 @@ class Searcher:
             bm25_ranking, bm25_scores = _bm25_ranking(snap, query.text, depth, rows)
             timings["bm25"] = _ms_since(start)
 
+        photo_ranking: list[str] = []
+        if query.photo_vector is not None:
+            start = time.perf_counter()
+            photo_ranking = _photo_ranking(snap, query.photo_vector, depth, rows)
+            timings["photo"] = _ms_since(start)
+
         start = time.perf_counter()
-        fused = reciprocal_rank_fusion([r for r in (vector_ranking, bm25_ranking) if r], k=RRF_K)
-        candidates = self._assemble(snap, query, fused, vector_ranking, bm25_ranking, bm25_scores)
+        fused = reciprocal_rank_fusion([r for r in (vector_ranking, bm25_ranking, photo_ranking) if r], k=RRF_K)
+        candidates = self._assemble(snap, query, fused, vector_ranking, bm25_ranking, bm25_scores, photo_ranking)
         timings["fuse"] = _ms_since(start)
         return candidates
 
@@ -265,6 +282,7 @@ class Searcher:
         vector_ranking: list[str],
         bm25_ranking: list[str],
         bm25_scores: Sequence[float],
+        photo_ranking: list[str],
     ) -> Candidates:
         ids = [listing_id for listing_id, _ in fused]
         n = len(ids)
@@ -290,6 +308,7 @@ class Searcher:
             rrf_score=np.array([score for _, score in fused], dtype=np.float32).reshape(n),
             text_sim=similarity("text", has_emb),
             image_sim=similarity("image", has_emb & snap.gather("has_image", safe_rows)),
+            photo_rank=_rank_lookup(ids, photo_ranking) if query.photo_vector is not None else None,
             **self._match_signals(snap, query, rows),
         )
 
@@ -453,22 +472,45 @@ class Searcher:
 def _vector_ranking(snap: SearchSnapshot, query: np.ndarray, depth: int, rows: np.ndarray | None) -> list[str]:
     """Top-``depth`` listing ids by vector score: the main index (dead entries masked) merged with an exact
     search over the delta's vectors."""
-    main = snap.main.vector_index
+    return _nearest(snap, snap.main.vector_index, snap.faiss_id, snap.dead_in_vector, snap.delta.embeddings.listing,
+                    None, query, depth, rows)
+
+
+def _photo_ranking(snap: SearchSnapshot, photo_vector: np.ndarray, depth: int, rows: np.ndarray | None) -> list[str]:
+    """Top-``depth`` listing ids by photo similarity (query photo vector against the listings' photo vectors): the
+    main photo index merged with an exact search over the delta's photo vectors; [] without a photo index of
+    the query vector's dimension (a set published before it, or photo vectors of another recipe)."""
+    index = snap.main.photo_index
+    if index is None or index.dimension != len(photo_vector):
+        return []
+    delta = snap.delta.embeddings
+    return _nearest(snap, index, snap.photo_faiss_id, snap.dead_in_photo, delta.photo, delta.has_photo,
+                    np.asarray(photo_vector, dtype=np.float32), depth, rows)
+
+
+def _nearest(snap: SearchSnapshot, index: VectorIndex, faiss_id: np.ndarray, dead_entries: int,
+             delta_vectors: np.ndarray | None, delta_present: np.ndarray | None, query: np.ndarray, depth: int,
+             rows: np.ndarray | None) -> list[str]:
+    """Top-``depth`` listing ids of ``index`` (``faiss_id``: per snapshot row, -1 for a dead or unindexed one;
+    ``dead_entries``: index entries of no live row) merged with an exact search over ``delta_vectors`` (the delta
+    rows' vectors; ``delta_present`` masks the rows that have one, None = all), within listing-table ``rows``."""
     if rows is not None:
-        allowed = snap.faiss_id[rows]
-        scores, ids = main.search(query[None, :], depth, allowed_faiss_ids=allowed[allowed >= 0])
+        allowed = faiss_id[rows]
+        scores, ids = index.search(query[None, :], depth, allowed_faiss_ids=allowed[allowed >= 0])
         found = list(zip(scores[0].tolist(), ids[0]))
         delta_rows = snap.delta_position[rows]
         delta_rows = delta_rows[delta_rows >= 0]
     else:
         # unfiltered: over-fetch by the number of dead entries and drop them (cheaper than an id selector)
-        scores, ids = main.search(query[None, :], depth + snap.dead_in_vector)
+        scores, ids = index.search(query[None, :], depth + dead_entries)
         found = [(score, i) for score, i in zip(scores[0].tolist(), ids[0]) if snap.is_live_main(i)]
         delta_rows = np.arange(len(snap.delta))
-    if main.metric != "ip":  # squared L2 distances, smaller is better: compare as similarities
+    if index.metric != "ip":  # squared L2 distances, smaller is better: compare as similarities
         found = [(1.0 - score / 2.0, i) for score, i in found]
-    if len(delta_rows):
-        delta_scores = snap.delta.embeddings.listing[delta_rows] @ query
+    if delta_present is not None:
+        delta_rows = delta_rows[delta_present[delta_rows]]
+    if len(delta_rows) and delta_vectors is not None:
+        delta_scores = delta_vectors[delta_rows].astype(np.float32) @ query
         delta_ids = snap.delta.listings.ids
         found += [(float(score), delta_ids[row]) for score, row in zip(delta_scores, delta_rows.tolist())]
         found.sort(key=lambda pair: -pair[0])
@@ -511,6 +553,9 @@ def _stage_scores(candidates: Candidates, i: int, rerank_score: float | None) ->
     stages = {
         "vector": candidates.vector_score[i],
         "bm25": candidates.bm25_score[i],
+        # photo similarity of a listing the photo retriever returned
+        "photo": candidates.photo_sim[i] if candidates.photo_rank is not None and np.isfinite(candidates.photo_rank[i])
+        else np.nan,
         "rrf": candidates.rrf_score[i],
     }
     if rerank_score is not None:

@@ -1,7 +1,7 @@
 """`SearchSnapshot`: everything one search reads, immutable, swapped as a whole by one reference assignment.
 
-A snapshot is the published index set as loaded (vector index, BM25, the listing table and embeddings of its
-listings) plus a small *delta*: the listings created or changed since the set's checkpoint, with their
+A snapshot is the published index set as loaded (vector index, BM25, photo index, the listing table and
+embeddings of its listings) plus a small *delta*: the listings created or changed since the set's checkpoint, with their
 vectors (exact search), a `BM25Delta` scored with the main index's statistics and their listing-table rows,
 and tombstones: main rows whose listing was changed (its delta row replaces it), sold or deleted, masked out
 of both main indexes. `Searcher` takes its current snapshot once per call, so a search never sees half an
@@ -59,8 +59,10 @@ class MainPart:
     bm25: BM25Index
     index_version: str | None
     checkpoint: int
+    photo_index: VectorIndex | None = None  # the image queries' photo retriever; None in a set without one
     filters: FilterMasks = field(init=False)
     faiss_id: np.ndarray = field(init=False)  # per main row, -1 where not indexed
+    photo_faiss_id: np.ndarray = field(init=False)  # per main row, -1 where not in the photo index
     bm25_position: np.ndarray = field(init=False)
     embedding_row: np.ndarray = field(init=False)  # per main row, -1 without an embedding
     median_price: dict = field(init=False)  # top-category index -> median price (for delta rows)
@@ -69,6 +71,8 @@ class MainPart:
         set_ = object.__setattr__
         set_(self, "filters", FilterMasks(self.listings))
         set_(self, "faiss_id", self.vector_index.faiss_ids_of(self.listings.ids))
+        set_(self, "photo_faiss_id", self.photo_index.faiss_ids_of(self.listings.ids) if self.photo_index is not None
+             else np.full(len(self.listings), -1, dtype=np.int64))
         set_(self, "bm25_position", self.bm25.positions_of(self.listings.ids))
         rows = self.embeddings.row_of
         set_(self, "embedding_row", np.array([rows.get(i, -1) for i in self.listings.ids], dtype=np.int64))
@@ -98,11 +102,16 @@ class SearchSnapshot:
         bm25_position = np.concatenate([main.bm25_position, minus_one])
         bm25_position[~live] = -1
         self.bm25_position = bm25_position
+        photo_faiss_id = np.concatenate([main.photo_faiss_id, minus_one])
+        photo_faiss_id[~live] = -1
+        self.photo_faiss_id = photo_faiss_id
         self.delta_position = np.concatenate([np.full(n_main, -1, dtype=np.int64), np.arange(n_delta)])
         self.embedding_row = np.concatenate([main.embedding_row, len(main.embeddings) + np.arange(n_delta)])
         # main-index entries that must never come back: listings of dead rows, and listings the table lacks
         # (deleted from the catalogue before the set was loaded)
         self.dead_in_vector = len(main.vector_index) - int((faiss_id[:n_main] >= 0).sum())
+        self.dead_in_photo = (0 if main.photo_index is None
+                              else len(main.photo_index) - int((photo_faiss_id[:n_main] >= 0).sum()))
         self.bm25_live_mask = None
         if len(main.bm25) - int((bm25_position[:n_main] >= 0).sum()):
             mask = np.zeros(len(main.bm25), dtype=bool)

@@ -41,7 +41,7 @@ def test_text_search_returns_hydrated_hits(client, demo_state, with_photo):
         assert hit["listing"]["top_category"] == listing.top_category
         assert hit["listing"]["thumbnail_url"] == (f"/images/{listing.image_ids[0]}" if listing.image_ids else None)
         assert math.isfinite(hit["score"])
-        assert set(hit["scores"]) <= {"vector", "bm25", "rrf", "rerank"}
+        assert set(hit["scores"]) <= {"vector", "bm25", "photo", "rrf", "rerank"}
     ids = [hit["listing"]["id"] for hit in body["hits"]]
     assert target.id in ids[:5]  # its own exact title
     for name in ("encode", "vector", "bm25", "fuse", "total", "hydrate", "service_total"):

@@ -25,10 +25,10 @@ def query_rows(rrf, vector_rank, has_text: bool, has_image: bool) -> np.ndarray:
 
 
 def validation_set() -> TrainingData:
-    # text query: RRF order a, b, c with grades 0, 2, 1; image query: vector order d, e with grades 0, 2
-    # (its RRF score says e first, so the image gate must use the vector rank, not RRF)
+    # text query: RRF order a, b, c with grades 0, 2, 1; image query: RRF order d, e with grades 0, 2 (its vector
+    # rank says e first: the gate compares with RRF, which fuses the photo retriever's ranking in)
     text = query_rows([0.3, 0.2, 0.1], [1, 2, 3], True, False)
-    image = query_rows([0.1, 0.2], [1, 2], False, True)
+    image = query_rows([0.2, 0.1], [2, 1], False, True)
     return TrainingData(np.concatenate([text, image]), np.array([0, 2, 1, 0, 2]), np.array([3, 2]),
                         ["t1", "i1"], list(FEATURE_NAMES))
 
@@ -62,7 +62,7 @@ def test_a_perfect_ranker_passes_with_hand_computed_scores():
     gate = validation_gate(ScoresFromLabels(data.y), data)
     assert gate["passed"]
     text, image = gate["types"]["text"], gate["types"]["image"]
-    assert text["first_stage"] == "hybrid" and image["first_stage"] == "vector"
+    assert text["first_stage"] == "hybrid" and image["first_stage"] == "hybrid"
     assert text["first_stage_score"] == pytest.approx(dcg([0, 2, 1]) / dcg([2, 1]))
     assert image["first_stage_score"] == pytest.approx(dcg([0, 2]) / dcg([2]))
     assert text["reranked_score"] == pytest.approx(1.0) and image["reranked_score"] == pytest.approx(1.0)
@@ -82,12 +82,13 @@ def test_a_ranker_worse_than_the_first_stage_fails_and_the_lines_say_where():
 
 
 def test_ties_keep_the_first_stage_order_so_a_constant_ranker_is_level():
-    # a re-ranker that cannot tell candidates apart is broken by the RRF score, as served: the text query
-    # keeps its first-stage order (level, passes); the image query follows RRF (e first), not the vector order
+    # a re-ranker that cannot tell candidates apart is broken by the RRF score, as served: both queries keep
+    # their first-stage order (level, passes), the image query's too (d first, as RRF says, not the vector rank)
     gate = validation_gate(Constant(), validation_set())
     text, image = gate["types"]["text"], gate["types"]["image"]
     assert text["reranked_score"] == pytest.approx(text["first_stage_score"]) and text["passed"]
-    assert image["reranked_score"] == pytest.approx(1.0) and image["passed"]
+    assert image["reranked_score"] == pytest.approx(dcg([0, 2]) / dcg([2])) == pytest.approx(image["first_stage_score"])
+    assert image["passed"]
 
 
 def test_a_ranker_that_trades_the_wanted_listing_for_its_category_fails_on_mrr():

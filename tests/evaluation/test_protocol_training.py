@@ -170,7 +170,8 @@ def test_cli_train_ranker_and_evaluate(ranking_workspace, trained):
     assert result.exit_code == 0, result.output
     assert "| reranked |" in result.output
     out_dir = sorted(ranking_workspace.eval_dir.glob("2*"))[-1]
-    for prefix, stages in (("text", ("bm25", "vector", "hybrid", "reranked")), ("image", ("vector", "reranked"))):
+    stages_of = {"text": ("bm25", "vector", "hybrid", "reranked"), "image": ("vector", "photo", "hybrid", "reranked")}
+    for prefix, stages in stages_of.items():
         for stage in stages:
             run = Run.from_file(str(out_dir / f"{prefix}.run.{stage}.trec"), kind="trec")
             assert len(run) > 0

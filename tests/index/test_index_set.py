@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from core.workspace import Workspace
@@ -78,3 +79,39 @@ def test_the_layout_before_index_sets_is_refused_then_replaced(workspace):
     assert report.published and report.mode == "built"
     assert sorted(p.name for p in workspace.index_dir.iterdir()) == sorted([CURRENT, report.index_set])
     assert Searcher.from_workspace(workspace, load_ranker=False).index_version == report.index_set
+
+
+def test_the_set_holds_a_photo_index_of_the_listings_with_a_photo_vector(workspace):
+    from catalog.store import Catalog
+    from encoders.bundle import MultiModalModel
+    from encoders.embed import load_embeddings, model_photo_dim
+    from index.index_set import publish_index_set
+    from tests.reliability.artefact_checks import add_listing_like
+
+    model = MultiModalModel.load(workspace.model_dir)
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:
+        table = load_embeddings(catalog, model.fingerprint, photo_dim=model_photo_dim(model))
+    with_photo = [i for i, present in zip(table.ids, table.has_photo.tolist()) if present]
+    assert 0 < len(with_photo) < len(table)  # the demo has text-only listings
+    current = load_index_set(workspace.index_dir)
+    assert sorted(current.photo.listing_ids) == sorted(with_photo)
+    assert current.photo.dimension == model_photo_dim(model) == current.manifest["photo"]["dimension"]
+    for listing_id in with_photo[:5]:  # each listing's own photo vector finds it first
+        row = table.row_of[listing_id]
+        _, ids = current.photo.search(table.photo[row : row + 1].astype(np.float32), 1)
+        assert ids[0] == [listing_id]
+
+    # a set published before photo indexes existed gets one from the next `marketsearch index`
+    publish_index_set(workspace.index_dir, current.vector, current.bm25, embeddings=current.manifest["embeddings"],
+                      text_digest=current.manifest["text_digest"], checkpoint=current.checkpoint)
+    assert load_index_set(workspace.index_dir).photo is None
+    report = update_indexes(workspace)
+    assert report.published and report.photo_count == len(with_photo)
+    assert load_index_set(workspace.index_dir).photo is not None
+
+    # incremental: a new listing with a photo vector joins the photo index, and nothing else moves
+    added = add_listing_like(workspace, with_photo[0])
+    report = update_indexes(workspace)
+    photo = load_index_set(workspace.index_dir).photo
+    assert report.photo_count == len(with_photo) + 1 and added in photo
+    assert {i: photo.faiss_id(i) for i in with_photo} == {i: current.photo.faiss_id(i) for i in with_photo}

@@ -79,7 +79,7 @@ def test_load_refuses_other_features(fitted, tmp_path):
 def test_load_refuses_a_ranker_of_an_older_feature_set(fitted, tmp_path):
     from ranking.features import FEATURE_SET_VERSION
 
-    assert FEATURE_SET_VERSION == "5"
+    assert FEATURE_SET_VERSION == "6"
     fitted.save(tmp_path / "ranker")
     meta_path = tmp_path / "ranker" / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -96,10 +96,10 @@ def test_load_refuses_a_ranker_of_an_older_feature_set(fitted, tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(RerankerVersionError, match="changed definitions.*train-ranker"):
         Reranker.load(tmp_path / "ranker")
-    # a feature-set-4 ranker: the same columns, but its photo_sim compared raw-backbone vectors only
-    meta["feature_set_version"] = "4"
+    # a feature-set-5 ranker: the same columns, but trained on image candidates without the photo retriever's
+    meta["feature_set_version"] = "5"
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(RerankerVersionError, match=r"version '4'.*changed definitions: in 5, photo_sim.*colour"):
+    with pytest.raises(RerankerVersionError, match=r"version '5'.*changed definitions: in 6, .*photo retriever"):
         Reranker.load(tmp_path / "ranker")
 
 

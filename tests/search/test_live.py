@@ -88,6 +88,23 @@ def test_a_created_listing_is_found_by_text_and_photo_once_applied(live, workspa
     # the delta carries its photo vector for the re-ranker (not 1: the query photo is the stored JPEG re-encoded,
     # which moves a few pixels across the colour signature's bins)
     assert candidates.photo_sim[row] > 0.99
+    # and the photo retriever searches the delta's photo vectors: its own photo puts it first
+    assert candidates.photo_rank[row] == 1
+
+
+def test_compaction_moves_a_created_listing_into_the_photo_index(live, workspace, tmp_path):
+    searcher, follower = live
+    photo = _new_photo(workspace, tmp_path)
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:
+        _create(catalog, photo)
+    follower.poll()
+    assert NEW_ID not in searcher.photo_index
+    assert compact(workspace, searcher.model).published
+    follower.poll()  # loads the new set: the listing has left the delta for the main photo index
+    assert len(searcher.snapshot.delta) == 0 and NEW_ID in searcher.photo_index
+    with PILImage.open(workspace.images_dir / f"{photo.id}.jpg") as query:
+        candidates = searcher.candidates(searcher.query_context(image=query.convert("RGB")))
+    assert candidates.photo_rank[candidates.listing_ids.index(NEW_ID)] == 1
 
 
 def test_live_and_batch_vectors_are_equal(live, workspace, tmp_path):

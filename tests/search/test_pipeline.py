@@ -93,6 +93,56 @@ def test_image_and_text_plus_image_queries(searcher, indexed_workspace):
     assert both.hits[0].listing_id == listings.ids[row]
 
 
+def _first_photo(searcher, workspace) -> tuple[str, Image.Image]:
+    from catalog.store import Catalog
+
+    listing_id = searcher.listings.ids[int(np.flatnonzero(searcher.listings.photo_count > 0)[0])]
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:
+        path = catalog.image_path(catalog.get_listing(listing_id).image_ids[0])
+    with Image.open(path) as photo:
+        return listing_id, photo.convert("RGB")
+
+
+def test_an_image_query_adds_the_listings_with_the_nearest_photos(searcher, indexed_workspace):
+    _, photo = _first_photo(searcher, indexed_workspace)
+    query = searcher.query_context(image=photo)
+    candidates = searcher.candidates(query, depth=10)
+    # the photo retriever's top 10, by brute force over the stored photo vectors of the indexed listings
+    embeddings = searcher.embeddings
+    indexed = [embeddings.row_of[i] for i in searcher.photo_index.listing_ids]
+    sims = embeddings.photo[indexed].astype(np.float32) @ query.photo_vector
+    expected = [embeddings.ids[indexed[j]] for j in np.argsort(-sims, kind="stable")[:10]]
+    retrieved = sorted((rank, i) for i, rank in zip(candidates.listing_ids, candidates.photo_rank) if np.isfinite(rank))
+    assert [i for _, i in retrieved] == expected and [rank for rank, _ in retrieved] == list(range(1, 11))
+    # fused: more candidates than the vector retriever's 10 alone whenever the two lists differ
+    assert len(candidates) == len(set(expected) | {i for i, r in zip(candidates.listing_ids, candidates.vector_rank)
+                                                    if np.isfinite(r)})
+    assert searcher.candidates(searcher.query_context("garden chair")).photo_rank is None
+
+
+def test_the_photo_retriever_keeps_to_the_filters(searcher, indexed_workspace):
+    listing_id, photo = _first_photo(searcher, indexed_workspace)
+    query = searcher.query_context(image=photo)
+    tops = [path.split(" / ")[0] for path in searcher.listings.categories]
+    own = tops[searcher.listings.row_of[listing_id]]
+    filters = SearchFilters(category=next(top for top in sorted(set(tops)) if top != own))
+    allowed = set(searcher.allowed_ids(filters))
+    candidates = searcher.candidates(query, depth=10, filters=filters)
+    photo_ranked = [i for i, rank in zip(candidates.listing_ids, candidates.photo_rank) if np.isfinite(rank)]
+    assert photo_ranked and set(candidates.listing_ids) <= allowed
+
+
+def test_without_a_photo_index_an_image_query_still_has_photo_similarities(searcher, indexed_workspace):
+    from search.pipeline import Searcher
+
+    # what a service loads from an index set published before photo indexes existed
+    bare = Searcher(searcher.model, searcher.listings, searcher.embeddings, searcher.vector_index, searcher.bm25)
+    _, photo = _first_photo(searcher, indexed_workspace)
+    candidates = bare.candidates(bare.query_context(image=photo), depth=10)
+    assert len(candidates) == 10 and np.isnan(candidates.photo_rank).all()
+    assert np.isfinite(candidates.photo_sim).any()
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"text": "   "}])
 def test_query_without_text_or_image_is_refused(searcher, kwargs):
     with pytest.raises(ValueError, match="needs text, an image"):
