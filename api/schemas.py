@@ -261,7 +261,8 @@ class HealthResponse(BaseModel):
     listings: int | None = Field(None, description="Listings in the catalogue database.")
     model: ModelInfo | None = None
     index: dict[str, Any] | None = Field(
-        None, description="Vector index manifest (counts, nlist, nprobe, ...) and index_set, the version served."
+        None, description="Vector index manifest (counts, nlist, nprobe, ...), index_set (the version served) and "
+        "photo (the photo index's manifest; null in a set without one)."
     )
     bm25_documents: int | None = None
     ranker: RankerInfo | None = None

@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 1 --category-gain 0
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --queries-from train,val
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --protocols image,self-photo
 
 Builds the training data of ``marketsearch train-ranker`` once (known-item text, image and self-photo
 queries on the model's val products) and the test-product candidates of ``marketsearch evaluate`` once,
@@ -73,6 +74,8 @@ def main() -> None:
                         help="Gain of a listing of the wanted listing's category path (0: the wanted listing only).")
     parser.add_argument("--queries-from", default="val",
                         help="Products the training queries come from: val (train-ranker's default) or train,val.")
+    parser.add_argument("--protocols", default=None,
+                        help="Comma-separated query types to train on (default: all, as train-ranker).")
     parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
     parser.add_argument("--seed", type=int, default=0, help="Query sampling and the early-stopping split.")
     parser.add_argument("--seeds", default=None,
@@ -91,7 +94,8 @@ def main() -> None:
     builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
     try:
         tests = test_items(builder, args.depth)
-        config = TrainRankerConfig(train_splits=tuple(args.queries_from.split(",")), depth=args.depth, seed=args.seed)
+        config = TrainRankerConfig(train_splits=tuple(args.queries_from.split(",")), depth=args.depth, seed=args.seed,
+                                   **({"protocols": tuple(args.protocols.split(","))} if args.protocols else {}))
         training = protocol_training_data(builder, config.train_splits, config, "val")
     finally:
         builder.close()

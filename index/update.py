@@ -112,7 +112,6 @@ def update_indexes(
     sharding = {"map_shards": map_shards, "n_shards": n_shards}
     if codec not in (None, "flat", *ivf.CODECS):
         raise ValueError(f"unknown codec {codec!r}; expected flat, {' or '.join(ivf.CODECS)}")
-    chosen_codec = None if codec == "flat" else codec
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -142,7 +141,7 @@ def update_indexes(
 
     started = time.perf_counter()
     current = _current_set(workspace.index_dir, fingerprint, table.dim)
-    build = {"rebuild": rebuild, "nlist": nlist, "codec": codec, "chosen_codec": chosen_codec, **sharding}
+    build = {"rebuild": rebuild, "nlist": nlist, "codec": codec, **sharding}
     vector_index, mode, counts = _build_or_update(current.vector if current is not None else None, table.listing,
                                                   table.ids, fingerprint, _calibration_queries(table.text), **build)
     drift = vector_index.drift()
@@ -174,8 +173,9 @@ def update_indexes(
 
     started = time.perf_counter()
     text_digest = digest_of(ids, texts)
-    vector_changed = mode != "updated" or any(counts[key] for key in ("added", "removed", "updated")) or photo_changed
-    unchanged = not vector_changed and current is not None and current.manifest.get("text_digest") == text_digest
+    vector_changed = mode != "updated" or any(counts[key] for key in ("added", "removed", "updated"))
+    unchanged = (not (vector_changed or photo_changed) and current is not None
+                 and current.manifest.get("text_digest") == text_digest)
     if unchanged and current.manifest.get("checkpoint", 0) >= checkpoint:
         bm25, version, published = current.bm25, current.version, False
         logger.info("nothing changed: index set %s stays current", version)
@@ -213,12 +213,12 @@ def update_indexes(
 
 
 def _build_or_update(existing: VectorIndex | None, vectors: np.ndarray, ids: list[str], fingerprint: str,
-                     queries: np.ndarray, *, rebuild: bool, nlist: int | None, codec: str | None,
-                     chosen_codec: str | None, map_shards=None, n_shards: int = 1
-                     ) -> tuple[VectorIndex, str, dict[str, int]]:
+                     queries: np.ndarray, *, rebuild: bool, nlist: int | None, codec: str | None, map_shards=None,
+                     n_shards: int = 1) -> tuple[VectorIndex, str, dict[str, int]]:
     """``existing`` brought up to date with ``vectors`` of ``ids`` (or a new index when there is none), the mode
     ("built", "rebuilt", "updated") and the counts of added, removed, updated and unchanged listings."""
     sharding = {"map_shards": map_shards, "n_shards": n_shards}
+    chosen_codec = None if codec == "flat" else codec
     if existing is None:
         index = VectorIndex.build(vectors, ids, fingerprint, nlist=nlist,
                                   codec="auto" if codec is None else chosen_codec,

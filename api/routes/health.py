@@ -55,7 +55,8 @@ def health(state: StateDep, response: Response) -> HealthResponse:
             runtime_notes=public(state.runtime_notes or {}),
             details=public({"backbones": model.backbones, **model.info}),
         ),
-        index=public({**searcher.vector_index.manifest, "index_set": searcher.index_version}),
+        index=public({**searcher.vector_index.manifest, "index_set": searcher.index_version,
+                      "photo": searcher.photo_index.manifest if searcher.photo_index is not None else None}),
         bm25_documents=len(searcher.bm25),
         ranker=RankerInfo(
             loaded=ranker is not None,

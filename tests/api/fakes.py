@@ -73,6 +73,7 @@ class RecordingSearcher:
             image_tower=SimpleNamespace(backbone=SimpleNamespace(runtime="torch", precision="fp32")),
         )
         self.vector_index = SimpleNamespace(manifest={"count": len(listing_ids), "nlist": 1, "nprobe": 1})
+        self.photo_index = None  # a set published without one
         self.index_version = "v-20261121T110000-1a2b3c"
         self.bm25 = listing_ids
         self.ranker = None

@@ -173,6 +173,7 @@ def test_health_reports_model_index_and_counts(client, demo_state):
     assert set(body["model"]["details"]["backbones"]) == {"image", "text"}
     assert body["index"]["count"] == len(searcher.vector_index)
     assert {"nlist", "nprobe", "model_fingerprint"} <= set(body["index"])
+    assert body["index"]["photo"]["count"] == len(searcher.photo_index) > 0
     assert body["bm25_documents"] == len(searcher.bm25)
     assert body["ranker"]["loaded"] is (searcher.ranker is not None)
 
