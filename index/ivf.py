@@ -258,12 +258,30 @@ def recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray) -> float:
 CALIBRATION_CONFIDENCE_Z = 1.645
 
 
-def per_query_recall(approximate_ids: np.ndarray, exact_ids: np.ndarray) -> np.ndarray:
+# Scores within this of the exact k-th neighbour's count as tying it (float32 sums over a few hundred dimensions,
+# computed by the IVF scan and the flat reference in different orders, differ by ~1e-7).
+TIE_TOLERANCE = 1e-5
+
+
+def per_query_recall(approximate_ids: np.ndarray, exact_ids: np.ndarray, approximate_scores: np.ndarray | None = None,
+                     exact_scores: np.ndarray | None = None, metric: str = "ip") -> np.ndarray:
     """Recall@k of each query: the share of its exact top-k among its first k approximate ids. The mean is
-    ``recall_at_k``."""
+    ``recall_at_k``.
+
+    With both ``approximate_scores`` and ``exact_scores`` (exact similarities or distances of the returned
+    ids), a returned neighbour whose score ties the exact k-th neighbour's counts as found as well: among
+    listings with the same vector (a photo posted in many listings) exact search returns an arbitrary k of the
+    tied ones, and an approximate search that returns another k of them has lost nothing."""
     approximate_ids, exact_ids = np.asarray(approximate_ids), np.asarray(exact_ids)
     k = exact_ids.shape[1]
-    return np.array([len(set(a[:k].tolist()) & set(e.tolist())) / k for a, e in zip(approximate_ids, exact_ids)])
+    found = np.array([len(set(a[:k].tolist()) & set(e.tolist())) for a, e in zip(approximate_ids, exact_ids)])
+    if approximate_scores is not None and exact_scores is not None:
+        kth = np.asarray(exact_scores)[:, k - 1 : k]
+        returned = np.asarray(approximate_scores)[:, :k]
+        tying = returned >= kth - TIE_TOLERANCE if metric == "ip" else returned <= kth + TIE_TOLERANCE
+        tying &= np.asarray(approximate_ids)[:, :k] >= 0
+        found = np.maximum(found, tying.sum(axis=1))
+    return found / k
 
 
 def lower_confidence_bound(per_query: np.ndarray, z: float = CALIBRATION_CONFIDENCE_Z) -> float:
@@ -287,9 +305,12 @@ def calibrate_nprobe(
     k: int = 10,
     target_recall: float = 0.95,
     search_fn=None,
+    exact_scores: np.ndarray | None = None,
+    metric: str = "ip",
 ) -> tuple[int, float]:
     """Smallest nprobe whose recall@k against ``exact_ids`` reaches ``target_recall`` with 95 % confidence
-    (``recall_lower_bound`` over the queries), so that fresh queries reach it too.
+    (``recall_lower_bound`` over the queries), so that fresh queries reach it too. With ``exact_scores``,
+    neighbours that tie the exact k-th one count as found (``per_query_recall``).
 
     Doubles nprobe until the target is met, then bisects between the last failing and first passing
     value. Returns ``(nprobe, recall)``; for a flat index ``(0, recall)``. If even nprobe == nlist
@@ -303,14 +324,16 @@ def calibrate_nprobe(
     if not 0 < target_recall <= 1:
         raise ValueError(f"target_recall must be in (0, 1]; got {target_recall}")
     exact_ids = np.asarray(exact_ids)[:, :k]
+    if exact_scores is not None:
+        exact_scores = np.asarray(exact_scores)[:, :k]
     ivf = ivf_of(index)
     cache: dict[int, tuple[float, float]] = {}
 
     def measured(nprobe: int | None) -> tuple[float, float]:
         key = nprobe or 0
         if key not in cache:
-            _, ids = search_fn(queries, k, nprobe)
-            per_query = per_query_recall(ids, exact_ids)
+            scores, ids = search_fn(queries, k, nprobe)
+            per_query = per_query_recall(ids, exact_ids, scores, exact_scores, metric)
             cache[key] = float(per_query.mean()), lower_confidence_bound(per_query)
             logger.debug("nprobe=%s recall@%d=%.4f (lower bound %.4f)", nprobe, k, *cache[key])
         return cache[key]

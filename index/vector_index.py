@@ -200,9 +200,10 @@ class VectorIndex:
                 queries = queries[rng.choice(len(queries), size=MAX_CALIBRATION_QUERIES, replace=False)]
             source = "calibration queries"
         k = min(CALIBRATION_K, len(vectors))
-        _, exact_ids = ivf.exact_search(vectors, faiss_ids, queries, k, self.metric)
+        exact_scores, exact_ids = ivf.exact_search(vectors, faiss_ids, queries, k, self.metric)
         nprobe, recall = ivf.calibrate_nprobe(self.index, queries, exact_ids, k=k, target_recall=target_recall,
-                                              search_fn=self._first_stage_search)
+                                              search_fn=self._first_stage_search, exact_scores=exact_scores,
+                                              metric=self.metric)
         self.nprobe = nprobe
         self.info.update(
             calibration={

@@ -61,6 +61,30 @@ def test_calibrated_nprobe_reaches_target_recall_on_fresh_queries(clustered, met
     assert ivf.recall_at_k(approximate, reference) >= 0.93
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_calibration_counts_tied_duplicates_as_found(clustered, metric):
+    # every vector posted 40 times (a photo reused across listings): the exact top 10 of a query is ten of 40
+    # equal vectors, and which ten an IVF search returns is arbitrary; counting ids alone, recall stayed far
+    # below target at every nprobe and calibration fell back to probing all lists (the 100k photo index did)
+    base = clustered[0][:500]
+    vectors = np.repeat(base, 40, axis=0)
+    ids = np.random.default_rng(0).permutation(len(vectors)).astype(np.int64)
+    nlist = ivf.choose_nlist(len(vectors))
+    index = ivf.build_ivf(vectors, ids, nlist, metric=metric)
+    queries = base[:200]
+    # the reference holds the vectors in another order than the index's lists, so its ties fall otherwise
+    exact_scores, exact_ids = ivf.exact_search(vectors[::-1], ids[::-1], queries, 10, metric)
+    _, by_id = ivf.calibrate_nprobe(index, queries, exact_ids, k=10, target_recall=0.95)
+    assert by_id < 0.95  # ids alone: the tie order of two searches decides
+    nprobe, recall = ivf.calibrate_nprobe(index, queries, exact_ids, k=10, target_recall=0.95,
+                                          exact_scores=exact_scores, metric=metric)
+    assert nprobe < nlist and recall >= 0.95
+    # what counted as found really is as near as the exact neighbours: the same scores
+    scores, _ = ivf.search(index, queries, 10, nprobe)
+    found = np.abs(scores - exact_scores).max(axis=1) <= ivf.TIE_TOLERANCE
+    assert found.mean() >= 0.9
+
+
 def test_search_is_exact_with_all_lists_probed(clustered):
     vectors, _, queries = clustered
     ids = np.arange(len(vectors), dtype=np.int64)
