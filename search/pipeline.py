@@ -472,8 +472,8 @@ class Searcher:
 def _vector_ranking(snap: SearchSnapshot, query: np.ndarray, depth: int, rows: np.ndarray | None) -> list[str]:
     """Top-``depth`` listing ids by vector score: the main index (dead entries masked) merged with an exact
     search over the delta's vectors."""
-    return _nearest(snap, snap.main.vector_index, snap.faiss_id, snap.dead_in_vector, snap.delta.embeddings.listing,
-                    None, query, depth, rows)
+    return _nearest(snap, query, depth, rows, index=snap.main.vector_index, faiss_id=snap.faiss_id,
+                    dead_entries=snap.dead_in_vector, delta_vectors=snap.delta.embeddings.listing)
 
 
 def _photo_ranking(snap: SearchSnapshot, photo_vector: np.ndarray, depth: int, rows: np.ndarray | None) -> list[str]:
@@ -484,13 +484,14 @@ def _photo_ranking(snap: SearchSnapshot, photo_vector: np.ndarray, depth: int, r
     if index is None or index.dimension != len(photo_vector):
         return []
     delta = snap.delta.embeddings
-    return _nearest(snap, index, snap.photo_faiss_id, snap.dead_in_photo, delta.photo, delta.has_photo,
-                    np.asarray(photo_vector, dtype=np.float32), depth, rows)
+    return _nearest(snap, np.asarray(photo_vector, dtype=np.float32), depth, rows, index=index,
+                    faiss_id=snap.photo_faiss_id, dead_entries=snap.dead_in_photo, delta_vectors=delta.photo,
+                    delta_present=delta.has_photo)
 
 
-def _nearest(snap: SearchSnapshot, index: VectorIndex, faiss_id: np.ndarray, dead_entries: int,
-             delta_vectors: np.ndarray | None, delta_present: np.ndarray | None, query: np.ndarray, depth: int,
-             rows: np.ndarray | None) -> list[str]:
+def _nearest(snap: SearchSnapshot, query: np.ndarray, depth: int, rows: np.ndarray | None, *, index: VectorIndex,
+             faiss_id: np.ndarray, dead_entries: int, delta_vectors: np.ndarray | None,
+             delta_present: np.ndarray | None = None) -> list[str]:
     """Top-``depth`` listing ids of ``index`` (``faiss_id``: per snapshot row, -1 for a dead or unindexed one;
     ``dead_entries``: index entries of no live row) merged with an exact search over ``delta_vectors`` (the delta
     rows' vectors; ``delta_present`` masks the rows that have one, None = all), within listing-table ``rows``."""
