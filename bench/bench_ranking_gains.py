@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --queries-from train,val
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --protocols image,self-photo
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --params '[{"num_leaves": 63}]'
 
 Builds the training data of ``marketsearch train-ranker`` once (known-item text, image and self-photo
 queries on the model's val products) and the test-product candidates of ``marketsearch evaluate`` once,
@@ -74,6 +75,8 @@ def main() -> None:
                         help="Gain of a listing of the wanted listing's category path (0: the wanted listing only).")
     parser.add_argument("--queries-from", default="val",
                         help="Products the training queries come from: val (train-ranker's default) or train,val.")
+    parser.add_argument("--params", default="[{}]",
+                        help="JSON list of LightGBM parameter sets (Reranker keyword arguments), one re-ranker each.")
     parser.add_argument("--protocols", default=None,
                         help="Comma-separated query types to train on (default: all, as train-ranker).")
     parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
@@ -103,14 +106,16 @@ def main() -> None:
     train_ids, valid_ids = split_queries(training.query_ids, config.valid_fraction, args.seed)
     fit_part, valid_part = training.select(train_ids), training.select(valid_ids)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
-    for gain, seed in ((float(g), seed) for g in args.gains.split(",") for seed in seeds):
-        ranker = Reranker(label_gain=(0.0, args.category_gain, gain), n_jobs=1, log_every=0,
+    grid = [(float(g), params, seed) for g in args.gains.split(",") for params in json.loads(args.params)
+            for seed in seeds]
+    for gain, params, seed in grid:
+        ranker = Reranker(**{"n_jobs": 1, "log_every": 0, **params}, label_gain=(0.0, args.category_gain, gain),
                           random_state=seed).fit(
             fit_part.X, fit_part.y, fit_part.group, valid_part.X, valid_part.y, valid_part.group,
             feature_names=training.feature_names)
         gate = validation_gate(ranker, valid_part, wanted_grade=KNOWN_ITEM_GRADES["target"])
         row = {"wanted_gain": gain, "category_gain": args.category_gain, "queries_from": args.queries_from,
-               "seed": seed,
+               "seed": seed, "params": params,
                "trees": ranker.best_iteration_, "gate_passed": gate["passed"],
                "gate": gate["types"], "test": test_scores(ranker, tests)}
         results["rows"].append(row)
@@ -120,8 +125,10 @@ def main() -> None:
                 f"{stage} " + "/".join(f"{scores[stage][m]:.4f}" for m in METRICS)
                 for stage in ("reranked", *SHOWN[name])))
         verdict = "ok" if gate["passed"] else "REFUSED"
-        print(f"gains 0/{args.category_gain:g}/{gain:g}, seed {seed}, queries from {args.queries_from} "
-              f"({row['trees']} trees, gate {verdict}) | "
+        validation = ", ".join(f"{kind} {t['wanted']['reranked_score']:.4f}" for kind, t in gate["types"].items()
+                               if "wanted" in t)
+        print(f"gains 0/{args.category_gain:g}/{gain:g}, params {json.dumps(params)}, seed {seed}, queries from "
+              f"{args.queries_from} ({row['trees']} trees, gate {verdict}; validation MRR@10 {validation}) | "
               + " | ".join(cells), flush=True)
     results["load_average_after"] = os.getloadavg()
     results["seconds"] = round(time.perf_counter() - started, 1)
