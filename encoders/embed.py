@@ -134,6 +134,14 @@ class EmbeddingTable:
     def dim(self) -> int:
         return int(self.listing.shape[1])
 
+    def photo_rows(self) -> tuple[list[str], np.ndarray]:
+        """The listings that have a photo vector and their vectors as float32 (what the photo index holds);
+        no rows when the table has no photo vectors."""
+        if self.photo is None:
+            return [], np.zeros((0, 0), np.float32)
+        ids = [listing_id for listing_id, present in zip(self.ids, self.has_photo.tolist()) if present]
+        return ids, self.photo[self.has_photo].astype(np.float32)
+
 
 @dataclass
 class EmbedStats:

@@ -402,11 +402,10 @@ class ProtocolBuilder:
         # exact search: a protocol corpus is a few thousand listings at most
         vector_index = VectorIndex.build(listing_vectors, list(ids), self.model.fingerprint, nlist=0)
         bm25 = BM25Index.build(list(ids), bm25_texts)
+        photo_ids, photo_vectors = embeddings.photo_rows()
         photo_index = None
-        if photo is not None and has_photo.any():
-            photo_index = VectorIndex.build(photo[has_photo].astype(np.float32),
-                                            [i for i, present in zip(ids, has_photo.tolist()) if present],
-                                            self.model.fingerprint, nlist=0)
+        if photo_ids:
+            photo_index = VectorIndex.build(photo_vectors, photo_ids, self.model.fingerprint, nlist=0)
         return Searcher(self.model, table, embeddings, vector_index, bm25, ranker=None,
                         photo_config=self.photo_config, photo_index=photo_index)
 

@@ -152,9 +152,8 @@ def update_indexes(
 
     started = time.perf_counter()
     photo_index, photo_changed = None, False
-    if table.photo is not None and table.has_photo.any():
-        photo_ids = [i for i, present in zip(table.ids, table.has_photo.tolist()) if present]
-        photo_vectors = table.photo[table.has_photo].astype(np.float32)
+    photo_ids, photo_vectors = table.photo_rows()
+    if photo_ids:
         existing_photo = current.photo if current is not None else None
         if existing_photo is not None and existing_photo.dimension != photo_vectors.shape[1]:
             existing_photo = None  # photo vectors of another recipe: build afresh

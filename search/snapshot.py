@@ -95,25 +95,27 @@ class SearchSnapshot:
         live[dead_rows] = False
         self.live = live
         self.listings = _concat_tables(main.listings, delta.listings) if n_delta else main.listings
-        minus_one = np.full(n_delta, -1, dtype=np.int64)
-        faiss_id = np.concatenate([main.faiss_id, minus_one])
-        faiss_id[~live] = -1
-        self.faiss_id = faiss_id
-        bm25_position = np.concatenate([main.bm25_position, minus_one])
-        bm25_position[~live] = -1
-        self.bm25_position = bm25_position
-        photo_faiss_id = np.concatenate([main.photo_faiss_id, minus_one])
-        photo_faiss_id[~live] = -1
-        self.photo_faiss_id = photo_faiss_id
+
+        def live_positions(main_positions: np.ndarray) -> np.ndarray:
+            """Per row, its position in a main index: -1 for a delta row and for a dead main row."""
+            positions = np.concatenate([main_positions, np.full(n_delta, -1, dtype=np.int64)])
+            positions[~live] = -1
+            return positions
+
+        def dead_entries(index_size: int, positions: np.ndarray) -> int:
+            """Main-index entries that must never come back: listings of dead rows, and listings the table
+            lacks (deleted from the catalogue before the set was loaded)."""
+            return index_size - int((positions[:n_main] >= 0).sum())
+
+        self.faiss_id = faiss_id = live_positions(main.faiss_id)
+        self.bm25_position = bm25_position = live_positions(main.bm25_position)
+        self.photo_faiss_id = photo_faiss_id = live_positions(main.photo_faiss_id)
         self.delta_position = np.concatenate([np.full(n_main, -1, dtype=np.int64), np.arange(n_delta)])
         self.embedding_row = np.concatenate([main.embedding_row, len(main.embeddings) + np.arange(n_delta)])
-        # main-index entries that must never come back: listings of dead rows, and listings the table lacks
-        # (deleted from the catalogue before the set was loaded)
-        self.dead_in_vector = len(main.vector_index) - int((faiss_id[:n_main] >= 0).sum())
-        self.dead_in_photo = (0 if main.photo_index is None
-                              else len(main.photo_index) - int((photo_faiss_id[:n_main] >= 0).sum()))
+        self.dead_in_vector = dead_entries(len(main.vector_index), faiss_id)
+        self.dead_in_photo = 0 if main.photo_index is None else dead_entries(len(main.photo_index), photo_faiss_id)
         self.bm25_live_mask = None
-        if len(main.bm25) - int((bm25_position[:n_main] >= 0).sum()):
+        if dead_entries(len(main.bm25), bm25_position):
             mask = np.zeros(len(main.bm25), dtype=bool)
             mask[bm25_position[bm25_position >= 0]] = True
             self.bm25_live_mask = mask
