@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     default_k: int = Field(20, ge=1, le=100, description="Results per page when a request does not say.")
     rerank_default: bool = Field(True, description="Use the re-ranker (when trained) unless a request says.")
     feature_logging: bool = Field(False, description="Log ranking features of served queries under logs/.")
+    feature_log_keep_days: int = Field(
+        30, ge=1, description="Days of feature logs kept (about 1.7 kB per candidate, 100 candidates a query): "
+        "older daily files are deleted when a new day's file starts."
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API.")
     torch_threads: int = Field(
         1,

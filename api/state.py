@@ -286,4 +286,4 @@ def _feature_logger(settings: Settings, workspace: Workspace):
     if not settings.feature_logging:
         return None
 
-    return FeatureLogger.for_workspace(workspace)
+    return FeatureLogger.for_workspace(workspace, keep_days=settings.feature_log_keep_days)

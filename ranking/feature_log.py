@@ -5,6 +5,9 @@ Every served search can append one JSON line per candidate to ``<logs_dir>/featu
 "feature_set_version", "features": {name: value or null}}``. Later, interactions keyed by the same
 ``query_id`` (see ``evaluation.judgments.read_interactions``) label those rows, and the re-ranker is
 trained on exactly the features the service computed.
+
+A row is about 1.7 kB, so a busy service writes gigabytes a day: with ``keep_days``, the logger deletes the
+daily files older than that many days whenever it starts a new day's file (the service keeps 30 by default).
 """
 
 from __future__ import annotations
@@ -28,18 +31,42 @@ logger = logging.getLogger(__name__)
 
 
 class FeatureLogger:
-    """Appends candidate feature rows to daily JSONL files; safe to share between request threads."""
+    """Appends candidate feature rows to daily JSONL files; safe to share between request threads.
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    keep_days: delete daily files older than this many days (today's file counts as one) each time a new
+    day's file is started; None keeps every file.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep_days: int | None = None) -> None:
+        if keep_days is not None and keep_days < 1:
+            raise ValueError(f"keep_days must be at least 1 (today's file), got {keep_days}")
         self.directory = Path(directory)
+        self.keep_days = keep_days
         self._lock = threading.Lock()
+        self._day: dt.date | None = None  # the day of the file written last
 
     @classmethod
-    def for_workspace(cls, workspace) -> FeatureLogger:
-        return cls(Path(workspace.logs_dir) / "features")
+    def for_workspace(cls, workspace, *, keep_days: int | None = None) -> FeatureLogger:
+        return cls(Path(workspace.logs_dir) / "features", keep_days=keep_days)
 
     def path_for(self, day: dt.date) -> Path:
         return self.directory / f"features-{day.isoformat()}.jsonl"
+
+    def prune(self, today: dt.date) -> list[Path]:
+        """Delete the daily files older than ``keep_days`` before ``today``; return the files deleted."""
+        if self.keep_days is None:
+            return []
+        oldest_kept = today - dt.timedelta(days=self.keep_days - 1)
+        deleted = []
+        for path in log_files(self.directory):
+            day = _file_day(path)
+            if day is not None and day < oldest_kept:
+                size = path.stat().st_size
+                path.unlink(missing_ok=True)
+                deleted.append(path)
+                logger.info("feature log: deleted %s (%.1f MB, older than %d days)", path.name, size / 1e6,
+                            self.keep_days)
+        return deleted
 
     def log(
         self,
@@ -76,6 +103,9 @@ class FeatureLogger:
         payload = ("\n".join(lines) + "\n") if lines else ""
         with self._lock:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if self._day != now.date():
+                self._day = now.date()
+                self.prune(now.date())
             # one write call per query keeps a query's rows together in the file
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(payload)
@@ -107,6 +137,14 @@ class LoggedCandidates:
 def log_files(directory: str | os.PathLike) -> list[Path]:
     directory = Path(directory)
     return sorted(directory.glob("features-*.jsonl")) if directory.is_dir() else []
+
+
+def _file_day(path: Path) -> dt.date | None:
+    """The day in a ``features-<date>.jsonl`` name (None for a name that holds no date)."""
+    try:
+        return dt.date.fromisoformat(path.stem.removeprefix("features-"))
+    except ValueError:
+        return None
 
 
 def read_feature_logs(
