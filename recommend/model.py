@@ -111,18 +111,18 @@ class Recommender:
         """Recompute what is derived from the item arrays (after fitting or loading)."""
         items = self.items
         self.popular_order = np.argsort(-self.pop, kind="stable")
-        self.by_town: dict[str, np.ndarray] = {}
-        towns = items.town[self.popular_order]
-        for town in np.unique(items.town):
-            if town:
-                self.by_town[town] = self.popular_order[towns == town]
+        towns, self.town_code = np.unique(items.town.astype(str), return_inverse=True)
+        # each town's listings, most popular first: one stable sort by town of the popularity order
+        by_town = self.popular_order[np.argsort(self.town_code[self.popular_order], kind="stable")]
+        bounds = np.searchsorted(self.town_code[by_town], np.arange(len(towns) + 1))
+        self.by_town: dict[str, np.ndarray] = {
+            town: by_town[bounds[code]:bounds[code + 1]] for code, town in enumerate(towns.tolist()) if town}
         self.town_names = {t.lower(): t for t in self.by_town}
         self.county_names = {c.lower(): c for c in np.unique(items.county) if c}
         age = (self.reference - self.first_shown) / DAY
         self.age_days = np.where(np.isfinite(age), np.maximum(age, 0.0), 0.0).astype(np.float32)
         self.is_new = ~np.isfinite(self.first_shown) | (self.age_days < NEW_DAYS)
         self.listed_rank = listed_rank(items.created)
-        towns, self.town_code = np.unique(items.town.astype(str), return_inverse=True)
         self.town_codes = {town: code for code, town in enumerate(towns.tolist()) if town}
         self.ctr = ((self.clicks + 1.0) / (self.impressions + 20.0)).astype(np.float32)
         self.fresh_by_ctr = np.flatnonzero(self.is_new)[np.argsort(-self.ctr[self.is_new], kind="stable")]
