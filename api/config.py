@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     live_compact_age_s: float = Field(
         600.0, gt=0, description="Compact when the oldest live change not yet in the index set is this old (s)."
     )
+    live_recs_interval: float = Field(
+        5.0, gt=0, le=3600,
+        description="Seconds between two checks for live changes to bring into the served recommenders (with "
+        "live_follow): listings created since `train-recs` are recommended, and sold or deleted ones dropped, within "
+        "about this long (recommend/live.py).",
+    )
     # Per-key rate limits of the write routes (api/rate_limits.py): each process of `serve --workers N` holds its
     # own buckets, so a key may get up to N times these rates in all.
     write_rate_per_minute: float = Field(

@@ -271,7 +271,9 @@ class HealthResponse(BaseModel):
         description="The change-log follower of the process that answered (pid): applied_seq, settled_seq "
         "(every change up to it applied), in_flight_writes (PostgreSQL), head_seq, lag (head - applied), "
         "delta_listings, tombstones, index_set and its checkpoint, last_compaction, error, encoder_loaded (the "
-        "catalogue encoder for new listings, loaded in the background after start); null when not following.",
+        "catalogue encoder for new listings, loaded in the background after start), recs (the recommenders' follower, "
+        "with recommenders loaded: items, the applied_seq it brought in, seconds that took, error); null when not "
+        "following.",
     )
 
 

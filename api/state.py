@@ -18,6 +18,7 @@ from encoders.graphs import GraphError
 from encoders.served import ServedModel
 from ranking.feature_log import FeatureLogger
 from ranking.reranker import Reranker
+from recommend.live import RecsFollower
 from recommend.serving import ServedRecommender
 from search.live import LiveFollower
 from search.pipeline import Searcher
@@ -42,11 +43,14 @@ class ServiceState:
     # reaches the saved folder)
     recommender: ServedRecommender | None = None
     recs_error: str | None = None
+    recs_follower: RecsFollower | None = None  # brings the follower's changes into the recommenders
     image_runtime_error: str | None = None  # the same for query photos
     # per tower, why its fp32 graph is served rather than int8; "served_model": why the torch model is served
     runtime_notes: dict[str, str] | None = None
 
     def close(self) -> None:
+        if self.recs_follower is not None:
+            self.recs_follower.stop()
         if self.follower is not None:
             self.follower.stop()
         if self.catalog is not None:
@@ -165,6 +169,9 @@ def _load(settings: Settings, workspace: Workspace) -> ServiceState:
                                       compact_age_s=settings.live_compact_age_s,
                                       load_encoder=load_encoder,
                                       preload_encoder=settings.live_preload_encoder).start()
+        if state.recommender is not None and state.recommender.model is not None:
+            state.recs_follower = RecsFollower(state.recommender, state.searcher,
+                                               interval=settings.live_recs_interval).start()
     return state
 
 

@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--end-to-end", metavar="WORKSPACE",
                         help="instead of training in memory, write the data into this workspace (a new folder; one "
                              "that holds a catalogue already is reused as it is) and time `marketsearch train-recs`")
+    parser.add_argument("--follow", type=int, default=0, metavar="NEW",
+                        help="also time bringing NEW listings created live (and NEW/2 sold) into the served model "
+                             "(recommend.live.follow_catalogue), and recommending after it")
     parser.add_argument("--out", help="write the results here (JSON)")
     args = parser.parse_args(argv)
 
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.personalise_only:
         latency(results, model, known, picks, args.requests)
     personalise(results, model, items, known, picks, rng)
+    if args.follow:
+        follow(results, model, args.follow, known, picks, rng)
     if args.read_workspace:
         results["read"] = read_workspace(args.read_workspace)
     return report(results, args.out)
@@ -229,6 +234,53 @@ def latency(results: dict, model, known: list[str], picks: np.ndarray, requests:
         model.recommend(f"new-visitor-{i}", 10)
         timings.append(time.perf_counter() - began)
     results["recommend_new_users"] = percentiles(timings)
+
+
+def follow(results: dict, model, new: int, known: list[str], picks: np.ndarray, rng: np.random.Generator) -> None:
+    """`follow_catalogue` against a snapshot holding every item but ``new // 2`` sold ones, plus ``new`` listings
+    created live (the search side's view: listing table, live rows, listing vectors)."""
+    from ranking.types import ListingTable
+    from recommend.live import follow_catalogue
+
+    items = model.items
+    n = len(items)
+    source = rng.choice(n, new)  # the new listings copy existing ones' fields, their vectors perturbed
+    vectors = items.vectors[source] + 0.1 * rng.normal(size=(new, items.vectors.shape[1])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    everything = np.concatenate([np.arange(n), source])
+    table = ListingTable(
+        ids=items.ids + [f"live-{i}" for i in range(new)], titles=[""] * (n + new),
+        categories=items.category[everything].tolist(), top_category_index=np.zeros(n + new, np.int64),
+        price=items.price[everything].astype(np.float32), category_median_price=np.zeros(n + new, np.float32),
+        towns=items.town[everything].tolist(), counties=items.county[everything].tolist(),
+        photo_count=np.ones(n + new, np.int32), description_length=np.zeros(n + new, np.int32),
+        created_days=np.full(n + new, 20_000, np.float32))
+    live = np.ones(n + new, bool)
+    live[rng.choice(n, new // 2, replace=False)] = False
+    columns = {"listing": np.concatenate([items.vectors, vectors]), "has_image": items.has_image[everything]}
+
+    class Snapshot:  # what follow_catalogue reads of a search.snapshot.SearchSnapshot
+        listings, embedding_row, applied_seq = table, np.arange(n + new), 1
+
+        def gather(self, column, rows):
+            return columns[column][rows]
+
+    Snapshot.live = live
+    timings = []
+    for _ in range(3):
+        began = time.perf_counter()
+        followed = follow_catalogue(model, Snapshot())
+        timings.append(time.perf_counter() - began)
+    results["follow"] = {"new": new, "sold": new // 2, "items_after": len(followed.items),
+                         "seconds": [round(t, 3) for t in timings]}
+    for name, user_ids in (("recommend_known_users_after_follow", [known[int(p)] for p in picks]),
+                           ("recommend_new_users_after_follow", [f"new-visitor-{i}" for i in range(len(picks))])):
+        samples = []
+        for user_id in user_ids:
+            began = time.perf_counter()
+            followed.recommend(user_id, 10)
+            samples.append(time.perf_counter() - began)
+        results[name] = percentiles(samples)
 
 
 def personalise(results: dict, model, items, known: list[str], picks: np.ndarray, rng: np.random.Generator) -> None:

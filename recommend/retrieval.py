@@ -9,6 +9,7 @@ filtered-out listings never take a candidate's place.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +27,15 @@ TRAIN_SAMPLE = 20_000  # k-means on at most this many listings: 63 per list at 1
 
 
 class ListingIndex:
-    """Inner-product search over the rows of ``vectors`` (float32 (n, d)); ids are the row numbers."""
+    """Inner-product search over the rows of ``vectors`` (float32 (n, d)); ids are the row numbers.
+
+    ``with_tail`` gives the same index with rows appended after it (listings created since), searched exactly."""
 
     def __init__(self, vectors: np.ndarray, *, scan_share: float = SCAN_SHARE, seed: int = 0):
         vectors = np.ascontiguousarray(vectors, np.float32)
         n, dim = vectors.shape
-        self.size = n
+        self.size = n  # rows in the FAISS index; the tail's rows follow them
+        self.tail = np.zeros((0, dim), np.float32)
         self.nprobe = 1
         if n < EXACT_BELOW:
             self.index = faiss.IndexFlatIP(dim)
@@ -50,21 +54,43 @@ class ListingIndex:
     def exact(self) -> bool:
         return not isinstance(self.index, faiss.IndexIVF)
 
+    def with_tail(self, tail: np.ndarray) -> ListingIndex:
+        """This index (shared, not copied) with ``tail`` (float32 (m, d)) as rows ``size .. size + m - 1``."""
+        extended = copy.copy(self)
+        extended.tail = np.ascontiguousarray(tail, np.float32).reshape(-1, self.index.d)
+        return extended
+
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
-        """Rows of the ``k`` best listings of each query, among ``allowed`` (bool (n,); None: all), merged into
-        one array without repeats (queries that find fewer give fewer)."""
+        """Rows of the ``k`` best listings of each query, among ``allowed`` (bool, one per row, the tail's
+        included; None: all), merged into one array without repeats (queries that find fewer give fewer)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        if not len(queries) or not self.size:
+        if not len(queries) or not self.size + len(self.tail):
             return np.zeros(0, np.int64)
-        k = min(k, self.size)
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe) if not self.exact else faiss.SearchParameters()
-        if allowed is not None:
-            bitmap = np.packbits(np.asarray(allowed, bool), bitorder="little")
-            params.sel = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bitmap))
-        with one_thread():
-            _, rows = self.index.search(queries, k, params=params)
+        scores, rows = self._search_index(queries, min(k, self.size), allowed)
+        if len(self.tail):
+            tail_scores = queries @ self.tail.T
+            if allowed is not None:
+                tail_scores[:, ~np.asarray(allowed, bool)[self.size:]] = -np.inf
+            scores = np.concatenate([scores, tail_scores], axis=1)
+            rows = np.concatenate([rows, np.broadcast_to(self.size + np.arange(len(self.tail)), tail_scores.shape)],
+                                  axis=1)
+            best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            rows = np.where(np.isfinite(np.take_along_axis(scores, best, axis=1)),
+                            np.take_along_axis(rows, best, axis=1), -1)
         rows = rows.ravel()
         return np.unique(rows[rows >= 0])
+
+    def _search_index(self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        if not k:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe) if not self.exact else faiss.SearchParameters()
+        if allowed is not None:
+            bitmap = np.packbits(np.asarray(allowed, bool)[: self.size], bitorder="little")
+            params.sel = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bitmap))
+        with one_thread():
+            scores, rows = self.index.search(queries, k, params=params)
+        return np.where(rows >= 0, scores, -np.inf), rows
 
 
 @contextmanager

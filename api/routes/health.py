@@ -63,7 +63,7 @@ def health(state: StateDep, response: Response) -> HealthResponse:
             error=public(state.ranker_error),
             details=public(ranker.meta_) if ranker else {},
         ),
-        live=public(state.follower.status()) if state.follower is not None else None,
+        live=public(_live_status(state)) if state.follower is not None else None,
     )
 
 
@@ -84,3 +84,10 @@ def _json_safe(value: Any, text: Callable[[str], str]) -> Any:
         return _json_safe(value.item(), text)  # numpy scalar
     except AttributeError:
         return text(str(value))
+
+
+def _live_status(state) -> dict:
+    status = state.follower.status()
+    if state.recs_follower is not None:
+        status["recs"] = state.recs_follower.status()
+    return status

@@ -72,8 +72,8 @@ def _recommend(served: ServedRecommender, catalog: Catalog, user_id: str, k: int
 
 @router.get(
     "/listings/{listing_id}/similar",
-    responses=error_responses(404, 422, 503, descriptions={404: "Unknown listing, or one newer than the "
-                                                                "recommenders (run `marketsearch train-recs`)."}),
+    responses=error_responses(404, 422, 503, descriptions={404: "Unknown listing, or one not in the "
+                                                                "recommenders yet (written seconds ago)."}),
 )
 async def similar(
     listing_id: Annotated[str, Path(min_length=1, max_length=200, description="Listing id.")],
@@ -92,8 +92,9 @@ def _similar(served: ServedRecommender, catalog: Catalog, listing_id: str, k: in
     try:
         found = served.model.similar(listing_id, 3 * k)
     except KeyError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"listing {listing_id!r} is newer than the recommenders; "
-                            "run `marketsearch train-recs` to include it") from None
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"listing {listing_id!r} is not in the recommenders yet: a "
+                            "listing written live joins them within seconds (MARKETSEARCH_LIVE_RECS_INTERVAL); "
+                            "without live following, run `marketsearch train-recs`") from None
     listings = {x.id: x for x in catalog.get_listings([i for i, _ in found])}
     results = []
     for other, score in found:

@@ -76,6 +76,37 @@ def test_similar_listings(recs_client, recs_state):
     assert recs_client.get("/listings/no-such-listing/similar").status_code == 404
 
 
+def test_listings_written_live_join_the_served_recommenders_and_sold_ones_leave(recs_client, recs_state):
+    import dataclasses
+    import time
+
+    catalog, model = recs_state.catalog, recs_state.recommender.model
+    source, sold = catalog.get_listings([i for i in model.items.ids if model.available[model.items.row_of[i]]][:2])
+    created = dataclasses.replace(source, id="recs-live-1")  # same words and photos: the same vector
+    catalog.upsert_listings([created, dataclasses.replace(sold, status="sold")])
+    deadline = time.monotonic() + 60  # the search follower encodes it, then the recs follower takes it in
+    while "recs-live-1" not in recs_state.recommender.model.items.row_of and time.monotonic() < deadline:
+        time.sleep(0.2)
+    followed = recs_state.recommender.model
+    row = followed.items.row_of["recs-live-1"]
+    assert row == len(model.items) and followed.items.ids[: row] == model.items.ids  # appended; rows keep meaning
+    assert followed.is_new[row] and followed.pop[row] == 0 and followed.items.town[row] == (created.town or "")
+    assert not followed.available[followed.items.row_of[sold.id]]
+    assert recs_client.get("/health").json()["live"]["recs"]["items"] == len(followed.items)
+
+    body = recs_client.get("/listings/recs-live-1/similar", params={"k": 3}).json()
+    assert body["results"][0]["listing"]["id"] == source.id  # its twin, by the vector it was just given
+    back = recs_client.get(f"/listings/{source.id}/similar", params={"k": 3}).json()
+    assert back["results"][0]["listing"]["id"] == "recs-live-1"  # found by the exact search of the new rows
+    near = recs_client.get("/users/brand-new-visitor/recommendations", params={
+        "k": 50, "location": created.town, "category": created.category}).json()
+    assert "recs-live-1" in {r["listing"]["id"] for r in near["results"]}
+    user = known_user(recs_state)
+    ids = {r["listing"]["id"] for r in recs_client.get(f"/users/{user}/recommendations", params={"k": 50}).json()[
+        "results"]}
+    assert sold.id not in ids
+
+
 def test_erasing_a_user_removes_them_from_the_served_state_and_the_saved_folder(recs_client, recs_state):
     from catalog.api_keys import create_key
 

@@ -227,3 +227,21 @@ def test_train_recs_and_evaluate_recs_use_a_catalogue_named_by_url(sim_workspace
     assert {"hybrid", "hybrid_exact"} <= set(report["scores"]["all users"])
     recall = report["candidate_recall"]["all users"]
     assert recall["users"] > 0 and 0 < recall["approximate"] <= 1 and 0 < recall["exact"] <= 1
+
+
+def test_a_listing_index_with_a_tail_finds_what_a_scan_of_every_row_finds():
+    from recommend.retrieval import ListingIndex
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(1_500, 16)).astype(np.float32)  # an IVF index over the first 1,200
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = ListingIndex(vectors[:1_200], scan_share=1.0).with_tail(vectors[1_200:])
+    allowed = rng.random(1_500) < 0.7
+    queries = vectors[[5, 1_250, 1_499]] + 0.05 * rng.normal(size=(3, 16)).astype(np.float32)
+    found = index.search(queries, 10, allowed)
+    scores = np.where(allowed, queries @ vectors.T, -np.inf)
+    expected = np.unique(np.argsort(-scores, axis=1)[:, :10])
+    np.testing.assert_array_equal(found, expected)  # every list probed: exact over the index and the tail
+    assert (found >= 1_200).any() and allowed[found].all()
+    unfiltered = np.unique(np.argsort(-(queries @ vectors.T), axis=1)[:, :10])
+    np.testing.assert_array_equal(index.search(queries, 10), unfiltered)
