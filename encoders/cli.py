@@ -158,7 +158,6 @@ def embed(
     from encoders.catalogue_encoder import RUNTIMES, load_catalogue_encoder
     from encoders.embed import embed_catalog
     from encoders.graphs import GraphError
-    from encoders.photo_stream import PhotoDecoderCrashed
 
     ws = open_workspace(workspace)
     if runtime not in RUNTIMES:
@@ -188,10 +187,6 @@ def embed(
     try:
         stats = embed_catalog(model, catalog, batch_size=batch_size, image_batch_size=image_batch_size,
                               feature_cache=ws.feature_cache_dir, workers=workers, encode_chunks=encode_chunks)
-    except PhotoDecoderCrashed as error:
-        typer.secho(f"error: {error}. The listings encoded before it are stored; a new run goes on from there.",
-                    err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from error
     finally:
         catalog.close()
     if as_json:

@@ -12,6 +12,7 @@ graph path of `marketsearch embed` runs without it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -26,15 +27,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+logger = logging.getLogger(__name__)
+
 PREFETCH_PER_WORKER = 8
 UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
 
 Transform = Callable[[Image.Image], np.ndarray]
 
 
-class PhotoDecoderCrashed(RuntimeError):
-    """A decoding worker died (the decoder crashed on a photo, or the worker was killed): unlike an unreadable
-    file, which is reported and skipped, nothing says which photo did it, so the message names those in flight."""
+# The reason given for a photo whose decoding worker died on it alone: a decoder crash on a corrupt or hostile
+# file (or a worker killed from outside, twice).
+DECODER_CRASHED = "the decoder crashed on this file (its worker process died)"
 
 
 def load_photo(path) -> Image.Image:
@@ -115,9 +118,10 @@ def photo_pixels(paths: Sequence[Path], transform: Transform, workers: int = 1, 
     ``ahead`` photos ahead of the consumer (default ``PREFETCH_PER_WORKER`` per worker; a consumer that forwards
     batches of n should allow more than n, or the workers idle during each forward). The processes start at the
     first item asked for and stop when the iterator is exhausted or closed, or when the thread that asked for the
-    first item ends, so consume it from one thread; a worker that dies (a decoder crash) raises
-    ``PhotoDecoderCrashed`` here, naming the photos in flight, and the workers die with this process (``kill -9``
-    included) without holding on to its sockets."""
+    first item ends, so consume it from one thread. When a worker dies (a decoder crash), each photo that was in
+    flight is decoded again alone in a new worker: the one whose worker dies again gets ``(None,
+    DECODER_CRASHED)`` like any unreadable file, the others their pixels, and the stream goes on. The workers
+    die with this process (``kill -9`` included) without holding on to its sockets."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if not paths:
@@ -128,25 +132,47 @@ def photo_pixels(paths: Sequence[Path], transform: Transform, workers: int = 1, 
 
 
 def _pooled(paths: list[Path], transform: Transform, workers: int, ahead: int) -> Iterator:
-    executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker,
-                                   initargs=(transform, os.getpid()))
-    try:
-        remaining = iter(paths)
-        pending = deque((path, executor.submit(_worker_pixels, path)) for path in islice(remaining, ahead))
+    remaining = iter(paths)
+    pending: deque = deque()
+    while True:
+        executor = _pool(transform, workers)
+        try:
+            pending.extend((path, executor.submit(_worker_pixels, path)) for path in
+                           islice(remaining, ahead - len(pending)))
+            while pending:
+                try:
+                    result = pending[0][1].result()
+                except BrokenProcessPool:
+                    break
+                pending.popleft()
+                following = next(remaining, None)
+                if following is not None:
+                    pending.append((following, executor.submit(_worker_pixels, following)))
+                yield result
+            else:
+                return
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        # a worker died: the photos in flight are decoded again one at a time, each in a worker of its own
+        logger.warning("a photo decoding worker died with %d photos in flight; decoding them one at a time",
+                       len(pending))
         while pending:
-            try:
-                result = pending[0][1].result()
-            except BrokenProcessPool as error:
-                in_flight = [str(path) for path, _ in pending]
-                raise PhotoDecoderCrashed(
-                    f"a photo decoding worker died while one of these {len(in_flight)} photos was being decoded: "
-                    f"{', '.join(in_flight[:5])}{', ...' if len(in_flight) > 5 else ''}; a file that crashes the "
-                    f"decoder is corrupt or hostile: move it aside and run again (--workers 0 decodes in this "
-                    f"process, one photo at a time)") from error
-            pending.popleft()
-            following = next(remaining, None)
-            if following is not None:
-                pending.append((following, executor.submit(_worker_pixels, following)))
-            yield result
+            path, future = pending.popleft()
+            finished = future.done() and not future.cancelled() and future.exception() is None
+            yield future.result() if finished else _decode_alone(path, transform)
+
+
+def _pool(transform: Transform, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker,
+                               initargs=(transform, os.getpid()))
+
+
+def _decode_alone(path: Path, transform: Transform) -> tuple[np.ndarray | None, str | None]:
+    executor = _pool(transform, 1)
+    try:
+        return executor.submit(_worker_pixels, path).result()
+    except BrokenProcessPool:
+        logger.warning("photo %s: %s", path, DECODER_CRASHED)
+        return None, DECODER_CRASHED
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
