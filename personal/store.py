@@ -175,8 +175,7 @@ class EventStore:
             return conn.execute(select(func.count()).select_from(schema.users)).scalar_one()
 
     def has_user(self, user_id: str) -> bool:
-        with self.engine.connect() as conn:
-            return conn.execute(select(schema.users.c.id).where(schema.users.c.id == user_id)).first() is not None
+        return user_exists(self.engine, user_id)
 
     def _known_listings(self, listing_ids: set[str]) -> set[str]:
         ids = sorted(listing_ids)
@@ -279,3 +278,9 @@ def _naive(value: dt.datetime) -> dt.datetime:
 
 def _id_or_none(value: object) -> str | None:
     return value if is_valid_id(value) else None
+
+
+def user_exists(engine: Engine, user_id: str) -> bool:
+    """Whether the database holds the user (a users row: they sent events and were not erased since)."""
+    with engine.connect() as conn:
+        return conn.execute(select(schema.users.c.id).where(schema.users.c.id == user_id)).first() is not None

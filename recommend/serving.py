@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from personal.store import user_exists
 from recommend import folder as recs_folder
 from recommend.data import ENGAGED_TYPES, as_utc, load_event_log
 from recommend.model import Filters, Hit, Reason, Recommender
@@ -33,8 +34,15 @@ class ServedRecommender:
         self._model = model
 
     def refresh_user(self, catalog, user_id: str) -> None:
-        """Fold the user in again when they have engaged events newer than what the model knows of them."""
+        """Fold the user in again when they have engaged events newer than what the model knows of them; forget
+        them when the database no longer holds them (erased, maybe through another process of `serve --workers
+        N`, which could not reach this one's memory)."""
         model = self.model
+        if user_id in model.profiles and not user_exists(catalog.engine, user_id):
+            with self._lock:
+                model.forget(user_id)
+                self._folded_at.pop(user_id, None)
+            return
         since = max(model.reference, self._folded_at.get(user_id, model.reference))
         newer = load_event_log(catalog, since=as_utc(since), users=[user_id], impressions=False)
         if not len(newer):

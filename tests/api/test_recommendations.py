@@ -126,6 +126,25 @@ def test_erasing_a_user_removes_them_from_the_served_state_and_the_saved_folder(
     assert recs_client.delete(f"/users/{user}", headers=admin).json()["derived"] == {"recommendations": 0}
 
 
+def test_a_user_erased_through_another_process_is_forgotten_here_at_their_next_request(recs_client, recs_state):
+    from catalog.api_keys import create_key
+
+    # a second process of `serve --workers 2`: its own recommenders in memory, the same database
+    other = load_state(Settings(workspace=recs_state.workspace.root, live_follow=False))
+    try:
+        with TestClient(create_app(other.settings, state=other)) as other_client:
+            user = sorted(other.recommender.model.profiles.values(), key=lambda p: -p.n_events)[1].user_id
+            before = other_client.get(f"/users/{user}/recommendations", params={"k": 20}).json()
+            assert before["cold_start"] is False
+            admin = {"Authorization": f"Bearer {create_key(recs_state.catalog, 'admin')[1]}"}
+            assert recs_client.delete(f"/users/{user}", headers=admin).json()["erased_events"] > 0
+            assert other.recommender.model.profile(user) is not None  # erasure could not reach this process
+            after = other_client.get(f"/users/{user}/recommendations", params={"k": 20}).json()
+            assert after["cold_start"] is True and other.recommender.model.profile(user) is None
+    finally:
+        other.close()
+
+
 def test_without_trained_recommenders_the_routes_answer_503_with_the_fix(fake_client):
     answer = fake_client.get("/users/u1/recommendations")
     assert answer.status_code == 503 and "train-recs" in answer.json()["detail"]
