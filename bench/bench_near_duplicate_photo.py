@@ -35,12 +35,14 @@ def main() -> None:
     from catalog.store import Catalog
     from core.workspace import Workspace
     from encoders.appearance import COLOUR_DIM
+    from encoders.embed import load_embeddings, model_photo_dim
     from evaluation.protocol import load_photo, near_duplicate, query_rng
     from search.pipeline import Searcher
 
     workspace = Workspace.at(args.workspace)
     searcher = Searcher.from_workspace(workspace, load_ranker=False)
-    table = searcher.embeddings
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:  # the service reads them from its photo index
+        table = load_embeddings(catalog, searcher.model.fingerprint, photo_dim=model_photo_dim(searcher.model))
     if table.photo is None:
         raise SystemExit("no photo vectors of this recipe stored: run `marketsearch embed` first")
     photo = table.photo.astype(np.float32)

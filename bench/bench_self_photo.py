@@ -46,6 +46,7 @@ def main() -> None:
 
     from catalog.store import Catalog
     from core.workspace import Workspace
+    from encoders.embed import load_embeddings, model_photo_dim
     from evaluation.protocol import load_photo, near_duplicate, query_rng
     from search.pipeline import Searcher
 
@@ -62,7 +63,8 @@ def main() -> None:
         listings = [listings[i] for i in sorted(chosen)]
     positions: dict[str, list[int]] = {"first stage": [], "reranked": []}
     in_candidates, photo_nearest = [], []
-    table = searcher.embeddings
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:  # the service reads them from its photo index
+        table = load_embeddings(catalog, searcher.model.fingerprint, photo_dim=model_photo_dim(searcher.model))
     photos = None if table.photo is None else np.where(table.has_photo[:, None], table.photo.astype(np.float32), -1)
     for listing in listings:
         image = load_photo(paths[listing.id])

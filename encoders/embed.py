@@ -534,13 +534,15 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
     return stats
 
 
-def load_embeddings(catalog, fingerprint: str, *, photo_dim: int | None = None) -> EmbeddingTable:
+def load_embeddings(catalog, fingerprint: str, *, photo_dim: int | None = None, photos: bool = True
+                    ) -> EmbeddingTable:
     """Stored embeddings of ``fingerprint`` for the listings currently in the catalogue, ordered by id.
 
     Raises LookupError when the catalogue has listings but none is embedded with this model (the fix
     is `marketsearch embed`); listings added since the last embed run are left out with a warning.
     ``photo_dim``: the photo vectors' dimension the caller's model makes (``model_photo_dim``); stored photo
     vectors of another one (an older recipe) are left out with a warning that says to run `marketsearch embed`.
+    ``photos=False`` leaves the photo vectors out (a service reads them from its photo index instead).
     """
     ensure_table(catalog)
     table = listing_embeddings
@@ -570,7 +572,7 @@ def load_embeddings(catalog, fingerprint: str, *, photo_dim: int | None = None) 
     def stack(column: str) -> np.ndarray:
         return np.stack([np.frombuffer(getattr(by_id[i], column), np.float32, count=dim) for i in ids]).copy()
 
-    photo, has_photo = load_photo_vectors(catalog, fingerprint, ids, photo_dim=photo_dim)
+    photo, has_photo = load_photo_vectors(catalog, fingerprint, ids, photo_dim=photo_dim) if photos else (None, None)
     return EmbeddingTable(
         ids=ids, text=stack("text"), image=stack("image"),
         has_image=np.array([bool(by_id[i].has_image) for i in ids]), listing=stack("listing"),

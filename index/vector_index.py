@@ -485,7 +485,14 @@ class VectorIndex:
         missing = [i for i in listing_ids if i not in self._faiss_id_of]
         if missing:
             raise KeyError(f"{len(missing)} listings are not indexed (e.g. {missing[:3]!r})")
-        faiss_ids = np.fromiter((self._faiss_id_of[i] for i in listing_ids), dtype=np.int64, count=len(listing_ids))
+        return self.vectors_at(np.fromiter((self._faiss_id_of[i] for i in listing_ids), dtype=np.int64,
+                                           count=len(listing_ids)))
+
+    def vectors_at(self, faiss_ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of these FAISS ids (float32 (n, d); for SQ8/PQ the exact ones kept beside the codes)."""
+        faiss_ids = np.ascontiguousarray(faiss_ids, dtype=np.int64)
+        if not len(faiss_ids):
+            return np.zeros((0, self.dimension), np.float32)
         if self.exact is not None:
             return self.exact.lookup(faiss_ids)[0]
         return self.index.reconstruct_batch(faiss_ids)

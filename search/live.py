@@ -27,14 +27,14 @@ import numpy as np
 
 from catalog.change_log import LogCursor
 from catalog.store import Catalog
-from encoders.embed import EmbeddingTable, content_hash, encode_listings, load_embeddings, model_photo_dim
+from encoders.embed import EmbeddingTable, content_hash, encode_listings, model_photo_dim
 from index.bm25 import listing_text
 from index.bm25_delta import BM25Delta
 from index.compaction import compact
 from index.index_set import load_index_set
 from index.storage import current_version
 from search.listing_table import build_listing_table, listing_columns
-from search.pipeline import Searcher
+from search.pipeline import Searcher, load_serving_embeddings
 from search.snapshot import Delta, MainPart, SearchSnapshot
 
 logger = logging.getLogger(__name__)
@@ -210,8 +210,8 @@ class LiveFollower:
             return np.stack(values).astype(dtype) if values else np.zeros((0, width), dtype)
 
         photo = None
-        if main.embeddings.photo is not None:
-            photo = stack([entry.photo for entry in entries], main.embeddings.photo.shape[1], np.float16)
+        if main.photo_dim is not None:
+            photo = stack([entry.photo for entry in entries], main.photo_dim, np.float16)
         embeddings = EmbeddingTable(
             ids=table.ids,
             text=stack([entry.text for entry in entries], dim, np.float32),
@@ -239,7 +239,7 @@ class LiveFollower:
         model = self.searcher.model
         index_set = load_index_set(self.workspace.index_dir, expected_fingerprint=model.fingerprint, mmap=True)
         listings = build_listing_table(self.catalog, model.labels)
-        embeddings = load_embeddings(self.catalog, model.fingerprint, photo_dim=model_photo_dim(model))
+        embeddings = load_serving_embeddings(self.catalog, model, index_set)
         main = MainPart(listings, embeddings, index_set.vector, index_set.bm25, index_set.version,
                         index_set.checkpoint, index_set.photo)
         applied = self.cursor.high

@@ -110,7 +110,7 @@ class Searcher:
         # Every search reads this once and uses nothing else: the live follower (search/live.py) publishes a new
         # snapshot by replacing the reference, so a search sees one consistent state and never waits.
         self.snapshot = SearchSnapshot(main, Delta.empty(bm25, main.embeddings.dim if len(embeddings) else
-                                                         vector_index.dimension, _photo_dim(embeddings)), checkpoint)
+                                                         vector_index.dimension, main.photo_dim), checkpoint)
 
     # The published set and its tables, as of the current snapshot (main rows, then the live delta's rows).
     @property
@@ -167,11 +167,11 @@ class Searcher:
             from encoders.bundle import MultiModalModel
 
             model = MultiModalModel.load(workspace.model_dir)
-        with Catalog(workspace.db_url, root=workspace.root) as catalog:
-            listings = build_listing_table(catalog, model.labels)
-            embeddings = load_embeddings(catalog, model.fingerprint, photo_dim=model_photo_dim(model))
         # mapped, not copied: a search only reads it, and a restart or a second worker shares the file's pages
         index_set = load_index_set(workspace.index_dir, expected_fingerprint=model.fingerprint, mmap=True)
+        with Catalog(workspace.db_url, root=workspace.root) as catalog:
+            listings = build_listing_table(catalog, model.labels)
+            embeddings = load_serving_embeddings(catalog, model, index_set)
         built_from = index_set.manifest.get("embeddings", {}).get("digest")
         if built_from != digest_of(embeddings.ids, embeddings.listing):
             logger.warning("the listing embeddings changed since index set %s was built; run `marketsearch index`",
@@ -325,23 +325,20 @@ class Searcher:
         rows = np.asarray(rows, dtype=np.int64)
         term_coverage, idf_coverage, term_bm25 = self._term_match(snap, query, rows)
         return {
-            "photo_sim": self._photo_similarity(snap, query, snap.embedding_row[rows]),
+            "photo_sim": self._photo_similarity(snap, query, rows),
             "term_coverage": term_coverage,
             "idf_coverage": idf_coverage,
             "term_bm25_score": term_bm25,
         }
 
-    def _photo_similarity(self, snap: SearchSnapshot, query: QueryContext, emb_rows: np.ndarray) -> np.ndarray:
+    def _photo_similarity(self, snap: SearchSnapshot, query: QueryContext, rows: np.ndarray) -> np.ndarray:
         """cosine(query photo, listing photo) of their appearance vectors (raw backbone + colour,
-        ``encoders.appearance``); NaN where either vector is missing."""
-        sims = np.full(len(emb_rows), np.nan, dtype=np.float32)
-        photo = snap.main.embeddings.photo
-        if query.photo_vector is None or photo is None or photo.shape[1] != len(query.photo_vector):
+        ``encoders.appearance``) for listing ``rows``; NaN where either vector is missing."""
+        sims = np.full(len(rows), np.nan, dtype=np.float32)
+        if query.photo_vector is None or snap.main.photo_dim != len(query.photo_vector):
             return sims
-        present = emb_rows >= 0
-        present[present] = snap.gather("has_photo", emb_rows[present])
+        present, vectors = snap.photo_vectors(rows)
         if present.any():
-            vectors = snap.gather("photo", emb_rows[present]).astype(np.float32)
             sims[present] = vectors @ query.photo_vector.astype(np.float32)
         return sims
 
@@ -541,10 +538,6 @@ def _bm25_ranking(snap: SearchSnapshot, text: str, depth: int,
     return [i for _, i in found], [score for score, _ in found]
 
 
-def _photo_dim(embeddings: EmbeddingTable) -> int | None:
-    return None if embeddings.photo is None else int(embeddings.photo.shape[1])
-
-
 def _rank_lookup(ids: list[str], ranking: list[str]) -> np.ndarray:
     position = {listing_id: rank for rank, listing_id in enumerate(ranking, start=1)}
     return np.array([position.get(i, np.nan) for i in ids], dtype=np.float32)
@@ -581,3 +574,12 @@ def _empty_candidates() -> Candidates:
 
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+def load_serving_embeddings(catalog: Catalog, model, index_set) -> EmbeddingTable:
+    """The listing embeddings a service holds: without the photo vectors when the index set has a photo index of
+    the model's photo dimension (searches read them from it: `SearchSnapshot.photo_vectors`), with them otherwise
+    (a set published before photo indexes existed)."""
+    photo_dim = model_photo_dim(model)
+    from_index = index_set.photo is not None and index_set.photo.dimension == photo_dim
+    return load_embeddings(catalog, model.fingerprint, photo_dim=photo_dim, photos=not from_index)

@@ -10,6 +10,10 @@ update; the live follower (search/live.py) builds the next one aside and swaps i
 Row layout of ``listings``: the main rows first (as loaded, dead ones kept but never candidates), then one
 row per delta listing. ``embedding_row`` maps a row to the stacked embeddings: main table rows, then delta
 rows after them.
+
+Photo vectors (the photo retriever's and ``photo_sim``'s): the main rows' come from the embedding table when it
+holds them (evaluation, tests), else from the photo index, which stores the same float16 values exactly (the
+service loads no second copy: 1,792 values a listing); the delta's from the delta's embeddings.
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ class MainPart:
     bm25_position: np.ndarray = field(init=False)
     embedding_row: np.ndarray = field(init=False)  # per main row, -1 without an embedding
     median_price: dict = field(init=False)  # top-category index -> median price (for delta rows)
+
+    @property
+    def photo_dim(self) -> int | None:
+        """The photo vectors' dimension (None without photo vectors: a catalogue embedded before they existed)."""
+        if self.embeddings.photo is not None:
+            return int(self.embeddings.photo.shape[1])
+        return None if self.photo_index is None else self.photo_index.dimension
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -159,7 +170,37 @@ class SearchSnapshot:
         return out
 
     def has_photo_vectors(self) -> bool:
-        return self.main.embeddings.photo is not None
+        return self.main.photo_dim is not None
+
+    def photo_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For listing ``rows``: bool (k,) which have a photo vector, and those vectors (float32 (present, p))."""
+        rows = np.asarray(rows, dtype=np.int64)
+        dim = self.main.photo_dim
+        present = np.zeros(len(rows), dtype=bool)
+        if dim is None or not len(rows):
+            return present, np.zeros((0, dim or 0), np.float32)
+        vectors = np.zeros((len(rows), dim), np.float32)
+        position = self.delta_position[rows]
+        in_delta = position >= 0
+        if in_delta.any() and self.delta.embeddings.photo is not None:
+            has = self.delta.embeddings.has_photo[position[in_delta]]
+            where = np.flatnonzero(in_delta)[has]
+            present[where] = True
+            vectors[where] = self.delta.embeddings.photo[position[where]].astype(np.float32)
+        main = np.flatnonzero(~in_delta)
+        if self.main.embeddings.photo is not None:
+            emb_rows = self.embedding_row[rows[main]]
+            main = main[emb_rows >= 0]
+            emb_rows = emb_rows[emb_rows >= 0]
+            has = self.main.embeddings.has_photo[emb_rows]
+            present[main[has]] = True
+            vectors[main[has]] = self.main.embeddings.photo[emb_rows[has]].astype(np.float32)
+        elif self.main.photo_index is not None:
+            faiss_ids = self.main.photo_faiss_id[rows[main]]  # the main table's, dead rows included
+            main, faiss_ids = main[faiss_ids >= 0], faiss_ids[faiss_ids >= 0]
+            present[main] = True
+            vectors[main] = self.main.photo_index.vectors_at(faiss_ids)
+        return present, vectors[present]
 
 
 def _concat_tables(a: ListingTable, b: ListingTable) -> ListingTable:

@@ -103,12 +103,22 @@ def _first_photo(searcher, workspace) -> tuple[str, Image.Image]:
         return listing_id, photo.convert("RGB")
 
 
+def stored_embeddings(searcher, workspace):
+    """The embedding table with its photo vectors, as `marketsearch embed` stored them (a service built by
+    `Searcher.from_workspace` loads it without them and reads them from its photo index)."""
+    from catalog.store import Catalog
+    from encoders.embed import load_embeddings, model_photo_dim
+
+    with Catalog(workspace.db_url, root=workspace.root) as catalog:
+        return load_embeddings(catalog, searcher.model.fingerprint, photo_dim=model_photo_dim(searcher.model))
+
+
 def test_an_image_query_adds_the_listings_with_the_nearest_photos(searcher, indexed_workspace):
     _, photo = _first_photo(searcher, indexed_workspace)
     query = searcher.query_context(image=photo)
     candidates = searcher.candidates(query, depth=10)
     # the photo retriever's top 10, by brute force over the stored photo vectors of the indexed listings
-    embeddings = searcher.embeddings
+    embeddings = stored_embeddings(searcher, indexed_workspace)
     indexed = [embeddings.row_of[i] for i in searcher.photo_index.listing_ids]
     sims = embeddings.photo[indexed].astype(np.float32) @ query.photo_vector
     expected = [embeddings.ids[indexed[j]] for j in np.argsort(-sims, kind="stable")[:10]]
@@ -135,8 +145,9 @@ def test_the_photo_retriever_keeps_to_the_filters(searcher, indexed_workspace):
 def test_without_a_photo_index_an_image_query_still_has_photo_similarities(searcher, indexed_workspace):
     from search.pipeline import Searcher
 
-    # what a service loads from an index set published before photo indexes existed
-    bare = Searcher(searcher.model, searcher.listings, searcher.embeddings, searcher.vector_index, searcher.bm25)
+    # what a service loads from an index set published before photo indexes existed: the photo vectors in its table
+    bare = Searcher(searcher.model, searcher.listings, stored_embeddings(searcher, indexed_workspace),
+                    searcher.vector_index, searcher.bm25)
     _, photo = _first_photo(searcher, indexed_workspace)
     candidates = bare.candidates(bare.query_context(image=photo), depth=10)
     assert len(candidates) == 10 and np.isnan(candidates.photo_rank).all()
@@ -156,3 +167,20 @@ def test_query_without_text_or_image_is_refused(searcher, kwargs):
 def test_invalid_options_are_refused(searcher, kwargs, message):
     with pytest.raises(ValueError, match=message):
         searcher.search("bike", **kwargs)
+
+
+def test_a_service_reads_photo_vectors_from_its_photo_index_with_the_stored_values(searcher, indexed_workspace):
+    from search.pipeline import Searcher
+
+    assert searcher.embeddings.photo is None  # no second copy of 1,792 values a listing in memory
+    table = stored_embeddings(searcher, indexed_workspace)
+    with_table = Searcher(searcher.model, searcher.listings, table, searcher.vector_index, searcher.bm25,
+                          photo_index=searcher.photo_index)
+    _, photo = _first_photo(searcher, indexed_workspace)
+    served = searcher.candidates(searcher.query_context(image=photo), depth=50)
+    expected = with_table.candidates(with_table.query_context(image=photo), depth=50)
+    assert served.listing_ids == expected.listing_ids
+    np.testing.assert_array_equal(served.photo_sim, expected.photo_sim)  # float16 values, exactly, either way
+    present = np.isfinite(served.photo_sim)
+    assert present.any()
+    np.testing.assert_array_equal(present, table.has_photo[[table.row_of[i] for i in served.listing_ids]])
