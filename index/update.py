@@ -159,7 +159,7 @@ def update_indexes(
             existing_photo = None  # photo vectors of another recipe: build afresh
         photo_index, photo_mode, photo_counts = _build_or_update(
             existing_photo, photo_vectors, photo_ids, fingerprint, _calibration_queries(photo_vectors), **build)
-        photo_changed = photo_mode != "updated" or any(photo_counts[key] for key in ("added", "removed", "updated"))
+        photo_changed = _changed(photo_mode, photo_counts)
         photo_drift = photo_index.drift()
         if photo_drift["needs_rebuild"]:
             drift = {"needs_rebuild": True, "reasons": [*drift["reasons"],
@@ -172,7 +172,7 @@ def update_indexes(
 
     started = time.perf_counter()
     text_digest = digest_of(ids, texts)
-    vector_changed = mode != "updated" or any(counts[key] for key in ("added", "removed", "updated"))
+    vector_changed = _changed(mode, counts)
     unchanged = (not (vector_changed or photo_changed) and current is not None
                  and current.manifest.get("text_digest") == text_digest)
     if unchanged and current.manifest.get("checkpoint", 0) >= checkpoint:
@@ -209,6 +209,11 @@ def update_indexes(
         seconds={key: round(value, 2) for key, value in timings.items()},
         **counts,
     )
+
+
+def _changed(mode: str, counts: dict[str, int]) -> bool:
+    """Whether `_build_or_update` changed the index: built or rebuilt, or listings added, removed or updated."""
+    return mode != "updated" or any(counts[key] for key in ("added", "removed", "updated"))
 
 
 def _build_or_update(existing: VectorIndex | None, vectors: np.ndarray, ids: list[str], fingerprint: str,

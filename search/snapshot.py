@@ -176,30 +176,26 @@ class SearchSnapshot:
         """For listing ``rows``: bool (k,) which have a photo vector, and those vectors (float32 (present, p))."""
         rows = np.asarray(rows, dtype=np.int64)
         dim = self.main.photo_dim
+        if self.main.embeddings.photo is not None:  # the table holds them, the main rows' and the delta's
+            emb_rows = self.embedding_row[rows]
+            present = emb_rows >= 0
+            present[present] = self.gather("has_photo", emb_rows[present])
+            return present, self.gather("photo", emb_rows[present]).astype(np.float32)
         present = np.zeros(len(rows), dtype=bool)
         if dim is None or not len(rows):
             return present, np.zeros((0, dim or 0), np.float32)
         vectors = np.zeros((len(rows), dim), np.float32)
         position = self.delta_position[rows]
-        in_delta = position >= 0
-        if in_delta.any() and self.delta.embeddings.photo is not None:
-            has = self.delta.embeddings.has_photo[position[in_delta]]
-            where = np.flatnonzero(in_delta)[has]
-            present[where] = True
-            vectors[where] = self.delta.embeddings.photo[position[where]].astype(np.float32)
-        main = np.flatnonzero(~in_delta)
-        if self.main.embeddings.photo is not None:
-            emb_rows = self.embedding_row[rows[main]]
-            main = main[emb_rows >= 0]
-            emb_rows = emb_rows[emb_rows >= 0]
-            has = self.main.embeddings.has_photo[emb_rows]
-            present[main[has]] = True
-            vectors[main[has]] = self.main.embeddings.photo[emb_rows[has]].astype(np.float32)
-        elif self.main.photo_index is not None:
-            faiss_ids = self.main.photo_faiss_id[rows[main]]  # the main table's, dead rows included
-            main, faiss_ids = main[faiss_ids >= 0], faiss_ids[faiss_ids >= 0]
-            present[main] = True
-            vectors[main] = self.main.photo_index.vectors_at(faiss_ids)
+        in_delta = np.flatnonzero(position >= 0)
+        if len(in_delta):
+            in_delta = in_delta[self.delta.embeddings.has_photo[position[in_delta]]]
+            present[in_delta] = True
+            vectors[in_delta] = self.delta.embeddings.photo[position[in_delta]].astype(np.float32)
+        main = np.flatnonzero(position < 0)
+        faiss_ids = self.main.photo_faiss_id[rows[main]]  # the main table's, dead rows included
+        main, faiss_ids = main[faiss_ids >= 0], faiss_ids[faiss_ids >= 0]
+        present[main] = True
+        vectors[main] = self.main.photo_index.vectors_at(faiss_ids)
         return present, vectors[present]
 
 
