@@ -6,6 +6,10 @@ photo, by the live follower and by evaluation) is therefore the concatenation of
 and ``sqrt(COLOUR_WEIGHT)`` times the unit colour signature, re-normalised: the cosine of two such vectors is
 ``(cos_backbone + COLOUR_WEIGHT * cos_colour) / (1 + COLOUR_WEIGHT)``.
 
+The pooled backbone vector is whatever the image tower pools: with MobileNetV2's mid-level features (the default
+since they exist, ``encoders.backbones.MobileNetV2Trunk``) its final map and its block 16, 1,440 values, else the
+final map's 1,280.
+
 The colour signature: the photo resized to 64 x 64, in HSV, an 8 x 8 x 8 joint histogram (512 bins), square-rooted
 (the Hellinger embedding: the dot product of two of them is the Bhattacharyya coefficient) and L2-normalised.
 On the dev catalogue (docs/benchmarks.md, "Known-item levers") frozen MobileNetV2 alone reached 0.483 MRR@10 on

@@ -14,7 +14,8 @@ photo's colour signature), averaged over the listing's photos and re-normalised,
 (``listing_photo_vectors``). The re-ranker compares a query photo with it (``photo_sim``): the raw backbone keeps
 the near-duplicate detail that the trained head, mapping photos into the shared text-image space, gives up, and
 the colour signature the colours, background and light that photos of one item share. float16 listing means
-cost ``2 * (pooled_dim + 512)`` bytes per listing (3.5 KiB with MobileNetV2's 1280, 358 MB at 100k listings).
+cost ``2 * (pooled_dim + 512)`` bytes per listing (3.8 KiB with MobileNetV2's
+1,440 with its mid-level features, 390 MB at 100k listings).
 The colour signature needs the decoded photo: the decoding workers compute it beside the pixels, and decode the
 photos whose pooled features come from the feature cache for it alone (a second stream).
 """

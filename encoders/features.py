@@ -35,6 +35,8 @@ def backbone_key(tower) -> str:
     if tower.modality == "image":
         described["preprocessing"] = backbone.get_config_dict()["preprocessing"]
         described["resized"] = "as PIL images"  # since the served model's pixels (encoders.pixels); was tensors
+        if backbone.mid_block is not None:  # keys of nets without mid-level features are unchanged
+            described["mid_block"] = backbone.mid_block
     else:
         described["max_length"] = backbone.max_length
         described["tokenizer"] = type(backbone.tokenizer).__name__

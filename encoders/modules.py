@@ -110,15 +110,17 @@ class SessionBackbone(SaveableModule):
 class ImageBackbone(SessionBackbone):
     """A torchvision-style conv trunk plus the preprocessing that belongs to its weights."""
 
-    config_keys = ("name", "preprocessing", "provenance")
+    config_keys = ("name", "preprocessing", "provenance", "mid_block")
 
     def __init__(self, name: str, preprocessing: dict | None = None, provenance: dict | None = None,
-                 net: nn.Module | None = None):
+                 net: nn.Module | None = None, mid_block: int | None = None):
         super().__init__()
         self.name = name
         self.preprocessing = dict(preprocessing or asdict(ImagePreprocessing()))
         self.provenance = dict(provenance or {})
-        self.net = net if net is not None else build_image_net(name)
+        self.net = net if net is not None else build_image_net(name, mid_block)
+        # the block whose output joins the final map (``encoders.backbones.MobileNetV2Trunk``), None without
+        self.mid_block = getattr(self.net, "mid_block", None)
         # channels-last convolutions are several times faster on CPU (oneDNN) and no slower on GPU
         self.net.to(memory_format=torch.channels_last)
         self.output_dim = int(self.net.out_channels)
@@ -127,6 +129,8 @@ class ImageBackbone(SessionBackbone):
     def get_config_dict(self) -> dict:
         config = super().get_config_dict()
         config["preprocessing"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing.items()}
+        if config["mid_block"] is None:  # bundles from before mid-level features keep their config and fingerprint
+            del config["mid_block"]
         return config
 
     @property

@@ -40,6 +40,8 @@ class TowerConfig:
     dropout: float = 0.1
     max_length: int = 128  # text only: tokenizer truncation
     image_size: int | None = None  # image only: override the backbone's input size (resize = crop = this)
+    # image only: a MobileNetV2 joins its block 16 to the final map (encoders.backbones.MOBILENET_V2_MID_BLOCK)
+    mid_features: bool = True
 
 
 @dataclass
@@ -299,8 +301,9 @@ def library_versions() -> dict:
 
 def build_image_tower(name: str = "auto", pretrained: bool = True, embed_dim: int = 256, hidden_dim: int = 512,
                       dropout: float = 0.1, allow_download: bool = True,
-                      image_size: int | None = None) -> tuple[Tower, BackboneChoice]:
-    net, choice = resolve_image_backbone(name, pretrained=pretrained, allow_download=allow_download)
+                      image_size: int | None = None, mid_features: bool = True) -> tuple[Tower, BackboneChoice]:
+    net, choice = resolve_image_backbone(name, pretrained=pretrained, allow_download=allow_download,
+                                         mid_features=mid_features)
     if image_size is not None:
         if image_size < 32:
             raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
@@ -325,7 +328,8 @@ def build_text_tower(name: str = "auto", pretrained: bool = True, embed_dim: int
 def build_towers(config: ModelConfig, allow_download: bool = True) -> tuple[Tower, Tower]:
     image_tower, image_choice = build_image_tower(
         config.image.backbone, config.image.pretrained, config.embed_dim, config.image.hidden_dim,
-        config.image.dropout, allow_download=allow_download, image_size=config.image.image_size)
+        config.image.dropout, allow_download=allow_download, image_size=config.image.image_size,
+        mid_features=config.image.mid_features)
     text_tower, text_choice = build_text_tower(
         config.text.backbone, config.text.pretrained, config.embed_dim, config.text.hidden_dim,
         config.text.dropout, config.text.max_length, allow_download=allow_download)

@@ -583,6 +583,10 @@ def _build(config: TrainConfig, labels: LabelEncoder, device: torch.device) -> J
         image_tower, text_tower = build_towers(arch, allow_download=config.allow_download)
         model = JointModel(image_tower, text_tower, len(labels), config.fusion_hidden_dim, config.modality_dropout,
                            labels.classes, config.fusion_dropout)
+    if config.image_finetune_blocks and image_tower.backbone.mid_block is not None:
+        # its cached lower maps feed the top blocks one by one, with no place for the mid block's output
+        raise ValueError("image_finetune_blocks needs an image backbone without mid-level features: set "
+                         '"mid_features": false in the architecture\'s image config, or use finetune_blocks')
     image_tower.freeze_backbone(config.finetune_blocks or config.image_finetune_blocks)
     text_tower.freeze_backbone(config.finetune_blocks or config.text_finetune_layers)
     return model.to(device)

@@ -584,7 +584,8 @@ class ProtocolBuilder:
     def _frozen_mobilenet_v2(self, image_ids: list[str]) -> np.ndarray:
 
         tower = self.model.image_tower
-        if self.frozen_backbones and tower.backbone.name == "mobilenet_v2" and tower.pooling.mode == "global_avg":
+        if (self.frozen_backbones and tower.backbone.name == "mobilenet_v2" and tower.backbone.mid_block is None
+                and tower.pooling.mode == "global_avg"):
             # the model's own trunk is exactly the frozen ImageNet MobileNetV2 with global average pooling
 
             paths = {image_id: self._photo_path(image_id) for image_id in image_ids}
