@@ -9,7 +9,8 @@ through the served query path (``Searcher.query_context``). Against the stored l
 quantiles of the cosine to the listing itself and to the closest other listing, and for a range of thresholds the
 share of queries whose own listing reaches it and the share whose closest other listing does, for the photo vectors
 as stored (raw backbone + colour, ``encoders.appearance``) and for their two parts alone (the backbone part is the
-former recipe's photo vector exactly: the normalised mean of the unit backbone vectors).
+photo vector of set 4 exactly, the normalised mean of the unit pooled vectors: with mid-level features,
+the final map and block 16 together).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def main() -> None:
     p = photo.shape[1] - COLOUR_DIM
     parts = {
         "stored (backbone + colour)": (q, photo),
-        "backbone part (former recipe)": (_unit(q[:, :p]), _unit(photo[:, :p])),
+        "backbone part (the pooled vector alone)": (_unit(q[:, :p]), _unit(photo[:, :p])),
         "colour part": (_unit(q[:, p:]), _unit(photo[:, p:])),
     }
     print(f"{len(q)} near-duplicate queries over {len(photo)} listings")
