@@ -87,9 +87,7 @@ def follow_catalogue(model: Recommender, snapshot) -> Recommender:
     )
     # the trained indexes keep their rows (an edited listing keeps its trained vector there until `train-recs`);
     # the appended rows are searched exactly
-    result._vector_index = model.vector_index.with_tail(vectors[model.vector_index.size:])
-    result._factor_index = model.factor_index
-    return result
+    return result.use_indexes(model.vector_index.with_tail(vectors[model.vector_index.size:]), model.factor_index)
 
 
 class RecsFollower:

@@ -188,6 +188,16 @@ class Recommender:
         """Build the candidate search indexes now rather than on the first request (a few seconds at 100k)."""
         _ = self.vector_index, self.factor_index
 
+    def use_indexes(self, vector_index: ListingIndex, factor_index: ListingIndex | None) -> Recommender:
+        """Search these candidate indexes (built elsewhere: ``recommend.live`` keeps the trained ones and searches
+        the listings appended since exactly) instead of building them; returns this recommender."""
+        if vector_index.rows != len(self.items):
+            raise ValueError(f"the vector index searches {vector_index.rows} rows for {len(self.items)} items")
+        if (factor_index is None) != (self.item_factors is None):
+            raise ValueError("a factor index goes with ALS item factors, and only with them")
+        self._vector_index, self._factor_index = vector_index, factor_index
+        return self
+
     @property
     def vector_index(self) -> ListingIndex:
         """Approximate inner-product search over the listing vectors (built on first use)."""

@@ -51,6 +51,11 @@ class ListingIndex:
             self.index.add(vectors)
 
     @property
+    def rows(self) -> int:
+        """Rows searched: the FAISS index's and the tail's."""
+        return self.size + len(self.tail)
+
+    @property
     def exact(self) -> bool:
         return not isinstance(self.index, faiss.IndexIVF)
 

@@ -245,3 +245,19 @@ def test_a_listing_index_with_a_tail_finds_what_a_scan_of_every_row_finds():
     assert (found >= 1_200).any() and allowed[found].all()
     unfiltered = np.unique(np.argsort(-(queries @ vectors.T), axis=1)[:, :10])
     np.testing.assert_array_equal(index.search(queries, 10), unfiltered)
+
+
+def test_a_recommender_uses_given_indexes_only_when_they_cover_its_items(model):
+    import copy
+
+    from recommend.retrieval import ListingIndex
+
+    vectors = model.items.vectors
+    served = copy.copy(model)
+    with pytest.raises(ValueError, match="rows"):
+        served.use_indexes(ListingIndex(vectors[:-1]), model.factor_index)
+    index = ListingIndex(vectors[:-2]).with_tail(vectors[-2:])
+    assert served.use_indexes(index, model.factor_index) is served and served.vector_index is index
+    if model.factor_index is not None:
+        with pytest.raises(ValueError, match="factor"):
+            copy.copy(model).use_indexes(index, None)
