@@ -69,7 +69,7 @@ class ListingIndex:
         """Rows of the ``k`` best listings of each query, among ``allowed`` (bool, one per row, the tail's
         included; None: all), merged into one array without repeats (queries that find fewer give fewer)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        if not len(queries) or not self.size + len(self.tail):
+        if not len(queries) or not self.rows:
             return np.zeros(0, np.int64)
         scores, rows = self._search_index(queries, min(k, self.size), allowed)
         if len(self.tail):
