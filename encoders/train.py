@@ -585,8 +585,9 @@ def _build(config: TrainConfig, labels: LabelEncoder, device: torch.device) -> J
                            labels.classes, config.fusion_dropout)
     if config.image_finetune_blocks and image_tower.backbone.mid_block is not None:
         # its cached lower maps feed the top blocks one by one, with no place for the mid block's output
-        raise ValueError("image_finetune_blocks needs an image backbone without mid-level features: set "
-                         '"mid_features": false in the architecture\'s image config, or use finetune_blocks')
+        raise ValueError("image_finetune_blocks needs an image backbone without mid-level features: add an "
+                         'architecture with "mid_features": false in its "image" part to encoders/configs/ and '
+                         "choose it with --config, or use finetune_blocks")
     image_tower.freeze_backbone(config.finetune_blocks or config.image_finetune_blocks)
     text_tower.freeze_backbone(config.finetune_blocks or config.text_finetune_layers)
     return model.to(device)
