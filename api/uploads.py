@@ -32,16 +32,16 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_image(
+def open_upload(
     data: bytes, *, max_pixels: int, config: ImageCleaningConfig, content_type: str | None = None
 ) -> Image.Image:
-    """Decode uploaded bytes into an upright RGB image, judging the bytes themselves, not the declared type.
+    """Open uploaded bytes and check them from the header alone (nothing decoded yet), judging the bytes
+    themselves, not the declared type.
 
-    Opening and decoding are ingest's (``catalog.images``, with the catalogue's cleaning ``config``), so the
-    search pipeline can prepare the photo exactly as the catalogue photos were. Refused from the header,
-    before decoding: 415, not an image or a format we do not take; 413, more pixels than ``max_pixels``
-    (decompression bombs); 422, a shape no photo of an item has (beyond ``config.max_aspect_ratio``, or a
-    side under ``config.min_side``). Then 422 for truncated or corrupt data.
+    Opening is ingest's (``catalog.images.open_photo``, with the catalogue's cleaning ``config``). Refused:
+    415, not an image or a format we do not take; 413, more pixels than ``max_pixels`` (decompression bombs);
+    422, a shape no photo of an item has (beyond ``config.max_aspect_ratio``, or a side under
+    ``config.min_side``).
     """
     try:
         image = open_photo(io.BytesIO(data), config)  # reads the header only
@@ -59,6 +59,16 @@ def decode_image(
             f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels, "
             "send a smaller photo",
         )
+    return image
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int, config: ImageCleaningConfig, content_type: str | None = None
+) -> Image.Image:
+    """Decode uploaded bytes into an upright RGB image: ``open_upload``'s checks, then ingest's decode
+    (``catalog.images``), so the search pipeline can prepare the photo exactly as the catalogue photos were.
+    422 for truncated or corrupt data."""
+    image = open_upload(data, max_pixels=max_pixels, config=config, content_type=content_type)
     try:
         return upright_rgb(decode_photo(image, config))
     except ImageRejected as exc:

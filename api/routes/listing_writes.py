@@ -33,7 +33,7 @@ from api.listing_schemas import (
 )
 from api.routes.listings import ListingId, listing_public, stored_listing_public
 from api.schemas import ListingPublic, error_responses
-from api.uploads import ACCEPTED_FORMATS, decode_image, read_upload, refusal
+from api.uploads import ACCEPTED_FORMATS, open_upload, read_upload, refusal
 from catalog.api_keys import ApiKey
 from catalog.images import ImageRejected
 from catalog.listing_writes import (
@@ -227,15 +227,15 @@ def _answer(write):
 
 
 def _photo(writer: ListingWriter, settings: Settings, data: bytes, upload: UploadFile, name: str) -> Photo:
-    """An upload checked as the search routes check one (same statuses and messages, naming the photo), then
-    cleaned as ingest cleans a photo."""
+    """An upload checked from its header as the search routes check one (same statuses and messages, naming the
+    photo), then verified, decoded and cleaned once, as ingest cleans a photo."""
     try:
-        decode_image(
+        open_upload(
             data, max_pixels=settings.max_image_pixels, config=writer.photo_config, content_type=upload.content_type
         ).close()
         try:
             return clean_upload(data, writer.photo_config)
-        except ImageRejected as exc:  # what ingest's stricter verify() finds beyond the upload checks
+        except ImageRejected as exc:  # truncated or corrupt data, and what ingest's stricter verify() finds
             raise refusal(exc, upload.content_type, settings.max_image_pixels) from None
     except HTTPException as exc:
         raise HTTPException(exc.status_code, f"{name}: {exc.detail}") from None

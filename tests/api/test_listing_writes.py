@@ -102,6 +102,25 @@ def test_a_bad_photo_gets_the_search_uploads_answer_and_nothing_is_written(
     assert files_on_disk(fake_state.workspace) == files
 
 
+def test_a_created_listing_decodes_each_photo_once(fake_client, seller, monkeypatch):
+    import api.uploads
+    import catalog.images
+
+    decoded = []
+    real = catalog.images.decode_photo
+
+    def counting(image, config):
+        decoded.append(image.size)
+        return real(image, config)
+
+    monkeypatch.setattr(catalog.images, "decode_photo", counting)
+    monkeypatch.setattr(api.uploads, "decode_photo", counting)
+    response = fake_client.post("/listings", data=FIELDS, files=photo_files((200, 10, 10), (10, 200, 10)),
+                                headers=seller)
+    assert response.status_code == 201, response.text
+    assert decoded == [(60, 40), (60, 40)]
+
+
 def test_more_than_ten_photos_are_refused(fake_client, fake_state, seller):
     response = fake_client.post("/listings", data=FIELDS, files=photo_files(*[(n, 0, 0) for n in range(11)]),
                                 headers=seller)  # fmt: skip
