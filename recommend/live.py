@@ -85,9 +85,9 @@ def follow_catalogue(model: Recommender, snapshot) -> Recommender:
         impressions=grown(model.impressions, 0), first_shown=grown(model.first_shown, np.nan),
         sold=grown(model.sold, False),
     )
-    # the trained indexes keep their rows (an edited listing keeps its trained vector there until `train-recs`);
-    # the appended rows are searched exactly
-    return result.use_indexes(model.vector_index.with_tail(vectors[model.vector_index.size:]), model.factor_index)
+    # the indexes keep their rows (an edited listing keeps its indexed vector there until the vector index is
+    # rebuilt); the appended rows are searched exactly until they grow too many (`ListingIndex.extended`)
+    return result.use_indexes(model.vector_index.extended(vectors), model.factor_index)
 
 
 class RecsFollower:

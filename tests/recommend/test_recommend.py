@@ -247,6 +247,29 @@ def test_a_listing_index_with_a_tail_finds_what_a_scan_of_every_row_finds():
     np.testing.assert_array_equal(index.search(queries, 10), unfiltered)
 
 
+def test_a_listing_index_extended_past_its_tail_share_is_rebuilt_over_every_row():
+    from recommend.retrieval import EXACT_BELOW, TAIL_REBUILD_SHARE, ListingIndex
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(3_000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = ListingIndex(vectors[:1_000], scan_share=1.0)
+    small = index.extended(vectors[:1_900])  # a tail under EXACT_BELOW rows: appended, the FAISS index shared
+    assert (small.size, len(small.tail), small.index is index.index) == (1_000, 900, True)
+    edited = vectors[:3_000].copy()
+    edited[7] = -edited[7]  # an edited listing: the rebuilt index searches its new vector
+    rebuilt = index.extended(edited)
+    assert EXACT_BELOW <= 2_000 and 2_000 >= TAIL_REBUILD_SHARE * 1_000
+    assert (rebuilt.size, len(rebuilt.tail), rebuilt.rows, rebuilt.index.ntotal) == (3_000, 0, 3_000, 3_000)
+    assert rebuilt.scan_share == 1.0
+    queries = edited[[7, 2_500]]
+    expected = np.unique(np.argsort(-(queries @ edited.T), axis=1)[:, :10])
+    np.testing.assert_array_equal(rebuilt.search(queries, 10), expected)  # every list probed: exact
+    assert rebuilt.extended(edited).index is rebuilt.index  # nothing new: the same index, an empty tail
+    with pytest.raises(ValueError, match="cannot extend"):
+        rebuilt.extended(edited[:10])
+
+
 def test_a_recommender_uses_given_indexes_only_when_they_cover_its_items(model):
     import copy
 
