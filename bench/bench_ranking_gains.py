@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3,10,30,100
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 1 --category-gain 0
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --queries-from train,val
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --text-queries-from train,val
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --protocols image,self-photo
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --params '[{"num_leaves": 63}]'
@@ -20,6 +21,7 @@ MRR@10 per query type, on the validation queries) would install the model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -75,6 +77,9 @@ def main() -> None:
                         help="Gain of a listing of the wanted listing's category path (0: the wanted listing only).")
     parser.add_argument("--queries-from", default="val",
                         help="Products the training queries come from: val (train-ranker's default) or train,val.")
+    parser.add_argument("--text-queries-from", default=None,
+                        help="Products the text queries come from, when not those of --queries-from (the photo "
+                             "queries keep --queries-from).")
     parser.add_argument("--params", default="[{}]",
                         help="JSON list of LightGBM parameter sets (Reranker keyword arguments), one re-ranker each.")
     parser.add_argument("--protocols", default=None,
@@ -99,7 +104,15 @@ def main() -> None:
         tests = test_items(builder, args.depth)
         config = TrainRankerConfig(train_splits=tuple(args.queries_from.split(",")), depth=args.depth, seed=args.seed,
                                    **({"protocols": tuple(args.protocols.split(","))} if args.protocols else {}))
-        training = protocol_training_data(builder, config.train_splits, config, "val")
+        text_splits = tuple(args.text_queries_from.split(",")) if args.text_queries_from else config.train_splits
+        if text_splits != config.train_splits and "text" in config.protocols:
+            text_config = dataclasses.replace(config, train_splits=text_splits, protocols=("text",))
+            photo_config = dataclasses.replace(config, protocols=tuple(p for p in config.protocols if p != "text"))
+            training = protocol_training_data(builder, text_splits, text_config, "train")
+            if photo_config.protocols:
+                training = training + protocol_training_data(builder, config.train_splits, photo_config, "train")
+        else:
+            training = protocol_training_data(builder, config.train_splits, config, "val")
     finally:
         builder.close()
     results["prepared_seconds"] = round(time.perf_counter() - started, 1)
@@ -115,6 +128,7 @@ def main() -> None:
             feature_names=training.feature_names)
         gate = validation_gate(ranker, valid_part, wanted_grade=KNOWN_ITEM_GRADES["target"])
         row = {"wanted_gain": gain, "category_gain": args.category_gain, "queries_from": args.queries_from,
+               "text_queries_from": args.text_queries_from or args.queries_from,
                "seed": seed, "params": params,
                "trees": ranker.best_iteration_, "gate_passed": gate["passed"],
                "gate": gate["types"], "test": test_scores(ranker, tests)}
