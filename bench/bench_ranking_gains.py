@@ -7,6 +7,7 @@
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --protocols image,self-photo
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --params '[{"num_leaves": 63}]'
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2,3,4 --split-per-seed --bag
 
 Builds the training data of ``marketsearch train-ranker`` once (known-item text, image and self-photo
 queries on the model's val products) and the test-product candidates of ``marketsearch evaluate`` once,
@@ -69,6 +70,18 @@ def test_scores(ranker: Reranker, tests: dict) -> dict[str, dict[str, dict[str, 
     return scores
 
 
+class MeanOfRankers:
+    """Scores candidates by the mean of several re-rankers' scores, each standardised over the query's candidates."""
+
+    def __init__(self, rankers: list[Reranker]):
+        self.rankers = rankers
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        scores = np.array([ranker.predict(X) for ranker in self.rankers], dtype=np.float64)
+        spread = scores.std(axis=1, keepdims=True)
+        return ((scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)).mean(axis=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
@@ -88,6 +101,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Query sampling and the early-stopping split.")
     parser.add_argument("--seeds", default=None,
                         help="Comma-separated LightGBM seeds, one re-ranker each (default: --seed).")
+    parser.add_argument("--split-per-seed", action="store_true",
+                        help="Each LightGBM seed also draws its own early-stopping split (default: --seed's).")
+    parser.add_argument("--bag", action="store_true",
+                        help="Also score the mean of every fitted re-ranker's standardised scores (a bagged model).")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
     args = parser.parse_args()
 
@@ -121,7 +138,11 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     grid = [(float(g), params, seed) for g in args.gains.split(",") for params in json.loads(args.params)
             for seed in seeds]
+    fitted = []
     for gain, params, seed in grid:
+        if args.split_per_seed:
+            train_ids, valid_ids = split_queries(training.query_ids, config.valid_fraction, seed)
+            fit_part, valid_part = training.select(train_ids), training.select(valid_ids)
         ranker = Reranker(**{"n_jobs": 1, "log_every": 0, **params}, label_gain=(0.0, args.category_gain, gain),
                           random_state=seed).fit(
             fit_part.X, fit_part.y, fit_part.group, valid_part.X, valid_part.y, valid_part.group,
@@ -133,6 +154,7 @@ def main() -> None:
                "trees": ranker.best_iteration_, "gate_passed": gate["passed"],
                "gate": gate["types"], "test": test_scores(ranker, tests)}
         results["rows"].append(row)
+        fitted.append(ranker)
         cells = []
         for name, scores in row["test"].items():
             cells.append(f"{name}: " + ", ".join(
@@ -144,6 +166,12 @@ def main() -> None:
         print(f"gains 0/{args.category_gain:g}/{gain:g}, params {json.dumps(params)}, seed {seed}, queries from "
               f"{args.queries_from} ({row['trees']} trees, gate {verdict}; validation MRR@10 {validation}) | "
               + " | ".join(cells), flush=True)
+    if args.bag and len(fitted) > 1:
+        bagged = test_scores(MeanOfRankers(fitted), tests)
+        results["bag"] = {"rankers": len(fitted), "test": bagged}
+        print(f"bag of {len(fitted)} re-rankers | " + " | ".join(
+            f"{name}: reranked " + "/".join(f"{scores['reranked'][m]:.4f}" for m in METRICS)
+            for name, scores in bagged.items()), flush=True)
     results["load_average_after"] = os.getloadavg()
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(results, indent=2))
