@@ -8,6 +8,7 @@
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --protocols image,self-photo
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --params '[{"num_leaves": 63}]'
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2,3,4 --split-per-seed --bag
+    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2,3,4 --split-per-seed --refit
 
 Builds the training data of ``marketsearch train-ranker`` once (known-item text, image and self-photo
 queries on the model's val products) and the test-product candidates of ``marketsearch evaluate`` once,
@@ -105,6 +106,9 @@ def main() -> None:
                         help="Each LightGBM seed also draws its own early-stopping split (default: --seed's).")
     parser.add_argument("--bag", action="store_true",
                         help="Also score the mean of every fitted re-ranker's standardised scores (a bagged model).")
+    parser.add_argument("--refit", action="store_true",
+                        help="Refit each early-stopped re-ranker on all its training queries (the early-stopping "
+                             "ones too) with the tree count early stopping chose, and score that one.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
     args = parser.parse_args()
 
@@ -148,8 +152,12 @@ def main() -> None:
             fit_part.X, fit_part.y, fit_part.group, valid_part.X, valid_part.y, valid_part.group,
             feature_names=training.feature_names)
         gate = validation_gate(ranker, valid_part, wanted_grade=KNOWN_ITEM_GRADES["target"])
+        if args.refit:
+            ranker = Reranker(**{"n_jobs": 1, "log_every": 0, **params, "n_estimators": ranker.best_iteration_},
+                              label_gain=(0.0, args.category_gain, gain), random_state=seed).fit(
+                training.X, training.y, training.group, feature_names=training.feature_names)
         row = {"wanted_gain": gain, "category_gain": args.category_gain, "queries_from": args.queries_from,
-               "text_queries_from": args.text_queries_from or args.queries_from,
+               "text_queries_from": args.text_queries_from or args.queries_from, "refit": args.refit,
                "seed": seed, "params": params,
                "trees": ranker.best_iteration_, "gate_passed": gate["passed"],
                "gate": gate["types"], "test": test_scores(ranker, tests)}
