@@ -75,8 +75,9 @@ def main() -> None:
     result = {"path_accuracy": {"title": float((np.array(classes)[p_title.argmax(1)] == paths)[test].mean()),
                                 "photos": float((np.array(classes)[p_photo.argmax(1)] == paths)[test & has].mean())},
               "paths": len(classes)}
-    print(f"full-path accuracy on the test listings ({len(classes)} paths): title {result['path_accuracy']['title']:.3f}, "
-          f"photos {result['path_accuracy']['photos']:.3f}")
+    accuracy = result["path_accuracy"]
+    print(f"full-path accuracy on the test listings ({len(classes)} paths): title {accuracy['title']:.3f}, "
+          f"photos {accuracy['photos']:.3f}")
     gallery = np.flatnonzero(has)
     position = {row: i for i, row in enumerate(gallery)}
     for part in ("val", "test"):

@@ -91,7 +91,7 @@ def main() -> None:
     from evaluation.evaluate import compare_runs, iter_query_candidates, stage_scores
     from evaluation.judgments import wanted_listing_qrels
     from evaluation.protocol import ProtocolBuilder
-    from evaluation.train import KNOWN_ITEM_RERANKER, TrainRankerConfig, TrainingData, split_queries
+    from evaluation.train import KNOWN_ITEM_RERANKER, TrainingData, TrainRankerConfig, split_queries
     from ranking.reranker import Reranker
 
     started = time.perf_counter()

@@ -66,7 +66,8 @@ def main() -> None:
     wanted = {query_id: next(iter(judged)) for query_id, judged in qrels.to_dict().items()}
     catalog = Catalog(workspace.db_url, root=workspace.root)
     try:
-        descriptions = {listing.id: listing.description or "" for listing in catalog.get_listings(list(wanted.values()))}
+        listings = catalog.get_listings(list(wanted.values()))
+        descriptions = {listing.id: listing.description or "" for listing in listings}
     finally:
         catalog.close()
     analyse = BM25Index.build(["probe"], ["probe"]).analyse
@@ -87,7 +88,8 @@ def main() -> None:
         ids = [q for q, b in bucket.items() if b == name]
         scores = {s: float(np.mean([per_query[s].get(q, 0.0) for q in ids])) if ids else float("nan") for s in stages}
         table["buckets"][name] = {"queries": len(ids), "share": len(ids) / len(wanted), "mrr@10": scores}
-        print(f"{name:14s} {len(ids):8d} {len(ids) / len(wanted):6.1%} " + " ".join(f"{scores[s]:22.4f}" for s in stages))
+        cells = " ".join(f"{scores[s]:22.4f}" for s in stages)
+        print(f"{name:14s} {len(ids):8d} {len(ids) / len(wanted):6.1%} {cells}")
     for stage in stages:
         overall = float(np.mean([per_query[stage].get(q, 0.0) for q in wanted]))
         ceiling = float(np.mean([per_query[stage].get(q, 0.0) if bucket.get(q) in (None, "none") else 1.0
