@@ -7,8 +7,8 @@
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --protocols image,self-photo
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --params '[{"num_leaves": 63}]'
-    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2 --split-per-seed --bag
-    .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --seeds 0,1,2 --split-per-seed --refit
+    .venv/bin/python -m bench.bench_ranking_gains --workspace ws --gains 3 --seeds 0,1 --split-per-seed --bag
+    .venv/bin/python -m bench.bench_ranking_gains --workspace ws --gains 3 --seeds 0,1 --split-per-seed --refit
 
 Builds the training data of ``marketsearch train-ranker`` once (known-item text, image and self-photo
 queries on the model's val products) and the test-product candidates of ``marketsearch evaluate`` once,
