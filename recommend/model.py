@@ -189,8 +189,9 @@ class Recommender:
         _ = self.vector_index, self.factor_index
 
     def use_indexes(self, vector_index: ListingIndex, factor_index: ListingIndex | None) -> Recommender:
-        """Search these candidate indexes (built elsewhere: ``recommend.live`` keeps the trained ones and searches
-        the listings appended since exactly) instead of building them; returns this recommender."""
+        """Search these candidate indexes (built elsewhere: ``recommend.live`` extends the ones it has with the
+        listings appended since, searched exactly or in a rebuilt index, ``ListingIndex.extended``) instead of
+        building them; returns this recommender."""
         if vector_index.rows != len(self.items):
             raise ValueError(f"the vector index searches {vector_index.rows} rows for {len(self.items)} items")
         if (factor_index is None) != (self.item_factors is None):
