@@ -9,6 +9,9 @@
     .venv/bin/python -m bench.bench_ranking_gains --workspace workspace/dev --gains 3 --params '[{"num_leaves": 63}]'
     .venv/bin/python -m bench.bench_ranking_gains --workspace ws --gains 3 --seeds 0,1 --split-per-seed --bag
     .venv/bin/python -m bench.bench_ranking_gains --workspace ws --gains 3 --seeds 0,1 --split-per-seed --refit
+    .venv/bin/python -m bench.bench_ranking_gains --workspace ws --gains 3 --seeds 0,1 --corpus-from val
+    .venv/bin/python -m bench.bench_ranking_gains --workspace ws --gains 3 --seeds 0,1 --corpus-from train,val
+    .venv/bin/python -m bench.bench_ranking_gains --workspace ws --gains 3 --seeds 0,1 --valid-corpus-from val
 
 Builds the training data of ``marketsearch train-ranker`` once (known-item text, image and self-photo
 queries on the model's val products) and the test-product candidates of ``marketsearch evaluate`` once,
@@ -32,7 +35,14 @@ import numpy as np
 
 from evaluation.evaluate import compare_runs, iter_query_candidates, stage_scores
 from evaluation.judgments import KNOWN_ITEM_GRADES, wanted_listing_qrels
-from evaluation.train import TrainRankerConfig, protocol_training_data, split_queries, validation_gate
+from evaluation.train import (
+    TrainRankerConfig,
+    corpus_views,
+    join_views,
+    protocol_training_data,
+    split_queries,
+    validation_gate,
+)
 from ranking.reranker import Reranker
 
 METRICS = ["ndcg@10", "mrr@10", "hit_rate@1"]
@@ -91,6 +101,12 @@ def main() -> None:
                         help="Gain of a listing of the wanted listing's category path (0: the wanted listing only).")
     parser.add_argument("--queries-from", default="val",
                         help="Products the training queries come from: val (train-ranker's default) or train,val.")
+    parser.add_argument("--corpus-from", default="train,val+val",
+                        help="Products the training queries search, several corpora joined by + (train-ranker's "
+                             "default: train,val+val, each query searching both; val alone is shaped like the test "
+                             "protocol, whose corpus the towers never trained on).")
+    parser.add_argument("--valid-corpus-from", default=None,
+                        help="Products the early-stopping queries search (default: those of --corpus-from).")
     parser.add_argument("--text-queries-from", default=None,
                         help="Products the text queries come from, when not those of --queries-from (the photo "
                              "queries keep --queries-from).")
@@ -123,30 +139,45 @@ def main() -> None:
     builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
     try:
         tests = test_items(builder, args.depth)
+        corpora = tuple(tuple(corpus.split(",")) for corpus in args.corpus_from.split("+"))
         config = TrainRankerConfig(train_splits=tuple(args.queries_from.split(",")), depth=args.depth, seed=args.seed,
+                                   corpora=corpora,
                                    **({"protocols": tuple(args.protocols.split(","))} if args.protocols else {}))
         text_splits = tuple(args.text_queries_from.split(",")) if args.text_queries_from else config.train_splits
         if text_splits != config.train_splits and "text" in config.protocols:
+            if len(corpora) > 1:
+                parser.error("--text-queries-from takes one corpus in --corpus-from")
             text_config = dataclasses.replace(config, train_splits=text_splits, protocols=("text",))
             photo_config = dataclasses.replace(config, protocols=tuple(p for p in config.protocols if p != "text"))
             training = protocol_training_data(builder, text_splits, text_config, "train")
             if photo_config.protocols:
                 training = training + protocol_training_data(builder, config.train_splits, photo_config, "train")
+            views = [training]
         else:
-            training = protocol_training_data(builder, config.train_splits, config, "val")
+            views = corpus_views(builder, config.train_splits, config, "train")
+        valid_views, valid_corpora = views, corpora
+        if args.valid_corpus_from:
+            valid_corpora = (tuple(args.valid_corpus_from.split(",")),)
+            valid_views = [protocol_training_data(builder, config.train_splits, config, "valid", valid_corpora[0])]
     finally:
         builder.close()
     results["prepared_seconds"] = round(time.perf_counter() - started, 1)
-    train_ids, valid_ids = split_queries(training.query_ids, config.valid_fraction, args.seed)
-    fit_part, valid_part = training.select(train_ids), training.select(valid_ids)
+    # as train-ranker: every group of a query (one per corpus) on the same side of the split
+    query_ids = sorted({q for view in views for q in view.query_ids})
+    training = join_views(views, set(query_ids), corpora)
+
+    def split(seed: int):
+        train_ids, valid_ids = split_queries(query_ids, config.valid_fraction, seed)
+        return join_views(views, train_ids, corpora), join_views(valid_views, valid_ids, valid_corpora)
+
+    fit_part, valid_part = split(args.seed)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     grid = [(float(g), params, seed) for g in args.gains.split(",") for params in json.loads(args.params)
             for seed in seeds]
     fitted = []
     for gain, params, seed in grid:
         if args.split_per_seed:
-            train_ids, valid_ids = split_queries(training.query_ids, config.valid_fraction, seed)
-            fit_part, valid_part = training.select(train_ids), training.select(valid_ids)
+            fit_part, valid_part = split(seed)
         ranker = Reranker(**{"n_jobs": 1, "log_every": 0, **params}, label_gain=(0.0, args.category_gain, gain),
                           random_state=seed).fit(
             fit_part.X, fit_part.y, fit_part.group, valid_part.X, valid_part.y, valid_part.group,
@@ -158,6 +189,7 @@ def main() -> None:
                 training.X, training.y, training.group, feature_names=training.feature_names)
         row = {"wanted_gain": gain, "category_gain": args.category_gain, "queries_from": args.queries_from,
                "text_queries_from": args.text_queries_from or args.queries_from, "refit": args.refit,
+               "corpus_from": args.corpus_from, "valid_corpus_from": args.valid_corpus_from,
                "seed": seed, "params": params,
                "trees": ranker.best_iteration_, "gate_passed": gate["passed"],
                "gate": gate["types"], "test": test_scores(ranker, tests)}

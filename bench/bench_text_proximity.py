@@ -98,7 +98,7 @@ def main() -> None:
     builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
     try:
         description = {x.id: x.description or "" for x in builder.listings({"train", "val", "test"})}
-        train_protocol = builder.text_protocol(("val",), corpus_splits=TrainRankerConfig().corpus_splits)
+        train_protocol = builder.text_protocol(("val",), corpus_splits=TrainRankerConfig().corpora[0])
         test_protocol = builder.text_protocol(("test",), frozen_baseline=True)
         parts = {}
         for name, protocol in (("train", train_protocol), ("test", test_protocol)):

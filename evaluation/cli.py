@@ -82,7 +82,8 @@ def train_ranker(
         "crop, resize, brightness, JPEG, seeded), a comma-separated list, both (text,image) or all.")] = "all",
     train_splits: Annotated[str, typer.Option(
         "--train-splits", help="Model split(s) whose products give the training queries (comma-separated; "
-        "'test' is refused: it is kept for evaluation). They search a corpus of the train and val products. "
+        "'test' is refused: it is kept for evaluation). Each searches two corpora: the train and val products, and "
+        "the products of its own split alone. "
         "Default val: the towers never trained on those products, so their scores behave as on new listings.")
     ] = "val",
     valid_splits: Annotated[str, typer.Option(

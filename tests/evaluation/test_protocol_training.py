@@ -9,7 +9,14 @@ import pytest
 from core.workspace import Workspace
 from evaluation.evaluate import collect_runs, compare_runs
 from evaluation.judgments import read_qrels
-from evaluation.train import TrainRankerConfig, split_queries, train_from_protocol, training_data
+from evaluation.train import (
+    TrainRankerConfig,
+    corpus_views,
+    join_views,
+    split_queries,
+    train_from_protocol,
+    training_data,
+)
 from ranking.feature_log import FeatureLogger, log_files, read_feature_logs
 from ranking.features import FEATURE_NAMES
 
@@ -117,6 +124,26 @@ def test_training_uses_only_train_and_val_products(trained, builder):
     test_ids = {x.id for x in builder.listings(("test",))}
     train_ids = {x.id for x in builder.listings(("train", "val"))}
     assert not test_ids & train_ids
+
+
+def test_each_training_query_searches_both_corpora_and_both_groups_fall_on_one_side(builder):
+    config = TrainRankerConfig(max_queries=30, protocols=("text",))
+    assert config.corpora == (("train", "val"), ("val",))
+    served, unseen = corpus_views(builder, ("val",), config, "train")
+    val_products = len(builder.listings(("val",)))
+    assert len(builder.listings(("train", "val"))) > 2 * val_products
+    # the same queries; the val-only corpus holds no train product, so no query gets more candidates than it has
+    assert set(served.query_ids) == set(unseen.query_ids) and served.queries > 10
+    assert served.group.max() > val_products >= unseen.group.max()
+
+    train_ids, valid_ids = split_queries(served.query_ids, 0.3, seed=0)
+    train = join_views([served, unseen], train_ids, config.corpora)
+    valid = join_views([served, unseen], valid_ids, config.corpora)
+    assert train.queries == 2 * len(train_ids) and valid.queries == 2 * len(valid_ids)
+    assert len(set(train.query_ids)) == train.queries  # one id per group, for the gate
+    base = {side: {q.split("@")[0] for q in data.query_ids} for side, data in (("train", train), ("valid", valid))}
+    assert base == {"train": train_ids, "valid": valid_ids}
+    assert sorted(q for q in train.query_ids if q.endswith("@val")) == sorted(f"{q}@val" for q in train_ids)
 
 
 def test_reranker_trained_on_the_demo_catalogue_beats_the_first_stage(builder):

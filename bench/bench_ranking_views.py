@@ -1,0 +1,118 @@
+"""Which corpora the re-ranker's training queries should search, chosen by cross-validation on the training
+queries alone (the test products are never read).
+
+    .venv/bin/python -m bench.bench_ranking_views --workspace workspace/dev --folds 5 --repeats 2
+
+``train-ranker``'s queries come from the model's val products. They can search the train + val products (as a
+served query searches a catalogue whose listings the towers partly trained on) or the val products alone (as
+the test protocol's queries search products the towers never saw), or both: each query then gives two groups of
+candidates. Each variant is fitted on K-1 folds of the queries (early stopping on a random fifth of them, as
+``train-ranker`` does) and scored on the held-out fold searching each corpus: graded NDCG@10 and MRR@10 of the
+wanted listing alone, per query type, as ``train-ranker``'s gate reads them. Prints the mean over folds and
+repeats, and the paired difference of each variant against the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+from scipy.stats import ttest_rel
+
+from evaluation.judgments import KNOWN_ITEM_GRADES
+from evaluation.train import (
+    KNOWN_ITEM_RERANKER,
+    TrainingData,
+    TrainRankerConfig,
+    protocol_training_data,
+    split_queries,
+    validation_gate,
+)
+from ranking.reranker import Reranker
+
+VARIANTS = {"train,val": ("train,val",), "val": ("val",), "train,val + val": ("train,val", "val")}
+
+
+def joined(parts: list[TrainingData]) -> TrainingData:
+    return sum(parts[1:], parts[0])
+
+
+def fold_scores(ranker: Reranker, held_out: TrainingData) -> dict[str, float]:
+    gate = validation_gate(ranker, held_out, wanted_grade=KNOWN_ITEM_GRADES["target"])
+    scores = {}
+    for kind, t in gate["types"].items():
+        scores[f"{kind} NDCG@10"] = t["reranked_score"]
+        if "wanted" in t:
+            scores[f"{kind} MRR@10"] = t["wanted"]["reranked_score"]
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
+    parser.add_argument("--folds", type=int, default=5, help="Cross-validation folds over the training queries.")
+    parser.add_argument("--repeats", type=int, default=2, help="Fold assignments (seeds 0, 1, ...).")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
+    args = parser.parse_args()
+
+    import torch
+
+    from core.workspace import Workspace
+    from evaluation.protocol import ProtocolBuilder
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    config = TrainRankerConfig()
+    corpora = sorted({c for variant in VARIANTS.values() for c in variant})
+    builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
+    try:
+        views = {corpus: protocol_training_data(builder, config.train_splits, config, f"corpus {corpus}",
+                                                tuple(corpus.split(","))) for corpus in corpora}
+    finally:
+        builder.close()
+    prepared = time.perf_counter() - started
+    query_ids = sorted(set().union(*(view.query_ids for view in views.values())))
+    print(f"{len(query_ids)} training queries, views: "
+          + ", ".join(f"{c} {v.queries} queries / {len(v.X)} rows" for c, v in views.items()), flush=True)
+
+    # scores[variant][held-out corpus][metric] -> one value per (repeat, fold)
+    scores: dict = {v: {c: {} for c in corpora} for v in VARIANTS}
+    for repeat in range(args.repeats):
+        order = np.random.default_rng(repeat).permutation(query_ids)
+        for fold in range(args.folds):
+            held_out = set(order[fold::args.folds].tolist())
+            fit_ids, stop_ids = split_queries(sorted(set(query_ids) - held_out), config.valid_fraction, repeat)
+            for variant, trained_on in VARIANTS.items():
+                fit = joined([views[c].select(fit_ids) for c in trained_on])
+                stop = joined([views[c].select(stop_ids) for c in trained_on])
+                ranker = Reranker(**{**KNOWN_ITEM_RERANKER, "n_jobs": 1, "log_every": 0}, random_state=repeat).fit(
+                    fit.X, fit.y, fit.group, stop.X, stop.y, stop.group, feature_names=fit.feature_names)
+                for corpus in corpora:
+                    for metric, value in fold_scores(ranker, views[corpus].select(held_out)).items():
+                        scores[variant][corpus].setdefault(metric, []).append(value)
+                print(f"repeat {repeat} fold {fold} {variant}: {ranker.best_iteration_} trees", flush=True)
+
+    base = next(iter(VARIANTS))
+    print(f"\nheld-out queries, mean over {args.repeats} x {args.folds} folds (paired t-test against {base}):")
+    for corpus in corpora:
+        print(f"  searching {corpus}:")
+        for metric in scores[base][corpus]:
+            cells = []
+            for variant in VARIANTS:
+                values = np.asarray(scores[variant][corpus][metric])
+                cell = f"{variant} {values.mean():.4f}"
+                if variant != base:
+                    reference = np.asarray(scores[base][corpus][metric])
+                    cell += f" ({values.mean() - reference.mean():+.4f}, p = {ttest_rel(values, reference).pvalue:.2g})"
+                cells.append(cell)
+            print(f"    {metric}: " + " | ".join(cells))
+    print(json.dumps({"prepared_seconds": round(prepared, 1), "seconds": round(time.perf_counter() - started, 1),
+                      "load_average_after": os.getloadavg(), "folds": args.folds, "repeats": args.repeats,
+                      "scores": scores}))
+
+
+if __name__ == "__main__":
+    main()
