@@ -11,14 +11,36 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-import bm25s
 import numpy as np
 import Stemmer
 
 from index.storage import REBUILD_HINT, IndexLoadError, atomic_version, open_version, read_manifest, write_manifest
+
+
+def _import_bm25s():
+    """``import bm25s``, without numba.
+
+    bm25s imports numba at import time whenever it is installed (ranx, for evaluation, brings it): 0.7 s of the
+    service's start. Only its opt-in numba backend and ``compile()`` use it; this index keeps the default numpy
+    backend and scores with ``get_scores``. A ``None`` entry in ``sys.modules`` makes bm25s's own ``import numba``
+    fail, so it imports as on a machine without numba; a numba already imported is left alone.
+    """
+    if "numba" in sys.modules or "bm25s" in sys.modules:
+        import bm25s
+        return bm25s
+    sys.modules["numba"] = None
+    try:
+        import bm25s
+    finally:
+        del sys.modules["numba"]
+    return bm25s
+
+
+bm25s = _import_bm25s()
 
 logger = logging.getLogger(__name__)
 

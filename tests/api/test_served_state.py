@@ -30,7 +30,7 @@ def test_service_serves_the_torch_model_with_the_reason_when_the_graphs_do_not_v
         assert response.status_code == 200 and response.json()["count"] > 0
 
 
-def test_service_start_imports_no_torch_transformers_or_scikit_learn(served_workspace):
+def test_service_start_imports_no_torch_transformers_scikit_learn_or_numba(served_workspace):
     script = f"""
 import sys
 import api.main
@@ -41,7 +41,7 @@ state = load_state(Settings(workspace={str(served_workspace.root)!r}, live_follo
 assert state.searcher is not None, state.searcher_error
 assert type(state.searcher.model).__name__ == "ServedModel", state.runtime_notes
 state.searcher.search(text="good condition", k=5)
-heavy = ("torch", "torchvision", "transformers", "sklearn", "lightgbm", "pandas")
+heavy = ("torch", "torchvision", "transformers", "sklearn", "lightgbm", "pandas", "numba")
 loaded = sorted(m for m in heavy if m in sys.modules)
 print("loaded:" + ",".join(loaded))
 """
