@@ -187,8 +187,15 @@ def train_ranker(
     for line in gate_lines(gate):
         typer.echo(f"  gate:            {line}")
     typer.echo(f"  labels:          {summary['source']}")
-    typer.echo(f"  training:        {summary['train_queries']} queries, {summary['train_rows']} candidate rows")
-    typer.echo(f"  early stopping:  {summary['valid_queries']} queries; best iteration {summary['best_iteration']}"
+    def queries(side: str) -> str:
+        count = summary[f"{side}_queries"]
+        if len(summary.get("corpora", ())) < 2:
+            return f"{count} queries"
+        return (f"{summary['distinct_queries'][side]} queries x {len(summary['corpora'])} corpora "
+                f"({', '.join(summary['corpora'])}): {count} candidate lists")
+
+    typer.echo(f"  training:        {queries('train')}, {summary['train_rows']} candidate rows")
+    typer.echo(f"  early stopping:  {queries('valid')}; best iteration {summary['best_iteration']}"
                + (f", validation NDCG@10 {valid['ndcg@10']:.4f}" if "ndcg@10" in valid else ""))
     top = list(summary["feature_importance"].items())[:8]
     total = sum(summary["feature_importance"].values()) or 1.0

@@ -221,7 +221,7 @@ def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerCo
 def corpus_views(builder, splits: Sequence[str], config: TrainRankerConfig, what: str) -> list[TrainingData]:
     """``protocol_training_data`` once per corpus of ``config.corpora``: the same queries, other candidates."""
     return [protocol_training_data(builder, splits, config,
-                                   f"{what} ({'+'.join(dict.fromkeys([*splits, *corpus]))} corpus)", corpus)
+                                   f"{what} ({'+'.join(corpus)} corpus)", corpus)
             for corpus in config.corpora]
 
 
@@ -259,7 +259,9 @@ def train_from_protocol(workspace, config: TrainRankerConfig | None = None, *, b
     train = join_views(views, train_ids, config.corpora)
     valid = join_views(valid_views, valid_ids, config.corpora)
     info = {"source": "known-item protocol", "config": asdict(config),
-            "model_fingerprint": builder.model.fingerprint}
+            "model_fingerprint": builder.model.fingerprint,
+            "corpora": ["+".join(corpus) for corpus in config.corpora],
+            "distinct_queries": {"train": len(train_ids), "valid": len(valid_ids)}}
     return _fit(train, valid, KNOWN_ITEM_LABEL_DEFINITION, info, {**KNOWN_ITEM_RERANKER, **config.reranker},
                 wanted_grade=KNOWN_ITEM_GRADES["target"])
 

@@ -1,6 +1,7 @@
 """End to end on the demo catalogue: protocol corpora, training, evaluation, the searcher hook, the CLI."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -191,6 +192,10 @@ def test_cli_train_ranker_and_evaluate(ranking_workspace, trained):
                                  "--protocol", "text", "--trees", "30", "--max-queries", "30"])
     assert result.exit_code == 0, result.output
     assert "re-ranker saved to" in result.output and (ranking_workspace.ranker_dir / "model.txt").is_file()
+    # each text query searches both corpora: two candidate lists
+    counts = re.search(r"training: +(\d+) queries x 2 corpora \(train\+val, val\): (\d+) candidate lists",
+                       result.output)
+    assert counts and 2 * int(counts[1]) == int(counts[2]) > 0, result.output
 
     result = runner.invoke(app, ["evaluate", "--workspace", str(ranking_workspace.root), "--threads", "1",
                                  "--no-frozen-baseline", "--max-queries", "15"])
