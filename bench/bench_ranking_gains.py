@@ -152,23 +152,23 @@ def main() -> None:
             training = protocol_training_data(builder, text_splits, text_config, "train")
             if photo_config.protocols:
                 training = training + protocol_training_data(builder, config.train_splits, photo_config, "train")
-            views = [training]
+            views = {"+".join(corpora[0]): training}
         else:
             views = corpus_views(builder, config.train_splits, config, "train")
-        valid_views, valid_corpora = views, corpora
+        valid_views = views
         if args.valid_corpus_from:
-            valid_corpora = (tuple(args.valid_corpus_from.split(",")),)
-            valid_views = [protocol_training_data(builder, config.train_splits, config, "valid", valid_corpora[0])]
+            valid_views = {args.valid_corpus_from: protocol_training_data(
+                builder, config.train_splits, config, "valid", tuple(args.valid_corpus_from.split(",")))}
     finally:
         builder.close()
     results["prepared_seconds"] = round(time.perf_counter() - started, 1)
     # as train-ranker: every group of a query (one per corpus) on the same side of the split
-    query_ids = sorted({q for view in views for q in view.query_ids})
-    training = join_views(views, set(query_ids), corpora)
+    query_ids = sorted({q for view in views.values() for q in view.query_ids})
+    training = join_views(views, set(query_ids))
 
     def split(seed: int):
         train_ids, valid_ids = split_queries(query_ids, config.valid_fraction, seed)
-        return join_views(views, train_ids, corpora), join_views(valid_views, valid_ids, valid_corpora)
+        return join_views(views, train_ids), join_views(valid_views, valid_ids)
 
     fit_part, valid_part = split(args.seed)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]

@@ -218,21 +218,29 @@ def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerCo
     return data
 
 
-def corpus_views(builder, splits: Sequence[str], config: TrainRankerConfig, what: str) -> list[TrainingData]:
-    """``protocol_training_data`` once per corpus of ``config.corpora``: the same queries, other candidates."""
-    return [protocol_training_data(builder, splits, config,
-                                   f"{what} ({'+'.join(corpus)} corpus)", corpus)
-            for corpus in config.corpora]
+SPLIT_ORDER = ("train", "val", "test")
 
 
-def join_views(views: Sequence[TrainingData], query_ids: set[str], corpora: Sequence[Sequence[str]]) -> TrainingData:
+def corpus_views(builder, splits: Sequence[str], config: TrainRankerConfig, what: str) -> dict[str, TrainingData]:
+    """``protocol_training_data`` once per corpus of ``config.corpora``: the same queries, other candidates. Keyed by
+    the corpus's products (``train+val``: the named splits and the query splits); corpora that come to the same
+    products are searched once."""
+    views: dict[str, TrainingData] = {}
+    for corpus in config.corpora:
+        name = "+".join(split for split in SPLIT_ORDER if split in {*splits, *corpus})
+        if name not in views:
+            views[name] = protocol_training_data(builder, splits, config, f"{what} ({name} corpus)", corpus)
+    return views
+
+
+def join_views(views: Mapping[str, TrainingData], query_ids: set[str]) -> TrainingData:
     """The groups of ``query_ids`` in every view. A query's id gains its corpus (``q@train+val``) when there are
     several views, so that each group stays one query to the gate."""
     parts = []
-    for view, corpus in zip(views, corpora):
+    for name, view in views.items():
         part = view.select(query_ids)
         if len(views) > 1:
-            part.query_ids = [f"{q}@{'+'.join(corpus)}" for q in part.query_ids]
+            part.query_ids = [f"{q}@{name}" for q in part.query_ids]
         parts.append(part)
     return sum(parts[1:], parts[0])
 
@@ -245,22 +253,22 @@ def train_from_protocol(workspace, config: TrainRankerConfig | None = None, *, b
     builder = builder or ProtocolBuilder(workspace)
     try:
         views = corpus_views(builder, config.train_splits, config, "train")
-        query_ids = sorted({q for view in views for q in view.query_ids})
+        query_ids = sorted({q for view in views.values() for q in view.query_ids})
         if config.valid_splits:
             valid_views = corpus_views(builder, config.valid_splits, config, "valid")
             train_ids = set(query_ids)
-            valid_ids = {q for view in valid_views for q in view.query_ids}
+            valid_ids = {q for view in valid_views.values() for q in view.query_ids}
         else:
             train_ids, valid_ids = split_queries(query_ids, config.valid_fraction, config.seed)
             valid_views = views
     finally:
         if own_builder:
             builder.close()
-    train = join_views(views, train_ids, config.corpora)
-    valid = join_views(valid_views, valid_ids, config.corpora)
+    train = join_views(views, train_ids)
+    valid = join_views(valid_views, valid_ids)
     info = {"source": "known-item protocol", "config": asdict(config),
             "model_fingerprint": builder.model.fingerprint,
-            "corpora": ["+".join(corpus) for corpus in config.corpora],
+            "corpora": list(views),
             "distinct_queries": {"train": len(train_ids), "valid": len(valid_ids)}}
     return _fit(train, valid, KNOWN_ITEM_LABEL_DEFINITION, info, {**KNOWN_ITEM_RERANKER, **config.reranker},
                 wanted_grade=KNOWN_ITEM_GRADES["target"])

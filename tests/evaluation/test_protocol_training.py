@@ -130,7 +130,9 @@ def test_training_uses_only_train_and_val_products(trained, builder):
 def test_each_training_query_searches_both_corpora_and_both_groups_fall_on_one_side(builder):
     config = TrainRankerConfig(max_queries=30, protocols=("text",))
     assert config.corpora == (("train", "val"), ("val",))
-    served, unseen = corpus_views(builder, ("val",), config, "train")
+    views = corpus_views(builder, ("val",), config, "train")
+    assert list(views) == ["train+val", "val"]
+    served, unseen = views.values()
     val_products = len(builder.listings(("val",)))
     assert len(builder.listings(("train", "val"))) > 2 * val_products
     # the same queries; the val-only corpus holds no train product, so no query gets more candidates than it has
@@ -138,13 +140,15 @@ def test_each_training_query_searches_both_corpora_and_both_groups_fall_on_one_s
     assert served.group.max() > val_products >= unseen.group.max()
 
     train_ids, valid_ids = split_queries(served.query_ids, 0.3, seed=0)
-    train = join_views([served, unseen], train_ids, config.corpora)
-    valid = join_views([served, unseen], valid_ids, config.corpora)
+    train = join_views(views, train_ids)
+    valid = join_views(views, valid_ids)
     assert train.queries == 2 * len(train_ids) and valid.queries == 2 * len(valid_ids)
     assert len(set(train.query_ids)) == train.queries  # one id per group, for the gate
     base = {side: {q.split("@")[0] for q in data.query_ids} for side, data in (("train", train), ("valid", valid))}
     assert base == {"train": train_ids, "valid": valid_ids}
     assert sorted(q for q in train.query_ids if q.endswith("@val")) == sorted(f"{q}@val" for q in train_ids)
+    # queries from the train and val products: both corpora are the same products, searched once
+    assert list(corpus_views(builder, ("train", "val"), config, "train")) == ["train+val"]
 
 
 def test_reranker_trained_on_the_demo_catalogue_beats_the_first_stage(builder):
