@@ -35,8 +35,12 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed: the browser test will be skipped"; fi; }
 
+# Two pytest-xdist workers: most of the suite's time is servers and subprocesses starting, so two workers
+# finish it in about 13 min on 2 cores against 17 min for one (docs/benchmarks.md). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(BIN)/ruff check .
