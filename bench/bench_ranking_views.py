@@ -30,17 +30,15 @@ from evaluation.train import (
     KNOWN_ITEM_RERANKER,
     TrainingData,
     TrainRankerConfig,
-    protocol_training_data,
+    corpus_views,
+    join_views,
     split_queries,
     validation_gate,
 )
 from ranking.reranker import Reranker
 
-VARIANTS = {"train,val": ("train,val",), "val": ("val",), "train,val + val": ("train,val", "val")}
-
-
-def joined(parts: list[TrainingData]) -> TrainingData:
-    return sum(parts[1:], parts[0])
+# variant -> the corpora (views of ``corpus_views`` under train-ranker's default config) it trains on
+VARIANTS = {"train,val": ("train+val",), "val": ("val",), "train,val + val": ("train+val", "val")}
 
 
 def fold_scores(ranker: Reranker, held_out: TrainingData) -> dict[str, float]:
@@ -81,13 +79,12 @@ def main() -> None:
             parser.error(f"unknown corpus variant {name!r}; choose from {'; '.join(VARIANTS)}")
         for params in param_sets:
             variants[f"{name} {json.dumps(params)}" if params else name] = (VARIANTS[name], params)
-    corpora = sorted({c for variant in VARIANTS.values() for c in variant})
     builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
     try:
-        views = {corpus: protocol_training_data(builder, config.train_splits, config, f"corpus {corpus}",
-                                                tuple(corpus.split(","))) for corpus in corpora}
+        views = corpus_views(builder, config.train_splits, config, "train")
     finally:
         builder.close()
+    corpora = list(views)
     prepared = time.perf_counter() - started
     query_ids = sorted(set().union(*(view.query_ids for view in views.values())))
     print(f"{len(query_ids)} training queries, views: "
@@ -102,8 +99,8 @@ def main() -> None:
             held_out = set(order[fold::args.folds].tolist())
             fit_ids, stop_ids = split_queries(sorted(set(query_ids) - held_out), config.valid_fraction, repeat)
             for variant, (trained_on, params) in variants.items():
-                fit = joined([views[c].select(fit_ids) for c in trained_on])
-                stop = joined([views[c].select(stop_ids) for c in trained_on])
+                fit = join_views({c: views[c] for c in trained_on}, fit_ids)
+                stop = join_views({c: views[c] for c in trained_on}, stop_ids)
                 ranker = Reranker(**{**KNOWN_ITEM_RERANKER, "n_jobs": 1, "log_every": 0, **params},
                                   random_state=repeat).fit(
                     fit.X, fit.y, fit.group, stop.X, stop.y, stop.group, feature_names=fit.feature_names)

@@ -187,6 +187,7 @@ def train_ranker(
     for line in gate_lines(gate):
         typer.echo(f"  gate:            {line}")
     typer.echo(f"  labels:          {summary['source']}")
+
     def queries(side: str) -> str:
         count = summary[f"{side}_queries"]
         if len(summary.get("corpora", ())) < 2:

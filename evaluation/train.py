@@ -23,6 +23,7 @@ from ranx import Run as RanxRun
 from ranx import evaluate as ranx_evaluate
 from scipy.stats import ttest_rel
 
+from catalog.split import SPLITS
 from evaluation.evaluate import DEFAULT_DEPTH, CandidateSource, _ordered_scores, iter_query_candidates
 from evaluation.judgments import (
     INTERACTION_LABEL_DEFINITION,
@@ -218,16 +219,13 @@ def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerCo
     return data
 
 
-SPLIT_ORDER = ("train", "val", "test")
-
-
 def corpus_views(builder, splits: Sequence[str], config: TrainRankerConfig, what: str) -> dict[str, TrainingData]:
     """``protocol_training_data`` once per corpus of ``config.corpora``: the same queries, other candidates. Keyed by
     the corpus's products (``train+val``: the named splits and the query splits); corpora that come to the same
     products are searched once."""
     views: dict[str, TrainingData] = {}
     for corpus in config.corpora:
-        name = "+".join(split for split in SPLIT_ORDER if split in {*splits, *corpus})
+        name = "+".join(split for split in SPLITS if split in {*splits, *corpus})
         if name not in views:
             views[name] = protocol_training_data(builder, splits, config, f"{what} ({name} corpus)", corpus)
     return views
