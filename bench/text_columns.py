@@ -1,0 +1,110 @@
+"""Shared harness of the known-item text lever benchmarks: does a set of extra columns help the re-ranker find the
+wanted listing?
+
+``text_candidates`` builds, once, the known-item text candidates and features of ``train-ranker`` (queries: titles
+of the val products, each searching every corpus of ``TrainRankerConfig.corpora``) and of ``evaluate`` (test
+products, with the frozen MiniLM anchor). ``compare_columns`` adds the columns a function computes for each query's
+candidates, fits one text-only re-ranker per LightGBM seed with and without them (the same early-stopping split of
+the queries per seed, both corpora of a query on one side) and prints test NDCG@10, wanted-listing MRR@10 and hit
+rate@1 of each, and their paired differences.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+METRICS = ["ndcg@10", "mrr@10", "hit_rate@1"]
+
+# (query text, candidate listing ids) -> float32 (n_candidates, n_columns), NaN where a column is undefined
+ColumnFunction = Callable[[str, Sequence[str]], np.ndarray]
+
+
+@dataclass
+class TextCandidates:
+    train_items: list  # evaluation.evaluate.QueryCandidates of the training queries, ids tagged with their corpus
+    train_qrels: dict
+    test_protocol: object  # evaluation.protocol.ProtocolSet of the test products
+    test_items: list
+
+
+def text_candidates(builder, depth: int = 100) -> TextCandidates:
+    from dataclasses import replace
+
+    from catalog.split import SPLITS
+    from evaluation.evaluate import iter_query_candidates
+    from evaluation.train import TrainRankerConfig
+
+    train_items, train_qrels = [], {}
+    corpora = {"+".join(s for s in SPLITS if s in {"val", *corpus}): corpus for corpus in TrainRankerConfig().corpora}
+    for name, corpus in corpora.items():
+        protocol = builder.text_protocol(("val",), corpus_splits=corpus)
+        for item in iter_query_candidates(protocol.searcher, protocol.queries, depth=depth,
+                                          description=f"train text queries ({name} corpus)"):
+            query_id = f"{item.query_id}@{name}" if len(corpora) > 1 else item.query_id
+            train_items.append(replace(item, query_id=query_id))
+            train_qrels[query_id] = protocol.qrels.get(item.query_id, {})
+    test_protocol = builder.text_protocol(("test",), frozen_baseline=True)
+    test_items = list(iter_query_candidates(test_protocol.searcher, test_protocol.queries, depth=depth,
+                                            description="test text queries"))
+    return TextCandidates(train_items, train_qrels, test_protocol, test_items)
+
+
+def compare_columns(data: TextCandidates, columns: ColumnFunction, column_names: Sequence[str],
+                    seeds: Sequence[int], label: str = "columns") -> dict[tuple[bool, int], dict[str, float]]:
+    """Test scores of the re-rankers without and with the columns, keyed by (with the columns, seed)."""
+    from evaluation.evaluate import compare_runs, stage_scores
+    from evaluation.judgments import wanted_listing_qrels
+    from evaluation.train import KNOWN_ITEM_RERANKER, TrainingData, split_queries
+    from ranking.reranker import Reranker
+
+    train_extra = [columns(item.query.text, item.candidates.listing_ids) for item in data.train_items]
+    test_extra = [columns(item.query.text, item.candidates.listing_ids) for item in data.test_items]
+
+    def training(with_columns: bool) -> TrainingData:
+        X, y, group, ids = [], [], [], []
+        for item, extra in zip(data.train_items, train_extra):
+            judged = data.train_qrels.get(item.query_id, {})
+            grades = np.array([judged.get(i, 0) for i in item.candidates.listing_ids], np.int32)
+            if not (grades > 0).any():
+                continue
+            X.append(np.hstack([item.features, extra]) if with_columns else item.features)
+            y.append(grades), group.append(len(grades)), ids.append(item.query_id)
+        names = list(data.train_items[0].feature_names) + (list(column_names) if with_columns else [])
+        return TrainingData(np.concatenate(X), np.concatenate(y), np.array(group), ids, names, ["text"] * len(ids))
+
+    protocol = data.test_protocol
+    scores: dict[tuple[bool, int], dict[str, float]] = {}
+    for with_columns in (False, True):
+        train = training(with_columns)
+        for seed in seeds:
+            # split the queries, not their corpora: both groups of a query fall on one side
+            fit_base, _ = split_queries(sorted({q.split("@")[0] for q in train.query_ids}), 0.2, seed)
+            fit_ids = {q for q in train.query_ids if q.split("@")[0] in fit_base}
+            fit, valid = train.select(fit_ids), train.select(set(train.query_ids) - fit_ids)
+            ranker = Reranker(**{**KNOWN_ITEM_RERANKER, "n_jobs": 1, "log_every": 0}, random_state=seed).fit(
+                fit.X, fit.y, fit.group, valid.X, valid.y, valid.group, feature_names=train.feature_names)
+            runs: dict = {}
+            for item, extra in zip(data.test_items, test_extra):
+                X = np.hstack([item.features, extra]) if with_columns else item.features
+                runs.setdefault("reranked", {})[item.query_id] = stage_scores(item.candidates,
+                                                                              ranker.predict(X))["reranked"]
+            report = compare_runs(protocol.qrels, {**runs, **protocol.baseline_runs},
+                                  wanted=wanted_listing_qrels(protocol.queries), metrics=METRICS)
+            scores[with_columns, seed] = report.scores["reranked"]
+            anchors = {stage: round(report.scores[stage]["mrr@10"], 4) for stage in protocol.baseline_runs}
+            print(f"{label} {'on ' if with_columns else 'off'} seed {seed}: {ranker.best_iteration_} trees, "
+                  + ", ".join(f"{m} {scores[with_columns, seed][m]:.4f}" for m in METRICS)
+                  + f" (anchors' MRR@10 {anchors})", flush=True)
+    for metric in METRICS:
+        off = [scores[False, s][metric] for s in seeds]
+        on = [scores[True, s][metric] for s in seeds]
+        diff = [b - a for a, b in zip(off, on)]
+        spread = f", sd {statistics.stdev(diff):.4f}" if len(diff) > 1 else ""
+        print(f"{metric}: off {statistics.mean(off):.4f} [{min(off):.4f}-{max(off):.4f}], on {statistics.mean(on):.4f} "
+              f"[{min(on):.4f}-{max(on):.4f}], paired difference {statistics.mean(diff):+.4f}{spread}, "
+              f"higher with the {label} for {sum(d > 0 for d in diff)} of {len(diff)} seeds", flush=True)
+    return scores
