@@ -68,12 +68,11 @@ class LeaveOneOut:
     """The image protocol of one split over photo rows: query rows, wanted corpus row, each listing's photo rows."""
 
     def __init__(self, listings: list, row_of_photo: dict[str, int]):
-        from evaluation.judgments import known_item_image
+        from evaluation.judgments import known_item_image, represented_photos
 
         queries, _ = known_item_image(listings, listings)
-        query_of = {q.target_id: q for q in queries.values()}
-        represented = {x.id: [row_of_photo[p] for p in x.image_ids
-                              if x.id not in query_of or p != query_of[x.id].image_id] for x in listings}
+        represented = {lid: [row_of_photo[p] for p in photos]
+                       for lid, photos in represented_photos(listings, queries).items()}
         ids = [i for i, rows in represented.items() if rows]
         corpus_row = {i: r for r, i in enumerate(ids)}
         self.queries = np.array([row_of_photo[q.image_id] for q in queries.values()])

@@ -316,6 +316,13 @@ def known_item_image(
     return queries, qrels
 
 
+def represented_photos(listings: Iterable[ListingLike], queries: Mapping[str, EvalQuery]) -> dict[str, list[str]]:
+    """The photos that represent each listing in the known-item image corpus: all of a listing's photos, less the
+    query photo where one of ``queries`` (``known_item_image``) wants that listing. Listing ids, photo order kept."""
+    query_photo = {query.target_id: query.image_id for query in queries.values()}
+    return {listing.id: [p for p in listing.image_ids if p != query_photo.get(listing.id)] for listing in listings}
+
+
 def known_item_self_photo(
     listings: list[ListingLike], corpus: list[ListingLike] | None = None
 ) -> tuple[dict[str, EvalQuery], Qrels]:

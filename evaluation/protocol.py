@@ -58,7 +58,14 @@ from encoders.embed import (
 )
 from encoders.features import cached_pooled_features, photo_key
 from evaluation.evaluate import Runs, scores_from_ranking
-from evaluation.judgments import EvalQuery, Qrels, known_item_image, known_item_self_photo, known_item_text
+from evaluation.judgments import (
+    EvalQuery,
+    Qrels,
+    known_item_image,
+    known_item_self_photo,
+    known_item_text,
+    represented_photos,
+)
 from index.bm25 import BM25Index, listing_text
 from index.vector_index import VectorIndex
 from ranking.types import ListingTable
@@ -484,15 +491,13 @@ class ProtocolBuilder:
         ids = [listing.id for listing in listings]
         queries, qrels = known_item_image(self.listings(splits), listings)
         queries, qrels = _sample(queries, qrels, max_queries, seed)
-        query_listing = {query.target_id: query for query in queries.values()}
 
         stored = self._stored(ids)
         text, image, has_image = stored.text, stored.image, stored.has_image
         photo, has_photo = stored.photo, stored.has_photo
         photo_count = self.table.photo_count[self.table.rows(ids)].copy()
         # the query listings: image vector and photo vector = means over their other photos
-        other_photos = {lid: [p for p in self._listings[lid].image_ids if p != q.image_id]
-                        for lid, q in query_listing.items()}
+        other_photos = represented_photos([self._listings[q.target_id] for q in queries.values()], queries)
         flat = [p for lid in other_photos for p in other_photos[lid]]
         vectors, photo_vectors = self._encode_photos_and_vectors(flat)
         position = 0

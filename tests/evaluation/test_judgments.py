@@ -10,6 +10,7 @@ from evaluation.judgments import (
     read_interactions,
     read_qrels,
     read_queries,
+    represented_photos,
     write_qrels,
 )
 
@@ -44,6 +45,12 @@ def test_known_item_image_uses_listings_with_several_photos():
     assert sorted(queries) == ["image-a", "image-c"]
     assert queries["image-c"].image_id == "c1" and queries["image-c"].text is None
     assert qrels["image-c"] == {"c": 2, "d": 1}
+
+
+def test_represented_photos_leave_out_only_the_query_photo():
+    queries, _ = known_item_image(LISTINGS)
+    assert represented_photos(LISTINGS, queries) == {"a": ["a2"], "b": ["b1"], "c": ["c2", "c3"], "d": []}
+    assert represented_photos(LISTINGS, {}) == {x.id: list(x.image_ids) for x in LISTINGS}
 
 
 def test_trec_qrels_round_trip(tmp_path):
