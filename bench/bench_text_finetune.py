@@ -111,6 +111,7 @@ def main() -> None:
     from evaluation.evaluate import compare_runs, rrf_run, scores_from_ranking, stage_scores
     from evaluation.judgments import wanted_listing_qrels
     from evaluation.protocol import FROZEN_TEXT_BASELINE, RRF_TEXT_BASELINE, ProtocolBuilder
+    from ranking.features import _gap_to_best, _lead_over_others, _rank_descending
 
     torch.set_num_threads(args.threads)
     workspace = Workspace.at(args.workspace)
@@ -160,15 +161,14 @@ def main() -> None:
         print(f"{stage}: " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items())
               + f" ({scores['mrr@10'] / anchor:.3f}x the anchor's MRR@10)", flush=True)
 
-    # 2. the fine-tuned similarity as re-ranking columns
+    # 2. the fine-tuned similarity as re-ranking columns, derived as build_features derives its own
+    items = [item for view_items, _ in data.train_views.values() for item in view_items] + data.test_items
+    texts = sorted({item.query.text for item in items})
+    query_vector = dict(zip(texts, model.encode(texts, batch_size=64, normalize_embeddings=True)))
+
     def columns(text: str, candidate_ids) -> np.ndarray:
-        query = model.encode([text], normalize_embeddings=True)[0]
-        sim = np.array([vectors[i] @ query for i in candidate_ids], np.float32)
-        rank = np.empty(len(sim), np.float32)
-        rank[np.argsort(-sim, kind="stable")] = np.arange(1, len(sim) + 1)
-        order = np.sort(sim)[::-1]
-        runner_up = np.where(sim == order[0], order[1] if len(sim) > 1 else np.nan, order[0])
-        out = np.column_stack([sim, order[0] - sim, rank, sim - runner_up]).astype(np.float32)
+        sim = np.array([vectors[i] @ query_vector[text] for i in candidate_ids], np.float32)
+        out = np.column_stack([sim, _gap_to_best(sim), _rank_descending(sim), _lead_over_others(sim)])
         if args.proximity:
             out = np.hstack([out, proximity_features(text, [description[i] for i in candidate_ids])])
         return out

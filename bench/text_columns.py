@@ -25,32 +25,29 @@ ColumnFunction = Callable[[str, Sequence[str]], np.ndarray]
 
 @dataclass
 class TextCandidates:
-    train_items: list  # evaluation.evaluate.QueryCandidates of the training queries, ids tagged with their corpus
-    train_qrels: dict
+    # corpus name (evaluation.train.corpus_name) -> (evaluation.evaluate.QueryCandidates of the training queries,
+    # their qrels)
+    train_views: dict[str, tuple[list, dict]]
     test_protocol: object  # evaluation.protocol.ProtocolSet of the test products
     test_items: list
 
 
 def text_candidates(builder, depth: int = 100) -> TextCandidates:
-    from dataclasses import replace
-
-    from catalog.split import SPLITS
     from evaluation.evaluate import iter_query_candidates
-    from evaluation.train import TrainRankerConfig
+    from evaluation.train import TrainRankerConfig, corpus_name
 
-    train_items, train_qrels = [], {}
-    corpora = {"+".join(s for s in SPLITS if s in {"val", *corpus}): corpus for corpus in TrainRankerConfig().corpora}
-    for name, corpus in corpora.items():
-        protocol = builder.text_protocol(("val",), corpus_splits=corpus)
-        for item in iter_query_candidates(protocol.searcher, protocol.queries, depth=depth,
-                                          description=f"train text queries ({name} corpus)"):
-            query_id = f"{item.query_id}@{name}" if len(corpora) > 1 else item.query_id
-            train_items.append(replace(item, query_id=query_id))
-            train_qrels[query_id] = protocol.qrels.get(item.query_id, {})
+    train_views = {}
+    for corpus in TrainRankerConfig().corpora:
+        name = corpus_name(("val",), corpus)
+        if name not in train_views:
+            protocol = builder.text_protocol(("val",), corpus_splits=corpus)
+            items = list(iter_query_candidates(protocol.searcher, protocol.queries, depth=depth,
+                                               description=f"train text queries ({name} corpus)"))
+            train_views[name] = (items, protocol.qrels)
     test_protocol = builder.text_protocol(("test",), frozen_baseline=True)
     test_items = list(iter_query_candidates(test_protocol.searcher, test_protocol.queries, depth=depth,
                                             description="test text queries"))
-    return TextCandidates(train_items, train_qrels, test_protocol, test_items)
+    return TextCandidates(train_views, test_protocol, test_items)
 
 
 def compare_columns(data: TextCandidates, columns: ColumnFunction, column_names: Sequence[str],
@@ -58,38 +55,40 @@ def compare_columns(data: TextCandidates, columns: ColumnFunction, column_names:
     """Test scores of the re-rankers without and with the columns, keyed by (with the columns, seed)."""
     from evaluation.evaluate import compare_runs, stage_scores
     from evaluation.judgments import wanted_listing_qrels
-    from evaluation.train import KNOWN_ITEM_RERANKER, TrainingData, split_queries
+    from evaluation.train import KNOWN_ITEM_RERANKER, TrainingData, join_views, split_queries
     from ranking.reranker import Reranker
 
-    train_extra = [columns(item.query.text, item.candidates.listing_ids) for item in data.train_items]
+    extra = {name: [columns(item.query.text, item.candidates.listing_ids) for item in items]
+             for name, (items, _) in data.train_views.items()}
     test_extra = [columns(item.query.text, item.candidates.listing_ids) for item in data.test_items]
 
-    def training(with_columns: bool) -> TrainingData:
+    def training(items: list, qrels: dict, item_extra: list, with_columns: bool) -> TrainingData:
         X, y, group, ids = [], [], [], []
-        for item, extra in zip(data.train_items, train_extra):
-            judged = data.train_qrels.get(item.query_id, {})
+        for item, more in zip(items, item_extra):
+            judged = qrels.get(item.query_id, {})
             grades = np.array([judged.get(i, 0) for i in item.candidates.listing_ids], np.int32)
             if not (grades > 0).any():
                 continue
-            X.append(np.hstack([item.features, extra]) if with_columns else item.features)
+            X.append(np.hstack([item.features, more]) if with_columns else item.features)
             y.append(grades), group.append(len(grades)), ids.append(item.query_id)
-        names = list(data.train_items[0].feature_names) + (list(column_names) if with_columns else [])
+        names = list(items[0].feature_names) + (list(column_names) if with_columns else [])
         return TrainingData(np.concatenate(X), np.concatenate(y), np.array(group), ids, names, ["text"] * len(ids))
 
     protocol = data.test_protocol
     scores: dict[tuple[bool, int], dict[str, float]] = {}
     for with_columns in (False, True):
-        train = training(with_columns)
+        views = {name: training(items, qrels, extra[name], with_columns)
+                 for name, (items, qrels) in data.train_views.items()}
+        query_ids = sorted({q for view in views.values() for q in view.query_ids})
         for seed in seeds:
-            # split the queries, not their corpora: both groups of a query fall on one side
-            fit_base, _ = split_queries(sorted({q.split("@")[0] for q in train.query_ids}), 0.2, seed)
-            fit_ids = {q for q in train.query_ids if q.split("@")[0] in fit_base}
-            fit, valid = train.select(fit_ids), train.select(set(train.query_ids) - fit_ids)
+            # as train-ranker: split the queries, every group of a query (one per corpus) on the same side
+            fit_ids, valid_ids = split_queries(query_ids, 0.2, seed)
+            fit, valid = join_views(views, fit_ids), join_views(views, valid_ids)
             ranker = Reranker(**{**KNOWN_ITEM_RERANKER, "n_jobs": 1, "log_every": 0}, random_state=seed).fit(
-                fit.X, fit.y, fit.group, valid.X, valid.y, valid.group, feature_names=train.feature_names)
+                fit.X, fit.y, fit.group, valid.X, valid.y, valid.group, feature_names=fit.feature_names)
             runs: dict = {}
-            for item, extra in zip(data.test_items, test_extra):
-                X = np.hstack([item.features, extra]) if with_columns else item.features
+            for item, more in zip(data.test_items, test_extra):
+                X = np.hstack([item.features, more]) if with_columns else item.features
                 runs.setdefault("reranked", {})[item.query_id] = stage_scores(item.candidates,
                                                                               ranker.predict(X))["reranked"]
             report = compare_runs(protocol.qrels, {**runs, **protocol.baseline_runs},

@@ -219,13 +219,17 @@ def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerCo
     return data
 
 
+def corpus_name(splits: Sequence[str], corpus: Sequence[str]) -> str:
+    """The products a query of ``splits`` searches in ``corpus``, named by their splits: ``train+val``."""
+    return "+".join(split for split in SPLITS if split in {*splits, *corpus})
+
+
 def corpus_views(builder, splits: Sequence[str], config: TrainRankerConfig, what: str) -> dict[str, TrainingData]:
     """``protocol_training_data`` once per corpus of ``config.corpora``: the same queries, other candidates. Keyed by
-    the corpus's products (``train+val``: the named splits and the query splits); corpora that come to the same
-    products are searched once."""
+    ``corpus_name``; corpora that come to the same products are searched once."""
     views: dict[str, TrainingData] = {}
     for corpus in config.corpora:
-        name = "+".join(split for split in SPLITS if split in {*splits, *corpus})
+        name = corpus_name(splits, corpus)
         if name not in views:
             views[name] = protocol_training_data(builder, splits, config, f"{what} ({name} corpus)", corpus)
     return views
