@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,17 @@ def finetune(model, pairs: list[tuple[str, str]], *, epochs: int, lr: float, bat
         print(f"epoch {epoch + 1}/{epochs}: loss {total / max(1, batches):.3f}, "
               f"{time.perf_counter() - started:.0f} s", flush=True)
     model.eval()
+
+
+def description_similarity(model, listings: list, data) -> tuple[dict, Callable[[str, str], float]]:
+    """The listings' description vectors under ``model`` (id -> unit vector), and (query text, listing id) -> the
+    cosine of the query and the listing's description, for the queries of ``data`` (``bench.text_columns``)."""
+    vectors = dict(zip([x.id for x in listings], model.encode([x.description or "" for x in listings],
+                                                               batch_size=64, normalize_embeddings=True)))
+    items = [item for view_items, _ in data.train_views.values() for item in view_items] + data.test_items
+    texts = sorted({item.query.text for item in items})
+    query_vector = dict(zip(texts, model.encode(texts, batch_size=64, normalize_embeddings=True)))
+    return vectors, lambda text, listing_id: float(vectors[listing_id] @ query_vector[text])
 
 
 def write_runs(workspace, folder: Path, runs: dict) -> None:
@@ -136,8 +148,7 @@ def main() -> None:
     if args.save:
         model.save(args.save)
 
-    ids = [x.id for x in listings]
-    vectors = dict(zip(ids, model.encode([description[i] for i in ids], batch_size=64, normalize_embeddings=True)))
+    vectors, similarity = description_similarity(model, listings, data)
 
     # 1. the fine-tuned model as a retriever over the test products
     protocol = data.test_protocol
@@ -162,12 +173,8 @@ def main() -> None:
               + f" ({scores['mrr@10'] / anchor:.3f}x the anchor's MRR@10)", flush=True)
 
     # 2. the fine-tuned similarity as re-ranking columns, derived as build_features derives its own
-    items = [item for view_items, _ in data.train_views.values() for item in view_items] + data.test_items
-    texts = sorted({item.query.text for item in items})
-    query_vector = dict(zip(texts, model.encode(texts, batch_size=64, normalize_embeddings=True)))
-
     def columns(text: str, candidate_ids) -> np.ndarray:
-        sim = np.array([vectors[i] @ query_vector[text] for i in candidate_ids], np.float32)
+        sim = np.array([similarity(text, i) for i in candidate_ids], np.float32)
         out = np.column_stack([sim, _gap_to_best(sim), _rank_descending(sim), _lead_over_others(sim)])
         if args.proximity:
             out = np.hstack([out, proximity_features(text, [description[i] for i in candidate_ids])])

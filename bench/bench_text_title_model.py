@@ -1,0 +1,211 @@
+"""Lever experiment (known-item text): a learned title model of each description, scored as a query likelihood.
+
+    .venv/bin/python -m bench.bench_text_title_model --workspace workspace/dev --seeds 0,1,2,3
+
+A seller's title repeats a few words of the description: the brand, the object, a model number, rarely "collection"
+or "condition". A LightGBM classifier, fitted on the model's train products alone, gives every distinct word t of a
+description d the probability p(t, d) that the seller also put t in the title, from where and how often t occurs in
+d, how rare it is in the catalogue, and how often t reached the title of the train products whose description held
+it (left out for the product's own row). A title query q then scores d by the log-likelihood of the query's words
+under that model, a binary independence model of the title:
+
+    sum over t in q and d of log p(t, d) + sum over t in d, not in q, of log(1 - p(t, d))
+                                        + sum over t in q, not in d, of log b(t)
+
+where b(t) is the share of train titles that hold t although their description does not. Unlike BM25 it counts
+the words a description makes likely and the title lacks.
+
+Asks two questions on the test products:
+1. As a retriever: the test titles against the test descriptions (exhaustive), beside BM25 and the issue's anchor
+   (reciprocal rank fusion of BM25 and the frozen MiniLM): MRR@10 and Recall@100 of the wanted listing, NDCG@10.
+2. As re-ranking columns (``bench.text_columns``): the likelihood, its gap to the best candidate's, its rank and
+   its lead over the runner-up, and its two parts (matched words, words left out), added to ``train-ranker``'s text
+   queries; one text-only re-ranker per LightGBM seed with and without them (``--finetuned <folder>`` adds the
+   columns of a MiniLM that ``bench.bench_text_finetune --save`` fine-tuned, lever 11, to the same arm).
+
+The train products' own probabilities use the left-out prior, so no title is read to score its own description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+TITLE_MODEL_COLUMNS = ["title_ll", "title_ll_gap", "title_ll_rank", "title_ll_lead", "title_ll_matched",
+                       "title_ll_left_out"]
+TERM_FEATURES = ["log_first_position", "first_position_share", "log_tf", "idf", "title_prior", "log_doc_freq",
+                 "term_length", "is_number", "lead_tf", "log_length"]
+LEAD_WORDS = 15
+PRIOR_WEIGHT = 2.0  # pseudo-documents of the smoothing towards the overall title rate
+P_FLOOR = 1e-4
+
+
+class TitleModel:
+    """p(t in title | description) for every distinct word of a description, and the title likelihood of a query."""
+
+    def __init__(self, descriptions: dict[str, list[str]], titles: dict[str, set[str]], train_ids: Sequence[str],
+                 seed: int = 0):
+        import lightgbm as lgb
+
+        n = len(descriptions)
+        doc_freq = Counter(t for tokens in descriptions.values() for t in set(tokens))
+        self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in doc_freq.items()}
+        self.in_description, self.in_both, self.title_only = Counter(), Counter(), Counter()
+        for i in train_ids:
+            words = set(descriptions[i])
+            self.in_description.update(words)
+            self.in_both.update(words & titles[i])
+            self.title_only.update(titles[i] - words)
+        self.train_count = len(train_ids)
+        self.base_rate = sum(self.in_both.values()) / max(1, sum(self.in_description.values()))
+        X, y = [], []
+        for i in train_ids:
+            words, features = self.term_features(descriptions[i], own_title=titles[i])
+            X.append(features)
+            y.append(np.array([t in titles[i] for t in words], np.int8))
+        self.classifier = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, min_child_samples=50,
+                                             n_jobs=2, random_state=seed, verbose=-1)
+        self.classifier.fit(np.concatenate(X), np.concatenate(y))
+
+    def term_features(self, tokens: list[str], own_title: set[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """The distinct words of a description and their features; ``own_title`` leaves the product out of the
+        prior (its own description and title)."""
+        first: dict[str, int] = {}
+        for j, t in enumerate(tokens):
+            first.setdefault(t, j)
+        counts, lead = Counter(tokens), Counter(tokens[:LEAD_WORDS])
+        words = list(first)
+        rows = np.zeros((len(words), len(TERM_FEATURES)), np.float32)
+        for k, t in enumerate(words):
+            both, seen = self.in_both[t], self.in_description[t]
+            if own_title is not None:
+                both, seen = both - (t in own_title), seen - 1
+            prior = (both + PRIOR_WEIGHT * self.base_rate) / (seen + PRIOR_WEIGHT)
+            rows[k] = (math.log1p(first[t]), first[t] / len(tokens), math.log1p(counts[t]), self.idf.get(t, 0.0),
+                       prior, math.log1p(seen), len(t), t.isdigit(), lead[t], math.log1p(len(tokens)))
+        return words, rows
+
+    def probabilities(self, tokens: list[str], own_title: set[str] | None = None) -> dict[str, float]:
+        words, features = self.term_features(tokens, own_title)
+        if not words:
+            return {}
+        p = np.clip(self.classifier.predict_proba(features)[:, 1], P_FLOOR, 1 - P_FLOOR)
+        return dict(zip(words, p.tolist()))
+
+    def title_only_rate(self, t: str) -> float:
+        return min(0.5, (self.title_only[t] + 1) / (self.train_count + 100))
+
+    def likelihood(self, query: set[str], p: dict[str, float]) -> tuple[float, float, float]:
+        """(log-likelihood, its matched-word part, its left-out part) of the query's words as d's title."""
+        matched = sum(math.log(v) for t, v in p.items() if t in query)
+        left_out = sum(math.log1p(-v) for t, v in p.items() if t not in query)
+        absent = sum(math.log(self.title_only_rate(t)) for t in query if t not in p)
+        return matched + left_out + absent, matched, left_out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
+    parser.add_argument("--seeds", default="0,1,2,3",
+                        help="Comma-separated LightGBM seeds (and early-stopping splits).")
+    parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
+    parser.add_argument("--finetuned", help="Folder of a model bench.bench_text_finetune --save wrote: its four "
+                                            "columns join the title-model ones.")
+    args = parser.parse_args()
+
+    from bench.bench_text_finetune import FINETUNED_COLUMNS
+    from bench.text_columns import compare_columns, text_candidates
+    from core.workspace import Workspace
+    from evaluation.evaluate import compare_runs, rrf_run, scores_from_ranking, stage_scores
+    from evaluation.judgments import wanted_listing_qrels
+    from evaluation.protocol import FROZEN_TEXT_BASELINE, RRF_TEXT_BASELINE, ProtocolBuilder
+    from ranking.features import _gap_to_best, _lead_over_others, _rank_descending, tokenize
+
+    started = time.perf_counter()
+    builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
+    try:
+        listings = builder.listings({"train", "val", "test"})
+        train_ids = [x.id for x in builder.listings({"train"})]
+        test_ids = [x.id for x in builder.listings({"test"})]
+        data = text_candidates(builder, depth=args.depth)
+    finally:
+        builder.close()
+    print(f"prepared in {time.perf_counter() - started:.0f} s", flush=True)
+
+    descriptions = {x.id: tokenize(x.description) for x in listings}
+    titles = {x.id: set(tokenize(x.title)) for x in listings}
+    started = time.perf_counter()
+    model = TitleModel(descriptions, titles, train_ids)
+    fitted = time.perf_counter()
+    train = set(train_ids)
+    p = {i: model.probabilities(descriptions[i], titles[i] if i in train else None) for i in descriptions}
+    print(f"title model fitted on {len(train_ids)} train products in {fitted - started:.1f} s and applied to "
+          f"{len(p)} descriptions ({sum(map(len, p.values()))} words) in {time.perf_counter() - fitted:.1f} s",
+          flush=True)
+
+    # 1. the title likelihood as a retriever over the test products
+    protocol = data.test_protocol
+    query_ids = list(protocol.queries)
+    title_model_run = {}
+    for q in query_ids:
+        words = set(tokenize(protocol.queries[q].text))
+        scores = np.array([model.likelihood(words, p[i])[0] for i in test_ids])
+        top = np.argsort(-scores, kind="stable")[:args.depth]
+        title_model_run[q] = scores_from_ranking([test_ids[j] for j in top])
+    bm25_run = {item.query_id: stage_scores(item.candidates)["bm25"] for item in data.test_items}
+    runs = {"bm25": bm25_run, **protocol.baseline_runs,
+            RRF_TEXT_BASELINE: rrf_run([bm25_run, protocol.baseline_runs[FROZEN_TEXT_BASELINE]]),
+            "title_model": title_model_run,
+            "rrf_bm25_title_model": rrf_run([bm25_run, title_model_run]),
+            "rrf_title_model_frozen_minilm": rrf_run([title_model_run, protocol.baseline_runs[FROZEN_TEXT_BASELINE]])}
+    report = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries),
+                          metrics=["ndcg@10", "mrr@10", "recall@100"])
+    anchor = report.scores[RRF_TEXT_BASELINE]["mrr@10"]
+    for stage, scores in report.scores.items():
+        print(f"{stage}: " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items())
+              + f" ({scores['mrr@10'] / anchor:.3f}x the anchor's MRR@10)", flush=True)
+
+    among = sum(protocol.queries[item.query_id].target_id in item.candidates.listing_ids for item in data.test_items)
+    print(f"the wanted listing is among the re-ranker's candidates for {among} of {len(data.test_items)} test "
+          "queries", flush=True)
+
+    # 2. the likelihood as re-ranking columns, derived as ranking.features derives its own
+    finetuned = finetuned_similarity(args.finetuned, listings, data) if args.finetuned else None
+
+    def columns(text: str, candidate_ids) -> np.ndarray:
+        words = set(tokenize(text))
+        parts = np.array([model.likelihood(words, p[i]) for i in candidate_ids], np.float32).reshape(-1, 3)
+        ll = parts[:, 0]
+        out = np.column_stack([ll, _gap_to_best(ll), _rank_descending(ll), _lead_over_others(ll), parts[:, 1:]])
+        if finetuned is not None:
+            sim = np.array([finetuned(text, i) for i in candidate_ids], np.float32)
+            out = np.hstack([out, np.column_stack([sim, _gap_to_best(sim), _rank_descending(sim),
+                                                   _lead_over_others(sim)])])
+        return out
+
+    names = TITLE_MODEL_COLUMNS + (FINETUNED_COLUMNS if finetuned is not None else [])
+    compare_columns(data, columns, names, [int(s) for s in args.seeds.split(",")],
+                    label="title-model" + (" and fine-tuned" if finetuned is not None else "") + " columns")
+
+
+def finetuned_similarity(folder: str, listings: list, data):
+    """(query text, listing id) -> cosine of the query and the listing's description under the model in ``folder``."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    from bench.bench_text_finetune import description_similarity
+
+    model = SentenceTransformer(folder, device="cpu")
+    model.max_seq_length = 128  # as bench_text_finetune encodes
+    return description_similarity(model, listings, data)[1]
+
+
+if __name__ == "__main__":
+    main()
