@@ -41,7 +41,8 @@ def test_items(builder, depth: int) -> dict:
         protocol = (builder.text_protocol(("test",)) if name == "text"
                     else builder.image_protocol(("test",), frozen_baseline=True))
         items = list(iter_query_candidates(protocol.searcher, protocol.queries, depth=depth,
-                                           load_image=protocol.load_image, description=f"test {name} queries"))
+                                           load_image=protocol.load_image, description=f"test {name} queries",
+                                           progress=builder.progress))
         out[name] = (items, protocol)
     return out
 

@@ -61,7 +61,8 @@ def test_items(builder, depth: int) -> dict:
         else:
             protocol = builder.self_photo_protocol(("test",))
         items = list(iter_query_candidates(protocol.searcher, protocol.queries, depth=depth,
-                                           load_image=protocol.load_image, description=f"test {name} queries"))
+                                           load_image=protocol.load_image, description=f"test {name} queries",
+                                           progress=builder.progress))
         out[name] = (items, protocol)
     return out
 

@@ -42,11 +42,12 @@ def text_candidates(builder, depth: int = 100) -> TextCandidates:
         if name not in train_views:
             protocol = builder.text_protocol(("val",), corpus_splits=corpus)
             items = list(iter_query_candidates(protocol.searcher, protocol.queries, depth=depth,
-                                               description=f"train text queries ({name} corpus)"))
+                                               description=f"train text queries ({name} corpus)",
+                                               progress=builder.progress))
             train_views[name] = (items, protocol.qrels)
     test_protocol = builder.text_protocol(("test",), frozen_baseline=True)
     test_items = list(iter_query_candidates(test_protocol.searcher, test_protocol.queries, depth=depth,
-                                            description="test text queries"))
+                                            description="test text queries", progress=builder.progress))
     return TextCandidates(train_views, test_protocol, test_items)
 
 

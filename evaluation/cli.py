@@ -313,7 +313,7 @@ def evaluate(
                     else:
                         prot = builder.self_photo_protocol(_splits(splits), max_queries=max_queries)
                     runs = collect_runs(prot.searcher, prot.queries, ranker=ranker, depth=depth,
-                                        load_image=prot.load_image)
+                                        load_image=prot.load_image, progress=builder.progress)
                     if name != "text":
                         runs.pop("bm25", None)  # image queries have no BM25 list
                         if "photo" not in runs:  # without the photo retriever, hybrid is the vector ranking itself

@@ -148,9 +148,11 @@ def iter_query_candidates(
     depth: int = DEFAULT_DEPTH,
     load_image: Callable[[EvalQuery], Any] | None = None,
     description: str = "queries",
+    progress: bool = True,
 ) -> Iterator[QueryCandidates]:
-    """Run each query through the first stage and compute its candidates' features (the serving code path)."""
-    for query_id, query in tqdm(queries.items(), desc=description, unit="query", leave=False):
+    """Run each query through the first stage and compute its candidates' features (the serving code path);
+    ``description`` names the progress bar, which ``progress=False`` hides."""
+    for query_id, query in tqdm(queries.items(), desc=description, unit="query", leave=False, disable=not progress):
         image = None
         if query.image_path is not None or query.image_id is not None:
             if load_image is None:
@@ -169,13 +171,15 @@ def collect_runs(
     ranker: Scorer | None = None,
     depth: int = DEFAULT_DEPTH,
     load_image: Callable[[EvalQuery], Any] | None = None,
+    progress: bool = True,
 ) -> Runs:
     """Stage runs (``{stage: {query_id: {listing_id: score}}}``) for every query.
 
     Stages that returned nothing for every query (BM25 when all queries are images) are left out.
     """
     runs: Runs = {}
-    for item in iter_query_candidates(source, queries, depth=depth, load_image=load_image, description="evaluate"):
+    for item in iter_query_candidates(source, queries, depth=depth, load_image=load_image, description="evaluate",
+                                      progress=progress):
         rerank = ranker.predict(item.features) if ranker is not None and len(item.candidates) else None
         if ranker is not None and rerank is None:
             rerank = np.zeros(0)

@@ -104,6 +104,7 @@ def training_data(
     load_image: Callable[[EvalQuery], Any] | None = None,
     require_positive: bool = True,
     description: str = "features",
+    progress: bool = True,
 ) -> TrainingData:
     """Candidates and features of each query, labelled from ``qrels`` (unjudged candidates get 0).
 
@@ -113,7 +114,8 @@ def training_data(
     Xs, ys, groups, kept = [], [], [], []
     names: list[str] = []
     skipped = 0
-    for item in iter_query_candidates(source, queries, depth=depth, load_image=load_image, description=description):
+    for item in iter_query_candidates(source, queries, depth=depth, load_image=load_image, description=description,
+                                      progress=progress):
         judged = qrels.get(item.query_id, {})
         y = np.fromiter((judged.get(i, 0) for i in item.candidates.listing_ids), dtype=np.int32,
                         count=len(item.candidates))
@@ -213,7 +215,8 @@ def protocol_training_data(builder, splits: Sequence[str], config: TrainRankerCo
         else:
             prot = builder.self_photo_protocol(splits, transform=True, **options)
         part = training_data(prot.searcher, prot.queries, prot.qrels, depth=config.depth,
-                             load_image=prot.load_image, description=f"{what} {protocol} queries")
+                             load_image=prot.load_image, description=f"{what} {protocol} queries",
+                             progress=builder.progress)
         part.query_types = [protocol] * part.queries
         data = part if data is None else data + part
     return data

@@ -151,6 +151,20 @@ def test_each_training_query_searches_both_corpora_and_both_groups_fall_on_one_s
     assert list(corpus_views(builder, ("train", "val"), config, "train")) == ["train+val"]
 
 
+def test_the_query_progress_bar_follows_the_builders_progress(builder, capsys):
+    from evaluation.train import protocol_training_data
+
+    protocol = builder.text_protocol(("test",))
+    queries = dict(list(protocol.queries.items())[:3])
+    training_data(protocol.searcher, queries, protocol.qrels, description="shown queries")
+    assert "shown queries" in capsys.readouterr().err
+    collect_runs(protocol.searcher, queries, progress=False)
+    training_data(protocol.searcher, queries, protocol.qrels, description="hidden queries", progress=False)
+    config = TrainRankerConfig(protocols=("text",), max_queries=3)
+    assert not builder.progress and protocol_training_data(builder, ("val",), config, "quiet").queries
+    assert capsys.readouterr().err == ""
+
+
 def test_reranker_trained_on_the_demo_catalogue_beats_the_first_stage(builder):
     # The fixture's towers are fitted hard to its ~100 training products, so their scores are much sharper
     # there than on other products. To see what the ranker learns, train and test on queries of the same
