@@ -73,8 +73,8 @@ class TitleModel:
         self.classifier.fit(np.concatenate(X), np.concatenate(y))
 
     def term_features(self, tokens: list[str], own_title: set[str] | None = None) -> tuple[list[str], np.ndarray]:
-        """The distinct words of a description and their features; ``own_title`` leaves the product out of the
-        prior (its own description and title)."""
+        """The distinct words of a description and their features (``TERM_FEATURES``). For a train product, its
+        ``own_title`` takes the product's own description and title out of the prior, as if it were new."""
         first: dict[str, int] = {}
         for j, t in enumerate(tokens):
             first.setdefault(t, j)
@@ -91,6 +91,7 @@ class TitleModel:
         return words, rows
 
     def probabilities(self, tokens: list[str], own_title: set[str] | None = None) -> dict[str, float]:
+        """p(t, d) for every distinct word t of the description ``tokens``, clipped to [P_FLOOR, 1 - P_FLOOR]."""
         words, features = self.term_features(tokens, own_title)
         if not words:
             return {}
@@ -98,6 +99,8 @@ class TitleModel:
         return dict(zip(words, p.tolist()))
 
     def title_only_rate(self, t: str) -> float:
+        """b(t): the share of train titles that hold ``t`` although their description does not, smoothed (one
+        such title in 100 more products) and capped at one half, so an unseen word is unlikely but possible."""
         return min(0.5, (self.title_only[t] + 1) / (self.train_count + 100))
 
     def likelihood(self, query: set[str], p: dict[str, float]) -> tuple[float, float, float]:
