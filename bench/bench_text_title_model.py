@@ -3,11 +3,11 @@
     .venv/bin/python -m bench.bench_text_title_model --workspace workspace/dev --seeds 0,1,2,3
 
 A seller's title repeats a few words of the description: the brand, the object, a model number, rarely "collection"
-or "condition". A LightGBM classifier, fitted on the model's train products alone, gives every distinct word t of a
-description d the probability p(t, d) that the seller also put t in the title, from where and how often t occurs in
-d, how rare it is in the catalogue, and how often t reached the title of the train products whose description held
-it (left out for the product's own row). A title query q then scores d by the log-likelihood of the query's words
-under that model, a binary independence model of the title:
+or "condition". A LightGBM classifier (``--classifier logistic``: a logistic regression), fitted on the model's train
+products alone, gives every distinct word t of a description d the probability p(t, d) that the seller also put t in
+the title, from where and how often t occurs in d, how rare it is in the catalogue, and how often t reached the title
+of the train products whose description held it (left out for the product's own row). A title query q then scores d
+by the log-likelihood of the query's words under that model, a binary independence model of the title:
 
     sum over t in q and d of log p(t, d) + sum over t in d, not in q, of log(1 - p(t, d))
                                         + sum over t in q, not in d, of log b(t)
@@ -45,13 +45,28 @@ PRIOR_WEIGHT = 2.0  # pseudo-documents of the smoothing towards the overall titl
 P_FLOOR = 1e-4
 
 
+def term_classifier(name: str, seed: int = 0):
+    """``lightgbm`` (300 trees) or ``logistic`` (standardised inputs; one dot product a word, cheap enough to apply to
+    every word of a large catalogue)."""
+    if name == "lightgbm":
+        import lightgbm as lgb
+
+        return lgb.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, min_child_samples=50, n_jobs=2,
+                                  random_state=seed, verbose=-1)
+    if name == "logistic":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    raise ValueError(f"unknown classifier {name!r}; choose lightgbm or logistic")
+
+
 class TitleModel:
     """p(t in title | description) for every distinct word of a description, and the title likelihood of a query."""
 
     def __init__(self, descriptions: dict[str, list[str]], titles: dict[str, set[str]], train_ids: Sequence[str],
-                 seed: int = 0):
-        import lightgbm as lgb
-
+                 classifier: str = "lightgbm", seed: int = 0):
         n = len(descriptions)
         doc_freq = Counter(t for tokens in descriptions.values() for t in set(tokens))
         self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in doc_freq.items()}
@@ -68,8 +83,7 @@ class TitleModel:
             words, features = self.term_features(descriptions[i], own_title=titles[i])
             X.append(features)
             y.append(np.array([t in titles[i] for t in words], np.int8))
-        self.classifier = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, min_child_samples=50,
-                                             n_jobs=2, random_state=seed, verbose=-1)
+        self.classifier = term_classifier(classifier, seed)
         self.classifier.fit(np.concatenate(X), np.concatenate(y))
 
     def term_features(self, tokens: list[str], own_title: set[str] | None = None) -> tuple[list[str], np.ndarray]:
@@ -117,6 +131,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3",
                         help="Comma-separated LightGBM seeds (and early-stopping splits).")
     parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
+    parser.add_argument("--classifier", choices=["lightgbm", "logistic"], default="lightgbm",
+                        help="The word classifier of the title model.")
     parser.add_argument("--finetuned", help="Folder of a model bench.bench_text_finetune --save wrote: its four "
                                             "columns join the title-model ones.")
     args = parser.parse_args()
@@ -143,13 +159,13 @@ def main() -> None:
     descriptions = {x.id: tokenize(x.description) for x in listings}
     titles = {x.id: set(tokenize(x.title)) for x in listings}
     started = time.perf_counter()
-    model = TitleModel(descriptions, titles, train_ids)
+    model = TitleModel(descriptions, titles, train_ids, classifier=args.classifier)
     fitted = time.perf_counter()
     train = set(train_ids)
     p = {i: model.probabilities(descriptions[i], titles[i] if i in train else None) for i in descriptions}
-    print(f"title model fitted on {len(train_ids)} train products in {fitted - started:.1f} s and applied to "
-          f"{len(p)} descriptions ({sum(map(len, p.values()))} words) in {time.perf_counter() - fitted:.1f} s",
-          flush=True)
+    words = sum(map(len, p.values()))
+    print(f"title model ({args.classifier}) fitted on {len(train_ids)} train products in {fitted - started:.1f} s and "
+          f"applied to {len(p)} descriptions ({words} words) in {time.perf_counter() - fitted:.1f} s", flush=True)
 
     # 1. the title likelihood as a retriever over the test products
     protocol = data.test_protocol

@@ -27,9 +27,10 @@ def corpus():
     return descriptions, titles
 
 
-def test_title_words_are_likely_and_filler_is_not(corpus):
+@pytest.mark.parametrize("classifier", ["lightgbm", "logistic"])
+def test_title_words_are_likely_and_filler_is_not(corpus, classifier):
     descriptions, titles = corpus
-    model = TitleModel(descriptions, titles, train_ids=[f"p{n}" for n in range(250)])
+    model = TitleModel(descriptions, titles, train_ids=[f"p{n}" for n in range(250)], classifier=classifier)
     p = model.probabilities(descriptions["p260"])
     named = titles["p260"] - {"vintage"}
     assert min(p[t] for t in named) > 0.5
@@ -58,3 +59,8 @@ def test_the_likelihood_prefers_the_description_whose_likely_title_the_query_is(
     assert own == pytest.approx(matched + left_out + sum(
         math.log(model.title_only_rate(t)) for t in query if t not in descriptions["p260"]))
     assert all(own > model.likelihood(query, model.probabilities(descriptions[i]))[0] for i in others)
+
+
+def test_an_unknown_classifier_is_refused(corpus):
+    with pytest.raises(ValueError, match="lightgbm or logistic"):
+        TitleModel(*corpus, train_ids=["p0"], classifier="svm")
