@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 FINETUNED_COLUMNS = ["finetuned_sim", "finetuned_sim_gap", "finetuned_sim_rank", "finetuned_sim_lead"]
+MAX_LENGTH = 128  # tokens of each title and description, in fine-tuning and encoding
 
 
 def finetune(model, pairs: list[tuple[str, str]], *, epochs: int, lr: float, batch_size: int, seed: int = 0,
@@ -94,14 +95,14 @@ def write_runs(workspace, folder: Path, runs: dict) -> None:
 
 
 def main() -> None:
+    from bench.text_columns import add_arguments
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
-    parser.add_argument("--seeds", default="0,1,2,3",
-                        help="Comma-separated LightGBM seeds (and early-stopping splits).")
+    add_arguments(parser)
     parser.add_argument("--epochs", type=int, default=2, help="Fine-tuning epochs over the train products.")
     parser.add_argument("--lr", type=float, default=2e-5, help="Peak learning rate of the fine-tuning.")
     parser.add_argument("--batch-size", type=int, default=32, help="Pairs per step (in-batch negatives).")
-    parser.add_argument("--max-length", type=int, default=128, help="Tokens kept of each title and description.")
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="Tokens kept of each title and description.")
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
     parser.add_argument("--proximity", action="store_true",
                         help="Add the proximity columns of bench.bench_text_proximity beside the fine-tuned ones.")
@@ -109,7 +110,6 @@ def main() -> None:
     parser.add_argument("--load", help="Read a model --save wrote instead of fine-tuning.")
     parser.add_argument("--trec-dir", help="Copy the latest evaluate folder here and add the fine-tuned runs to it "
                                            "(text.run.finetuned_minilm.trec, ...), for bench.bench_text_vocabulary.")
-    parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,13 +117,18 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from bench.bench_text_proximity import PROXIMITY_COLUMNS, proximity_features
-    from bench.text_columns import compare_columns, text_candidates
+    from bench.text_columns import (
+        bm25_test_run,
+        compare_columns,
+        relative_columns,
+        report_retrievers,
+        seed_list,
+        text_candidates,
+    )
     from core.workspace import Workspace
     from encoders.backbones import minilm_path
-    from evaluation.evaluate import compare_runs, rrf_run, scores_from_ranking, stage_scores
-    from evaluation.judgments import wanted_listing_qrels
-    from evaluation.protocol import FROZEN_TEXT_BASELINE, RRF_TEXT_BASELINE, ProtocolBuilder
-    from ranking.features import _gap_to_best, _lead_over_others, _rank_descending
+    from evaluation.evaluate import rrf_run, scores_from_ranking
+    from evaluation.protocol import ProtocolBuilder
 
     torch.set_num_threads(args.threads)
     workspace = Workspace.at(args.workspace)
@@ -157,31 +162,21 @@ def main() -> None:
     queries = model.encode([protocol.queries[q].text for q in query_ids], batch_size=64, normalize_embeddings=True)
     top = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :args.depth]
     finetuned_run = {q: scores_from_ranking([test_ids[j] for j in top[n]]) for n, q in enumerate(query_ids)}
-    bm25_run = {item.query_id: stage_scores(item.candidates)["bm25"] for item in data.test_items}
-    runs = {"bm25": bm25_run, **protocol.baseline_runs,
-            RRF_TEXT_BASELINE: rrf_run([bm25_run, protocol.baseline_runs[FROZEN_TEXT_BASELINE]]),
-            "finetuned_minilm": finetuned_run,
-            "rrf_bm25_finetuned_minilm": rrf_run([bm25_run, finetuned_run])}
-    report = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries),
-                          metrics=["ndcg@10", "mrr@10", "recall@100"])
+    bm25_run = bm25_test_run(data)
+    runs = {"finetuned_minilm": finetuned_run, "rrf_bm25_finetuned_minilm": rrf_run([bm25_run, finetuned_run])}
     if args.trec_dir:
-        write_runs(workspace, Path(args.trec_dir),
-                   {name: runs[name] for name in ("finetuned_minilm", "rrf_bm25_finetuned_minilm")})
-    anchor = report.scores[RRF_TEXT_BASELINE]["mrr@10"]
-    for stage, scores in report.scores.items():
-        print(f"{stage}: " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items())
-              + f" ({scores['mrr@10'] / anchor:.3f}x the anchor's MRR@10)", flush=True)
+        write_runs(workspace, Path(args.trec_dir), runs)
+    report_retrievers(data, bm25_run, runs)
 
     # 2. the fine-tuned similarity as re-ranking columns, derived as build_features derives its own
     def columns(text: str, candidate_ids) -> np.ndarray:
-        sim = np.array([similarity(text, i) for i in candidate_ids], np.float32)
-        out = np.column_stack([sim, _gap_to_best(sim), _rank_descending(sim), _lead_over_others(sim)])
+        out = relative_columns([similarity(text, i) for i in candidate_ids])
         if args.proximity:
             out = np.hstack([out, proximity_features(text, [description[i] for i in candidate_ids])])
         return out
 
     names = FINETUNED_COLUMNS + (PROXIMITY_COLUMNS if args.proximity else [])
-    compare_columns(data, columns, names, [int(s) for s in args.seeds.split(",")],
+    compare_columns(data, columns, names, seed_list(args.seeds),
                     label="fine-tuned" + (" and proximity" if args.proximity else "") + " columns")
 
 

@@ -80,13 +80,12 @@ def proximity_features(query_text: str, descriptions: list[str]) -> np.ndarray:
 
 
 def main() -> None:
+    from bench.text_columns import add_arguments, compare_columns, seed_list, text_candidates
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
-    parser.add_argument("--seeds", default="0,1,2", help="Comma-separated LightGBM seeds (and early-stopping splits).")
-    parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
+    add_arguments(parser, seeds="0,1,2")
     args = parser.parse_args()
 
-    from bench.text_columns import compare_columns, text_candidates
     from core.workspace import Workspace
     from evaluation.protocol import ProtocolBuilder
 
@@ -99,7 +98,7 @@ def main() -> None:
         builder.close()
     print(f"prepared in {time.perf_counter() - started:.0f} s", flush=True)
     compare_columns(data, lambda text, ids: proximity_features(text, [description[i] for i in ids]),
-                    PROXIMITY_COLUMNS, [int(s) for s in args.seeds.split(",")], label="proximity columns")
+                    PROXIMITY_COLUMNS, seed_list(args.seeds), label="proximity columns")
 
 
 if __name__ == "__main__":

@@ -126,11 +126,10 @@ class TitleModel:
 
 
 def main() -> None:
+    from bench.text_columns import add_arguments
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
-    parser.add_argument("--seeds", default="0,1,2,3",
-                        help="Comma-separated LightGBM seeds (and early-stopping splits).")
-    parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
+    add_arguments(parser)
     parser.add_argument("--classifier", choices=["lightgbm", "logistic"], default="lightgbm",
                         help="The word classifier of the title model.")
     parser.add_argument("--finetuned", help="Folder of a model bench.bench_text_finetune --save wrote: its four "
@@ -138,12 +137,18 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.bench_text_finetune import FINETUNED_COLUMNS
-    from bench.text_columns import compare_columns, text_candidates
+    from bench.text_columns import (
+        bm25_test_run,
+        compare_columns,
+        relative_columns,
+        report_retrievers,
+        seed_list,
+        text_candidates,
+    )
     from core.workspace import Workspace
-    from evaluation.evaluate import compare_runs, rrf_run, scores_from_ranking, stage_scores
-    from evaluation.judgments import wanted_listing_qrels
-    from evaluation.protocol import FROZEN_TEXT_BASELINE, RRF_TEXT_BASELINE, ProtocolBuilder
-    from ranking.features import _gap_to_best, _lead_over_others, _rank_descending, tokenize
+    from evaluation.evaluate import rrf_run, scores_from_ranking
+    from evaluation.protocol import FROZEN_TEXT_BASELINE, ProtocolBuilder
+    from ranking.features import tokenize
 
     started = time.perf_counter()
     builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
@@ -176,18 +181,11 @@ def main() -> None:
         scores = np.array([model.likelihood(words, p[i])[0] for i in test_ids])
         top = np.argsort(-scores, kind="stable")[:args.depth]
         title_model_run[q] = scores_from_ranking([test_ids[j] for j in top])
-    bm25_run = {item.query_id: stage_scores(item.candidates)["bm25"] for item in data.test_items}
-    runs = {"bm25": bm25_run, **protocol.baseline_runs,
-            RRF_TEXT_BASELINE: rrf_run([bm25_run, protocol.baseline_runs[FROZEN_TEXT_BASELINE]]),
-            "title_model": title_model_run,
-            "rrf_bm25_title_model": rrf_run([bm25_run, title_model_run]),
-            "rrf_title_model_frozen_minilm": rrf_run([title_model_run, protocol.baseline_runs[FROZEN_TEXT_BASELINE]])}
-    report = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries),
-                          metrics=["ndcg@10", "mrr@10", "recall@100"])
-    anchor = report.scores[RRF_TEXT_BASELINE]["mrr@10"]
-    for stage, scores in report.scores.items():
-        print(f"{stage}: " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items())
-              + f" ({scores['mrr@10'] / anchor:.3f}x the anchor's MRR@10)", flush=True)
+    bm25_run = bm25_test_run(data)
+    report_retrievers(data, bm25_run, {
+        "title_model": title_model_run,
+        "rrf_bm25_title_model": rrf_run([bm25_run, title_model_run]),
+        "rrf_title_model_frozen_minilm": rrf_run([title_model_run, protocol.baseline_runs[FROZEN_TEXT_BASELINE]])})
 
     among = sum(protocol.queries[item.query_id].target_id in item.candidates.listing_ids for item in data.test_items)
     print(f"the wanted listing is among the re-ranker's candidates for {among} of {len(data.test_items)} test "
@@ -199,16 +197,13 @@ def main() -> None:
     def columns(text: str, candidate_ids) -> np.ndarray:
         words = set(tokenize(text))
         parts = np.array([model.likelihood(words, p[i]) for i in candidate_ids], np.float32).reshape(-1, 3)
-        ll = parts[:, 0]
-        out = np.column_stack([ll, _gap_to_best(ll), _rank_descending(ll), _lead_over_others(ll), parts[:, 1:]])
+        out = np.hstack([relative_columns(parts[:, 0]), parts[:, 1:]])
         if finetuned is not None:
-            sim = np.array([finetuned(text, i) for i in candidate_ids], np.float32)
-            out = np.hstack([out, np.column_stack([sim, _gap_to_best(sim), _rank_descending(sim),
-                                                   _lead_over_others(sim)])])
+            out = np.hstack([out, relative_columns([finetuned(text, i) for i in candidate_ids])])
         return out
 
     names = TITLE_MODEL_COLUMNS + (FINETUNED_COLUMNS if finetuned is not None else [])
-    compare_columns(data, columns, names, [int(s) for s in args.seeds.split(",")],
+    compare_columns(data, columns, names, seed_list(args.seeds),
                     label="title-model" + (" and fine-tuned" if finetuned is not None else "") + " columns")
 
 
@@ -219,10 +214,10 @@ def finetuned_similarity(folder: str, listings: list, data):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    from bench.bench_text_finetune import description_similarity
+    from bench.bench_text_finetune import MAX_LENGTH, description_similarity
 
     model = SentenceTransformer(folder, device="cpu")
-    model.max_seq_length = 128  # as bench_text_finetune encodes
+    model.max_seq_length = MAX_LENGTH
     return description_similarity(model, listings, data)[1]
 
 

@@ -6,7 +6,9 @@ of the val products, each searching every corpus of ``TrainRankerConfig.corpora`
 products, with the frozen MiniLM anchor). ``compare_columns`` adds the columns a function computes for each query's
 candidates, fits one text-only re-ranker per LightGBM seed with and without them (the same early-stopping split of
 the queries per seed, both corpora of a query on one side) and prints test NDCG@10, wanted-listing MRR@10 and hit
-rate@1 of each, and their paired differences.
+rate@1 of each, and their paired differences. ``report_retrievers`` scores a lever's own rankings of the test
+products beside BM25 and the issue's anchor; ``add_arguments`` and ``relative_columns`` are the benches' shared
+command line and column derivation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,26 @@ METRICS = ["ndcg@10", "mrr@10", "hit_rate@1"]
 
 # (query text, candidate listing ids) -> float32 (n_candidates, n_columns), NaN where a column is undefined
 ColumnFunction = Callable[[str, Sequence[str]], np.ndarray]
+
+
+def add_arguments(parser, seeds: str = "0,1,2,3") -> None:
+    """The options every text lever bench takes: --workspace, --seeds, --depth."""
+    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
+    parser.add_argument("--seeds", default=seeds, help="Comma-separated LightGBM seeds (and early-stopping splits).")
+    parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
+
+
+def seed_list(seeds: str) -> list[int]:
+    return [int(seed) for seed in seeds.split(",")]
+
+
+def relative_columns(values: np.ndarray) -> np.ndarray:
+    """float32 (n, 4): each candidate's value, its gap to the best one, its rank and its lead over the runner-up,
+    derived with ``ranking.features``' own helpers."""
+    from ranking.features import _gap_to_best, _lead_over_others, _rank_descending
+
+    values = np.asarray(values, np.float32)
+    return np.column_stack([values, _gap_to_best(values), _rank_descending(values), _lead_over_others(values)])
 
 
 @dataclass
@@ -49,6 +71,32 @@ def text_candidates(builder, depth: int = 100) -> TextCandidates:
     test_items = list(iter_query_candidates(test_protocol.searcher, test_protocol.queries, depth=depth,
                                             description="test text queries", progress=builder.progress))
     return TextCandidates(train_views, test_protocol, test_items)
+
+
+def bm25_test_run(data: TextCandidates) -> dict:
+    """The BM25 ranking of each test query (the first stage's, as ``evaluate`` reports it)."""
+    from evaluation.evaluate import stage_scores
+
+    return {item.query_id: stage_scores(item.candidates)["bm25"] for item in data.test_items}
+
+
+def report_retrievers(data: TextCandidates, bm25: dict, runs: dict) -> None:
+    """Print NDCG@10, wanted-listing MRR@10 and Recall@100 of ``runs`` (name -> TREC-style run over the test
+    products) beside BM25, the frozen MiniLM and the issue's anchor (their reciprocal rank fusion), each with its
+    MRR@10 over the anchor's."""
+    from evaluation.evaluate import compare_runs, rrf_run
+    from evaluation.judgments import wanted_listing_qrels
+    from evaluation.protocol import FROZEN_TEXT_BASELINE, RRF_TEXT_BASELINE
+
+    protocol = data.test_protocol
+    runs = {"bm25": bm25, **protocol.baseline_runs,
+            RRF_TEXT_BASELINE: rrf_run([bm25, protocol.baseline_runs[FROZEN_TEXT_BASELINE]]), **runs}
+    report = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries),
+                          metrics=["ndcg@10", "mrr@10", "recall@100"])
+    anchor = report.scores[RRF_TEXT_BASELINE]["mrr@10"]
+    for stage, scores in report.scores.items():
+        print(f"{stage}: " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items())
+              + f" ({scores['mrr@10'] / anchor:.3f}x the anchor's MRR@10)", flush=True)
 
 
 def compare_columns(data: TextCandidates, columns: ColumnFunction, column_names: Sequence[str],
