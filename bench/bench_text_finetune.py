@@ -122,7 +122,6 @@ def main() -> None:
         compare_columns,
         relative_columns,
         report_retrievers,
-        seed_list,
         text_candidates,
     )
     from core.workspace import Workspace
@@ -176,7 +175,7 @@ def main() -> None:
         return out
 
     names = FINETUNED_COLUMNS + (PROXIMITY_COLUMNS if args.proximity else [])
-    compare_columns(data, columns, names, seed_list(args.seeds),
+    compare_columns(data, columns, names, args.seeds,
                     label="fine-tuned" + (" and proximity" if args.proximity else "") + " columns")
 
 

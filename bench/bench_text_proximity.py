@@ -80,7 +80,7 @@ def proximity_features(query_text: str, descriptions: list[str]) -> np.ndarray:
 
 
 def main() -> None:
-    from bench.text_columns import add_arguments, compare_columns, seed_list, text_candidates
+    from bench.text_columns import add_arguments, compare_columns, text_candidates
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, seeds="0,1,2")
@@ -98,7 +98,7 @@ def main() -> None:
         builder.close()
     print(f"prepared in {time.perf_counter() - started:.0f} s", flush=True)
     compare_columns(data, lambda text, ids: proximity_features(text, [description[i] for i in ids]),
-                    PROXIMITY_COLUMNS, seed_list(args.seeds), label="proximity columns")
+                    PROXIMITY_COLUMNS, args.seeds, label="proximity columns")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,6 @@ def main() -> None:
         compare_columns,
         relative_columns,
         report_retrievers,
-        seed_list,
         text_candidates,
     )
     from core.workspace import Workspace
@@ -203,7 +202,7 @@ def main() -> None:
         return out
 
     names = TITLE_MODEL_COLUMNS + (FINETUNED_COLUMNS if finetuned is not None else [])
-    compare_columns(data, columns, names, seed_list(args.seeds),
+    compare_columns(data, columns, names, args.seeds,
                     label="title-model" + (" and fine-tuned" if finetuned is not None else "") + " columns")
 
 

@@ -13,6 +13,7 @@ command line and column derivation.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,12 +29,17 @@ ColumnFunction = Callable[[str, Sequence[str]], np.ndarray]
 def add_arguments(parser, seeds: str = "0,1,2,3") -> None:
     """The options every text lever bench takes: --workspace, --seeds, --depth."""
     parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
-    parser.add_argument("--seeds", default=seeds, help="Comma-separated LightGBM seeds (and early-stopping splits).")
+    parser.add_argument("--seeds", default=seeds, type=seed_list,
+                        help="Comma-separated LightGBM seeds (and early-stopping splits).")
     parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
 
 
 def seed_list(seeds: str) -> list[int]:
-    return [int(seed) for seed in seeds.split(",")]
+    """``0,1,2`` -> [0, 1, 2]; anything else is a command-line error."""
+    try:
+        return [int(seed) for seed in seeds.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 0,1,2, got {seeds!r}")
 
 
 def relative_columns(values: np.ndarray) -> np.ndarray:
