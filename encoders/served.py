@@ -23,7 +23,7 @@ import numpy as np
 
 from catalog.labels import LabelEncoder
 from encoders.graphs import IMAGE_OUTPUTS, TEXT_OUTPUTS, TOKENIZER, GraphError, GraphSet, graph_dir, sha256_file
-from encoders.pixels import EvalPixels, eval_pixels
+from encoders.pixels import EvalPixels
 from encoders.query_model import QueryModel
 from fusion.served import ServedFusionHead, ServedLexical
 
@@ -129,6 +129,7 @@ class ServedImageTower:
     def __init__(self, session, preprocessing: dict, precision: str, embed_dim: int, pooled_dim: int,
                  head: ServedHead | None = None, feature_cache_key: str | None = None):
         self.session, self.preprocessing = session, dict(preprocessing)
+        self.pixels = EvalPixels(self.preprocessing)
         self.backbone = GraphRuntime(precision)
         self.embed_dim, self.pooled_dim = int(embed_dim), int(pooled_dim)
         self.head = head
@@ -157,8 +158,8 @@ class ServedImageTower:
         pooled = np.empty((len(images), self.pooled_dim), np.float32)
         for start in range(0, len(images), batch_size):  # preprocessed a batch at a time: bounded memory
             rows = slice(start, start + batch_size)
-            embeddings[rows], pooled[rows] = self.encode_pixels_with_pooled(
-                eval_pixels(images[rows], self.preprocessing), batch_size)
+            embeddings[rows], pooled[rows] = self.encode_pixels_with_pooled(self.pixels.stack(images[rows]),
+                                                                            batch_size)
         return embeddings, pooled
 
     def encode(self, images: list, batch_size: int = 32) -> np.ndarray:
