@@ -66,6 +66,18 @@ VARIANTS = {
     "minmax-skip-first-6-convs-per-tensor": ImageQuantisation(keep_first_convs=6, per_channel=False),
     "minmax-skip-first-6-convs-qoperator-per-tensor": ImageQuantisation(keep_first_convs=6, quant_format="QOperator",
                                                                          per_channel=False),
+    # which of the recipe's six fp32 convs the gate needs (0 stem; 1-2 block 1: depthwise, projection; 3-5 block 2:
+    # expansion, depthwise, projection), cheapest first: the block-2 expansion is the costliest of the six in fp32
+    "qoperator-keep-convs-0-1-2-4-5": ImageQuantisation(keep_convs=(0, 1, 2, 4, 5), quant_format="QOperator"),
+    "qoperator-keep-convs-0-1-2-3-5": ImageQuantisation(keep_convs=(0, 1, 2, 3, 5), quant_format="QOperator"),
+    "qoperator-keep-convs-0-1-2-5": ImageQuantisation(keep_convs=(0, 1, 2, 5), quant_format="QOperator"),
+    "qoperator-keep-convs-0-1-2": ImageQuantisation(keep_convs=(0, 1, 2), quant_format="QOperator"),
+    "qoperator-keep-convs-1-2-3-4-5": ImageQuantisation(keep_convs=(1, 2, 3, 4, 5), quant_format="QOperator"),
+    "qoperator-keep-convs-0-1-2-3": ImageQuantisation(keep_convs=(0, 1, 2, 3), quant_format="QOperator"),
+    "qoperator-keep-convs-0-2-3": ImageQuantisation(keep_convs=(0, 2, 3), quant_format="QOperator"),
+    "qoperator-keep-convs-0-1-3": ImageQuantisation(keep_convs=(0, 1, 3), quant_format="QOperator"),
+    "qoperator-keep-convs-0-3": ImageQuantisation(keep_convs=(0, 3), quant_format="QOperator"),
+    "qoperator-keep-convs-0-3-4": ImageQuantisation(keep_convs=(0, 3, 4), quant_format="QOperator"),
 }
 
 # session settings tried on the fp32 graph and the recipe's int8 graph (--speed-only): name -> (level, spinning)

@@ -306,6 +306,7 @@ class ImageQuantisation:
     photos: int = CALIBRATION_PHOTOS  # how many the variants bench calibrates on; export-onnx passes its photos
     keep_fp32: tuple[str, ...] = ()
     keep_first_convs: int = 0  # also leave the first N Conv nodes (graph order: the stem, then block by block) fp32
+    keep_convs: tuple[int, ...] = ()  # and these Conv nodes, by their index in graph order
     quant_format: str = "QDQ"  # or QOperator
     activations: str = "QUInt8"  # QuantType name of the activations (weights: QInt8)
     per_channel: bool = True  # weights: one scale per output channel (else one per tensor)
@@ -327,11 +328,12 @@ def image_quantisation_for(backbone_name: str) -> ImageQuantisation:
     return IMAGE_QUANTISATION.get(backbone_name, ImageQuantisation())
 
 
-def conv_nodes(model_path: Path, groups: Iterable[str], first: int = 0) -> list[str]:
-    """Names of the graph's Conv nodes in ``groups`` (``ImageQuantisation.keep_fp32``) or among its ``first``."""
+def conv_nodes(model_path: Path, groups: Iterable[str], first: int = 0, indices: Iterable[int] = ()) -> list[str]:
+    """Names of the graph's Conv nodes in ``groups`` (``ImageQuantisation.keep_fp32``), among its ``first`` or at
+    one of ``indices`` (graph order)."""
     import onnx
 
-    groups = set(groups)
+    groups, indices = set(groups), set(indices)
     unknown = groups - set(CONV_GROUPS)
     if unknown:
         raise ValueError(f"unknown conv group(s) {sorted(unknown)}; choose from {CONV_GROUPS}")
@@ -339,7 +341,7 @@ def conv_nodes(model_path: Path, groups: Iterable[str], first: int = 0) -> list[
     chosen = []
     for index, node in enumerate(convs):
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if (index < first or ("first_conv" in groups and index == 0)
+        if (index < first or index in indices or ("first_conv" in groups and index == 0)
                 or ("last_conv" in groups and index == len(convs) - 1) or ("depthwise" in groups and group > 1)):
             chosen.append(node.name)
     return chosen
@@ -364,7 +366,7 @@ def quantize_image_graph(fp32_path: Path, int8_path: Path, calibration: Iterable
             str(prepared), str(int8_path), _PhotoBatches(calibration), quant_format=QuantFormat[how.quant_format],
             per_channel=how.per_channel, weight_type=QuantType.QInt8, activation_type=QuantType[how.activations],
             calibrate_method=CalibrationMethod[how.method],
-            nodes_to_exclude=conv_nodes(prepared, how.keep_fp32, how.keep_first_convs)
+            nodes_to_exclude=conv_nodes(prepared, how.keep_fp32, how.keep_first_convs, how.keep_convs)
             + head_nodes(prepared, IMAGE_OUTPUTS[0]),
             extra_options=extra,
         )

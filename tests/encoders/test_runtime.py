@@ -260,6 +260,7 @@ def _float_conv_weights(path) -> list[bool]:
     (ImageQuantisation(keep_fp32=("first_conv", "depthwise")), [True, True, False, False]),
     (ImageQuantisation(keep_fp32=("last_conv",)), [False, False, False, True]),
     (ImageQuantisation(keep_first_convs=3), [True, True, True, False]),
+    (ImageQuantisation(keep_convs=(0, 2)), [True, False, True, False]),
 ])
 def test_image_quantisation_leaves_the_chosen_convs_in_fp32(how, left_fp32, tmp_path):
     net = _SeparableNet().eval()
