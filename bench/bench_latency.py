@@ -12,11 +12,13 @@
    the service's own `encode` stage in the same requests (targets <= 1.3 text, <= 1.2 photo).
 4. Catalogue encoding (`embed_catalog` on a copy of the workspace, no feature cache, so every photo is
    decoded; listing texts encoded too; `--embed-listings N`: only the first N listings): photos/s with 1
-   and 2 decoding workers over the bare forward throughput of the image tower on preprocessed batches in
-   the same runtime (target >= 0.8), end to end and on the photo path alone (`EmbedStats.photo_seconds`:
-   waiting for decoded pixels, then the forwards; the texts' encode left out). The encoder is the one `embed`
-   loads (`encoders.catalogue_encoder`: the whole-tower fp32 graphs, no torch; `--embed-runtime torch` for the
-   torch bundle); the bare forward is timed before and after each run, and each ratio is over their mean.
+   and 2 workers over the bare forward throughput of the image tower on preprocessed batches in the same
+   runtime (target >= 0.8), end to end and on the photo path alone: the photos of those listings through what
+   `embed` does to them (`encoders.embed.photo_transform` in the workers: decoded, and with the graphs encoded
+   there too; the colour signatures; `photo_outputs` here), timed from the first photo asked for to the last
+   vector, without the texts. The encoder is the one `embed` loads (`encoders.catalogue_encoder`: the
+   whole-tower fp32 graphs, no torch; `--embed-runtime torch` for the torch bundle); the bare forward is timed
+   before and after each run, and each ratio is over their mean.
 """
 
 from __future__ import annotations
@@ -207,12 +209,13 @@ def encoding_throughput(workspace: Path, threads: int, listings: int | None = No
                         chosen = chosen.where(listing_embeddings.c.listing_id.in_(catalog.listing_ids()[:listings]))
                     conn.execute(chosen)
                 stats = embed_catalog(encoder, catalog, progress=False, workers=workers)
+                photo_path = photo_path_photos_per_s(encoder.image_tower, photo_paths(catalog, listings), workers)
                 forwards.append(forward_photos_per_s())
                 forward = (forwards[-2] + forwards[-1]) / 2
                 key = f"embed_{workers}_worker{'s' if workers > 1 else ''}"
                 out[key] = {"listings_per_s": stats.encoded / stats.seconds,
                             "photos_per_s": stats.images_encoded / stats.seconds,
-                            "photo_path_photos_per_s": stats.images_encoded / stats.photo_seconds,
+                            "photo_path_photos_per_s": photo_path,
                             "listings": stats.encoded, "photos": stats.images_encoded, "seconds": stats.seconds,
                             "text_seconds": stats.text_seconds, "photo_seconds": stats.photo_seconds,
                             "forward_photos_per_s": forward}
@@ -223,6 +226,35 @@ def encoding_throughput(workspace: Path, threads: int, listings: int | None = No
             catalog.close()
     out["load_after"] = os.getloadavg()[0]
     return out
+
+
+def photo_paths(catalog: Catalog, listings: int | None) -> list[Path]:
+    """The photo files of the first ``listings`` listings (all without it), as `embed` would read them."""
+    ids = catalog.listing_ids()
+    return [path for listing in catalog.get_listings(ids[:listings] if listings is not None else ids)
+            for image_id in listing.image_ids if (path := catalog.image_path(image_id)) is not None and path.is_file()]
+
+
+def photo_path_photos_per_s(image_tower, paths: list[Path], workers: int, batch_size: int = 32) -> float:
+    """photos/s of `embed`'s photo path alone over ``paths``: the photo stream with ``workers`` (decoding, and with
+    the graphs encoding, each photo; its colour signature), then ``photo_outputs`` a batch at a time."""
+    from encoders.appearance import AppearancePixels
+    from encoders.embed import photo_outputs, photo_transform
+    from encoders.photo_stream import PREFETCH_PER_WORKER, photo_pixels
+
+    start = time.perf_counter()
+    stream = photo_pixels(paths, AppearancePixels(photo_transform(image_tower, workers)), workers=workers,
+                          ahead=2 * batch_size + PREFETCH_PER_WORKER * workers)
+    batch: list = []
+    for both, failure in stream:
+        if failure is None:
+            batch.append(both[0])
+        if len(batch) == batch_size:
+            photo_outputs(image_tower, batch, batch_size)
+            batch = []
+    if batch:
+        photo_outputs(image_tower, batch, batch_size)
+    return len(paths) / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> dict:

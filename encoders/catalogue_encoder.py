@@ -9,7 +9,8 @@ checked against the torch towers at export), under the same fingerprint: stored 
 int8 is for queries, behind its quality gate.
 
 What ``encoders.embed`` asks of either: ``fingerprint``, ``encode_texts``, and of ``image_tower``:
-``eval_transform()`` (for the photo decoding workers), ``encode_pixels_with_pooled``, ``embed_pooled`` (the head
+``eval_transform()`` (for the photo decoding workers), ``photo_encoder()`` where it has one (the served model: the
+workers run the graph too), ``encode_pixels_with_pooled``, ``embed_pooled`` (the head
 on pooled features from the training feature cache), ``feature_cache_key``, ``pooled_dim``, ``backbone.runtime``.
 """
 

@@ -130,8 +130,9 @@ def embed(
         "--image-batch-size", min=1, help="Photos per forward pass of the image tower.")] = 32,
     threads: ThreadsOption = 2,
     workers: Annotated[int, typer.Option(
-        "--workers", min=0, help="Processes decoding and preprocessing photos ahead of the forwards, per stream "
-        "(the photos to encode; those from the feature cache, decoded for their colour signature) (0: inline).")] = 1,
+        "--workers", min=0, help="Processes that decode the photos and, on the graph path, run the image tower on "
+        "them (one ONNX Runtime thread each), per stream (the photos to encode; those from the feature cache, "
+        "decoded for their colour signature). 0: inline, forwards in batches here.")] = 2,
     runtime: Annotated[str, typer.Option(
         "--runtime", help="Where the towers run: auto (the bundle's whole-tower fp32 ONNX graphs, without torch, "
         "when `marketsearch export-onnx` wrote them and they verify; else torch), onnxruntime (the graphs or an "
@@ -187,6 +188,9 @@ def embed(
     try:
         stats = embed_catalog(model, catalog, batch_size=batch_size, image_batch_size=image_batch_size,
                               feature_cache=ws.feature_cache_dir, workers=workers, encode_chunks=encode_chunks)
+    except GraphError as error:  # the bundle's graphs replaced while this run read them
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from error
     finally:
         catalog.close()
     if as_json:

@@ -55,6 +55,7 @@ from encoders.appearance import (
 )
 from encoders.features import FeatureCache, photo_key
 from encoders.photo_stream import PREFETCH_PER_WORKER, photo_pixels
+from encoders.served import EncodedPhoto
 
 logger = logging.getLogger(__name__)
 
@@ -308,8 +309,7 @@ def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, colours
         owners.append(row)
     embeddings, photo_vectors = [], []
     if decoded:
-        fresh_embeddings, pooled = model.image_tower.encode_pixels_with_pooled(np.stack(decoded),
-                                                                               batch_size=image_batch_size)
+        fresh_embeddings, pooled = photo_outputs(model.image_tower, decoded, image_batch_size)
         embeddings.append(fresh_embeddings)
         photo_vectors.append(appearance_vectors(pooled, np.stack(decoded_colours)))
     cached_keys, cached_colours = [], []
@@ -339,6 +339,23 @@ def _encode_chunk(model, listings, plan: _ChunkPhotos, pixels: Iterator, colours
     has_image = counts > 0
     image[has_image] = normalize_rows(image[has_image])
     return text, image, has_image, counts, photo
+
+
+def photo_outputs(image_tower, items: list, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, pooled) of what the photo stream gave: photos encoded in the workers already
+    (``EncodedPhoto``), or their pixels, forwarded here in batches of ``batch_size``."""
+    if isinstance(items[0], EncodedPhoto):
+        return np.stack([item.embedding for item in items]), np.stack([item.pooled for item in items])
+    return image_tower.encode_pixels_with_pooled(np.stack(items), batch_size=batch_size)
+
+
+def photo_transform(image_tower, workers: int):
+    """What a photo stream's workers do to each photo: with workers and the served model's image tower, decode it
+    and run the tower's graph there (``encoders.served.PhotoGraphEncoder``); else decode and preprocess it for
+    batched forwards in this process (inline, the torch towers)."""
+    encoder = getattr(image_tower, "photo_encoder", None)
+    in_workers = encoder() if workers > 0 and encoder is not None else None
+    return in_workers if in_workers is not None else image_tower.eval_transform()
 
 
 def photo_streams(plans: list[_ChunkPhotos], transform, *, workers: int, ahead: int | None = None
@@ -477,7 +494,7 @@ def embed_catalog(model, catalog, batch_size: int = 64, *, image_batch_size: int
         def encode_chunks(chunks):
             plans = [_plan_photos(catalog, listings, stats, photo_cache) for listings in chunks]
             # two forward batches ahead: the workers decode the next batch while this one runs the forward
-            pixels, colours = photo_streams(plans, model.image_tower.eval_transform(), workers=workers,
+            pixels, colours = photo_streams(plans, photo_transform(model.image_tower, workers), workers=workers,
                                             ahead=2 * image_batch_size + PREFETCH_PER_WORKER * workers)
             for listings, plan in zip(chunks, plans):
                 yield listings, encode_listings(model, catalog, listings,

@@ -1,12 +1,13 @@
-"""Catalogue photos decoded and preprocessed in worker processes, in order, for batched forwards.
+"""Catalogue photos decoded (and transformed) in worker processes, in order, a bounded number ahead.
 
 Decoding a JPEG and resizing it costs about a third of MobileNetV2's forward pass on it; done inline, the
-catalogue encoding ran at a fraction of the backbone's speed. ``photo_pixels`` runs the image tower's eval
-transform (a picklable ``PIL image -> float32 (3, H, W)`` callable: ``encoders.pixels.EvalPixels`` for the graphs,
-``encoders.towers.TorchEvalPixels`` for torch) in ``workers`` processes (0: in this process) and yields each
-photo's pixels or the reason it could not be read, in input order and a bounded number ahead of the consumer, so
-the caller batches them exactly as the inline path did. No torch here: the
-graph path of `marketsearch embed` runs without it.
+catalogue encoding ran at a fraction of the backbone's speed. ``photo_pixels`` runs a picklable per-photo
+transform in ``workers`` processes (0: in this process) and yields each photo's result or the reason it could not be
+read, in input order and a bounded number ahead of the consumer. The transforms `embed` uses
+(``encoders.embed.photo_transform``): the image tower's eval transform (``PIL image -> float32 (3, H, W)``:
+``encoders.pixels.EvalPixels``, ``encoders.towers.TorchEvalPixels`` for torch), whose pixels the caller batches for
+its forwards, or the whole photo encode on the graph path (``encoders.served.PhotoGraphEncoder``). No torch here:
+the graph path of `marketsearch embed` runs without it.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ were saved), graphs whose sha256 match it, the tokenizer file, the photo preproc
 instead. It answers what the search pipeline asks of a model: ``encode_texts``, ``encode_images``,
 ``image_tower.encode_with_pooled`` (the photo vectors), ``classify``, ``labels``, ``fingerprint``; loaded with
 ``int8=()`` it is also the catalogue encoder of `marketsearch embed` and the live follower
-(``encoders.catalogue_encoder``), through the image tower's ``eval_transform``, ``encode_pixels_with_pooled`` and
-``embed_pooled``.
+(``encoders.catalogue_encoder``), through the image tower's ``eval_transform``, ``photo_encoder`` (the graph run in
+the decoding workers), ``encode_pixels_with_pooled`` and ``embed_pooled``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,22 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from catalog.labels import LabelEncoder
-from encoders.graphs import IMAGE_OUTPUTS, TEXT_OUTPUTS, TOKENIZER, GraphError, GraphSet, graph_dir, sha256_file
+from encoders.graphs import (
+    IMAGE_OUTPUTS,
+    TEXT_OUTPUTS,
+    TOKENIZER,
+    GraphError,
+    GraphSet,
+    graph_dir,
+    graph_name,
+    open_session,
+    sha256_file,
+)
 from encoders.pixels import EvalPixels
 from encoders.query_model import QueryModel
 from fusion.served import ServedFusionHead, ServedLexical
@@ -116,6 +127,40 @@ class ServedHead:
         return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+class EncodedPhoto(NamedTuple):
+    """One photo through the image tower: what ``ServedImageTower.encode_with_pooled`` gives for it."""
+
+    embedding: np.ndarray  # float32 (embed_dim,)
+    pooled: np.ndarray  # float32 (pooled_dim,)
+
+
+class PhotoGraphEncoder:
+    """A decoding worker's transform (``encoders.photo_stream``) that runs the image tower's graph as well: a photo
+    -> its ``EncodedPhoto``, one photo a forward on one ONNX Runtime thread, so only two small vectors travel back
+    to the parent. On 2 cores, two such workers encode catalogue photos at about 0.9x the parent's batched
+    two-thread forward, where workers that only decode (600 KB of pixels a photo to the parent, whose forward
+    stalls whenever a worker takes a core) reach about 0.55x (docs/benchmarks.md, "Thirteenth session").
+
+    Picklable: each process opens the graph file in its own session on first use, after checking its sha256
+    against the one the parent verified (a bundle replaced meanwhile raises ``GraphError``)."""
+
+    def __init__(self, graph_path: Path, sha256: str, preprocessing: dict):
+        self.graph_path, self.sha256 = Path(graph_path), sha256
+        self.pixels = EvalPixels(preprocessing)
+        self._session = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_session": None}
+
+    def __call__(self, image) -> EncodedPhoto:
+        if self._session is None:
+            if sha256_file(self.graph_path) != self.sha256:
+                raise GraphError(f"{self.graph_path} changed since the model was loaded; run the command again")
+            self._session = open_session(self.graph_path, threads=1)
+        embedding, pooled = self._session.run(ServedImageTower.outputs, {"pixel_values": self.pixels(image)[None]})
+        return EncodedPhoto(embedding[0], pooled[0])
+
+
 class ServedImageTower:
     """PIL images -> pixels (PIL + numpy) -> the whole image tower graph -> embeddings and pooled backbone vectors.
 
@@ -127,7 +172,8 @@ class ServedImageTower:
     outputs = list(IMAGE_OUTPUTS[1:])  # the embedding, the pooled backbone vector
 
     def __init__(self, session, preprocessing: dict, precision: str, embed_dim: int, pooled_dim: int,
-                 head: ServedHead | None = None, feature_cache_key: str | None = None):
+                 head: ServedHead | None = None, feature_cache_key: str | None = None,
+                 graph: tuple[Path, str] | None = None):
         self.session, self.preprocessing = session, dict(preprocessing)
         self.pixels = EvalPixels(self.preprocessing)
         self.backbone = GraphRuntime(precision)
@@ -135,10 +181,16 @@ class ServedImageTower:
         self.head = head
         # None: the graphs were exported before the manifest recorded it; the cache is not read
         self.feature_cache_key = feature_cache_key
+        self.graph = graph  # the session's file and its verified sha256, for photo_encoder
 
     def eval_transform(self) -> EvalPixels:
         """``PIL image -> float32 (3, H, W)`` pixels, picklable (``encoders.photo_stream`` workers)."""
         return EvalPixels(self.preprocessing)
+
+    def photo_encoder(self) -> PhotoGraphEncoder | None:
+        """``PIL image -> EncodedPhoto`` in a decoding worker (``PhotoGraphEncoder``); None when the tower was
+        built from a session without its file."""
+        return None if self.graph is None else PhotoGraphEncoder(*self.graph, self.preprocessing)
 
     def encode_pixels_with_pooled(self, pixels: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """``encode_with_pooled`` of preprocessed pixels float32 (n, 3, H, W), in batches of ``batch_size``."""
@@ -219,9 +271,12 @@ class ServedModel(QueryModel):
             head = ServedHead.load(model_dir / "image_tower")
         except (OSError, ValueError, KeyError) as error:
             raise GraphError(f"the image tower's head cannot be read without torch: {error}") from error
-        image = ServedImageTower(sessions["image"][0], manifest["image_preprocessing"], sessions["image"][1],
+        image_precision = sessions["image"][1]
+        image_graph = graph_name("image", image_precision)
+        image = ServedImageTower(sessions["image"][0], manifest["image_preprocessing"], image_precision,
                                  embed_dim, pooled["image"], head=head,
-                                 feature_cache_key=(manifest.get("feature_cache") or {}).get("image"))
+                                 feature_cache_key=(manifest.get("feature_cache") or {}).get("image"),
+                                 graph=(graphs.folder / image_graph, manifest["graphs"][image_graph]["sha256"]))
         _check_on_probe(text, image)
         try:
             fusion = ServedFusionHead.load(model_dir / "fusion")

@@ -4,6 +4,7 @@ vectors of the torch bundle, the training feature cache still read, photos decod
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,19 @@ from catalog.store import Catalog
 from core.workspace import Workspace
 from encoders.bundle import MultiModalModel
 from encoders.catalogue_encoder import load_catalogue_encoder
-from encoders.embed import embed_catalog, encode_listings, listing_embeddings, listing_photo_vectors, load_embeddings
+from encoders.embed import (
+    embed_catalog,
+    encode_listings,
+    listing_embeddings,
+    listing_photo_vectors,
+    load_embeddings,
+    photo_outputs,
+    photo_transform,
+)
 from encoders.graphs import GraphError
-from encoders.served import ServedHead, ServedModel
+from encoders.photo_stream import load_photo
+from encoders.pixels import EvalPixels
+from encoders.served import EncodedPhoto, PhotoGraphEncoder, ServedHead, ServedModel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,8 +129,33 @@ def test_photo_workers_on_the_graph_path_give_the_inline_vectors_and_report_unre
     assert stats.image_errors == inline_stats.image_errors == 1
     assert stats.errors == inline_stats.errors and listings[0].image_ids[0] in stats.errors[0]
     assert stats.images_encoded == inline_stats.images_encoded > 0
-    for column in ("text", "image", "listing", "photo"):
-        np.testing.assert_array_equal(getattr(pooled, column), getattr(inline, column), err_msg=column)
+    np.testing.assert_array_equal(pooled.text, inline.text)
+    # the workers run the image graph one photo at a time on one thread, inline runs it in batches
+    for column in ("image", "listing", "photo"):
+        np.testing.assert_allclose(getattr(pooled, column), getattr(inline, column), atol=2e-6, err_msg=column)
+
+
+def test_with_workers_the_served_image_graph_runs_in_them(served_copy, graph_encoder, tmp_path):
+    tower = graph_encoder.image_tower
+    assert isinstance(photo_transform(tower, workers=0), EvalPixels)  # inline: pixels for batched forwards here
+    encoder = photo_transform(tower, workers=2)
+    assert isinstance(encoder, PhotoGraphEncoder)
+    with Catalog(served_copy.db_url, root=served_copy.root) as catalog:
+        paths = [catalog.image_path(i) for listing in catalog.get_listings(catalog.listing_ids()[:6])
+                 for i in listing.image_ids][:5]
+    photos = [load_photo(path) for path in paths]
+    want_embeddings, want_pooled = tower.encode_with_pooled(photos)
+    in_worker = pickle.loads(pickle.dumps(encoder))  # what a worker gets: the graph's file, no session
+    got = [in_worker(photo) for photo in photos]
+    assert all(isinstance(one, EncodedPhoto) for one in got)
+    np.testing.assert_allclose(np.stack([one.embedding for one in got]), want_embeddings, atol=2e-6)
+    np.testing.assert_allclose(np.stack([one.pooled for one in got]), want_pooled, atol=2e-5)
+    np.testing.assert_allclose(photo_outputs(tower, got, 2)[0], want_embeddings, atol=2e-6)
+    # a graph file replaced after the model was loaded (a retraining meanwhile) is refused, not used
+    replaced = tmp_path / "image.fp32.onnx"
+    replaced.write_bytes(encoder.graph_path.read_bytes() + b"\0")
+    with pytest.raises(GraphError, match="changed since the model was loaded"):
+        PhotoGraphEncoder(replaced, encoder.sha256, tower.preprocessing)(photos[0])
 
 
 def test_marketsearch_embed_on_the_graph_path_imports_no_torch(served_copy):
