@@ -16,9 +16,10 @@
    runtime (target >= 0.8), end to end and on the photo path alone: the photos of those listings through what
    `embed` does to them (`encoders.embed.photo_transform` in the workers: decoded, and with the graphs encoded
    there too; the colour signatures; `photo_outputs` here), timed from the first photo asked for to the last
-   vector, without the texts. The encoder is the one `embed` loads (`encoders.catalogue_encoder`: the
-   whole-tower fp32 graphs, no torch; `--embed-runtime torch` for the torch bundle); the bare forward is timed
-   before and after each run, and each ratio is over their mean.
+   vector, without the texts (and, for reference, with workers that only decode and preprocess while this
+   process forwards the pixels in batches: the path before). The encoder is the one `embed` loads
+   (`encoders.catalogue_encoder`: the whole-tower fp32 graphs, no torch; `--embed-runtime torch` for the torch
+   bundle); the bare forward is timed before and after each run, and each ratio is over their mean.
 """
 
 from __future__ import annotations
@@ -209,18 +210,23 @@ def encoding_throughput(workspace: Path, threads: int, listings: int | None = No
                         chosen = chosen.where(listing_embeddings.c.listing_id.in_(catalog.listing_ids()[:listings]))
                     conn.execute(chosen)
                 stats = embed_catalog(encoder, catalog, progress=False, workers=workers)
-                photo_path = photo_path_photos_per_s(encoder.image_tower, photo_paths(catalog, listings), workers)
+                paths_of_run = photo_paths(catalog, listings)
+                photo_path = photo_path_photos_per_s(encoder.image_tower, paths_of_run, workers)
+                decode_only = photo_path_photos_per_s(encoder.image_tower, paths_of_run, workers,
+                                                      encode_in_workers=False)
                 forwards.append(forward_photos_per_s())
                 forward = (forwards[-2] + forwards[-1]) / 2
                 key = f"embed_{workers}_worker{'s' if workers > 1 else ''}"
                 out[key] = {"listings_per_s": stats.encoded / stats.seconds,
                             "photos_per_s": stats.images_encoded / stats.seconds,
                             "photo_path_photos_per_s": photo_path,
+                            "photo_path_decode_only_workers_photos_per_s": decode_only,
                             "listings": stats.encoded, "photos": stats.images_encoded, "seconds": stats.seconds,
                             "text_seconds": stats.text_seconds, "photo_seconds": stats.photo_seconds,
                             "forward_photos_per_s": forward}
                 out[f"{key}_over_forward"] = out[key]["photos_per_s"] / forward
                 out[f"{key}_photo_path_over_forward"] = out[key]["photo_path_photos_per_s"] / forward
+                out[key]["decode_only_over_forward"] = decode_only / forward
             out["forward_photos_per_s"] = forwards
         finally:
             catalog.close()
@@ -235,15 +241,19 @@ def photo_paths(catalog: Catalog, listings: int | None) -> list[Path]:
             for image_id in listing.image_ids if (path := catalog.image_path(image_id)) is not None and path.is_file()]
 
 
-def photo_path_photos_per_s(image_tower, paths: list[Path], workers: int, batch_size: int = 32) -> float:
+def photo_path_photos_per_s(image_tower, paths: list[Path], workers: int, batch_size: int = 32,
+                            encode_in_workers: bool = True) -> float:
     """photos/s of `embed`'s photo path alone over ``paths``: the photo stream with ``workers`` (decoding, and with
-    the graphs encoding, each photo; its colour signature), then ``photo_outputs`` a batch at a time."""
+    the graphs encoding, each photo; its colour signature), then ``photo_outputs`` a batch at a time.
+    ``encode_in_workers=False``: the workers only decode and preprocess, this process forwards the pixels in batches
+    (the path before the graph ran in the workers, and the torch path's)."""
     from encoders.appearance import AppearancePixels
     from encoders.embed import photo_outputs, photo_transform
     from encoders.photo_stream import PREFETCH_PER_WORKER, photo_pixels
 
     start = time.perf_counter()
-    stream = photo_pixels(paths, AppearancePixels(photo_transform(image_tower, workers)), workers=workers,
+    transform = photo_transform(image_tower, workers) if encode_in_workers else image_tower.eval_transform()
+    stream = photo_pixels(paths, AppearancePixels(transform), workers=workers,
                           ahead=2 * batch_size + PREFETCH_PER_WORKER * workers)
     batch: list = []
     for both, failure in stream:

@@ -350,11 +350,13 @@ def photo_outputs(image_tower, items: list, batch_size: int) -> tuple[np.ndarray
 
 
 def photo_transform(image_tower, workers: int):
-    """What a photo stream's workers do to each photo: with workers and the served model's image tower, decode it
-    and run the tower's graph there (``encoders.served.PhotoGraphEncoder``); else decode and preprocess it for
-    batched forwards in this process (inline, the torch towers)."""
+    """What a photo stream's workers do to each photo: with two workers or more and the served model's image tower,
+    decode it and run the tower's graph there (``encoders.served.PhotoGraphEncoder``); else decode and preprocess
+    it for batched forwards in this process (inline, one worker, the torch towers). One worker running one-thread
+    forwards leaves a core idle: on 2 cores it encoded 96 photos/s, against 125-130 when it only decoded and this
+    process forwarded with two threads; two such workers 177-181 (docs/benchmarks.md, "Thirteenth session")."""
     encoder = getattr(image_tower, "photo_encoder", None)
-    in_workers = encoder() if workers > 0 and encoder is not None else None
+    in_workers = encoder() if workers >= 2 and encoder is not None else None
     return in_workers if in_workers is not None else image_tower.eval_transform()
 
 

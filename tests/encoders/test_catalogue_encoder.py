@@ -137,7 +137,8 @@ def test_photo_workers_on_the_graph_path_give_the_inline_vectors_and_report_unre
 
 def test_with_workers_the_served_image_graph_runs_in_them(served_copy, graph_encoder, tmp_path):
     tower = graph_encoder.image_tower
-    assert isinstance(photo_transform(tower, workers=0), EvalPixels)  # inline: pixels for batched forwards here
+    for workers in (0, 1):  # inline, or one worker: pixels for batched forwards here
+        assert isinstance(photo_transform(tower, workers=workers), EvalPixels)
     encoder = photo_transform(tower, workers=2)
     assert isinstance(encoder, PhotoGraphEncoder)
     with Catalog(served_copy.db_url, root=served_copy.root) as catalog:
