@@ -63,7 +63,6 @@ class EvalPixels:
             np.take(self.table[channel], pixels[:, :, channel], out=out[channel])
         return out
 
-
     def stack(self, images: list) -> np.ndarray:
         """float32 (n, 3, crop, crop) pixel values of PIL ``images``."""
         out = np.empty((len(images), 3, self.crop, self.crop), np.float32)
