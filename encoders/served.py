@@ -137,9 +137,9 @@ class EncodedPhoto(NamedTuple):
 class PhotoGraphEncoder:
     """A decoding worker's transform (``encoders.photo_stream``) that runs the image tower's graph as well: a photo
     -> its ``EncodedPhoto``, one photo a forward on one ONNX Runtime thread, so only two small vectors travel back
-    to the parent. On 2 cores, two such workers encode catalogue photos at about 0.78x the parent's batched
+    to the parent. On 2 cores, two such workers encode catalogue photos at 0.68-0.90x (median 0.77) the parent's batched
     two-thread forward, where workers that only decode (600 KB of pixels a photo to the parent, whose forward
-    stalls whenever a worker takes a core) reach about 0.55x (docs/benchmarks.md, "Thirteenth session").
+    stalls whenever a worker takes a core) reach 0.55-0.70x (docs/benchmarks.md, "Thirteenth session").
 
     Picklable: each process opens the graph file in its own session on first use, after checking its sha256
     against the one the parent verified (a bundle replaced meanwhile raises ``GraphError``)."""
