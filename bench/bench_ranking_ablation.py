@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from evaluation.evaluate import compare_runs, iter_query_candidates, stage_scores
+from bench.bench_ranking_gains import test_items
+from evaluation.evaluate import compare_runs, stage_scores
 from evaluation.train import TrainingData, TrainRankerConfig, protocol_training_data, split_queries
 from ranking.features import FEATURE_NAMES
 from ranking.reranker import Reranker
@@ -33,18 +34,6 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 FEATURE_GROUPS["all new in set 3"] = tuple(name for group in FEATURE_GROUPS.values() for name in group)
 REFERENCE = {"text": "bm25", "image": "frozen_mobilenet_v2"}
-
-
-def test_items(builder, depth: int) -> dict:
-    out = {}
-    for name in ("text", "image"):
-        protocol = (builder.text_protocol(("test",)) if name == "text"
-                    else builder.image_protocol(("test",), frozen_baseline=True))
-        items = list(iter_query_candidates(protocol.searcher, protocol.queries, depth=depth,
-                                           load_image=protocol.load_image, description=f"test {name} queries",
-                                           progress=builder.progress))
-        out[name] = (items, protocol)
-    return out
 
 
 def fit(train: TrainingData, columns: list[int], seed: int) -> tuple[Reranker, int]:
@@ -93,7 +82,7 @@ def main() -> None:
     results: dict = {"load_average_before": os.getloadavg(), "rows": []}
     builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
     try:
-        tests = test_items(builder, args.depth)
+        tests = test_items(builder, args.depth, names=("text", "image"))
         training = {}
         for splits in (("val",), ("train", "val")):
             config = TrainRankerConfig(train_splits=splits, depth=args.depth, seed=args.seed)

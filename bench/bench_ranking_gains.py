@@ -51,9 +51,11 @@ SHOWN = {"text": ("bm25", "hybrid"), "image": ("vector", "photo", "frozen_mobile
          "self-photo": ("vector", "photo")}
 
 
-def test_items(builder, depth: int) -> dict:
+def test_items(builder, depth: int, names: tuple[str, ...] = tuple(SHOWN)) -> dict:
+    """The candidates of the test queries of each protocol in ``names`` (text, image, self_photo), with the
+    protocol: name -> (items, protocol)."""
     out = {}
-    for name in SHOWN:
+    for name in names:
         if name == "text":
             protocol = builder.text_protocol(("test",))
         elif name == "image":
