@@ -130,9 +130,9 @@ def embed(
         "--image-batch-size", min=1, help="Photos per forward pass of the image tower.")] = 32,
     threads: ThreadsOption = 2,
     workers: Annotated[int, typer.Option(
-        "--workers", min=0, help="Processes that decode the photos and, on the graph path, run the image tower on "
-        "them (one ONNX Runtime thread each), per stream (the photos to encode; those from the feature cache, "
-        "decoded for their colour signature). 0: inline, forwards in batches here.")] = 2,
+        "--workers", min=0, help="Processes that decode the photos, per stream (the photos to encode; those from "
+        "the feature cache, decoded for their colour signature). Two or more on the graph path also run the image "
+        "tower (one ONNX Runtime thread each); with one, or 0 (inline), this process forwards them in batches.")] = 2,
     runtime: Annotated[str, typer.Option(
         "--runtime", help="Where the towers run: auto (the bundle's whole-tower fp32 ONNX graphs, without torch, "
         "when `marketsearch export-onnx` wrote them and they verify; else torch), onnxruntime (the graphs or an "
