@@ -191,8 +191,7 @@ def encoding_throughput(workspace: Path, threads: int, listings: int | None = No
         shutil.copy2(Workspace.at(workspace).db_path, copy.db_path)
         catalog = Catalog(copy.db_url, root=Workspace.at(workspace).root)
         try:
-            paths = [p for listing in catalog.get_listings(catalog.listing_ids()[:200]) for i in listing.image_ids
-                     if (p := catalog.image_path(i)) is not None and p.is_file()][:256]
+            paths = photo_paths(catalog, 200)[:256]
             transform = encoder.image_tower.eval_transform()
             pixels = np.stack([transform(load_photo(p)) for p in paths])
             encoder.image_tower.encode_pixels_with_pooled(pixels[:32])  # warm-up

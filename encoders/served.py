@@ -30,8 +30,6 @@ from encoders.graphs import (
     GraphError,
     GraphSet,
     graph_dir,
-    graph_name,
-    open_session,
     sha256_file,
 )
 from encoders.pixels import EvalPixels
@@ -141,11 +139,12 @@ class PhotoGraphEncoder:
     two-thread forward, where workers that only decode (600 KB of pixels a photo to the parent, whose forward
     stalls whenever a worker takes a core) reach 0.55-0.70x (docs/benchmarks.md, "Thirteenth session").
 
-    Picklable: each process opens the graph file in its own session on first use, after checking its sha256
-    against the one the parent verified (a bundle replaced meanwhile raises ``GraphError``)."""
+    Picklable: each process opens its own one-thread session on first use, through ``GraphSet.session`` with the
+    manifest the parent read (a graph file replaced meanwhile, or one ONNX Runtime cannot load, raises
+    ``GraphError``)."""
 
-    def __init__(self, graph_path: Path, sha256: str, preprocessing: dict):
-        self.graph_path, self.sha256 = Path(graph_path), sha256
+    def __init__(self, graphs: GraphSet, precision: str, preprocessing: dict):
+        self.graphs, self.precision = graphs, precision
         self.pixels = EvalPixels(preprocessing)
         self._session = None
 
@@ -154,9 +153,7 @@ class PhotoGraphEncoder:
 
     def __call__(self, image) -> EncodedPhoto:
         if self._session is None:
-            if sha256_file(self.graph_path) != self.sha256:
-                raise GraphError(f"{self.graph_path} changed since the model was loaded; run the command again")
-            self._session = open_session(self.graph_path, threads=1)
+            self._session = self.graphs.session("image", self.precision, threads=1)
         embedding, pooled = self._session.run(ServedImageTower.outputs, {"pixel_values": self.pixels(image)[None]})
         return EncodedPhoto(embedding[0], pooled[0])
 
@@ -173,7 +170,7 @@ class ServedImageTower:
 
     def __init__(self, session, preprocessing: dict, precision: str, embed_dim: int, pooled_dim: int,
                  head: ServedHead | None = None, feature_cache_key: str | None = None,
-                 graph: tuple[Path, str] | None = None):
+                 graphs: GraphSet | None = None):
         self.session, self.preprocessing = session, dict(preprocessing)
         self.pixels = EvalPixels(self.preprocessing)
         self.backbone = GraphRuntime(precision)
@@ -181,16 +178,18 @@ class ServedImageTower:
         self.head = head
         # None: the graphs were exported before the manifest recorded it; the cache is not read
         self.feature_cache_key = feature_cache_key
-        self.graph = graph  # the session's file and its verified sha256, for photo_encoder
+        self.graphs = graphs  # the graph set the session came from, for photo_encoder
 
     def eval_transform(self) -> EvalPixels:
         """``PIL image -> float32 (3, H, W)`` pixels, picklable (``encoders.photo_stream`` workers)."""
-        return EvalPixels(self.preprocessing)
+        return self.pixels
 
     def photo_encoder(self) -> PhotoGraphEncoder | None:
         """``PIL image -> EncodedPhoto`` in a decoding worker (``PhotoGraphEncoder``); None when the tower was
-        built from a session without its file."""
-        return None if self.graph is None else PhotoGraphEncoder(*self.graph, self.preprocessing)
+        built from a session without its graph set."""
+        if self.graphs is None:
+            return None
+        return PhotoGraphEncoder(self.graphs, self.backbone.precision, self.preprocessing)
 
     def encode_pixels_with_pooled(self, pixels: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """``encode_with_pooled`` of preprocessed pixels float32 (n, 3, H, W), in batches of ``batch_size``."""
@@ -271,12 +270,9 @@ class ServedModel(QueryModel):
             head = ServedHead.load(model_dir / "image_tower")
         except (OSError, ValueError, KeyError) as error:
             raise GraphError(f"the image tower's head cannot be read without torch: {error}") from error
-        image_precision = sessions["image"][1]
-        image_graph = graph_name("image", image_precision)
-        image = ServedImageTower(sessions["image"][0], manifest["image_preprocessing"], image_precision,
+        image = ServedImageTower(sessions["image"][0], manifest["image_preprocessing"], sessions["image"][1],
                                  embed_dim, pooled["image"], head=head,
-                                 feature_cache_key=(manifest.get("feature_cache") or {}).get("image"),
-                                 graph=(graphs.folder / image_graph, manifest["graphs"][image_graph]["sha256"]))
+                                 feature_cache_key=(manifest.get("feature_cache") or {}).get("image"), graphs=graphs)
         _check_on_probe(text, image)
         try:
             fusion = ServedFusionHead.load(model_dir / "fusion")

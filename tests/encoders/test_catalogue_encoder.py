@@ -27,7 +27,7 @@ from encoders.embed import (
     photo_outputs,
     photo_transform,
 )
-from encoders.graphs import GraphError
+from encoders.graphs import GraphError, GraphSet, graph_name
 from encoders.photo_stream import load_photo
 from encoders.pixels import EvalPixels
 from encoders.served import EncodedPhoto, PhotoGraphEncoder, ServedHead, ServedModel
@@ -153,10 +153,12 @@ def test_with_workers_the_served_image_graph_runs_in_them(served_copy, graph_enc
     np.testing.assert_allclose(np.stack([one.pooled for one in got]), want_pooled, atol=2e-5)
     np.testing.assert_allclose(photo_outputs(tower, got, 2)[0], want_embeddings, atol=2e-6)
     # a graph file replaced after the model was loaded (a retraining meanwhile) is refused, not used
-    replaced = tmp_path / "image.fp32.onnx"
-    replaced.write_bytes(encoder.graph_path.read_bytes() + b"\0")
-    with pytest.raises(GraphError, match="changed since the model was loaded"):
-        PhotoGraphEncoder(replaced, encoder.sha256, tower.preprocessing)(photos[0])
+    folder = shutil.copytree(encoder.graphs.folder, tmp_path / "onnx")
+    graphs = GraphSet(folder, encoder.graphs.manifest)
+    replaced = folder / graph_name("image", "fp32")
+    replaced.write_bytes(replaced.read_bytes() + b"\0")
+    with pytest.raises(GraphError, match="does not match its manifest"):
+        PhotoGraphEncoder(graphs, "fp32", tower.preprocessing)(photos[0])
 
 
 def test_marketsearch_embed_on_the_graph_path_imports_no_torch(served_copy):
