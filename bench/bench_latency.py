@@ -43,6 +43,7 @@ from encoders.bundle import MultiModalModel
 from encoders.embed import embed_catalog, listing_embeddings
 from encoders.photo_stream import load_photo
 from encoders.runtime import GraphSet, graph_dir, use_graphs
+from encoders.served import served_tower
 
 TARGETS = {  # (ratio, comparison, target)
     "text_int8_speedup": (">=", 2.0),
@@ -101,18 +102,6 @@ def encode_ratios(model: MultiModalModel, graphs: GraphSet, texts: list[str], im
         if "served_int8" in timings:
             out[f"{modality}_int8_speedup"] = timings["served_fp32"] / timings["served_int8"]
     return out
-
-
-def served_tower(graphs: GraphSet, modality: str, precision: str):
-    from encoders.served import ServedImageTower, ServedTextTower, load_tokenizer
-
-    manifest = graphs.manifest
-    session = graphs.session(modality, precision)
-    if modality == "text":
-        return ServedTextTower(session, load_tokenizer(graphs), precision, manifest["embed_dim"],
-                               manifest["pooled_dim"]["text"])
-    return ServedImageTower(session, manifest["image_preprocessing"], precision, manifest["embed_dim"],
-                            manifest["pooled_dim"]["image"])
 
 
 def start_and_serve(workspace: Path, texts: list[dict], uploads: list[bytes], requests: int) -> dict:

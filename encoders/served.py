@@ -286,6 +286,19 @@ class ServedModel(QueryModel):
                    backbones=bundle.get("backbones")), notes
 
 
+def served_tower(graphs: GraphSet, modality: str, precision: str,
+                 threads: int = 1) -> ServedTextTower | ServedImageTower:
+    """``modality``'s tower as the service encodes queries with it: the whole tower graph ``precision`` of
+    ``graphs``, tokenizer or pixels without torch (an image tower without its head arrays: it encodes photos but
+    cannot ``embed_pooled``)."""
+    manifest = graphs.manifest
+    session = graphs.session(modality, precision, threads)
+    embed_dim, pooled_dim = int(manifest["embed_dim"]), int(manifest["pooled_dim"][modality])
+    if modality == "text":
+        return ServedTextTower(session, load_tokenizer(graphs), precision, embed_dim, pooled_dim)
+    return ServedImageTower(session, manifest["image_preprocessing"], precision, embed_dim, pooled_dim)
+
+
 def _bundle_manifest(model_dir: Path) -> dict:
     path = model_dir / "bundle.json"
     if not path.is_file():

@@ -1,6 +1,7 @@
-"""Quality gates of the int8 encoder graphs: a known-item protocol run with queries encoded by the fp32 graph
-and by the int8 graph, against the same catalogue vectors (computed in torch by `marketsearch embed`),
-exactly what the service does when it switches runtimes.
+"""Quality gates of the int8 encoder graphs: a known-item protocol run with queries encoded by the served tower
+of the fp32 graph and then of the int8 graph (``encoders.served``: the whole tower, its head included, in ONNX
+Runtime), against the same catalogue vectors (from `marketsearch embed`), exactly what the service does when it
+switches runtimes.
 
 A gate passes when the int8 graph's NDCG@10 on the protocol's vector stage (the stage that only the encoder
 moves) is at most ``max_drop`` below the fp32 graph's. Top-20 agreement of the two vector rankings is
@@ -10,12 +11,14 @@ service serves int8 only where it passed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from encoders.runtime import GraphSet, use_graphs
+from encoders.runtime import GraphSet
+from encoders.served import served_tower
 from evaluation.evaluate import collect_runs, compare_runs
 from evaluation.judgments import wanted_listing_qrels
 
@@ -60,6 +63,19 @@ def agreement(fp32: dict[str, dict[str, float]], int8: dict[str, dict[str, float
     return float(np.mean(overlaps)) if overlaps else 0.0, float(np.mean(firsts)) if firsts else 0.0
 
 
+@contextlib.contextmanager
+def tower_replaced(model, tower):
+    """``model`` (a ``encoders.query_model.QueryModel``) encoding ``tower.modality`` with ``tower`` inside the
+    block: the gate's queries go through the served tower, the whole graph the service runs."""
+    name = f"{tower.modality}_tower"
+    before = getattr(model, name)
+    setattr(model, name, tower)
+    try:
+        yield model
+    finally:
+        setattr(model, name, before)
+
+
 def run_gate(builder, graphs: GraphSet, modality: str, *, splits: tuple[str, ...] = ("test",),
              max_queries: int | None = None, threads: int = 1) -> GateResult:
     """The known-item ``modality`` protocol (``evaluation.protocol.ProtocolBuilder``) on ``splits``, queries
@@ -70,14 +86,10 @@ def run_gate(builder, graphs: GraphSet, modality: str, *, splits: tuple[str, ...
     else:
         protocol = builder.image_protocol(splits, max_queries=max_queries)
     runs = {}
-    tower = model.text_tower if modality == "text" else model.image_tower
-    try:
-        for precision in ("fp32", "int8"):
-            use_graphs(model, graphs, modality, precision, threads)
+    for precision in ("fp32", "int8"):
+        with tower_replaced(model, served_tower(graphs, modality, precision, threads)):
             runs[precision] = collect_runs(protocol.searcher, protocol.queries, depth=100,
                                            load_image=protocol.load_image)[STAGE]
-    finally:
-        tower.backbone.detach_session()
     report = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries),
                           metrics=("ndcg@10",), name=f"{modality} int8 gate")
     fp32, int8 = report.scores["fp32"]["ndcg@10"], report.scores["int8"]["ndcg@10"]

@@ -112,6 +112,38 @@ def test_int8_rankings_agree_with_fp32(model, exported, photos, trained_workspac
     assert _top10_overlap(image32, image8, corpus) >= IMAGE_INT8_TOP10_OVERLAP
 
 
+def test_served_int8_towers_rank_like_fp32_and_the_gate_encodes_through_them(model, exported, photos,
+                                                                              trained_workspace):
+    """The whole-tower graphs as the service runs them (the image graph's head int8 too), and the gate's way of
+    putting them in the model's place (``evaluation.runtime_gate.tower_replaced``)."""
+    from encoders.embed import load_embeddings
+    from encoders.served import served_tower
+    from evaluation.runtime_gate import tower_replaced
+
+    catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
+    try:
+        corpus = load_embeddings(catalog, model.fingerprint).listing
+    finally:
+        catalog.close()
+    texts = _queries(trained_workspace)
+    images = [load_photo(p) for p in photos[16:56]]  # not the calibration photos
+    graphs = GraphSet.open(exported, model.fingerprint)
+    torch_tower = model.image_tower
+    vectors = {}
+    for precision in ("fp32", "int8"):
+        text, image = served_tower(graphs, "text", precision), served_tower(graphs, "image", precision)
+        with tower_replaced(model, image):
+            assert model.image_tower is image
+            vectors[precision] = (text.encode(texts), model.encode_images(images))
+        assert model.image_tower is torch_tower
+        np.testing.assert_array_equal(vectors[precision][1], image.encode(images))
+    (text32, image32), (text8, image8) = vectors["fp32"], vectors["int8"]
+    np.testing.assert_allclose(image32, torch_tower.encode(images), atol=FP32_MAX_ABS_DIFF)
+    assert not np.array_equal(image8, image32), "the int8 graph should not be the fp32 graph"
+    assert _top10_overlap(text32, text8, corpus) >= TEXT_INT8_TOP10_OVERLAP
+    assert _top10_overlap(image32, image8, corpus) >= IMAGE_INT8_TOP10_OVERLAP
+
+
 def test_manifest_binds_graphs_to_the_bundle_fingerprint_and_checksums(model, exported, tmp_path):
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["model_fingerprint"] == model.fingerprint
@@ -210,19 +242,24 @@ def _head_weights_left_fp32(fp32_path, int8_path, backbone_output: str) -> dict[
     return {weight: any(name.startswith(weight) and name in floats for name in read) for weight in weights}
 
 
-def test_whole_tower_graphs_quantise_the_backbone_and_leave_the_head_fp32(model, exported):
+def test_whole_tower_graphs_quantise_the_backbone_and_the_head_as_their_recipes_say(model, exported):
     import onnx
 
     assert not any(module.training for tower in (model.text_tower, model.image_tower)
                    for module in tower.modules()), "the export leaves the towers in eval mode"
-    for modality, backbone_output in (("text", "last_hidden_state"), ("image", "feature_map")):
+    how = image_quantisation_for(model.image_tower.backbone.name)
+    assert how.int8_head, "MobileNetV2's recipe quantises the head's Linears"
+    for modality, backbone_output, fp32_head in (("text", "last_hidden_state", True), ("image", "feature_map", False)):
         left = _head_weights_left_fp32(exported / f"{modality}.fp32.onnx", exported / f"{modality}.int8.onnx",
                                        backbone_output)
-        assert len(left) == 2 and all(left.values()), (modality, left)  # the projection head's two Linears: fp32
+        # the projection head's two Linears: fp32 in the text graph, int8 (QGemm) in the image graph
+        assert len(left) == 2 and all(value == fp32_head for value in left.values()), (modality, left)
+    image_ops = [node.op_type for node in onnx.load(str(exported / "image.int8.onnx")).graph.node]
+    assert image_ops.count("QGemm") == 2
     text_ops = {node.op_type for node in onnx.load(str(exported / "text.int8.onnx")).graph.node}
     assert "MatMulInteger" in text_ops or "DynamicQuantizeMatMul" in text_ops  # the backbone: int8
     # MobileNetV2's recipe names its first 6 convs: they resolve in the whole-tower graph and stay fp32
-    kept = image_quantisation_for(model.image_tower.backbone.name).keep_first_convs
+    kept = how.keep_first_convs
     convs = _float_conv_weights(exported / "image.int8.onnx")
     assert convs[:kept] == [True] * kept and not any(convs[kept:])
 
