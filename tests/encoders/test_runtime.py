@@ -89,7 +89,8 @@ def test_fp32_graphs_encode_like_torch(model, exported, photos, trained_workspac
     np.testing.assert_allclose(model.encode_images(images), want_image, atol=FP32_MAX_ABS_DIFF)
 
 
-def test_int8_rankings_agree_with_fp32(model, exported, photos, trained_workspace):
+def _ranking_check_inputs(model, photos, trained_workspace) -> tuple[np.ndarray, list[str], list]:
+    """The catalogue's listing vectors, text queries and query photos (not the calibration photos)."""
     from encoders.embed import load_embeddings
 
     catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
@@ -97,8 +98,11 @@ def test_int8_rankings_agree_with_fp32(model, exported, photos, trained_workspac
         corpus = load_embeddings(catalog, model.fingerprint).listing
     finally:
         catalog.close()
-    texts = _queries(trained_workspace)
-    images = [load_photo(p) for p in photos[16:56]]  # not the calibration photos
+    return corpus, _queries(trained_workspace), [load_photo(p) for p in photos[16:56]]
+
+
+def test_int8_rankings_agree_with_fp32(model, exported, photos, trained_workspace):
+    corpus, texts, images = _ranking_check_inputs(model, photos, trained_workspace)
     graphs = GraphSet.open(exported, model.fingerprint)
     vectors = {}
     for precision in ("fp32", "int8"):
@@ -116,17 +120,10 @@ def test_served_int8_towers_rank_like_fp32_and_the_gate_encodes_through_them(mod
                                                                               trained_workspace):
     """The whole-tower graphs as the service runs them (the image graph's head int8 too), and the gate's way of
     putting them in the model's place (``evaluation.runtime_gate.tower_replaced``)."""
-    from encoders.embed import load_embeddings
     from encoders.served import served_tower
     from evaluation.runtime_gate import tower_replaced
 
-    catalog = Catalog(trained_workspace.db_url, root=trained_workspace.root)
-    try:
-        corpus = load_embeddings(catalog, model.fingerprint).listing
-    finally:
-        catalog.close()
-    texts = _queries(trained_workspace)
-    images = [load_photo(p) for p in photos[16:56]]  # not the calibration photos
+    corpus, texts, images = _ranking_check_inputs(model, photos, trained_workspace)
     graphs = GraphSet.open(exported, model.fingerprint)
     torch_tower = model.image_tower
     vectors = {}
