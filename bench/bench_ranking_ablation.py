@@ -11,14 +11,13 @@ val-products row reproduces ``marketsearch train-ranker`` + ``evaluate`` with th
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import numpy as np
 
-from bench.bench_ranking_gains import test_items
+from bench.bench_ranking_gains import open_protocols, ranking_parser, test_items
 from evaluation.evaluate import compare_runs, stage_scores
 from evaluation.train import TrainingData, TrainRankerConfig, protocol_training_data, split_queries
 from ranking.features import FEATURE_NAMES
@@ -65,22 +64,13 @@ def test_ndcg(ranker: Reranker, columns: list[int], tests: dict) -> dict[str, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
+    parser = ranking_parser(__doc__)
     parser.add_argument("--depth", type=int, default=100, help="Candidates per retriever, as evaluate.")
     parser.add_argument("--seed", type=int, default=0, help="Query sampling, early-stopping split and LightGBM.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
     args = parser.parse_args()
-
-    import torch
-
-    from core.workspace import Workspace
-    from evaluation.protocol import ProtocolBuilder
-
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     results: dict = {"load_average_before": os.getloadavg(), "rows": []}
-    builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
+    builder = open_protocols(args)
     try:
         tests = test_items(builder, args.depth, names=("text", "image"))
         training = {}

@@ -84,6 +84,26 @@ def test_scores(ranker: Reranker, tests: dict) -> dict[str, dict[str, dict[str, 
     return scores
 
 
+def ranking_parser(description: str) -> argparse.ArgumentParser:
+    """The ranking benches' command line: ``--workspace`` and ``--threads``, which ``open_protocols`` reads."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
+    return parser
+
+
+def open_protocols(args: argparse.Namespace):
+    """``evaluation.protocol.ProtocolBuilder`` over ``args.workspace``, queries encoded on ``args.threads`` torch
+    threads (the caller closes it)."""
+    import torch
+
+    from core.workspace import Workspace
+    from evaluation.protocol import ProtocolBuilder
+
+    torch.set_num_threads(args.threads)
+    return ProtocolBuilder(Workspace.at(args.workspace), progress=False)
+
+
 class MeanOfRankers:
     """Scores candidates by the mean of several re-rankers' scores, each standardised over the query's candidates."""
 
@@ -97,8 +117,7 @@ class MeanOfRankers:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
+    parser = ranking_parser(__doc__)
     parser.add_argument("--gains", default="3,10,30,100", help="Comma-separated gains of the wanted listing.")
     parser.add_argument("--category-gain", type=float, default=1.0,
                         help="Gain of a listing of the wanted listing's category path (0: the wanted listing only).")
@@ -128,18 +147,10 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true",
                         help="Refit each early-stopped re-ranker on all its training queries (the early-stopping "
                              "ones too) with the tree count early stopping chose, and score that one.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
     args = parser.parse_args()
-
-    import torch
-
-    from core.workspace import Workspace
-    from evaluation.protocol import ProtocolBuilder
-
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     results: dict = {"load_average_before": os.getloadavg(), "rows": []}
-    builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
+    builder = open_protocols(args)
     try:
         tests = test_items(builder, args.depth)
         corpora = tuple(tuple(corpus.split(",")) for corpus in args.corpus_from.split("+"))

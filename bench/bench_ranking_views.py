@@ -17,7 +17,6 @@ paired difference of each variant against the first.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -25,6 +24,7 @@ import time
 import numpy as np
 from scipy.stats import ttest_rel
 
+from bench.bench_ranking_gains import open_protocols, ranking_parser
 from evaluation.judgments import KNOWN_ITEM_GRADES
 from evaluation.train import (
     KNOWN_ITEM_RERANKER,
@@ -52,8 +52,7 @@ def fold_scores(ranker: Reranker, held_out: TrainingData) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workspace", required=True, help="Workspace with a model bundle and stored embeddings.")
+    parser = ranking_parser(__doc__)
     parser.add_argument("--folds", type=int, default=5, help="Cross-validation folds over the training queries.")
     parser.add_argument("--repeats", type=int, default=2, help="Fold assignments (seeds 0, 1, ...).")
     parser.add_argument("--corpora", default=";".join(VARIANTS),
@@ -61,15 +60,7 @@ def main() -> None:
     parser.add_argument("--params", default="[{}]",
                         help="JSON list of LightGBM parameter sets (Reranker keyword arguments); each corpus variant "
                              "is fitted once per set.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (query encoding).")
     args = parser.parse_args()
-
-    import torch
-
-    from core.workspace import Workspace
-    from evaluation.protocol import ProtocolBuilder
-
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     config = TrainRankerConfig()
     param_sets = json.loads(args.params)
@@ -79,7 +70,7 @@ def main() -> None:
             parser.error(f"unknown corpus variant {name!r}; choose from {'; '.join(VARIANTS)}")
         for params in param_sets:
             variants[f"{name} {json.dumps(params)}" if params else name] = (VARIANTS[name], params)
-    builder = ProtocolBuilder(Workspace.at(args.workspace), progress=False)
+    builder = open_protocols(args)
     try:
         views = corpus_views(builder, config.train_splits, config, "train")
     finally:
