@@ -78,20 +78,18 @@ def timings(towers: dict, rounds: int) -> dict[str, float]:
     return {name: float(np.median(values)) for name, values in runs.items()}
 
 
-def gate(builder, paths: dict[str, Path], pairs: dict[str, str]) -> dict:
-    """NDCG@10 of the known-item text protocol (test products) with queries encoded by each graph (the torch
-    tower with its backbone in the graph, as `export-onnx`'s gate), int8 drop against its own fp32 graph."""
+def gate(builder, towers: dict, pairs: dict[str, str]) -> dict:
+    """NDCG@10 of the known-item text protocol (test products) with queries encoded by each served tower (the whole
+    graph in the model's place, as `export-onnx`'s gate), int8 drop against its own fp32 graph."""
     from evaluation.evaluate import collect_runs, compare_runs
     from evaluation.judgments import wanted_listing_qrels
-    from evaluation.runtime_gate import STAGE, agreement
+    from evaluation.runtime_gate import STAGE, agreement, tower_replaced
 
-    backbone = builder.model.text_tower.backbone
     protocol = builder.text_protocol(("test",))
     runs = {}
     for name in [*dict.fromkeys(pairs.values()), *pairs]:
-        backbone.attach_session(open_session(paths[name]), "int8" if name.startswith("int8") else "fp32")
-        runs[name] = collect_runs(protocol.searcher, protocol.queries, depth=100)[STAGE]
-    backbone.detach_session()
+        with tower_replaced(builder.model, towers[name]):
+            runs[name] = collect_runs(protocol.searcher, protocol.queries, depth=100)[STAGE]
     report = compare_runs(protocol.qrels, runs, wanted=wanted_listing_qrels(protocol.queries), metrics=("ndcg@10",))
     scores = {name: report.scores[name]["ndcg@10"] for name in runs}
     out = {name: {"ndcg10": scores[name]} for name in runs}
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name:52s} encode p50 {p50:6.2f} ms  fp32 dynamo / this x{base / p50:.2f}  "
                   f"own fp32 / this x{own / p50:.2f}  min cosine to fp32 dynamo {cosine:.4f}", flush=True)
         if args.gate:
-            results["gates"] = gate(builder, paths, {name: source for name, (source, _) in INT8_VARIANTS.items()})
+            results["gates"] = gate(builder, towers, {name: source for name, (source, _) in INT8_VARIANTS.items()})
             for name, row in results["gates"].items():
                 extra = (f" drop {row['drop_points']:+.2f} points vs {row['against']}, top-20 overlap "
                          f"{row['top20_overlap']:.3f}") if "against" in row else ""
