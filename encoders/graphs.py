@@ -55,12 +55,21 @@ def session_options(threads: int = 1):
     return options
 
 
+# ONNX Runtime's WeightBiasQuantization (a basic-level transformer) rewrites an fp32 Conv between a
+# DequantizeLinear and a QuantizeLinear into an int8 one with per-tensor weights. Our int8 recipes leave such convs in
+# fp32 on purpose: that rewrite of MobileNetV2's block-2 expansion conv (one output channel's weights 100x the
+# others') destroyed the embeddings (cosine 0.008 to fp32; docs/benchmarks.md, "Fourteenth session"). No graph of
+# the current recipes has the pattern, so their outputs do not change.
+DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
+
+
 def open_session(model: bytes | str | Path, threads: int = 1):
     """An ONNX Runtime CPU session over a graph (bytes or file)."""
     import onnxruntime as ort
 
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 

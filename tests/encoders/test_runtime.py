@@ -318,3 +318,32 @@ def test_conv_groups_are_checked(tmp_path):
     assert conv_nodes(fp32, ()) == []
     with pytest.raises(ValueError, match="unknown conv group"):
         conv_nodes(fp32, ("first_layer",))
+
+
+def test_sessions_keep_an_fp32_conv_between_int8_ones_in_fp32():
+    """ONNX Runtime's WeightBiasQuantization would rewrite this Conv (between a DequantizeLinear and a QuantizeLinear)
+    with per-tensor int8 weights: the channel whose weights are 1000x smaller would read 0. ``open_session`` turns
+    that rewrite off."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.array([[0.01, -0.02], [100.0, 50.0]], np.float32).reshape(2, 2, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "in_scale", "zero"], ["xq"]),
+         helper.make_node("DequantizeLinear", ["xq", "in_scale", "zero"], ["xd"]),
+         helper.make_node("Conv", ["xd", "w", "b"], ["conv"]),
+         helper.make_node("QuantizeLinear", ["conv", "out_scale", "zero"], ["yq"]),
+         helper.make_node("DequantizeLinear", ["yq", "out_scale", "zero"], ["y"])],
+        "fp32_conv_between_int8_ones",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [numpy_helper.from_array(np.array(0.05, np.float32), "in_scale"),
+         numpy_helper.from_array(np.array(0.001, np.float32), "out_scale"),
+         numpy_helper.from_array(np.array(128, np.uint8), "zero"),
+         numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.zeros(2, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).uniform(-3, 3, (1, 2, 3, 3)).astype(np.float32)
+    dequantised = (np.clip(np.round(x / 0.05) + 128, 0, 255) - 128) * np.float32(0.05)
+    want = np.einsum("c,nchw->nhw", weights[0, :, 0, 0], dequantised)  # the small channel, within the output's range
+    got = open_session(model.SerializeToString()).run(None, {"x": x})[0][:, 0]
+    np.testing.assert_allclose(got, want, atol=0.001)  # one output step
+    assert np.abs(got).max() > 0.05
