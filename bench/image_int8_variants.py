@@ -110,13 +110,12 @@ def session(path: Path, level: str = "ORT_ENABLE_ALL", spinning: str = "0"):
     """One intra-op thread, as served (``encoders.graphs.session_options``), at this optimisation level."""
     import onnxruntime as ort
 
-    from encoders.graphs import DISABLED_OPTIMIZERS, session_options
+    from encoders.graphs import session_options
 
     options = session_options(1)
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=DISABLED_OPTIMIZERS)
+    return open_session(path, options=options)
 
 
 def speed_screen(fp32_path: Path, variants: list[str], photos: list[Path], image_tower, rounds: int) -> dict:

@@ -63,12 +63,13 @@ def session_options(threads: int = 1):
 DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 
 
-def open_session(model: bytes | str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session over a graph (bytes or file)."""
+def open_session(model: bytes | str | Path, threads: int = 1, options=None):
+    """An ONNX Runtime CPU session over a graph (bytes or file), with ``session_options(threads)`` unless
+    ``options`` are given."""
     import onnxruntime as ort
 
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"],
+    return ort.InferenceSession(source, options or session_options(threads), providers=["CPUExecutionProvider"],
                                 disabled_optimizers=DISABLED_OPTIMIZERS)
 
 

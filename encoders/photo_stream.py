@@ -111,7 +111,7 @@ def _worker_pixels(path: Path) -> tuple[np.ndarray | None, str | None]:
 
 
 def _worker_chunk(paths: list[Path]) -> list[tuple[np.ndarray | None, str | None]]:
-    return [pixels_or_reason(path, _worker_transform) for path in paths]
+    return [_worker_pixels(path) for path in paths]
 
 
 def _context():

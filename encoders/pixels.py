@@ -69,9 +69,3 @@ class EvalPixels:
         for row, image in enumerate(images):
             out[row] = self(image)
         return out
-
-
-def eval_pixels(images: list, preprocessing: dict) -> np.ndarray:
-    """float32 (n, 3, crop, crop) pixel values of PIL ``images`` (any mode; converted to RGB) under a backbone's
-    ``preprocessing`` (``EvalPixels``)."""
-    return EvalPixels(preprocessing).stack(images)

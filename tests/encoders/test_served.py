@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from encoders.graphs import GraphError
-from encoders.pixels import eval_pixels
+from encoders.pixels import EvalPixels
 from encoders.runtime import save_tokenizer
 from encoders.served import ServedModel
 from fusion.served import ServedFusionHead, ServedLexical
@@ -80,7 +80,7 @@ def test_numpy_pixels_equal_the_eval_transform(trained_model, trained_workspace)
         transform = backbone_copy.transforms(train=False)
         images = _odd_photos(photo)
         want = np.stack([transform(image.convert("RGB")).numpy() for image in images])
-        got = eval_pixels(images, preprocessing)
+        got = EvalPixels(preprocessing).stack(images)
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-6
 
